@@ -1,0 +1,20 @@
+//! Compiles the tunnel protocol with `protox`, so that no
+//! system `protoc` is needed.
+
+use std::{env, io, path::PathBuf};
+
+fn main() -> io::Result<()> {
+    let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    println!("cargo:rerun-if-changed=proto");
+
+    let tunnel = protox::compile(["grpctunnel/v1/tunnel.proto"], ["proto"])
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    tonic_prost_build::configure()
+        .out_dir(&out)
+        .build_transport(false)
+        .bytes(".grpctunnel.v1")
+        .extern_path(".google.rpc.Status", "::tonic_types::Status")
+        .compile_fds(tunnel)?;
+
+    Ok(())
+}
