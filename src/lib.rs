@@ -1,7 +1,100 @@
-//! grpctunnel
-#[allow(missing_docs, unreachable_pub, clippy::all, missing_debug_implementations)]
+//! gRPC tunnels as tower layers and services.
+//!
+//! A *tunnel* carries many gRPC calls over one long-lived gRPC stream. This
+//! crate speaks the protocol of the Go module `github.com/jhump/grpctunnel`
+//! (revisions zero and one, see [`Revision`]) and is wire-compatible with it
+//! in every role.
+//!
+//! ```text
+//! Forward (OpenTunnel): the network client is the tunnel client.
+//!   app -> TunnelChannel ==[ClientToServer >  < ServerToClient]==> TunnelLayer -> S
+//!
+//! Reverse (OpenReverseTunnel): the network client is the tunnel server.
+//!   S <- ReverseTunnelServer ==[ServerToClient >  < ClientToServer]==> TunnelLayer
+//!                                            + ReverseTunnelRegistry -> TunnelChannel <- app
+//! ```
+//!
+//! Terminology: the *network* client and server are the two ends of the
+//! opening RPC (who dialled whom); the *tunnel* client sends calls through
+//! the tunnel and the *tunnel* server answers them. In a forward tunnel they
+//! coincide; in a reverse tunnel the network server becomes the tunnel client,
+//! which lets a server call agents that dialled in from behind NAT.
+//!
+//! # Which type do I need
+//!
+//! | I want to… | Use |
+//! |---|---|
+//! | accept tunnels on a tonic server or axum router | [`TunnelLayer`] |
+//! | mount the tunnel service by name (`add_service`) | [`TunnelLayer::into_service`] |
+//! | send calls through a tunnel I open | [`TunnelChannel::builder`] |
+//! | know, in a handler, which tunnel a call came through | [`TunnelInfo`] |
+//!
+//! # Forward tunnel example
+//!
+//! The server adds one layer; every service it already has becomes reachable
+//! through tunnels. The client opens a tunnel and uses it as the channel of a
+//! generated client (here tonic-health's).
+//!
+//! ```
+//! use grpctunnel::{TunnelChannel, TunnelLayer};
+//! use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let addr = listener.local_addr()?;
+//! let (_reporter, health) = tonic_health::server::health_reporter();
+//! tokio::spawn(
+//!     tonic::transport::Server::builder()
+//!         .layer(TunnelLayer::new())
+//!         .add_service(health)
+//!         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+//! );
+//!
+//! let transport = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+//!     .connect()
+//!     .await?;
+//! let tunnel = TunnelChannel::builder().open(transport).await?;
+//! let mut client = HealthClient::new(tunnel.clone());
+//! let reply = client.check(HealthCheckRequest { service: String::new() }).await?;
+//! assert_eq!(reply.into_inner().status, 1); // SERVING
+//! tunnel.close();
+//! # Ok(()) }
+//! ```
+//!
+//! # Limits and defaults
+//!
+//! - Receive window per stream (revision one): [`DEFAULT_INITIAL_WINDOW_SIZE`].
+//! - Largest received message: [`DEFAULT_MAX_MESSAGE_SIZE`]; larger ones fail
+//!   their call with `RESOURCE_EXHAUSTED`.
+//! - Messages are cut into chunks of at most 16 KiB; streams take turns chunk
+//!   by chunk, so a large message never starves small calls.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+#[allow(
+    missing_docs,
+    unreachable_pub,
+    clippy::all,
+    clippy::unwrap_used,
+    missing_debug_implementations
+)]
 pub mod pb {
+    //! Generated protocol types (`grpctunnel.v1`).
     include!(concat!(env!("OUT_DIR"), "/grpctunnel.v1.rs"));
 }
+
+pub mod client;
+mod error;
 mod frame;
+mod info;
 mod metadata;
+mod negotiate;
+pub mod server;
+mod stream;
+mod writer;
+
+pub use client::{TunnelChannel, TunnelChannelBuilder};
+pub use error::{BoxError, Error};
+pub use info::{Direction, TunnelInfo};
+pub use negotiate::{Revision, DEFAULT_INITIAL_WINDOW_SIZE, DEFAULT_MAX_MESSAGE_SIZE};
+pub use server::{TunnelLayer, TunnelService};

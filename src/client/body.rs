@@ -1,0 +1,133 @@
+//! [`ResponseBody`]: the body of a tunneled call's response, in gRPC's
+//! HTTP/2 framing, fed by the tunnel's reader.
+
+use std::{
+    fmt,
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+
+use crate::{client::call::CallGuard, frame, metadata, pb, stream::Event};
+
+/// Response body of a call made through a [`TunnelChannel`](crate::TunnelChannel).
+///
+/// Yields the response messages, each as a 5-byte gRPC prefix followed by
+/// its chunks as they arrive (no reassembly, no copy), then the trailers
+/// with `grpc-status`. Reading a chunk returns its flow-control credit to the
+/// tunnel server.
+///
+/// # Errors
+///
+/// When the call fails locally after its headers (deadline, tunnel gone,
+/// protocol violation), the body yields that [`tonic::Status`] as its error.
+///
+/// # Cancellation
+///
+/// Dropping the body before its trailers sends `cancel` for the stream.
+pub struct ResponseBody {
+    state: State,
+}
+
+enum State {
+    Streaming {
+        guard: CallGuard,
+        pending: Option<Bytes>,
+    },
+    Done,
+}
+
+impl ResponseBody {
+    pub(crate) fn streaming(guard: CallGuard) -> Self {
+        Self {
+            state: State::Streaming {
+                guard,
+                pending: None,
+            },
+        }
+    }
+
+    pub(crate) fn empty() -> Self {
+        Self { state: State::Done }
+    }
+
+    /// The HTTP/2 trailers for a `close_stream` (P-63, client side).
+    pub(crate) fn close_to_trailers(close: Option<pb::CloseStream>) -> http::HeaderMap {
+        let mut trailers = http::HeaderMap::new();
+        let close = close.unwrap_or_default();
+        if let Some(md) = &close.response_trailers {
+            metadata::metadata_to_headers(md, &mut trailers);
+        }
+        let status = close.status.unwrap_or_default();
+        metadata::status_to_trailers(&status, &mut trailers);
+        trailers
+    }
+
+    /// The HTTP/2 trailers for a local failure.
+    pub(crate) fn status_to_trailers(status: &tonic::Status) -> http::HeaderMap {
+        let mut trailers = status.metadata().clone().into_headers();
+        metadata::status_to_trailers(&metadata::tonic_status_to_pb(status), &mut trailers);
+        trailers
+    }
+}
+
+impl http_body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        let State::Streaming { guard, pending } = &mut this.state else {
+            return Poll::Ready(None);
+        };
+        if let Some(data) = pending.take() {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+        loop {
+            let event = match guard.stream.poll_event(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(event) => event,
+            };
+            return Poll::Ready(Some(match event {
+                // A repeated `response_headers` is ignored (P-42).
+                Event::Headers(_) => continue,
+                Event::Start { size, data } => {
+                    if !data.is_empty() {
+                        *pending = Some(data);
+                    }
+                    Ok(Frame::data(frame::prefix(size)))
+                }
+                Event::More(data) => Ok(Frame::data(data)),
+                Event::End(close) => {
+                    this.state = State::Done;
+                    Ok(Frame::trailers(Self::close_to_trailers(close)))
+                }
+                Event::Fail(status) => {
+                    this.state = State::Done;
+                    Err(status)
+                }
+            }));
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.state, State::Done)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+impl fmt::Debug for ResponseBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseBody")
+            .field("done", &matches!(self.state, State::Done))
+            .finish()
+    }
+}

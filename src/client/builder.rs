@@ -1,0 +1,216 @@
+//! [`TunnelChannelBuilder`]: options, and opening a forward tunnel.
+
+use std::{fmt, sync::Arc};
+
+use bytes::Bytes;
+use futures_core::Stream as FuturesStream;
+use futures_util::StreamExt;
+use tracing::{debug, warn, Instrument};
+
+use crate::{
+    client::{channel::Shared, task::Reader, TunnelChannel},
+    error::{BoxError, Error},
+    info::Direction,
+    negotiate::{self, Options, Revision},
+    pb::{self, tunnel_service_client::TunnelServiceClient},
+    writer::{Core, Writer},
+};
+
+/// Builds a [`TunnelChannel`]: protocol options and opening metadata.
+///
+/// ```no_run
+/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// use grpctunnel::TunnelChannel;
+///
+/// let transport = tonic::transport::Endpoint::from_static("http://127.0.0.1:50051")
+///     .connect()
+///     .await?;
+/// let tunnel = TunnelChannel::builder()
+///     .metadata("x-agent-id", "agent-7")
+///     .open(transport)
+///     .await?;
+/// // `tunnel` is now a channel for any generated client.
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+#[must_use]
+pub struct TunnelChannelBuilder {
+    opts: Options,
+    metadata: http::HeaderMap,
+}
+
+impl Default for TunnelChannelBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TunnelChannelBuilder {
+    /// Default options: revision one when the server offers it, a
+    /// 1 MiB receive window per stream, 4 MiB maximum received message.
+    pub fn new() -> Self {
+        Self {
+            opts: Options::default(),
+            metadata: http::HeaderMap::new(),
+        }
+    }
+
+    /// Receive window advertised for each stream's response data
+    /// (revision one). Default: [`DEFAULT_INITIAL_WINDOW_SIZE`](crate::DEFAULT_INITIAL_WINDOW_SIZE).
+    ///
+    /// # Panics
+    ///
+    /// If `size` is 0: a peer would then never send data (P-81).
+    #[track_caller]
+    pub fn initial_window_size(mut self, size: u32) -> Self {
+        assert!(size > 0, "initial_window_size must be greater than 0");
+        self.opts.initial_window_size = size;
+        self
+    }
+
+    /// Largest response message accepted; larger ones fail the call with
+    /// `RESOURCE_EXHAUSTED`. Default: 4 MiB.
+    pub fn max_message_size(mut self, size: usize) -> Self {
+        self.opts.max_message_size = size;
+        self
+    }
+
+    /// Highest protocol revision offered. `Revision::Zero` turns negotiation
+    /// off (no `grpctunnel-negotiate` header), as a revision-zero peer does;
+    /// useful for tests. Default: `Revision::One`.
+    pub fn max_revision(mut self, revision: Revision) -> Self {
+        self.opts.max_revision = revision;
+        self
+    }
+
+    /// Adds a request header to the opening RPC (for example an agent ID or
+    /// a token that the server checks once per tunnel).
+    ///
+    /// # Panics
+    ///
+    /// If the name or value is not valid HTTP header text.
+    #[track_caller]
+    pub fn metadata(mut self, key: &str, value: &str) -> Self {
+        let name = http::HeaderName::from_bytes(key.as_bytes()).expect("valid metadata key");
+        let value = http::HeaderValue::from_str(value).expect("valid metadata value");
+        self.metadata.append(name, value);
+        self
+    }
+
+    /// Opens a forward tunnel (`OpenTunnel`) over `transport`: any tonic
+    /// transport, such as a `tonic::transport::Channel` or another
+    /// [`TunnelChannel`] (tunnels nest).
+    ///
+    /// Returns once the tunnel is usable: the server's response headers
+    /// have arrived and, when both sides negotiated, its `Settings`.
+    ///
+    /// # Errors
+    ///
+    /// If the opening RPC fails (for example `UNIMPLEMENTED` from a server
+    /// without tunnels, or `UNAUTHENTICATED` from an auth layer: see
+    /// [`Error::status`]), or the server's first frame is not valid
+    /// `Settings` (P-14).
+    pub async fn open<T>(self, transport: T) -> Result<TunnelChannel, Error>
+    where
+        T: tonic::client::GrpcService<tonic::body::Body>,
+        T::Error: Into<BoxError>,
+        T::ResponseBody: http_body::Body<Data = Bytes> + Send + 'static,
+        <T::ResponseBody as http_body::Body>::Error: Into<BoxError> + Send,
+    {
+        let span =
+            tracing::debug_span!("grpctunnel.tunnel", direction = "forward", role = "client");
+        async move {
+            let (core, writer, gone) = Core::new();
+            let mut req = tonic::Request::new(writer.filter_map(|r| async move { r.ok() }));
+            *req.metadata_mut() = tonic::metadata::MetadataMap::from_headers(self.metadata.clone());
+            if self.opts.advertises() {
+                req.metadata_mut().insert(
+                    negotiate::NEGOTIATE_HEADER,
+                    tonic::metadata::MetadataValue::from_static(negotiate::NEGOTIATE_ON),
+                );
+            }
+            let mut client = TunnelServiceClient::new(transport)
+                .max_decoding_message_size(usize::MAX)
+                .max_encoding_message_size(usize::MAX);
+            let resp = client.open_tunnel(req).await.map_err(Error::closed)?;
+            let negotiated =
+                self.opts.advertises() && negotiate::peer_advertises(resp.metadata().as_ref());
+            let inbound = resp.into_inner();
+            start_client(
+                core,
+                writer_gone(gone),
+                inbound,
+                negotiated,
+                self.opts,
+                Direction::Forward,
+            )
+            .await
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+fn writer_gone(
+    gone: tokio::sync::mpsc::UnboundedReceiver<i64>,
+) -> tokio::sync::mpsc::UnboundedReceiver<i64> {
+    gone
+}
+
+/// Starts the client engine on an opened tunnel: validates `Settings` when
+/// negotiated (P-13, P-14), then spawns the reader.
+pub(crate) async fn start_client<S>(
+    core: Arc<Core<pb::ClientToServer>>,
+    gone: tokio::sync::mpsc::UnboundedReceiver<i64>,
+    mut inbound: S,
+    negotiated: bool,
+    opts: Options,
+    direction: Direction,
+) -> Result<TunnelChannel, Error>
+where
+    S: FuturesStream<Item = Result<pb::ServerToClient, tonic::Status>> + Unpin + Send + 'static,
+{
+    let (revision, send_window) = if negotiated {
+        let first = match inbound.next().await {
+            Some(Ok(frame)) => frame,
+            Some(Err(status)) => {
+                core.finish(None);
+                return Err(Error::negotiation(status));
+            }
+            None => {
+                core.finish(None);
+                return Err(Error::negotiation(tonic::Status::unavailable(
+                    "failed to read settings from server: tunnel ended",
+                )));
+            }
+        };
+        match negotiate::accept_settings(first, &opts) {
+            Ok(chosen) => chosen,
+            Err(text) => {
+                core.finish(None);
+                return Err(Error::protocol(text));
+            }
+        }
+    } else {
+        if opts.advertises() {
+            warn!("peer did not negotiate: using protocol revision 0");
+        }
+        (Revision::Zero, 0)
+    };
+    debug!(%revision, "tunnel open");
+    let (shared, register) = Shared::new(core, opts, revision, send_window, direction);
+    let reader = Reader::new(shared.clone(), inbound, register, gone);
+    tokio::spawn(reader.run().in_current_span());
+    Ok(TunnelChannel::from_shared(shared))
+}
+
+/// The writer half of a client engine, exposed as a plain frame stream.
+pub(crate) type ClientWriter = Writer<pb::ClientToServer>;
+
+impl fmt::Debug for TunnelChannelBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TunnelChannelBuilder")
+            .field("opts", &self.opts)
+            .finish_non_exhaustive()
+    }
+}

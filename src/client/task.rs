@@ -1,0 +1,211 @@
+//! The tunnel client's reader: reads `ServerToClient` frames and dispatches
+//! them to streams by ID (P-54: it never waits for a consumer or a write).
+
+use std::{collections::HashMap, sync::Arc};
+
+use futures_core::Stream as FuturesStream;
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tracing::{debug, trace};
+
+use crate::{
+    client::channel::Shared,
+    error::Error,
+    frame::Reassembly,
+    pb::{self, server_to_client::Frame},
+    stream::{client_frame, Event, Stream},
+};
+
+type ClientStream = Stream<pb::ClientToServer>;
+
+/// A stream as the reader tracks it.
+struct Entry {
+    stream: Arc<ClientStream>,
+    reassembly: Reassembly,
+    headers_seen: bool,
+}
+
+pub(crate) struct Reader<S> {
+    shared: Arc<Shared>,
+    inbound: S,
+    register: mpsc::UnboundedReceiver<Arc<ClientStream>>,
+    gone: mpsc::UnboundedReceiver<i64>,
+    streams: HashMap<i64, Entry>,
+    /// Highest stream ID registered so far (0: none yet).
+    last_id: i64,
+}
+
+impl<S> Reader<S>
+where
+    S: FuturesStream<Item = Result<pb::ServerToClient, tonic::Status>> + Unpin + Send + 'static,
+{
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        inbound: S,
+        register: mpsc::UnboundedReceiver<Arc<ClientStream>>,
+        gone: mpsc::UnboundedReceiver<i64>,
+    ) -> Self {
+        Self {
+            shared,
+            inbound,
+            register,
+            gone,
+            streams: HashMap::new(),
+            last_id: 0,
+        }
+    }
+
+    pub(crate) async fn run(mut self) {
+        let reason = self.read_loop().await;
+        debug!(error = %reason.chain(), "tunnel closed");
+        self.teardown(reason);
+    }
+
+    async fn read_loop(&mut self) -> Error {
+        loop {
+            tokio::select! {
+                biased;
+                Some(stream) = self.register.recv() => self.add(stream),
+                Some(id) = self.gone.recv() => {
+                    self.streams.remove(&id);
+                }
+                () = self.shared.shutdown.notified() => return Error::closed_locally(),
+                frame = self.inbound.next() => match frame {
+                    Some(Ok(frame)) => {
+                        if let Err(text) = self.on_frame(frame) {
+                            return Error::protocol(text);
+                        }
+                    }
+                    Some(Err(status)) => return Error::closed(status),
+                    None => return Error::closed(tonic::Status::unavailable("tunnel ended by peer")),
+                },
+            }
+        }
+    }
+
+    fn add(&mut self, stream: Arc<ClientStream>) {
+        self.last_id = stream.id();
+        self.streams.insert(
+            stream.id(),
+            Entry {
+                stream,
+                reassembly: Reassembly::default(),
+                headers_seen: false,
+            },
+        );
+    }
+
+    /// Handles one frame; `Err` is fatal to the tunnel.
+    fn on_frame(&mut self, frame: pb::ServerToClient) -> Result<(), String> {
+        let id = frame.stream_id;
+        if !self.streams.contains_key(&id) {
+            // A stream registered after the last `recv` may already be answered.
+            while let Ok(stream) = self.register.try_recv() {
+                self.add(stream);
+            }
+        }
+        let Some(entry) = self.streams.get_mut(&id) else {
+            // P-23, client side: late frames for past streams are routine.
+            if self.last_id >= 1 && id <= self.last_id {
+                trace!(stream_id = id, "dropped frame for finished stream");
+                return Ok(());
+            }
+            return Err(format!(
+                "received frame for stream ID {id}: stream never created"
+            ));
+        };
+        let max = self.shared.opts.max_message_size;
+        let outcome = match frame.frame {
+            Some(Frame::ResponseHeaders(md)) => {
+                if !entry.headers_seen {
+                    entry.headers_seen = true;
+                    entry.stream.deliver(Event::Headers(md));
+                }
+                Ok(())
+            }
+            Some(Frame::ResponseMessage(msg)) => {
+                let len = msg.data.len();
+                entry
+                    .reassembly
+                    .on_envelope(msg.size, len, max)
+                    .map_err(|e| e.client_status())
+                    .and_then(|()| charge(&entry.stream, len))
+                    .map(|()| {
+                        entry.stream.deliver(Event::Start {
+                            size: msg.size,
+                            data: msg.data,
+                        })
+                    })
+            }
+            Some(Frame::MoreResponseData(data)) => entry
+                .reassembly
+                .on_continuation(data.len())
+                .map_err(|e| e.client_status())
+                .and_then(|()| charge(&entry.stream, data.len()))
+                .map(|()| entry.stream.deliver(Event::More(data))),
+            Some(Frame::CloseStream(close)) => {
+                entry.stream.finish();
+                entry.stream.deliver(Event::End(Some(close)));
+                self.streams.remove(&id);
+                return Ok(());
+            }
+            Some(Frame::WindowUpdate(n)) => {
+                if n > 0 {
+                    entry.stream.add_window(n);
+                }
+                Ok(())
+            }
+            Some(Frame::Settings(_)) => Err(tonic::Status::unknown(
+                "protocol error: unexpected settings frame",
+            )),
+            None => Err(tonic::Status::unknown(
+                "protocol error: unrecognized frame type",
+            )),
+        };
+        if let Err(status) = outcome {
+            debug!(stream_id = id, code = ?status.code(), error = %status.message(), "stream failed");
+            // Unlike the Go reference (B-3) we tell the server, so that its
+            // handler does not stay blocked.
+            if entry.stream.finish() {
+                self.shared
+                    .core
+                    .send_control(client_frame(id, pb::client_to_server::Frame::Cancel(())));
+            }
+            entry.stream.fail(status);
+            self.streams.remove(&id);
+        }
+        Ok(())
+    }
+
+    fn teardown(mut self, reason: Error) {
+        self.shared.set_terminal(reason.clone());
+        while let Ok(stream) = self.register.try_recv() {
+            self.add(stream);
+        }
+        let status = reason.to_status();
+        for (_, entry) in self.streams.drain() {
+            entry.stream.finish();
+            entry.stream.fail(status.clone());
+        }
+        // Forward: half-closes the opening RPC; reverse: ends its response.
+        self.shared.core.finish(None);
+        if reason.is_closed() && reason.status().is_none() {
+            // Closed locally: let the peer end the opening RPC, within a bound.
+            let inbound = self.inbound;
+            tokio::spawn(async move {
+                let drain = inbound.for_each(|_| async {});
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(10), drain).await;
+            });
+        }
+    }
+}
+
+fn charge(stream: &ClientStream, len: usize) -> Result<(), tonic::Status> {
+    if stream.charge_recv(len) {
+        Ok(())
+    } else {
+        Err(tonic::Status::resource_exhausted(
+            "flow control window exceeded",
+        ))
+    }
+}

@@ -1,0 +1,195 @@
+//! The crate's error type and the statuses the engine produces.
+//!
+//! A tunneled RPC fails with a [`tonic::Status`] carried in its response
+//! trailers, never with an [`Error`]. [`Error`] is for the tunnel itself: it
+//! could not be opened, or it is closed. Codes and texts that a peer can see
+//! follow PROTOCOL.md exactly; local ones follow gRPC's status-code guidance:
+//!
+//! | Situation | Code |
+//! |---|---|
+//! | tunnel ended (closed, opening RPC failed, protocol error) before the call finished | `UNAVAILABLE` |
+//! | caller dropped the call | `CANCELLED` (local) |
+//! | caller's deadline passed | `DEADLINE_EXCEEDED` |
+//! | received message above the configured maximum | `RESOURCE_EXHAUSTED` |
+//! | flow-control window overrun by the peer | `RESOURCE_EXHAUSTED` `flow control window exceeded` |
+//! | reassembly violation (P-33) | `INVALID_ARGUMENT` (tunnel server) / `INTERNAL` (tunnel client) |
+//! | metadata that cannot cross a tunnel (non-UTF-8 `-bin` value, P-57) | `INTERNAL` |
+
+use std::{error::Error as StdError, fmt, sync::Arc};
+
+/// Type-erased error, as used by tower.
+pub type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// An error of the tunnel itself (as opposed to one tunneled call).
+///
+/// `Display` is one lowercase phrase; the cause, when there is one, is the
+/// [`source`](StdError::source).
+#[derive(Clone)]
+pub struct Error {
+    kind: Kind,
+    source: Option<Arc<dyn StdError + Send + Sync>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// The tunnel is closed (locally, by the peer, or because its opening RPC ended).
+    Closed,
+    /// The peer broke the protocol.
+    Protocol,
+    /// The opening RPC or the revision negotiation failed.
+    Negotiation,
+    /// The opening RPC could not be made.
+    Transport,
+}
+
+impl Error {
+    pub(crate) fn closed(source: impl Into<BoxError>) -> Self {
+        Self::new(Kind::Closed, Some(source.into()))
+    }
+
+    pub(crate) fn closed_locally() -> Self {
+        Self::new(Kind::Closed, None)
+    }
+
+    pub(crate) fn protocol(msg: impl Into<String>) -> Self {
+        Self::new(Kind::Protocol, Some(Box::new(ProtocolError(msg.into()))))
+    }
+
+    pub(crate) fn negotiation(source: impl Into<BoxError>) -> Self {
+        Self::new(Kind::Negotiation, Some(source.into()))
+    }
+
+    pub(crate) fn transport(source: impl Into<BoxError>) -> Self {
+        Self::new(Kind::Transport, Some(source.into()))
+    }
+
+    fn new(kind: Kind, source: Option<BoxError>) -> Self {
+        Self {
+            kind,
+            source: source.map(Arc::from),
+        }
+    }
+
+    /// The tunnel is closed: locally, by the peer, or because its opening RPC ended.
+    pub fn is_closed(&self) -> bool {
+        self.kind == Kind::Closed
+    }
+
+    /// The peer broke the tunnel protocol.
+    pub fn is_protocol(&self) -> bool {
+        self.kind == Kind::Protocol
+    }
+
+    /// Opening the tunnel or negotiating its revision failed.
+    pub fn is_negotiation(&self) -> bool {
+        self.kind == Kind::Negotiation
+    }
+
+    /// The opening RPC could not be made over the transport.
+    pub fn is_transport(&self) -> bool {
+        self.kind == Kind::Transport
+    }
+
+    /// The [`tonic::Status`] behind this error, if the opening RPC ended with one.
+    pub fn status(&self) -> Option<&tonic::Status> {
+        let mut cur: Option<&(dyn StdError + 'static)> = self.source.as_deref().map(|e| e as _);
+        while let Some(err) = cur {
+            if let Some(status) = err.downcast_ref::<tonic::Status>() {
+                return Some(status);
+            }
+            cur = err.source();
+        }
+        None
+    }
+
+    /// The status that calls failing because of this error report.
+    pub(crate) fn to_status(&self) -> tonic::Status {
+        match self.kind {
+            Kind::Closed if self.source.is_none() => tonic::Status::unavailable("tunnel closed"),
+            _ => tonic::Status::unavailable(format!("tunnel closed: {}", self.chain())),
+        }
+    }
+
+    /// This error and its sources as one line.
+    pub(crate) fn chain(&self) -> String {
+        let mut out = self.to_string();
+        let mut cur: Option<&(dyn StdError + 'static)> = self.source.as_deref().map(|e| e as _);
+        while let Some(err) = cur {
+            out.push_str(": ");
+            match err.downcast_ref::<tonic::Status>() {
+                Some(status) => {
+                    out.push_str(&format!("{:?}: {}", status.code(), status.message()));
+                }
+                None => out.push_str(&err.to_string()),
+            }
+            cur = err.source();
+        }
+        out
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("grpctunnel::Error");
+        d.field("kind", &self.kind);
+        if let Some(source) = &self.source {
+            d.field("source", source);
+        }
+        d.finish()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.kind {
+            Kind::Closed => "tunnel closed",
+            Kind::Protocol => "tunnel protocol error",
+            Kind::Negotiation => "tunnel negotiation failed",
+            Kind::Transport => "could not open tunnel",
+        })
+    }
+}
+
+impl StdError for Error {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.source.as_deref().map(|e| e as _)
+    }
+}
+
+/// A protocol violation, with the text PROTOCOL.md gives for it.
+#[derive(Debug)]
+pub(crate) struct ProtocolError(pub(crate) String);
+
+impl fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl StdError for ProtocolError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_is_found_in_the_source_chain() {
+        let err = Error::closed(tonic::Status::permission_denied("no"));
+        assert!(err.is_closed());
+        assert_eq!(
+            err.status().map(|s| s.code()),
+            Some(tonic::Code::PermissionDenied)
+        );
+        assert_eq!(err.to_string(), "tunnel closed");
+        assert!(err.chain().contains("PermissionDenied: no"));
+        assert_eq!(err.to_status().code(), tonic::Code::Unavailable);
+    }
+
+    #[test]
+    fn protocol_errors_keep_their_text() {
+        let err = Error::protocol("received frame for stream ID 7: stream never created");
+        assert!(err.is_protocol());
+        assert!(err.status().is_none());
+        assert!(err.to_status().message().ends_with("stream never created"));
+    }
+}

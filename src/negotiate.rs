@@ -1,0 +1,218 @@
+//! Revision negotiation: the `grpctunnel-negotiate` header, `Settings`, and
+//! the choice of revision (PROTOCOL.md §2).
+
+use std::fmt;
+
+use crate::pb;
+
+/// Name of the negotiation header of the opening RPC (P-8).
+pub(crate) const NEGOTIATE_HEADER: &str = "grpctunnel-negotiate";
+/// Its only value.
+pub(crate) const NEGOTIATE_ON: &str = "on";
+
+/// Default receive window advertised per stream and direction (revision one).
+///
+/// Larger than the Go reference's fixed 65536 so that one stream can fill a
+/// loopback or LAN link; a peer honours whatever we advertise (P-48).
+pub const DEFAULT_INITIAL_WINDOW_SIZE: u32 = 1024 * 1024;
+
+/// Default maximum size of a received message, as in gRPC.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
+
+/// A protocol revision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum Revision {
+    /// Revision zero: no flow control, no settings.
+    Zero,
+    /// Revision one: per-stream windows and `window_update` frames.
+    One,
+}
+
+impl Revision {
+    pub(crate) fn to_pb(self) -> pb::ProtocolRevision {
+        match self {
+            Revision::Zero => pb::ProtocolRevision::RevisionZero,
+            Revision::One => pb::ProtocolRevision::RevisionOne,
+        }
+    }
+
+    pub(crate) fn from_i32(v: i32) -> Option<Self> {
+        match v {
+            0 => Some(Revision::Zero),
+            1 => Some(Revision::One),
+            _ => None,
+        }
+    }
+
+    /// Whether streams of this revision use windows.
+    pub fn is_flow_controlled(self) -> bool {
+        self == Revision::One
+    }
+}
+
+impl fmt::Display for Revision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Revision::Zero => "0",
+            Revision::One => "1",
+        })
+    }
+}
+
+/// Options shared by both ends of a tunnel.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Options {
+    /// Highest revision we offer; `Revision::Zero` disables negotiation.
+    pub(crate) max_revision: Revision,
+    /// Receive window we advertise per stream (revision one).
+    pub(crate) initial_window_size: u32,
+    /// Largest message we accept.
+    pub(crate) max_message_size: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            max_revision: Revision::One,
+            initial_window_size: DEFAULT_INITIAL_WINDOW_SIZE,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+        }
+    }
+}
+
+impl Options {
+    /// Whether we advertise revision one with the negotiation header.
+    pub(crate) fn advertises(&self) -> bool {
+        self.max_revision >= Revision::One
+    }
+
+    /// The `Settings` frame a tunnel server sends when both sides advertised.
+    pub(crate) fn settings(&self) -> pb::Settings {
+        let mut revisions = vec![pb::ProtocolRevision::RevisionZero as i32];
+        if self.max_revision >= Revision::One {
+            revisions.push(pb::ProtocolRevision::RevisionOne as i32);
+        }
+        pb::Settings {
+            supported_protocol_revisions: revisions,
+            initial_window_size: self.initial_window_size,
+        }
+    }
+}
+
+/// Whether a peer's metadata advertises revision one (P-10: the first value
+/// is exactly `on`).
+pub(crate) fn peer_advertises(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(NEGOTIATE_HEADER)
+        .iter()
+        .next()
+        .is_some_and(|v| v.as_bytes() == NEGOTIATE_ON.as_bytes())
+}
+
+/// Validates the first frame a tunnel client reads when it expects
+/// `Settings` (P-14) and picks the revision (P-15). Errors carry the
+/// texts of P-14.
+pub(crate) fn accept_settings(
+    frame: pb::ServerToClient,
+    ours: &Options,
+) -> Result<(Revision, u32), String> {
+    if frame.stream_id != -1 {
+        return Err(format!(
+            "protocol error: settings frame had bad stream ID ({})",
+            frame.stream_id
+        ));
+    }
+    let settings = match frame.frame {
+        Some(pb::server_to_client::Frame::Settings(s)) => s,
+        other => {
+            return Err(format!(
+                "protocol error: first frame was not settings (instead was {})",
+                frame_name(other.as_ref())
+            ))
+        }
+    };
+    let best = settings
+        .supported_protocol_revisions
+        .iter()
+        .filter_map(|&r| Revision::from_i32(r))
+        .filter(|&r| r <= ours.max_revision)
+        .max();
+    match best {
+        Some(rev) => Ok((rev, settings.initial_window_size)),
+        None => Err(format!(
+            "protocol error: server support revisions {:?}, but client supports revisions {:?}",
+            settings.supported_protocol_revisions,
+            ours.settings().supported_protocol_revisions
+        )),
+    }
+}
+
+/// A short name for a frame kind, for error texts.
+pub(crate) fn frame_name(frame: Option<&pb::server_to_client::Frame>) -> &'static str {
+    use pb::server_to_client::Frame;
+    match frame {
+        None => "unrecognized frame",
+        Some(Frame::ResponseHeaders(_)) => "response_headers",
+        Some(Frame::ResponseMessage(_)) => "response_message",
+        Some(Frame::MoreResponseData(_)) => "more_response_data",
+        Some(Frame::CloseStream(_)) => "close_stream",
+        Some(Frame::Settings(_)) => "settings",
+        Some(Frame::WindowUpdate(_)) => "window_update",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings_frame(id: i64, revs: Vec<i32>) -> pb::ServerToClient {
+        pb::ServerToClient {
+            stream_id: id,
+            frame: Some(pb::server_to_client::Frame::Settings(pb::Settings {
+                supported_protocol_revisions: revs,
+                initial_window_size: 65536,
+            })),
+        }
+    }
+
+    #[test]
+    fn highest_common_revision_wins() {
+        let ours = Options::default();
+        assert_eq!(
+            accept_settings(settings_frame(-1, vec![0, 1, 7]), &ours),
+            Ok((Revision::One, 65536))
+        );
+        assert_eq!(
+            accept_settings(settings_frame(-1, vec![0]), &ours),
+            Ok((Revision::Zero, 65536))
+        );
+    }
+
+    #[test]
+    fn bad_settings_have_the_texts_of_p14() {
+        let ours = Options::default();
+        let err = accept_settings(settings_frame(3, vec![1]), &ours).unwrap_err();
+        assert_eq!(err, "protocol error: settings frame had bad stream ID (3)");
+        let err = accept_settings(settings_frame(-1, vec![]), &ours).unwrap_err();
+        assert!(err.starts_with("protocol error: server support revisions []"));
+        let frame = pb::ServerToClient {
+            stream_id: -1,
+            frame: Some(pb::server_to_client::Frame::WindowUpdate(1)),
+        };
+        let err = accept_settings(frame, &ours).unwrap_err();
+        assert!(err.starts_with("protocol error: first frame was not settings"));
+    }
+
+    #[test]
+    fn negotiation_header_must_be_first_and_exact() {
+        let mut h = http::HeaderMap::new();
+        assert!(!peer_advertises(&h));
+        h.append(NEGOTIATE_HEADER, "On".parse().unwrap());
+        h.append(NEGOTIATE_HEADER, "on".parse().unwrap());
+        assert!(!peer_advertises(&h));
+        let mut h = http::HeaderMap::new();
+        h.append(NEGOTIATE_HEADER, "on".parse().unwrap());
+        assert!(peer_advertises(&h));
+    }
+}

@@ -1,0 +1,85 @@
+//! Accepting an opening RPC: negotiation, response headers and the engines.
+
+use std::sync::Arc;
+
+use futures_util::future::{ready, Ready};
+use tracing::{debug, Instrument};
+
+use crate::{
+    info::Direction,
+    negotiate::{self, Options},
+    pb,
+    server::{
+        dispatch::Dispatch,
+        tunnel::{Ending, ServerTunnel, TunnelContext},
+    },
+    stream::server_frame,
+    writer::{Core, Writer},
+};
+
+/// `OpenTunnel` as a tonic streaming service: the network server is the
+/// tunnel server.
+pub(crate) struct OpenTunnel {
+    pub(crate) opts: Options,
+    pub(crate) dispatch: Dispatch,
+    pub(crate) extensions: http::Extensions,
+    pub(crate) headers: http::HeaderMap,
+}
+
+impl tonic::server::StreamingService<pb::ClientToServer> for OpenTunnel {
+    type Response = pb::ServerToClient;
+    type ResponseStream = Writer<pb::ServerToClient>;
+    type Future = Ready<Result<tonic::Response<Self::ResponseStream>, tonic::Status>>;
+
+    fn call(
+        &mut self,
+        request: tonic::Request<tonic::Streaming<pb::ClientToServer>>,
+    ) -> Self::Future {
+        let negotiated = self.opts.advertises() && negotiate::peer_advertises(&self.headers);
+        let (core, writer, gone) = Core::new();
+        if negotiated {
+            // P-11: Settings is the first ServerToClient frame.
+            core.send_control(server_frame(
+                -1,
+                pb::server_to_client::Frame::Settings(self.opts.settings()),
+            ));
+        }
+        let cx = TunnelContext {
+            opts: self.opts,
+            dispatch: self.dispatch.clone(),
+            extensions: std::mem::take(&mut self.extensions),
+            metadata: Arc::new(std::mem::take(&mut self.headers)),
+            direction: Direction::Forward,
+        };
+        let span = tracing::debug_span!(
+            "grpctunnel.tunnel",
+            direction = "forward",
+            role = "server",
+            negotiated
+        );
+        let tunnel = ServerTunnel::new(cx, core.clone(), gone, request.into_inner());
+        tokio::spawn(
+            async move {
+                debug!("tunnel open");
+                let status = match tunnel.run().await {
+                    // P-67: the client's end of input ends the RPC with OK.
+                    Ending::Closed => None,
+                    // P-22: a fatal error ends the RPC with UNKNOWN and its text.
+                    Ending::Protocol(text) => Some(tonic::Status::unknown(text)),
+                };
+                debug!("tunnel closed");
+                core.finish(status);
+            }
+            .instrument(span),
+        );
+        let mut resp = tonic::Response::new(writer);
+        if self.opts.advertises() {
+            // P-9: response headers go out at once, with the header.
+            resp.metadata_mut().insert(
+                negotiate::NEGOTIATE_HEADER,
+                tonic::metadata::MetadataValue::from_static(negotiate::NEGOTIATE_ON),
+            );
+        }
+        ready(Ok(resp))
+    }
+}

@@ -1,0 +1,351 @@
+//! Serves one tunnel as the tunnel server: reads `ClientToServer` frames,
+//! starts a handler for each `new_stream`, and feeds each stream's request
+//! data to it (P-54: the reader never waits for a handler or a write).
+
+use std::{collections::HashMap, sync::Arc};
+
+use futures_core::Stream as FuturesStream;
+use futures_util::StreamExt;
+use tokio::{sync::mpsc, task::AbortHandle};
+use tracing::{debug, trace, Instrument};
+
+use crate::{
+    frame::Reassembly,
+    info::{Direction, TunnelInfo},
+    metadata,
+    negotiate::{Options, Revision},
+    pb::{self, client_to_server::Frame},
+    server::{body::RequestBody, dispatch::Dispatch, handler},
+    stream::{server_frame, Event, Stream},
+    writer::Core,
+};
+
+type ServerStream = Stream<pb::ServerToClient>;
+
+/// What a tunnel server needs besides its frames.
+pub(crate) struct TunnelContext {
+    pub(crate) opts: Options,
+    pub(crate) dispatch: Dispatch,
+    /// Request extensions of the opening RPC, copied into each tunneled request.
+    pub(crate) extensions: http::Extensions,
+    /// Request headers of the opening RPC.
+    pub(crate) metadata: Arc<http::HeaderMap>,
+    pub(crate) direction: Direction,
+}
+
+struct Entry {
+    stream: Arc<ServerStream>,
+    task: AbortHandle,
+    reassembly: Reassembly,
+    half_closed: bool,
+}
+
+/// The reader of one tunnel server.
+pub(crate) struct ServerTunnel<S> {
+    cx: TunnelContext,
+    core: Arc<Core<pb::ServerToClient>>,
+    inbound: S,
+    gone: mpsc::UnboundedReceiver<i64>,
+    streams: HashMap<i64, Entry>,
+    /// Highest stream ID recorded (P-21), initially -1.
+    highest: i64,
+}
+
+/// How a tunnel ended, from the tunnel server's point of view.
+pub(crate) enum Ending {
+    /// The tunnel client closed its side, or the opening RPC ended.
+    Closed,
+    /// The peer broke the protocol; the text of PROTOCOL.md.
+    Protocol(String),
+}
+
+impl<S> ServerTunnel<S>
+where
+    S: FuturesStream<Item = Result<pb::ClientToServer, tonic::Status>> + Unpin + Send + 'static,
+{
+    pub(crate) fn new(
+        cx: TunnelContext,
+        core: Arc<Core<pb::ServerToClient>>,
+        gone: mpsc::UnboundedReceiver<i64>,
+        inbound: S,
+    ) -> Self {
+        Self {
+            cx,
+            core,
+            inbound,
+            gone,
+            streams: HashMap::new(),
+            highest: -1,
+        }
+    }
+
+    /// Serves until the tunnel ends; tears every stream down on the way out.
+    pub(crate) async fn run(mut self) -> Ending {
+        let ending = self.read_loop().await;
+        for (_, entry) in self.streams.drain() {
+            entry.task.abort();
+            entry.stream.finish();
+        }
+        ending
+    }
+
+    async fn read_loop(&mut self) -> Ending {
+        loop {
+            tokio::select! {
+                biased;
+                Some(id) = self.gone.recv() => {
+                    self.streams.remove(&id);
+                }
+                frame = self.inbound.next() => match frame {
+                    Some(Ok(frame)) => {
+                        if let Err(text) = self.on_frame(frame) {
+                            debug!(error = %text, "protocol error");
+                            return Ending::Protocol(text);
+                        }
+                    }
+                    Some(Err(status)) => {
+                        debug!(code = ?status.code(), error = %status.message(), "tunnel broken");
+                        return Ending::Closed;
+                    }
+                    None => return Ending::Closed,
+                },
+            }
+        }
+    }
+
+    /// Handles one frame; `Err` is fatal to the tunnel (P-22).
+    fn on_frame(&mut self, frame: pb::ClientToServer) -> Result<(), String> {
+        let id = frame.stream_id;
+        let frame = match frame.frame {
+            Some(Frame::NewStream(new)) => return self.on_new_stream(id, new),
+            other => other,
+        };
+        let Some(entry) = self.streams.get_mut(&id) else {
+            // P-23, server side.
+            if id <= self.highest {
+                trace!(stream_id = id, "dropped frame for finished stream");
+                return Ok(());
+            }
+            return Err(format!(
+                "received frame for stream ID {id}: stream never created"
+            ));
+        };
+        let max = self.cx.opts.max_message_size;
+        let failure = match frame {
+            Some(Frame::RequestMessage(msg)) if !entry.half_closed => {
+                let len = msg.data.len();
+                match entry.reassembly.on_envelope(msg.size, len, max) {
+                    Err(e) => Some(e.server_status()),
+                    Ok(()) if !entry.stream.charge_recv(len) => Some(overrun()),
+                    Ok(()) => {
+                        entry.stream.deliver(Event::Start {
+                            size: msg.size,
+                            data: msg.data,
+                        });
+                        None
+                    }
+                }
+            }
+            Some(Frame::MoreRequestData(data)) if !entry.half_closed => {
+                match entry.reassembly.on_continuation(data.len()) {
+                    Err(e) => Some(e.server_status()),
+                    Ok(()) if !entry.stream.charge_recv(data.len()) => Some(overrun()),
+                    Ok(()) => {
+                        entry.stream.deliver(Event::More(data));
+                        None
+                    }
+                }
+            }
+            // P-37: data after half_close is dropped, a repeated half_close ignored.
+            Some(Frame::RequestMessage(_) | Frame::MoreRequestData(_)) => None,
+            Some(Frame::HalfClose(())) => {
+                if !entry.half_closed {
+                    entry.half_closed = true;
+                    entry.stream.deliver(Event::End(None));
+                }
+                None
+            }
+            Some(Frame::Cancel(())) => {
+                // P-38: stop delivering and cancel the handler (TONIC-NOTES 2:
+                // its future is dropped, not just its input ended).
+                debug!(stream_id = id, "stream cancelled by client");
+                entry.task.abort();
+                entry.stream.finish();
+                entry.stream.fail(tonic::Status::cancelled(
+                    "stream cancelled by tunnel client",
+                ));
+                self.streams.remove(&id);
+                None
+            }
+            Some(Frame::WindowUpdate(n)) => {
+                if n > 0 {
+                    entry.stream.add_window(n);
+                }
+                None
+            }
+            Some(Frame::NewStream(_)) => None, // handled above
+            None => Some(tonic::Status::unknown(
+                "protocol error: unrecognized frame type",
+            )),
+        };
+        if let Some(status) = failure {
+            self.end_stream(id, status);
+        }
+        Ok(())
+    }
+
+    /// Ends an active stream with `status`: empty headers if none were sent,
+    /// then `close_stream` with empty trailers (P-33); the handler is dropped.
+    fn end_stream(&mut self, id: i64, status: tonic::Status) {
+        let Some(entry) = self.streams.remove(&id) else {
+            return;
+        };
+        debug!(stream_id = id, code = ?status.code(), error = %status.message(), "stream failed");
+        entry.task.abort();
+        entry.stream.push_final(
+            || empty_headers(id),
+            close_frame(id, Some(&status), Some(pb::Metadata::default())),
+        );
+        entry.stream.fail(status);
+    }
+
+    fn on_new_stream(&mut self, id: i64, new: pb::NewStream) -> Result<(), String> {
+        if self.streams.contains_key(&id) {
+            return Err(format!("cannot create stream ID {id}: already exists"));
+        }
+        if id <= self.highest {
+            return Err(format!(
+                "cannot create stream ID {id}: that ID has already been used"
+            ));
+        }
+        // P-28: the ID is recorded before any rejection (unlike B-1).
+        self.highest = id;
+        let Some(revision) = Revision::from_i32(new.protocol_revision) else {
+            return self.reject(
+                id,
+                tonic::Status::unavailable(format!(
+                    "server does not support protocol revision {}",
+                    new.protocol_revision
+                )),
+            );
+        };
+        if revision > self.cx.opts.max_revision {
+            return self.reject(
+                id,
+                tonic::Status::unavailable(format!(
+                    "server does not support protocol revision {}",
+                    new.protocol_revision
+                )),
+            );
+        }
+        let name = new
+            .method_name
+            .strip_prefix('/')
+            .unwrap_or(&new.method_name);
+        let well_formed = matches!(name.split_once('/'), Some((svc, method)) if !svc.is_empty() && !method.is_empty());
+        let path = format!("/{name}");
+        let uri = match path.parse::<http::Uri>() {
+            Ok(uri) if well_formed => uri,
+            _ => {
+                return self.reject(
+                    id,
+                    tonic::Status::invalid_argument(format!(
+                        "{name} is not a well-formed method name"
+                    )),
+                )
+            }
+        };
+        let flow = revision.is_flow_controlled();
+        let stream = Stream::new(
+            id,
+            self.core.clone(),
+            flow.then_some(new.initial_window_size),
+            flow.then_some(self.cx.opts.initial_window_size),
+        );
+        let req = self.request(
+            uri,
+            new.request_headers.unwrap_or_default(),
+            &stream,
+            revision,
+        );
+        let span = tracing::debug_span!("grpctunnel.stream", stream_id = id, method = %path);
+        let task = tokio::spawn(
+            handler::serve_stream(self.cx.dispatch.clone(), req, stream.clone()).instrument(span),
+        );
+        self.streams.insert(
+            id,
+            Entry {
+                stream,
+                task: task.abort_handle(),
+                reassembly: Reassembly::default(),
+                half_closed: false,
+            },
+        );
+        Ok(())
+    }
+
+    fn request(
+        &self,
+        uri: http::Uri,
+        headers: pb::Metadata,
+        stream: &Arc<ServerStream>,
+        revision: Revision,
+    ) -> http::Request<RequestBody> {
+        let mut req = http::Request::new(RequestBody::new(stream.clone()));
+        *req.method_mut() = http::Method::POST;
+        *req.uri_mut() = uri;
+        *req.version_mut() = http::Version::HTTP_2;
+        let h = req.headers_mut();
+        metadata::metadata_to_headers(&headers, h);
+        h.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/grpc"),
+        );
+        h.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+        let ext = req.extensions_mut();
+        ext.extend(self.cx.extensions.clone());
+        ext.insert(TunnelInfo {
+            direction: self.cx.direction,
+            metadata: self.cx.metadata.clone(),
+            stream_id: stream.id(),
+            revision,
+        });
+        req
+    }
+
+    /// Rejects a new stream: one `close_stream` with only a status (P-28).
+    fn reject(&mut self, id: i64, status: tonic::Status) -> Result<(), String> {
+        debug!(stream_id = id, code = ?status.code(), error = %status.message(), "stream rejected");
+        self.core.send_control(close_frame(id, Some(&status), None));
+        Ok(())
+    }
+}
+
+fn overrun() -> tonic::Status {
+    tonic::Status::resource_exhausted("flow control window exceeded")
+}
+
+pub(crate) fn empty_headers(id: i64) -> pb::ServerToClient {
+    server_frame(
+        id,
+        pb::server_to_client::Frame::ResponseHeaders(pb::Metadata::default()),
+    )
+}
+
+/// A `close_stream` frame; an OK status without details is sent absent (P-44).
+pub(crate) fn close_frame(
+    id: i64,
+    status: Option<&tonic::Status>,
+    trailers: Option<pb::Metadata>,
+) -> pb::ServerToClient {
+    let status = status
+        .map(metadata::tonic_status_to_pb)
+        .filter(|s| s.code != 0 || !s.details.is_empty());
+    server_frame(
+        id,
+        pb::server_to_client::Frame::CloseStream(pb::CloseStream {
+            response_trailers: trailers,
+            status,
+        }),
+    )
+}

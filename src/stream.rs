@@ -1,0 +1,475 @@
+//! State shared by the tasks that touch one tunneled stream.
+//!
+//! Three parties meet here: the tunnel's reader task (which dispatches
+//! inbound frames and window updates), the tunnel's writer (which cuts queued
+//! messages into chunks as the send window allows), and the stream's own
+//! producer and consumer (a request pump and a response body on the client
+//! side, a handler task and a request body on the server side). Each stream
+//! has its own two small locks; nothing here is shared between streams, so no
+//! lock is held across the tunnel per frame.
+
+use std::{
+    collections::VecDeque,
+    sync::{
+        atomic::{AtomicI64, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
+    task::{Context, Poll, Waker},
+};
+
+use bytes::Bytes;
+
+use crate::{pb, writer::Core};
+
+/// Most bytes a producer may queue on a stream before it waits for the
+/// writer, on top of what the send window lets through.
+const QUEUE_HIGH_WATER: usize = 256 * 1024;
+
+/// A frame type the writer can produce for data and credit.
+pub(crate) trait OutFrame: Send + 'static {
+    /// First chunk of a message of `size` bytes.
+    fn envelope(id: i64, size: u32, data: Bytes) -> Self;
+    /// Next chunk of the current message.
+    fn more(id: i64, data: Bytes) -> Self;
+    /// Credit for the peer's data.
+    fn window_update(id: i64, n: u32) -> Self;
+}
+
+impl OutFrame for pb::ClientToServer {
+    fn envelope(id: i64, size: u32, data: Bytes) -> Self {
+        client_frame(
+            id,
+            pb::client_to_server::Frame::RequestMessage(pb::MessageData { size, data }),
+        )
+    }
+
+    fn more(id: i64, data: Bytes) -> Self {
+        client_frame(id, pb::client_to_server::Frame::MoreRequestData(data))
+    }
+
+    fn window_update(id: i64, n: u32) -> Self {
+        client_frame(id, pb::client_to_server::Frame::WindowUpdate(n))
+    }
+}
+
+impl OutFrame for pb::ServerToClient {
+    fn envelope(id: i64, size: u32, data: Bytes) -> Self {
+        server_frame(
+            id,
+            pb::server_to_client::Frame::ResponseMessage(pb::MessageData { size, data }),
+        )
+    }
+
+    fn more(id: i64, data: Bytes) -> Self {
+        server_frame(id, pb::server_to_client::Frame::MoreResponseData(data))
+    }
+
+    fn window_update(id: i64, n: u32) -> Self {
+        server_frame(id, pb::server_to_client::Frame::WindowUpdate(n))
+    }
+}
+
+pub(crate) fn client_frame(id: i64, frame: pb::client_to_server::Frame) -> pb::ClientToServer {
+    pb::ClientToServer {
+        stream_id: id,
+        frame: Some(frame),
+    }
+}
+
+pub(crate) fn server_frame(id: i64, frame: pb::server_to_client::Frame) -> pb::ServerToClient {
+    pb::ServerToClient {
+        stream_id: id,
+        frame: Some(frame),
+    }
+}
+
+/// What a stream's producer queues for the writer.
+#[derive(Debug)]
+pub(crate) enum Item<F> {
+    /// A non-data frame that must keep its place among the stream's data
+    /// (`response_headers`, `close_stream`, `half_close`).
+    Frame(F),
+    /// The start of a message: its full size and its first bytes.
+    Start { size: u32, data: Bytes },
+    /// More bytes of the current message.
+    More(Bytes),
+}
+
+/// What the reader delivers to a stream's consumer.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// Response headers (client side).
+    Headers(pb::Metadata),
+    /// An envelope: the message size and its first chunk.
+    Start { size: u32, data: Bytes },
+    /// A continuation chunk.
+    More(Bytes),
+    /// End of the peer's data: `half_close` on the server side (`None`),
+    /// `close_stream` on the client side.
+    End(Option<pb::CloseStream>),
+    /// The stream failed locally (deadline, violation, tunnel gone).
+    Fail(tonic::Status),
+}
+
+#[derive(Debug)]
+struct SendState<F> {
+    queue: VecDeque<Item<F>>,
+    /// Data bytes in `queue`.
+    queued: usize,
+    /// Send window; `i64::MAX` when the stream has no flow control.
+    window: i64,
+    /// The stream is in the writer's ring (or on its way there).
+    scheduled: bool,
+    /// Nothing more will be written for this stream.
+    closed: bool,
+    /// The stream reached its end (close seen or sent, cancel sent).
+    finished: bool,
+    /// The server queued `response_headers`.
+    headers_sent: bool,
+    producer: Option<Waker>,
+}
+
+#[derive(Debug)]
+struct RecvState {
+    queue: VecDeque<Event>,
+    consumer: Option<Waker>,
+    /// Consumed bytes not credited back yet.
+    pending_credit: u32,
+    /// No more data can arrive (end or failure queued).
+    ended: bool,
+}
+
+/// One tunneled stream, as seen by every task that touches it.
+#[derive(Debug)]
+pub(crate) struct Stream<F> {
+    id: i64,
+    core: Arc<Core<F>>,
+    /// Receive-side flow control: `None` on revision-zero streams.
+    credit_threshold: Option<u32>,
+    /// The receiver's overrun counter (P-51): what the peer may still send.
+    recv_window: AtomicI64,
+    send: Mutex<SendState<F>>,
+    recv: Mutex<RecvState>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves plain data behind; the
+    // state is still consistent enough to tear the stream down.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl<F: OutFrame> Stream<F> {
+    /// A stream with `send_window` bytes of initial credit and
+    /// `recv_window` bytes advertised to the peer; `None` for no flow control.
+    pub(crate) fn new(
+        id: i64,
+        core: Arc<Core<F>>,
+        send_window: Option<u32>,
+        recv_window: Option<u32>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            id,
+            core,
+            credit_threshold: recv_window.map(|w| (w / 2).max(1)),
+            recv_window: AtomicI64::new(recv_window.map_or(i64::MAX, i64::from)),
+            send: Mutex::new(SendState {
+                queue: VecDeque::new(),
+                queued: 0,
+                window: send_window.map_or(i64::MAX, i64::from),
+                scheduled: false,
+                closed: false,
+                finished: false,
+                headers_sent: false,
+                producer: None,
+            }),
+            recv: Mutex::new(RecvState {
+                queue: VecDeque::new(),
+                consumer: None,
+                pending_credit: 0,
+                ended: false,
+            }),
+        })
+    }
+
+    pub(crate) fn id(&self) -> i64 {
+        self.id
+    }
+
+    pub(crate) fn core(&self) -> &Arc<Core<F>> {
+        &self.core
+    }
+
+    pub(crate) fn is_flow_controlled(&self) -> bool {
+        self.credit_threshold.is_some()
+    }
+
+    // ----- send side -------------------------------------------------------
+
+    /// Whether the producer may queue more: `Ready(true)` when there is room,
+    /// `Ready(false)` when the stream is closed for sending.
+    pub(crate) fn poll_capacity(&self, cx: &mut Context<'_>) -> Poll<bool> {
+        let mut st = lock(&self.send);
+        if st.closed {
+            return Poll::Ready(false);
+        }
+        if st.queued < QUEUE_HIGH_WATER {
+            return Poll::Ready(true);
+        }
+        st.producer = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    /// Resolves once the stream is closed for sending.
+    pub(crate) fn poll_closed(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut st = lock(&self.send);
+        if st.closed {
+            return Poll::Ready(());
+        }
+        st.producer = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    /// Queues an item; `false` if the stream no longer sends.
+    pub(crate) fn push(self: &Arc<Self>, item: Item<F>) -> bool {
+        let mut st = lock(&self.send);
+        if st.closed {
+            return false;
+        }
+        if let Item::Start { data, .. } | Item::More(data) = &item {
+            st.queued += data.len();
+        }
+        st.queue.push_back(item);
+        self.schedule(&mut st);
+        true
+    }
+
+    /// Queues `response_headers` unless they were queued already; returns
+    /// whether this call queued them.
+    pub(crate) fn push_headers_once(self: &Arc<Self>, make: impl FnOnce() -> F) -> bool {
+        let mut st = lock(&self.send);
+        if st.closed || st.headers_sent {
+            return false;
+        }
+        st.headers_sent = true;
+        st.queue.push_back(Item::Frame(make()));
+        self.schedule(&mut st);
+        true
+    }
+
+    /// Queues the stream's last frames and closes it for sending. The
+    /// `headers` frame is queued first if no headers were queued yet.
+    /// Returns `false` if the stream had already finished.
+    pub(crate) fn push_final(self: &Arc<Self>, headers: impl FnOnce() -> F, last: F) -> bool {
+        let mut st = lock(&self.send);
+        if st.closed || st.finished {
+            return false;
+        }
+        if !st.headers_sent {
+            st.headers_sent = true;
+            st.queue.push_back(Item::Frame(headers()));
+        }
+        st.queue.push_back(Item::Frame(last));
+        st.finished = true;
+        st.closed = true;
+        self.schedule(&mut st);
+        if let Some(w) = st.producer.take() {
+            w.wake();
+        }
+        true
+    }
+
+    /// Stops sending: drops queued items and wakes the producer. Returns
+    /// whether the stream had not finished yet (and now has).
+    pub(crate) fn finish(&self) -> bool {
+        let mut st = lock(&self.send);
+        let was_finished = st.finished;
+        st.finished = true;
+        if !st.closed {
+            st.closed = true;
+            st.queue.clear();
+            st.queued = 0;
+        }
+        if let Some(w) = st.producer.take() {
+            w.wake();
+        }
+        !was_finished
+    }
+
+    /// Adds credit from a `window_update` (saturating; B-13).
+    pub(crate) fn add_window(self: &Arc<Self>, n: u32) {
+        let mut st = lock(&self.send);
+        if st.window == i64::MAX {
+            return;
+        }
+        st.window = st.window.saturating_add(i64::from(n));
+        self.schedule(&mut st);
+    }
+
+    fn schedule(self: &Arc<Self>, st: &mut SendState<F>) {
+        if !st.scheduled && sendable(st) {
+            st.scheduled = true;
+            self.core.schedule(self.clone());
+        }
+    }
+
+    /// Takes the next frame to write (called by the writer). Returns the
+    /// frame, if any, and whether the stream should stay in the ring.
+    pub(crate) fn next_frame(&self, max_chunk: usize) -> (Option<F>, bool) {
+        let mut st = lock(&self.send);
+        let frame = take_frame(&mut st, self.id, max_chunk);
+        let again = sendable(&st);
+        if !again {
+            st.scheduled = false;
+        }
+        if st.queued < QUEUE_HIGH_WATER {
+            if let Some(w) = st.producer.take() {
+                w.wake();
+            }
+        }
+        (frame, again)
+    }
+
+    // ----- receive side ----------------------------------------------------
+
+    /// Checks a data frame of `len` bytes against the receive window and
+    /// charges it (reader side, P-51). `false` on overrun.
+    pub(crate) fn charge_recv(&self, len: usize) -> bool {
+        if self.credit_threshold.is_none() {
+            return true;
+        }
+        let len = len as i64;
+        if len > self.recv_window.load(Ordering::Acquire) {
+            return false;
+        }
+        self.recv_window.fetch_sub(len, Ordering::AcqRel);
+        true
+    }
+
+    /// Delivers an event to the consumer. Events after the end are dropped.
+    pub(crate) fn deliver(&self, event: Event) {
+        let mut st = lock(&self.recv);
+        if st.ended {
+            return;
+        }
+        if matches!(event, Event::End(_) | Event::Fail(_)) {
+            st.ended = true;
+        }
+        st.queue.push_back(event);
+        if let Some(w) = st.consumer.take() {
+            w.wake();
+        }
+    }
+
+    /// Replaces whatever is queued with a failure (the stream is torn down).
+    pub(crate) fn fail(&self, status: tonic::Status) {
+        let mut st = lock(&self.recv);
+        if st.ended {
+            return;
+        }
+        st.ended = true;
+        st.queue.push_back(Event::Fail(status));
+        if let Some(w) = st.consumer.take() {
+            w.wake();
+        }
+    }
+
+    /// Takes the next event, crediting consumed data back to the peer.
+    pub(crate) fn poll_event(&self, cx: &mut Context<'_>) -> Poll<Event> {
+        let mut st = lock(&self.recv);
+        match st.queue.pop_front() {
+            Some(event) => {
+                if let Event::Start { data, .. } | Event::More(data) = &event {
+                    self.credit(&mut st, data.len());
+                }
+                Poll::Ready(event)
+            }
+            None => {
+                st.consumer = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+
+    /// Looks at the next event without taking it.
+    pub(crate) fn poll_peek<R>(
+        &self,
+        cx: &mut Context<'_>,
+        f: impl FnOnce(&Event) -> R,
+    ) -> Poll<R> {
+        let mut st = lock(&self.recv);
+        match st.queue.front() {
+            Some(event) => Poll::Ready(f(event)),
+            None => {
+                st.consumer = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+
+    fn credit(&self, st: &mut RecvState, len: usize) {
+        let Some(threshold) = self.credit_threshold else {
+            return;
+        };
+        if st.ended || len == 0 {
+            // P-53: no credit once no more data can arrive.
+            return;
+        }
+        st.pending_credit = st.pending_credit.saturating_add(len as u32);
+        if st.pending_credit >= threshold {
+            let n = std::mem::take(&mut st.pending_credit);
+            self.recv_window.fetch_add(i64::from(n), Ordering::AcqRel);
+            self.core.send_control(F::window_update(self.id, n));
+        }
+    }
+}
+
+fn sendable<F>(st: &SendState<F>) -> bool {
+    match st.queue.front() {
+        None => false,
+        Some(Item::Frame(_)) => true,
+        Some(Item::Start { data, .. } | Item::More(data)) => data.is_empty() || st.window > 0,
+    }
+}
+
+fn take_frame<F: OutFrame>(st: &mut SendState<F>, id: i64, max_chunk: usize) -> Option<F> {
+    if !sendable(st) {
+        return None;
+    }
+    let allowed = usize::try_from(st.window)
+        .unwrap_or(usize::MAX)
+        .min(max_chunk);
+    match st.queue.pop_front()? {
+        Item::Frame(f) => Some(f),
+        Item::Start { size, mut data } => {
+            let chunk = cut(&mut data, allowed);
+            charge(st, chunk.len());
+            if !data.is_empty() {
+                st.queue.push_front(Item::More(data));
+            }
+            Some(F::envelope(id, size, chunk))
+        }
+        Item::More(mut data) => {
+            let chunk = cut(&mut data, allowed);
+            charge(st, chunk.len());
+            if !data.is_empty() {
+                st.queue.push_front(Item::More(data));
+            }
+            Some(F::more(id, chunk))
+        }
+    }
+}
+
+fn cut(data: &mut Bytes, allowed: usize) -> Bytes {
+    if data.len() <= allowed {
+        std::mem::take(data)
+    } else {
+        data.split_to(allowed)
+    }
+}
+
+fn charge<F>(st: &mut SendState<F>, len: usize) {
+    st.queued -= len;
+    if st.window != i64::MAX {
+        st.window -= len as i64;
+    }
+}
