@@ -38,8 +38,6 @@ enum Kind {
     Protocol,
     /// The opening RPC or the revision negotiation failed.
     Negotiation,
-    /// The opening RPC could not be made.
-    Transport,
 }
 
 impl Error {
@@ -57,10 +55,6 @@ impl Error {
 
     pub(crate) fn negotiation(source: impl Into<BoxError>) -> Self {
         Self::new(Kind::Negotiation, Some(source.into()))
-    }
-
-    pub(crate) fn transport(source: impl Into<BoxError>) -> Self {
-        Self::new(Kind::Transport, Some(source.into()))
     }
 
     fn new(kind: Kind, source: Option<BoxError>) -> Self {
@@ -83,11 +77,6 @@ impl Error {
     /// Opening the tunnel or negotiating its revision failed.
     pub fn is_negotiation(&self) -> bool {
         self.kind == Kind::Negotiation
-    }
-
-    /// The opening RPC could not be made over the transport.
-    pub fn is_transport(&self) -> bool {
-        self.kind == Kind::Transport
     }
 
     /// The [`tonic::Status`] behind this error, if the opening RPC ended with one.
@@ -145,7 +134,6 @@ impl fmt::Display for Error {
             Kind::Closed => "tunnel closed",
             Kind::Protocol => "tunnel protocol error",
             Kind::Negotiation => "tunnel negotiation failed",
-            Kind::Transport => "could not open tunnel",
         })
     }
 }

@@ -294,6 +294,7 @@ pub(crate) fn prefix(size: u32) -> Bytes {
 /// Cuts the first chunk of at most `max_chunk` bytes off `data` (zero-copy),
 /// for a tunnel data frame. A `max_chunk` of 0 is treated as 1 so that a
 /// loop over a non-empty `data` always makes progress.
+#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn split_chunk(data: &mut Bytes, max_chunk: usize) -> Bytes {
     data.split_to(max_chunk.max(1).min(data.len()))
 }
@@ -414,6 +415,7 @@ impl Reassembly {
     }
 
     /// Whether no message is in progress (the last one is complete).
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn is_idle(&self) -> bool {
         self.current.is_none()
     }

@@ -429,6 +429,7 @@ pub(crate) fn tonic_status_to_pb(s: &tonic::Status) -> tonic_types::Status {
 /// [`details`](tonic::Status::details) are the whole serialized status, so
 /// that tonic writes them as `grpc-status-details-bin` and `tonic_types` can
 /// read them back. Unknown codes become `UNKNOWN`.
+#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn pb_status_to_tonic(s: tonic_types::Status, metadata: HeaderMap) -> tonic::Status {
     let code = tonic::Code::from_i32(s.code);
     let details = if s.details.is_empty() {

@@ -199,6 +199,7 @@ impl<F: OutFrame> Stream<F> {
         &self.core
     }
 
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn is_flow_controlled(&self) -> bool {
         self.credit_threshold.is_some()
     }

@@ -11,7 +11,11 @@ async fn unary_through_forward_tunnel() {
         let tunnel = forward(server.addr).await;
         let mut client = EchoServiceClient::new(tunnel.clone());
         let resp = client
-            .unary(EchoRequest { payload: "hello".into(), seq: 7, ..Default::default() })
+            .unary(EchoRequest {
+                payload: "hello".into(),
+                seq: 7,
+                ..Default::default()
+            })
             .await
             .expect("unary");
         assert_eq!(resp.get_ref().payload, "hello");

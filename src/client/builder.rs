@@ -13,7 +13,7 @@ use crate::{
     info::Direction,
     negotiate::{self, Options, Revision},
     pb::{self, tunnel_service_client::TunnelServiceClient},
-    writer::{Core, Writer},
+    writer::Core,
 };
 
 /// Builds a [`TunnelChannel`]: protocol options and opening metadata.
@@ -203,9 +203,6 @@ where
     tokio::spawn(reader.run().in_current_span());
     Ok(TunnelChannel::from_shared(shared))
 }
-
-/// The writer half of a client engine, exposed as a plain frame stream.
-pub(crate) type ClientWriter = Writer<pb::ClientToServer>;
 
 impl fmt::Debug for TunnelChannelBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -13,6 +13,7 @@ mod future;
 mod task;
 
 pub use body::ResponseBody;
+#[allow(unused_imports)] // used by reverse tunnels
 pub(crate) use builder::start_client;
 pub use builder::TunnelChannelBuilder;
 pub use channel::TunnelChannel;
