@@ -11,7 +11,7 @@ use crate::{
     negotiate::{Options, Revision},
     server::{
         dispatch::{dispatch, Dispatch},
-        RequestBody, TunnelService, Unimplemented,
+        TunnelService, Unimplemented,
     },
 };
 
@@ -67,21 +67,21 @@ impl TunnelLayer {
 
     /// Serves tunneled calls with `svc` instead of the wrapped service, to
     /// expose a different set of services over tunnels than over plain
-    /// connections.
-    pub fn tunnel_service<T, B, ResBody>(self, svc: T) -> Self
+    /// connections. Its requests have tonic's body type, which tonic
+    /// `Routes`, generated servers and axum routers all accept.
+    pub fn tunnel_service<T, ResBody>(self, svc: T) -> Self
     where
-        T: Service<http::Request<B>, Response = http::Response<ResBody>>
+        T: Service<http::Request<tonic::body::Body>, Response = http::Response<ResBody>>
             + Clone
             + Send
             + Sync
             + 'static,
         T::Future: Send + 'static,
         T::Error: Into<BoxError>,
-        B: From<RequestBody> + 'static,
         ResBody: http_body::Body<Data = Bytes> + Send + 'static,
         ResBody::Error: Into<BoxError>,
     {
-        let d = dispatch(svc);
+        let d = dispatch::<T, tonic::body::Body, ResBody>(svc);
         self.update(|c| c.tunnel_service = Some(d))
     }
 
