@@ -1,6 +1,26 @@
-//! Echo test service and case matrix for grpctunnel's tests.
-#![allow(missing_docs)]
+//! Echo test service and case matrix shared by grpctunnel's tests, examples,
+//! benchmarks and interop harness.
+//!
+//! * [`Echo`] serves `grpctunnel.testing.v1.EchoService` (see
+//!   `proto/grpctunnel/testing/v1/echo.proto` and the [`service`] module
+//!   docs for its exact semantics).
+//! * [`run_cases`] runs the named case matrix against any transport that a
+//!   generated tonic client accepts, and returns a [`Report`].
 
+pub mod cases;
+pub mod service;
+
+/// Generated code for `grpctunnel.testing.v1`.
+#[allow(missing_docs, clippy::all)]
 pub mod pb {
     tonic::include_proto!("grpctunnel.testing.v1");
+}
+
+pub use cases::{client, run_cases, CaseOptions, Report, CASE_NAMES};
+pub use service::{Echo, EchoServer, HandlerState, MAX_MESSAGE_SIZE, SERVICE_NAME};
+
+/// `n` bytes where byte `i` is `i % 251`: the payload the service sends for
+/// `response_size = n`.
+pub fn payload(n: usize) -> bytes::Bytes {
+    (0..n).map(|i| (i % 251) as u8).collect()
 }
