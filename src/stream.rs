@@ -126,6 +126,9 @@ struct SendState<F> {
     finished: bool,
     /// The server queued `response_headers`.
     headers_sent: bool,
+    /// The last frame is queued: tell the reader to forget the stream once
+    /// it is written (until then window updates must still reach it).
+    forget_when_drained: bool,
     producer: Option<Waker>,
 }
 
@@ -180,6 +183,7 @@ impl<F: OutFrame> Stream<F> {
                 closed: false,
                 finished: false,
                 headers_sent: false,
+                forget_when_drained: false,
                 producer: None,
             }),
             recv: Mutex::new(RecvState {
@@ -258,7 +262,8 @@ impl<F: OutFrame> Stream<F> {
     }
 
     /// Queues the stream's last frames and closes it for sending. The
-    /// `headers` frame is queued first if no headers were queued yet.
+    /// `headers` frame is queued first if no headers were queued yet. The
+    /// reader is told to forget the stream once the last frame is written.
     /// Returns `false` if the stream had already finished.
     pub(crate) fn push_final(self: &Arc<Self>, headers: impl FnOnce() -> F, last: F) -> bool {
         let mut st = lock(&self.send);
@@ -272,6 +277,7 @@ impl<F: OutFrame> Stream<F> {
         st.queue.push_back(Item::Frame(last));
         st.finished = true;
         st.closed = true;
+        st.forget_when_drained = true;
         self.schedule(&mut st);
         if let Some(w) = st.producer.take() {
             w.wake();
@@ -318,6 +324,10 @@ impl<F: OutFrame> Stream<F> {
     pub(crate) fn next_frame(&self, max_chunk: usize) -> (Option<F>, bool) {
         let mut st = lock(&self.send);
         let frame = take_frame(&mut st, self.id, max_chunk);
+        if st.forget_when_drained && st.queue.is_empty() {
+            st.forget_when_drained = false;
+            self.core.forget(self.id);
+        }
         let again = sendable(&st);
         if !again {
             st.scheduled = false;

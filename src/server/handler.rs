@@ -48,7 +48,6 @@ pub(crate) async fn serve_stream(
     if let Some(status) = status {
         finish(&stream, &status, pb::Metadata::default());
     }
-    stream.core().forget(stream.id());
 }
 
 /// Runs the handler; returns a status only if the stream still needs its
