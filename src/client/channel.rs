@@ -62,7 +62,7 @@ pub struct TunnelChannel {
 /// Owned by every clone and every call; the tunnel closes when the last one
 /// is dropped.
 pub(crate) struct Handle {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 impl Drop for Handle {
@@ -77,6 +77,7 @@ pub(crate) struct Shared {
     pub(crate) opts: Options,
     pub(crate) shutdown: Notify,
     closed_notify: Notify,
+    idle: Notify,
     alloc: Mutex<Alloc>,
     register: mpsc::UnboundedSender<Arc<Stream<pb::ClientToServer>>>,
     terminal: OnceLock<Error>,
@@ -89,6 +90,9 @@ pub(crate) struct Shared {
 struct Alloc {
     next_id: i64,
     closed: bool,
+    draining: bool,
+    /// Calls whose guard is alive.
+    active: usize,
 }
 
 impl Shared {
@@ -111,7 +115,10 @@ impl Shared {
             alloc: Mutex::new(Alloc {
                 next_id: 1,
                 closed: false,
+                draining: false,
+                active: 0,
             }),
+            idle: Notify::new(),
             register,
             terminal: OnceLock::new(),
             revision,
@@ -154,6 +161,9 @@ impl Shared {
         if alloc.closed {
             return Err(self.closed_status());
         }
+        if alloc.draining {
+            return Err(tonic::Status::unavailable("tunnel is shutting down"));
+        }
         let id = alloc.next_id;
         if id == i64::MAX {
             return Err(tonic::Status::unavailable(
@@ -161,6 +171,7 @@ impl Shared {
             ));
         }
         alloc.next_id += 1;
+        alloc.active += 1;
         let stream = Stream::new(
             id,
             self.core.clone(),
@@ -178,6 +189,15 @@ impl Shared {
         });
         self.core.send_control(client_frame(id, frame));
         Ok(stream)
+    }
+
+    /// A call's guard is gone.
+    pub(crate) fn call_done(&self) {
+        let mut alloc = self.lock_alloc();
+        alloc.active = alloc.active.saturating_sub(1);
+        if alloc.active == 0 {
+            self.idle.notify_waiters();
+        }
     }
 
     fn closed_status(&self) -> tonic::Status {
@@ -214,6 +234,32 @@ impl TunnelChannel {
     /// the opening RPC is ended.
     pub fn close(&self) {
         self.handle.shared.close();
+    }
+
+    /// Closes the tunnel gracefully: new calls fail at once with
+    /// `UNAVAILABLE`, calls in flight may finish for up to `grace`, then the
+    /// tunnel is closed as by [`close`](Self::close).
+    pub async fn shutdown(&self, grace: std::time::Duration) {
+        let shared = &self.handle.shared;
+        shared.lock_alloc().draining = true;
+        let idle = async {
+            loop {
+                let notified = shared.idle.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if shared.lock_alloc().active == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        let _ = tokio::time::timeout(grace, idle).await;
+        shared.close();
+    }
+
+    /// Calls in flight (whose response, or response body, is still alive).
+    pub fn active_calls(&self) -> usize {
+        self.handle.shared.lock_alloc().active
     }
 
     /// Whether the tunnel has ended.

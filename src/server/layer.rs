@@ -1,6 +1,8 @@
 //! [`TunnelLayer`]: adds the tunnel service to a server.
 
-use std::{fmt, sync::Arc};
+use std::{fmt, hash::Hash, sync::Arc, time::Duration};
+
+use tokio_util::sync::CancellationToken;
 
 use bytes::Bytes;
 use tower_layer::Layer;
@@ -9,6 +11,7 @@ use tower_service::Service;
 use crate::{
     error::BoxError,
     negotiate::{Options, Revision},
+    reverse::{Acceptor, ReverseTunnelRegistry, DEFAULT_SHUTDOWN_GRACE},
     server::{
         dispatch::{dispatch, Dispatch},
         TunnelService, Unimplemented,
@@ -31,6 +34,9 @@ pub struct TunnelLayer {
 pub(crate) struct Config {
     pub(crate) opts: Options,
     pub(crate) tunnel_service: Option<Dispatch>,
+    pub(crate) reverse: Option<Arc<dyn Acceptor>>,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) grace: Duration,
 }
 
 impl Default for TunnelLayer {
@@ -46,6 +52,9 @@ impl TunnelLayer {
             config: Arc::new(Config {
                 opts: Options::default(),
                 tunnel_service: None,
+                reverse: None,
+                shutdown: CancellationToken::new(),
+                grace: DEFAULT_SHUTDOWN_GRACE,
             }),
         }
     }
@@ -57,6 +66,9 @@ impl TunnelLayer {
                 let mut config = Config {
                     opts: self.config.opts,
                     tunnel_service: self.config.tunnel_service.clone(),
+                    reverse: self.config.reverse.clone(),
+                    shutdown: self.config.shutdown.clone(),
+                    grace: self.config.grace,
                 };
                 f(&mut config);
                 self.config = Arc::new(config);
@@ -83,6 +95,35 @@ impl TunnelLayer {
     {
         let d = dispatch::<T, tonic::body::Body, ResBody>(svc);
         self.update(|c| c.tunnel_service = Some(d))
+    }
+
+    /// Accepts reverse tunnels (`OpenReverseTunnel`) and publishes each one
+    /// in `registry` once it is ready. Without this, reverse tunnels are
+    /// refused with `UNIMPLEMENTED` `reverse tunnels not supported` (P-18).
+    pub fn reverse<K>(self, registry: ReverseTunnelRegistry<K>) -> Self
+    where
+        K: Clone + Eq + Hash + Send + Sync + 'static,
+    {
+        let acceptor: Arc<dyn Acceptor> = Arc::new(registry);
+        self.update(|c| c.reverse = Some(acceptor))
+    }
+
+    /// Shuts tunnels down gracefully when `token` is cancelled: forward
+    /// tunnels reject new streams with `UNAVAILABLE` `server is shutting
+    /// down` (P-69), let active ones finish, then end their opening RPC with
+    /// OK; reverse tunnels stop taking calls, let calls in flight finish,
+    /// then close. Either way within the [grace period](Self::shutdown_grace).
+    ///
+    /// Long-lived tunnels would otherwise keep a server's own graceful
+    /// shutdown (tonic's `serve_with_shutdown`) waiting: cancel the token
+    /// from the same signal.
+    pub fn shutdown_token(self, token: CancellationToken) -> Self {
+        self.update(|c| c.shutdown = token)
+    }
+
+    /// Bound on a graceful shutdown. Default: [`DEFAULT_SHUTDOWN_GRACE`].
+    pub fn shutdown_grace(self, grace: Duration) -> Self {
+        self.update(|c| c.grace = grace)
     }
 
     /// Receive window advertised in `Settings` for each stream's request data
@@ -131,6 +172,7 @@ impl fmt::Debug for TunnelLayer {
         f.debug_struct("TunnelLayer")
             .field("opts", &self.config.opts)
             .field("tunnel_service", &self.config.tunnel_service.is_some())
+            .field("reverse", &self.config.reverse.is_some())
             .finish()
     }
 }

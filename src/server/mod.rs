@@ -5,13 +5,13 @@
 //! `http::Request` with a [`RequestBody`], to the service it wraps.
 
 mod body;
-mod dispatch;
+pub(crate) mod dispatch;
 mod future;
 mod handler;
 mod layer;
 mod open;
 mod service;
-mod tunnel;
+pub(crate) mod tunnel;
 
 pub use body::RequestBody;
 pub use future::ResponseFuture;

@@ -1,6 +1,8 @@
 //! Accepting an opening RPC: negotiation, response headers and the engines.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
+
+use tokio_util::sync::CancellationToken;
 
 use futures_util::future::{ready, Ready};
 use tracing::{debug, Instrument};
@@ -21,6 +23,8 @@ use crate::{
 /// tunnel server.
 pub(crate) struct OpenTunnel {
     pub(crate) opts: Options,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) grace: Duration,
     pub(crate) dispatch: Dispatch,
     pub(crate) extensions: http::Extensions,
     pub(crate) headers: http::HeaderMap,
@@ -57,13 +61,15 @@ impl tonic::server::StreamingService<pb::ClientToServer> for OpenTunnel {
             role = "server",
             negotiated
         );
-        let tunnel = ServerTunnel::new(cx, core.clone(), gone, request.into_inner());
+        let tunnel = ServerTunnel::new(cx, core.clone(), gone, request.into_inner())
+            .with_shutdown(self.shutdown.clone(), self.grace);
         tokio::spawn(
             async move {
                 debug!("tunnel open");
-                let status = match tunnel.run().await {
+                let (ending, _inbound) = tunnel.run().await;
+                let status = match ending {
                     // P-67: the client's end of input ends the RPC with OK.
-                    Ending::Closed => None,
+                    Ending::Closed | Ending::Drained | Ending::Aborted | Ending::Broken(_) => None,
                     // P-22: a fatal error ends the RPC with UNKNOWN and its text.
                     Ending::Protocol(text) => Some(tonic::Status::unknown(text)),
                 };

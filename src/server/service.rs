@@ -12,6 +12,7 @@ use tower_service::Service;
 
 use crate::{
     error::BoxError,
+    reverse::OpenReverseTunnel,
     server::{
         dispatch::dispatch, future::ResponseFuture, layer::Config, open::OpenTunnel, RequestBody,
     },
@@ -85,6 +86,8 @@ where
                 };
                 let open = OpenTunnel {
                     opts: self.config.opts,
+                    shutdown: self.config.shutdown.clone(),
+                    grace: self.config.grace,
                     dispatch,
                     extensions: req.extensions().clone(),
                     headers: req.headers().clone(),
@@ -98,10 +101,30 @@ where
                         .await
                 })
             }
-            // P-18: rejected before any headers (trailers-only).
-            OPEN_REVERSE_TUNNEL => ResponseFuture::status(tonic::Status::unimplemented(
-                "reverse tunnels not supported",
-            )),
+            OPEN_REVERSE_TUNNEL => match &self.config.reverse {
+                Some(acceptor) => {
+                    let open = OpenReverseTunnel {
+                        opts: self.config.opts,
+                        shutdown: self.config.shutdown.clone(),
+                        grace: self.config.grace,
+                        acceptor: acceptor.clone(),
+                        extensions: req.extensions().clone(),
+                        headers: req.headers().clone(),
+                    };
+                    ResponseFuture::tunnel(async move {
+                        let codec = tonic_prost::ProstCodec::default();
+                        tonic::server::Grpc::new(codec)
+                            .max_decoding_message_size(usize::MAX)
+                            .max_encoding_message_size(usize::MAX)
+                            .streaming(open, req)
+                            .await
+                    })
+                }
+                // P-18: rejected before any headers (trailers-only).
+                None => ResponseFuture::status(tonic::Status::unimplemented(
+                    "reverse tunnels not supported",
+                )),
+            },
             _ => {
                 // The clone that was not polled replaces the one that was.
                 let clone = self.inner.clone();

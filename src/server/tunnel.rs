@@ -2,11 +2,12 @@
 //! starts a handler for each `new_stream`, and feeds each stream's request
 //! data to it (P-54: the reader never waits for a handler or a write).
 
-use std::{collections::HashMap, sync::Arc};
+use std::{collections::HashMap, pin::Pin, sync::Arc, time::Duration};
 
 use futures_core::Stream as FuturesStream;
 use futures_util::StreamExt;
-use tokio::{sync::mpsc, task::AbortHandle};
+use tokio::{sync::mpsc, task::AbortHandle, time::Sleep};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, trace, Instrument};
 
 use crate::{
@@ -49,12 +50,23 @@ pub(crate) struct ServerTunnel<S> {
     streams: HashMap<i64, Entry>,
     /// Highest stream ID recorded (P-21), initially -1.
     highest: i64,
+    /// Cancelled to start a graceful shutdown.
+    drain: CancellationToken,
+    grace: Duration,
+    /// When the drain's time runs out.
+    deadline: Option<Pin<Box<Sleep>>>,
 }
 
 /// How a tunnel ended, from the tunnel server's point of view.
 pub(crate) enum Ending {
-    /// The tunnel client closed its side, or the opening RPC ended.
+    /// The peer ended its side of the opening RPC.
     Closed,
+    /// The opening RPC failed.
+    Broken(tonic::Status),
+    /// Graceful shutdown: every stream finished after the drain began.
+    Drained,
+    /// Shutdown without waiting (or the drain's time ran out).
+    Aborted,
     /// The peer broke the protocol; the text of PROTOCOL.md.
     Protocol(String),
 }
@@ -76,17 +88,38 @@ where
             gone,
             streams: HashMap::new(),
             highest: -1,
+            drain: CancellationToken::new(),
+            grace: Duration::MAX,
+            deadline: None,
         }
     }
 
-    /// Serves until the tunnel ends; tears every stream down on the way out.
-    pub(crate) async fn run(mut self) -> Ending {
+    /// Cancelling `drain` starts a graceful shutdown: new streams are
+    /// rejected with `UNAVAILABLE` `server is shutting down` (P-69), and the
+    /// tunnel ends with [`Ending::Drained`] once the active ones finish, or
+    /// with [`Ending::Aborted`] when `grace` has passed.
+    pub(crate) fn with_shutdown(mut self, drain: CancellationToken, grace: Duration) -> Self {
+        self.drain = drain;
+        self.grace = grace;
+        self
+    }
+
+    fn draining(&self) -> bool {
+        self.deadline.is_some()
+    }
+
+    /// Serves until the tunnel ends; tears every stream down on the way out
+    /// and hands back the inbound frames (to drain or drop).
+    pub(crate) async fn run(mut self) -> (Ending, S) {
         let ending = self.read_loop().await;
         for (_, entry) in self.streams.drain() {
             entry.task.abort();
             entry.stream.finish();
+            entry
+                .stream
+                .fail(tonic::Status::unavailable("tunnel closed"));
         }
-        ending
+        (ending, self.inbound)
     }
 
     async fn read_loop(&mut self) -> Ending {
@@ -95,6 +128,23 @@ where
                 biased;
                 Some(id) = self.gone.recv() => {
                     self.streams.remove(&id);
+                    if self.draining() && self.streams.is_empty() {
+                        return Ending::Drained;
+                    }
+                }
+                () = async { self.deadline.as_mut().expect("guarded").await }, if self.draining() => {
+                    debug!(active = self.streams.len(), "drain took too long");
+                    return Ending::Aborted;
+                }
+                () = self.drain.cancelled(), if !self.draining() => {
+                    debug!(active = self.streams.len(), "draining");
+                    let until = tokio::time::Instant::now()
+                        .checked_add(self.grace)
+                        .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86400 * 365));
+                    self.deadline = Some(Box::pin(tokio::time::sleep_until(until)));
+                    if self.streams.is_empty() {
+                        return Ending::Drained;
+                    }
                 }
                 frame = self.inbound.next() => match frame {
                     Some(Ok(frame)) => {
@@ -105,7 +155,7 @@ where
                     }
                     Some(Err(status)) => {
                         debug!(code = ?status.code(), error = %status.message(), "tunnel broken");
-                        return Ending::Closed;
+                        return Ending::Broken(status);
                     }
                     None => return Ending::Closed,
                 },
@@ -220,6 +270,9 @@ where
         }
         // P-28: the ID is recorded before any rejection (unlike B-1).
         self.highest = id;
+        if self.draining() {
+            return self.reject(id, tonic::Status::unavailable("server is shutting down"));
+        }
         let Some(revision) = Revision::from_i32(new.protocol_revision) else {
             return self.reject(
                 id,

@@ -1,0 +1,89 @@
+//! Accepting `OpenReverseTunnel` on the network server: the network server
+//! becomes the tunnel client, and the tunnel joins a registry once ready.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio_util::sync::CancellationToken;
+
+use futures_util::future::{ready, Ready};
+use tracing::{debug, Instrument};
+
+use crate::{
+    client::start_client,
+    info::Direction,
+    negotiate::{self, Options},
+    pb,
+    reverse::registry::Acceptor,
+    writer::{Core, Writer},
+};
+
+/// `OpenReverseTunnel` as a tonic streaming service. Its request stream
+/// carries `ServerToClient` frames and its response `ClientToServer` (P-1).
+pub(crate) struct OpenReverseTunnel {
+    pub(crate) opts: Options,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) grace: Duration,
+    pub(crate) acceptor: Arc<dyn Acceptor>,
+    pub(crate) extensions: http::Extensions,
+    pub(crate) headers: http::HeaderMap,
+}
+
+impl tonic::server::StreamingService<pb::ServerToClient> for OpenReverseTunnel {
+    type Response = pb::ClientToServer;
+    type ResponseStream = Writer<pb::ClientToServer>;
+    type Future = Ready<Result<tonic::Response<Self::ResponseStream>, tonic::Status>>;
+
+    fn call(
+        &mut self,
+        request: tonic::Request<tonic::Streaming<pb::ServerToClient>>,
+    ) -> Self::Future {
+        let negotiated = self.opts.advertises() && negotiate::peer_advertises(&self.headers);
+        let (core, writer, gone) = Core::new();
+        let opts = self.opts;
+        let acceptor = self.acceptor.clone();
+        let extensions = std::mem::take(&mut self.extensions);
+        let headers = std::mem::take(&mut self.headers);
+        let shutdown = self.shutdown.clone();
+        let grace = self.grace;
+        let span = tracing::debug_span!(
+            "grpctunnel.tunnel",
+            direction = "reverse",
+            role = "client",
+            negotiated
+        );
+        tokio::spawn(
+            async move {
+                // P-13, P-73: published only once Settings (if negotiated) arrived.
+                match start_client(
+                    core,
+                    gone,
+                    request.into_inner(),
+                    negotiated,
+                    opts,
+                    Direction::Reverse,
+                )
+                .await
+                {
+                    Ok(channel) => {
+                        acceptor.accept(headers, extensions, channel.clone());
+                        tokio::select! {
+                            _ = channel.closed() => {}
+                            () = shutdown.cancelled() => channel.shutdown(grace).await,
+                        }
+                    }
+                    Err(err) => debug!(error = %err.chain(), "reverse tunnel failed to start"),
+                }
+            }
+            .instrument(span),
+        );
+        let mut resp = tonic::Response::new(writer);
+        if self.opts.advertises() {
+            // P-9: response headers at once, with the negotiation header.
+            resp.metadata_mut().insert(
+                negotiate::NEGOTIATE_HEADER,
+                tonic::metadata::MetadataValue::from_static(negotiate::NEGOTIATE_ON),
+            );
+        }
+        ready(Ok(resp))
+    }
+}

@@ -1,0 +1,170 @@
+//! [`ReverseChannel`]: a channel over a pool of reverse tunnels.
+
+use std::{
+    fmt,
+    future::Future,
+    hash::Hash,
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use bytes::Bytes;
+use pin_project_lite::pin_project;
+use tower_service::Service;
+
+use crate::{
+    client::{ResponseBody, ResponseFuture},
+    error::{BoxError, Error},
+    metadata,
+    reverse::ReverseTunnelRegistry,
+};
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// A channel over the reverse tunnels of a registry (all of them, or those
+/// of one key), made by [`ReverseTunnelRegistry::channel`] and
+/// [`ReverseTunnelRegistry::get`].
+///
+/// Each call picks one tunnel, round-robin, and stays on it (P-74). With no
+/// tunnel in the pool a call fails at once with `UNAVAILABLE` `no channels
+/// ready`, unless [`wait_for_ready`](Self::wait_for_ready) is set: then it
+/// waits for a tunnel, for at most the call's own timeout (`grpc-timeout`,
+/// as set by `tonic::Request::set_timeout`) or until its future is dropped.
+pub struct ReverseChannel<K = ()> {
+    registry: ReverseTunnelRegistry<K>,
+    key: Option<K>,
+    wait: bool,
+}
+
+impl<K: Clone> Clone for ReverseChannel<K> {
+    fn clone(&self) -> Self {
+        Self {
+            registry: self.registry.clone(),
+            key: self.key.clone(),
+            wait: self.wait,
+        }
+    }
+}
+
+impl<K> ReverseChannel<K> {
+    pub(crate) fn new(registry: ReverseTunnelRegistry<K>, key: Option<K>) -> Self {
+        Self {
+            registry,
+            key,
+            wait: false,
+        }
+    }
+
+    /// Whether a call waits for a tunnel when the pool is empty instead of
+    /// failing with `UNAVAILABLE`. Default: `false`, as in the Go reference.
+    pub fn wait_for_ready(mut self, wait: bool) -> Self {
+        self.wait = wait;
+        self
+    }
+}
+
+impl<K, B> Service<http::Request<B>> for ReverseChannel<K>
+where
+    K: Clone + Eq + Hash + Send + Sync + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = http::Response<ResponseBody>;
+    type Error = Error;
+    type Future = ReverseResponseFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if let Some(tunnel) = self.registry.pick(self.key.as_ref()) {
+            return ReverseResponseFuture::call(tunnel.channel().call(req));
+        }
+        if !self.wait {
+            return ReverseResponseFuture::call(ResponseFuture::failed(
+                tonic::Status::unavailable("no channels ready"),
+            ));
+        }
+        let registry = self.registry.clone();
+        let key = self.key.clone();
+        let timeout = req
+            .headers()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(metadata::parse_grpc_timeout);
+        ReverseResponseFuture::wait(Box::pin(async move {
+            let wait = registry.wait_for(key.as_ref());
+            let tunnel = match timeout {
+                None => wait.await,
+                Some(t) => match tokio::time::timeout(t, wait).await {
+                    Ok(tunnel) => tunnel,
+                    Err(_) => {
+                        return ResponseFuture::failed(tonic::Status::deadline_exceeded(
+                            "context deadline exceeded while waiting for a tunnel",
+                        ))
+                        .await
+                    }
+                },
+            };
+            tunnel.channel().call(req).await
+        }))
+    }
+}
+
+pin_project! {
+    /// Response future of [`ReverseChannel`].
+    pub struct ReverseResponseFuture {
+        #[pin]
+        kind: Kind,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind {
+        Call { #[pin] fut: ResponseFuture },
+        Wait { fut: BoxFuture<Result<http::Response<ResponseBody>, Error>> },
+    }
+}
+
+impl ReverseResponseFuture {
+    fn call(fut: ResponseFuture) -> Self {
+        Self {
+            kind: Kind::Call { fut },
+        }
+    }
+
+    fn wait(fut: BoxFuture<Result<http::Response<ResponseBody>, Error>>) -> Self {
+        Self {
+            kind: Kind::Wait { fut },
+        }
+    }
+}
+
+impl Future for ReverseResponseFuture {
+    type Output = Result<http::Response<ResponseBody>, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Call { fut } => fut.poll(cx),
+            KindProj::Wait { fut } => fut.as_mut().poll(cx),
+        }
+    }
+}
+
+impl fmt::Debug for ReverseResponseFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReverseResponseFuture")
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K: fmt::Debug> fmt::Debug for ReverseChannel<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReverseChannel")
+            .field("key", &self.key)
+            .field("wait_for_ready", &self.wait)
+            .finish()
+    }
+}

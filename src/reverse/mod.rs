@@ -1,0 +1,22 @@
+//! Reverse tunnels: the network server calls its network clients.
+//!
+//! A network client (an agent behind NAT, a device, an edge process) dials
+//! the network server and opens `OpenReverseTunnel` with a
+//! [`ReverseTunnelServer`]; the network server accepts it with
+//! [`TunnelLayer::reverse`](crate::TunnelLayer::reverse), which publishes the
+//! tunnel in a [`ReverseTunnelRegistry`]. The application then calls the
+//! agents through the registry: any tunnel, or the tunnels of one key, picked
+//! round-robin per call.
+
+mod accept;
+mod channel;
+mod keep;
+mod registry;
+mod serve;
+
+pub(crate) use accept::OpenReverseTunnel;
+pub use channel::{ReverseChannel, ReverseResponseFuture};
+pub use keep::{Backoff, ConnectionState, KeepConnected};
+pub(crate) use registry::Acceptor;
+pub use registry::{ReverseTunnel, ReverseTunnelRegistry, TunnelEvent, TunnelEvents};
+pub use serve::{ReverseTunnelServer, DEFAULT_SHUTDOWN_GRACE};

@@ -1,0 +1,409 @@
+//! [`ReverseTunnelRegistry`]: the reverse tunnels a network server holds,
+//! grouped by affinity key.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    hash::Hash,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
+    task::{Context, Poll},
+};
+
+use futures_core::Stream as FuturesStream;
+use tokio::sync::{broadcast, Notify};
+use tokio_stream::wrappers::{errors::BroadcastStreamRecvError, BroadcastStream};
+use tracing::debug;
+
+use crate::{client::TunnelChannel, reverse::channel::ReverseChannel};
+
+type KeyFn<K> = dyn Fn(&http::HeaderMap, &http::Extensions) -> K + Send + Sync;
+
+/// How many events a slow subscriber may fall behind before it is told it
+/// missed some ([`TunnelEvent::Lagged`]).
+const EVENT_CAPACITY: usize = 1024;
+
+/// The reverse tunnels a network server holds, by affinity key.
+///
+/// Give a clone to [`TunnelLayer::reverse`](crate::TunnelLayer::reverse) and
+/// keep one: each tunnel a network client opens with `OpenReverseTunnel` is
+/// added once it is ready (after `Settings`, P-73), with the key computed
+/// from its opening RPC, and removed the moment it ends (P-75).
+///
+/// Calls go through [`channel`](Self::channel) (any tunnel) or
+/// [`get`](Self::get) (the tunnels of one key): both pick a tunnel
+/// round-robin per call. Cloning the registry is cheap.
+pub struct ReverseTunnelRegistry<K = ()> {
+    inner: Arc<Inner<K>>,
+}
+
+impl<K> Clone for ReverseTunnelRegistry<K> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+pub(crate) struct Inner<K> {
+    key_fn: Box<KeyFn<K>>,
+    state: Mutex<State<K>>,
+    events: broadcast::Sender<TunnelEvent<K>>,
+    added: Notify,
+    next_id: AtomicU64,
+}
+
+struct State<K> {
+    all: Pool<K>,
+    by_key: HashMap<K, Pool<K>>,
+}
+
+struct Pool<K> {
+    tunnels: Vec<ReverseTunnel<K>>,
+    next: usize,
+}
+
+impl<K> Default for Pool<K> {
+    fn default() -> Self {
+        Self {
+            tunnels: Vec::new(),
+            next: 0,
+        }
+    }
+}
+
+impl<K> Pool<K> {
+    fn pick(&mut self) -> Option<ReverseTunnel<K>> {
+        if self.tunnels.is_empty() {
+            return None;
+        }
+        let i = self.next % self.tunnels.len();
+        self.next = self.next.wrapping_add(1);
+        Some(self.tunnels[i].clone())
+    }
+
+    fn remove(&mut self, id: u64) {
+        self.tunnels.retain(|t| t.inner.id != id);
+    }
+}
+
+/// One reverse tunnel in a registry.
+pub struct ReverseTunnel<K = ()> {
+    inner: Arc<TunnelEntry<K>>,
+}
+
+impl<K> Clone for ReverseTunnel<K> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+struct TunnelEntry<K> {
+    id: u64,
+    key: K,
+    metadata: http::HeaderMap,
+    extensions: http::Extensions,
+    channel: TunnelChannel,
+}
+
+impl<K> ReverseTunnel<K> {
+    /// A number unique to this tunnel within its registry.
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    /// The affinity key computed when the tunnel opened.
+    pub fn key(&self) -> &K {
+        &self.inner.key
+    }
+
+    /// Request headers of the opening RPC.
+    pub fn metadata(&self) -> &http::HeaderMap {
+        &self.inner.metadata
+    }
+
+    /// Request extensions of the opening RPC (connection info, whatever an
+    /// auth layer inserted).
+    pub fn extensions(&self) -> &http::Extensions {
+        &self.inner.extensions
+    }
+
+    /// The network client's address, when the server recorded it (tonic's
+    /// `TcpConnectInfo`; other servers: look in [`extensions`](Self::extensions)).
+    pub fn remote_addr(&self) -> Option<SocketAddr> {
+        remote_addr(&self.inner.extensions)
+    }
+
+    /// A channel that sends calls through this tunnel only.
+    pub fn channel(&self) -> TunnelChannel {
+        self.inner.channel.clone()
+    }
+}
+
+fn remote_addr(ext: &http::Extensions) -> Option<SocketAddr> {
+    #[cfg(feature = "transport")]
+    if let Some(info) = ext.get::<tonic::transport::server::TcpConnectInfo>() {
+        return info.remote_addr();
+    }
+    let _ = ext;
+    None
+}
+
+impl<K: fmt::Debug> fmt::Debug for ReverseTunnel<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReverseTunnel")
+            .field("id", &self.inner.id)
+            .field("key", &self.inner.key)
+            .field("remote_addr", &self.remote_addr())
+            .field("channel", &self.inner.channel)
+            .finish()
+    }
+}
+
+/// A change in a registry, as [`ReverseTunnelRegistry::subscribe`] reports it.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum TunnelEvent<K = ()> {
+    /// A tunnel is ready and in its pools.
+    Opened(ReverseTunnel<K>),
+    /// A tunnel ended and left its pools.
+    Closed(ReverseTunnel<K>),
+    /// This subscriber fell behind and missed this many events; take a
+    /// fresh snapshot with [`ReverseTunnelRegistry::tunnels`].
+    Lagged(u64),
+}
+
+/// The stream of [`TunnelEvent`]s from [`ReverseTunnelRegistry::subscribe`].
+pub struct TunnelEvents<K = ()> {
+    inner: BroadcastStream<TunnelEvent<K>>,
+}
+
+impl<K: Clone + Send + Sync + 'static> FuturesStream for TunnelEvents<K> {
+    type Item = TunnelEvent<K>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        Pin::new(&mut self.inner).poll_next(cx).map(|item| {
+            item.map(|r| match r {
+                Ok(event) => event,
+                Err(BroadcastStreamRecvError::Lagged(n)) => TunnelEvent::Lagged(n),
+            })
+        })
+    }
+}
+
+impl<K> fmt::Debug for TunnelEvents<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TunnelEvents").finish_non_exhaustive()
+    }
+}
+
+impl ReverseTunnelRegistry<()> {
+    /// A registry in which every tunnel has the key `()`.
+    pub fn new() -> Self {
+        Self::with_key(|_, _| ())
+    }
+}
+
+impl Default for ReverseTunnelRegistry<()> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<K> ReverseTunnelRegistry<K>
+where
+    K: Clone + Eq + Hash + Send + Sync + 'static,
+{
+    /// A registry that computes each tunnel's affinity key once, when it
+    /// opens, from the opening RPC's request headers and extensions (for
+    /// example an agent ID header, or the identity an auth layer inserted).
+    pub fn with_key<F>(key: F) -> Self
+    where
+        F: Fn(&http::HeaderMap, &http::Extensions) -> K + Send + Sync + 'static,
+    {
+        let (events, _) = broadcast::channel(EVENT_CAPACITY);
+        Self {
+            inner: Arc::new(Inner {
+                key_fn: Box::new(key),
+                state: Mutex::new(State {
+                    all: Pool::default(),
+                    by_key: HashMap::new(),
+                }),
+                events,
+                added: Notify::new(),
+                next_id: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State<K>> {
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A channel over every tunnel, picking one round-robin per call. With
+    /// no tunnel, calls fail at once with `UNAVAILABLE` `no channels ready`
+    /// unless [`ReverseChannel::wait_for_ready`] is set.
+    pub fn channel(&self) -> ReverseChannel<K> {
+        ReverseChannel::new(self.clone(), None)
+    }
+
+    /// A channel over the tunnels of `key`, picking one round-robin per call.
+    pub fn get(&self, key: &K) -> ReverseChannel<K> {
+        ReverseChannel::new(self.clone(), Some(key.clone()))
+    }
+
+    /// A snapshot of every live tunnel.
+    pub fn tunnels(&self) -> Vec<ReverseTunnel<K>> {
+        self.lock().all.tunnels.clone()
+    }
+
+    /// A snapshot of the live tunnels of `key`.
+    pub fn tunnels_for(&self, key: &K) -> Vec<ReverseTunnel<K>> {
+        self.lock()
+            .by_key
+            .get(key)
+            .map(|p| p.tunnels.clone())
+            .unwrap_or_default()
+    }
+
+    /// Number of live tunnels.
+    pub fn len(&self) -> usize {
+        self.lock().all.tunnels.len()
+    }
+
+    /// Whether there is no live tunnel.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Open and close events from now on, as a `Stream`. Take
+    /// [`tunnels`](Self::tunnels) after subscribing for the current state.
+    pub fn subscribe(&self) -> TunnelEvents<K> {
+        TunnelEvents {
+            inner: BroadcastStream::new(self.inner.events.subscribe()),
+        }
+    }
+
+    /// Waits until a tunnel of `key` (or any tunnel, for `None`) is live and
+    /// returns it. Bound it with a timeout of your own
+    /// (`tokio::time::timeout`).
+    pub async fn wait_for(&self, key: Option<&K>) -> ReverseTunnel<K> {
+        loop {
+            let added = self.inner.added.notified();
+            tokio::pin!(added);
+            added.as_mut().enable();
+            if let Some(t) = self.pick(key) {
+                return t;
+            }
+            added.await;
+        }
+    }
+
+    /// Picks the next tunnel of a pool, round-robin.
+    pub(crate) fn pick(&self, key: Option<&K>) -> Option<ReverseTunnel<K>> {
+        let mut state = self.lock();
+        match key {
+            None => state.all.pick(),
+            Some(k) => state.by_key.get_mut(k).and_then(Pool::pick),
+        }
+    }
+
+    /// Publishes a ready tunnel and removes it when it ends.
+    pub(crate) fn add(
+        &self,
+        headers: http::HeaderMap,
+        extensions: http::Extensions,
+        channel: TunnelChannel,
+    ) {
+        let key = (self.inner.key_fn)(&headers, &extensions);
+        let tunnel = ReverseTunnel {
+            inner: Arc::new(TunnelEntry {
+                id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
+                key: key.clone(),
+                metadata: headers,
+                extensions,
+                channel: channel.clone(),
+            }),
+        };
+        {
+            let mut state = self.lock();
+            state.all.tunnels.push(tunnel.clone());
+            state
+                .by_key
+                .entry(key)
+                .or_default()
+                .tunnels
+                .push(tunnel.clone());
+        }
+        debug!(tunnel = tunnel.id(), "reverse tunnel registered");
+        let _ = self.inner.events.send(TunnelEvent::Opened(tunnel.clone()));
+        self.inner.added.notify_waiters();
+        let registry = self.clone();
+        tokio::spawn(async move {
+            let _ = channel.closed().await;
+            registry.remove(&tunnel);
+        });
+    }
+
+    fn remove(&self, tunnel: &ReverseTunnel<K>) {
+        let id = tunnel.id();
+        {
+            let mut state = self.lock();
+            state.all.remove(id);
+            let key = tunnel.key();
+            if let Some(pool) = state.by_key.get_mut(key) {
+                pool.remove(id);
+                if pool.tunnels.is_empty() {
+                    state.by_key.remove(key);
+                }
+            }
+        }
+        debug!(tunnel = id, "reverse tunnel unregistered");
+        let _ = self.inner.events.send(TunnelEvent::Closed(tunnel.clone()));
+    }
+}
+
+impl<K> fmt::Debug for ReverseTunnelRegistry<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let len = self
+            .inner
+            .state
+            .lock()
+            .map(|s| s.all.tunnels.len())
+            .unwrap_or_default();
+        f.debug_struct("ReverseTunnelRegistry")
+            .field("tunnels", &len)
+            .finish()
+    }
+}
+
+/// What [`TunnelLayer`](crate::TunnelLayer) needs of a registry, whatever
+/// its key type.
+pub(crate) trait Acceptor: Send + Sync + 'static {
+    fn accept(
+        &self,
+        headers: http::HeaderMap,
+        extensions: http::Extensions,
+        channel: TunnelChannel,
+    );
+}
+
+impl<K> Acceptor for ReverseTunnelRegistry<K>
+where
+    K: Clone + Eq + Hash + Send + Sync + 'static,
+{
+    fn accept(
+        &self,
+        headers: http::HeaderMap,
+        extensions: http::Extensions,
+        channel: TunnelChannel,
+    ) {
+        self.add(headers, extensions, channel);
+    }
+}

@@ -1,0 +1,256 @@
+//! [`ReverseTunnelServer`]: the network client opens `OpenReverseTunnel` and
+//! serves calls that arrive through it.
+
+use std::{fmt, future::Future, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tower_service::Service;
+use tracing::{debug, Instrument};
+
+use crate::{
+    error::{BoxError, Error},
+    info::Direction,
+    negotiate::{self, Options, Revision},
+    pb::{self, tunnel_service_client::TunnelServiceClient},
+    server::{
+        dispatch::{dispatch, Dispatch},
+        tunnel::{Ending, ServerTunnel, TunnelContext},
+    },
+    stream::server_frame,
+    writer::Core,
+};
+
+/// Default bound on a graceful shutdown: how long calls in flight may run.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Serves a service over reverse tunnels that it opens itself.
+///
+/// The network client (an agent behind NAT, say) dials the network server
+/// and opens `OpenReverseTunnel`; the network server then sends calls
+/// through the tunnel, and this type dispatches them to `S`, exactly as
+/// [`TunnelLayer`](crate::TunnelLayer) does for forward tunnels. See the
+/// [module docs](crate::reverse) for an example.
+#[derive(Clone)]
+#[must_use]
+pub struct ReverseTunnelServer {
+    dispatch: Dispatch,
+    opts: Options,
+    metadata: http::HeaderMap,
+    grace: Duration,
+}
+
+impl ReverseTunnelServer {
+    /// Serves tunneled calls with `svc`: tonic `Routes`, a generated server,
+    /// an axum router, or any service of `http::Request<tonic::body::Body>`.
+    pub fn new<S, ResBody>(svc: S) -> Self
+    where
+        S: Service<http::Request<tonic::body::Body>, Response = http::Response<ResBody>>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        ResBody: http_body::Body<Data = Bytes> + Send + 'static,
+        ResBody::Error: Into<BoxError>,
+    {
+        Self {
+            dispatch: dispatch::<S, tonic::body::Body, ResBody>(svc),
+            opts: Options::default(),
+            metadata: http::HeaderMap::new(),
+            grace: DEFAULT_SHUTDOWN_GRACE,
+        }
+    }
+
+    /// Adds a request header to the opening RPC, such as an agent ID that
+    /// the network server turns into the tunnel's affinity key.
+    ///
+    /// # Panics
+    ///
+    /// If the name or value is not valid HTTP header text.
+    #[track_caller]
+    pub fn metadata(mut self, key: &str, value: &str) -> Self {
+        let name = http::HeaderName::from_bytes(key.as_bytes()).expect("valid metadata key");
+        let value = http::HeaderValue::from_str(value).expect("valid metadata value");
+        self.metadata.append(name, value);
+        self
+    }
+
+    /// Receive window advertised in `Settings` (revision one).
+    ///
+    /// # Panics
+    ///
+    /// If `size` is 0 (P-81).
+    #[track_caller]
+    pub fn initial_window_size(mut self, size: u32) -> Self {
+        assert!(size > 0, "initial_window_size must be greater than 0");
+        self.opts.initial_window_size = size;
+        self
+    }
+
+    /// Largest request message accepted. Default: 4 MiB.
+    pub fn max_message_size(mut self, size: usize) -> Self {
+        self.opts.max_message_size = size;
+        self
+    }
+
+    /// Highest protocol revision offered; `Revision::Zero` turns
+    /// negotiation off. Default: `Revision::One`.
+    pub fn max_revision(mut self, revision: Revision) -> Self {
+        self.opts.max_revision = revision;
+        self
+    }
+
+    /// How long a graceful shutdown lets calls in flight run before the
+    /// tunnel is closed anyway. Default: [`DEFAULT_SHUTDOWN_GRACE`].
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// Opens one reverse tunnel over `transport` and serves it until it ends.
+    ///
+    /// # Errors
+    ///
+    /// If the opening RPC fails or is rejected (see [`Error::status`]), the
+    /// RPC breaks, or the peer breaks the protocol. `Ok` when the peer
+    /// closed the tunnel.
+    pub async fn serve<T>(&self, transport: T) -> Result<(), Error>
+    where
+        T: tonic::client::GrpcService<tonic::body::Body>,
+        T::Error: Into<BoxError>,
+        T::ResponseBody: http_body::Body<Data = Bytes> + Send + 'static,
+        <T::ResponseBody as http_body::Body>::Error: Into<BoxError> + Send,
+    {
+        self.serve_with_shutdown(transport, std::future::pending())
+            .await
+    }
+
+    /// Like [`serve`](Self::serve), with a graceful shutdown: when `signal`
+    /// completes, new streams are rejected with `UNAVAILABLE` `server is
+    /// shutting down`, calls in flight may finish within the
+    /// [grace period](Self::shutdown_grace), and then the tunnel is closed.
+    /// Returns `Ok` after a shutdown.
+    ///
+    /// # Errors
+    ///
+    /// As for [`serve`](Self::serve).
+    pub async fn serve_with_shutdown<T, F>(&self, transport: T, signal: F) -> Result<(), Error>
+    where
+        T: tonic::client::GrpcService<tonic::body::Body>,
+        T::Error: Into<BoxError>,
+        T::ResponseBody: http_body::Body<Data = Bytes> + Send + 'static,
+        <T::ResponseBody as http_body::Body>::Error: Into<BoxError> + Send,
+        F: Future<Output = ()>,
+    {
+        self.serve_inner(transport, signal, || {}).await
+    }
+
+    pub(crate) async fn serve_inner<T, F>(
+        &self,
+        transport: T,
+        signal: F,
+        on_open: impl FnOnce(),
+    ) -> Result<(), Error>
+    where
+        T: tonic::client::GrpcService<tonic::body::Body>,
+        T::Error: Into<BoxError>,
+        T::ResponseBody: http_body::Body<Data = Bytes> + Send + 'static,
+        <T::ResponseBody as http_body::Body>::Error: Into<BoxError> + Send,
+        F: Future<Output = ()>,
+    {
+        let span =
+            tracing::debug_span!("grpctunnel.tunnel", direction = "reverse", role = "server");
+        async move {
+            tokio::pin!(signal);
+            let (core, writer, gone) = Core::<pb::ServerToClient>::new();
+            let mut metadata = self.metadata.clone();
+            if self.opts.advertises() {
+                metadata.insert(
+                    negotiate::NEGOTIATE_HEADER,
+                    http::HeaderValue::from_static(negotiate::NEGOTIATE_ON),
+                );
+            }
+            let mut req = tonic::Request::new(writer.filter_map(|r| async move { r.ok() }));
+            *req.metadata_mut() = tonic::metadata::MetadataMap::from_headers(metadata.clone());
+            let mut client = TunnelServiceClient::new(transport)
+                .max_decoding_message_size(usize::MAX)
+                .max_encoding_message_size(usize::MAX);
+            let resp = tokio::select! {
+                resp = client.open_reverse_tunnel(req) => resp.map_err(Error::closed)?,
+                () = &mut signal => return Ok(()),
+            };
+            let negotiated =
+                self.opts.advertises() && negotiate::peer_advertises(resp.metadata().as_ref());
+            if negotiated {
+                // P-11: Settings first, on the request stream, once the
+                // response headers are in.
+                core.send_control(server_frame(
+                    -1,
+                    pb::server_to_client::Frame::Settings(self.opts.settings()),
+                ));
+            }
+            let (_, inbound, extensions) = resp.into_parts();
+            let cx = TunnelContext {
+                opts: self.opts,
+                dispatch: self.dispatch.clone(),
+                extensions,
+                metadata: Arc::new(metadata),
+                direction: Direction::Reverse,
+            };
+            debug!(negotiated, "tunnel open");
+            on_open();
+            let drain = CancellationToken::new();
+            let tunnel = ServerTunnel::new(cx, core.clone(), gone, inbound)
+                .with_shutdown(drain.clone(), self.grace);
+            let run = tunnel.run();
+            tokio::pin!(run);
+            let (ending, inbound) = tokio::select! {
+                done = &mut run => done,
+                () = &mut signal => {
+                    drain.cancel();
+                    run.await
+                }
+            };
+            debug!("tunnel closed");
+            match ending {
+                Ending::Closed => {
+                    core.finish(None);
+                    Ok(())
+                }
+                Ending::Broken(status) => {
+                    core.finish(None);
+                    Err(Error::closed(status))
+                }
+                Ending::Protocol(text) => {
+                    // P-72: cancel the opening RPC so the peer learns the
+                    // tunnel is gone (dropping the response resets it).
+                    drop(inbound);
+                    core.finish(None);
+                    Err(Error::protocol(text))
+                }
+                Ending::Drained | Ending::Aborted => {
+                    // P-70 immediate stop: half-close, then let the peer end
+                    // the RPC, within the grace bound.
+                    core.finish(None);
+                    let drain = inbound.for_each(|_| async {});
+                    let _ = tokio::time::timeout(self.grace, drain).await;
+                    Ok(())
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+impl fmt::Debug for ReverseTunnelServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReverseTunnelServer")
+            .field("opts", &self.opts)
+            .field("grace", &self.grace)
+            .finish_non_exhaustive()
+    }
+}
