@@ -1,0 +1,450 @@
+//! Reverse tunnels end to end on loopback: agents dial a tonic server and
+//! serve the echo service; the server calls them through its registry.
+
+mod common;
+
+use std::{collections::HashMap, time::Duration};
+
+use common::*;
+use futures_util::StreamExt;
+use grpctunnel::{reverse::ReverseTunnelRegistry, ReverseTunnelServer, TunnelEvent, TunnelLayer};
+use grpctunnel_testing::{
+    cases::{run_cases, CaseOptions},
+    pb::{echo_service_client::EchoServiceClient, EchoRequest},
+    Echo,
+};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{service::Routes, transport::Server, Code};
+use tower::ServiceBuilder;
+
+type Registry = ReverseTunnelRegistry<String>;
+
+fn keyed_registry() -> Registry {
+    ReverseTunnelRegistry::with_key(|headers, _| {
+        headers
+            .get("x-agent-key")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    })
+}
+
+/// A network server that accepts reverse tunnels into `registry`.
+async fn hub_on(listener: TcpListener, layer: TunnelLayer) -> TestServerHandle {
+    let addr = listener.local_addr().unwrap();
+    let token = CancellationToken::new();
+    let layer = layer.shutdown_token(token.clone());
+    let stop = token.clone();
+    let task = tokio::spawn(async move {
+        Server::builder()
+            .layer(layer)
+            .add_service(Echo::new().server())
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.cancelled_owned())
+            .await
+            .expect("hub");
+    });
+    TestServerHandle { addr, token, task }
+}
+
+struct TestServerHandle {
+    addr: std::net::SocketAddr,
+    token: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TestServerHandle {
+    async fn stop(self) {
+        self.token.cancel();
+        self.task.await.expect("hub stopped");
+    }
+}
+
+/// The echo service of an agent, answering with an `x-agent` response
+/// header so that the caller can tell which agent served it.
+fn agent_service(
+    name: &str,
+) -> impl tower::Service<
+    http::Request<tonic::body::Body>,
+    Response = http::Response<tonic::body::Body>,
+    Error = std::convert::Infallible,
+    Future = impl Send,
+> + Clone
+       + Send
+       + Sync
+       + 'static {
+    let name: http::HeaderValue = name.parse().unwrap();
+    ServiceBuilder::new()
+        .map_response(move |mut resp: http::Response<tonic::body::Body>| {
+            resp.headers_mut().insert("x-agent", name.clone());
+            resp
+        })
+        .service(Routes::new(Echo::new().server()))
+}
+
+fn agent(name: &str, key: &str) -> ReverseTunnelServer {
+    ReverseTunnelServer::new(agent_service(name))
+        .metadata("x-agent-key", key)
+        .max_message_size(grpctunnel_testing::MAX_MESSAGE_SIZE)
+}
+
+async fn answered_by<T>(client: &mut EchoServiceClient<T>) -> String
+where
+    T: tonic::client::GrpcService<tonic::body::Body>,
+    T::Error: Into<tonic::codegen::StdError>,
+    T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    <T::ResponseBody as http_body::Body>::Error: Into<tonic::codegen::StdError> + Send,
+{
+    let resp = client
+        .unary(EchoRequest::default())
+        .await
+        .expect("call agent");
+    resp.metadata()
+        .get("x-agent")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("?")
+        .to_owned()
+}
+
+async fn next_event(events: &mut grpctunnel::reverse::TunnelEvents<String>) -> TunnelEvent<String> {
+    events.next().await.expect("event stream open")
+}
+
+#[tokio::test]
+async fn registry_adds_on_open_removes_on_close_and_routes_by_key() {
+    bounded(async {
+        let registry = keyed_registry();
+        let (listener, addr) = listener().await;
+        let hub = hub_on(listener, TunnelLayer::new().reverse(registry.clone())).await;
+        let mut events = registry.subscribe();
+
+        let a = tokio::spawn({
+            let channel = connect(addr).await;
+            async move { agent("a", "key-a").serve(channel).await }
+        });
+        let stop_b = CancellationToken::new();
+        let b = tokio::spawn({
+            let channel = connect(addr).await;
+            let stop = stop_b.clone();
+            async move {
+                agent("b", "key-b")
+                    .serve_with_shutdown(channel, stop.cancelled_owned())
+                    .await
+            }
+        });
+        for _ in 0..2 {
+            assert!(matches!(
+                next_event(&mut events).await,
+                TunnelEvent::Opened(_)
+            ));
+        }
+        assert_eq!(registry.len(), 2);
+        let tunnels = registry.tunnels();
+        let keys: Vec<_> = tunnels.iter().map(|t| t.key().clone()).collect();
+        assert!(keys.contains(&"key-a".to_owned()) && keys.contains(&"key-b".to_owned()));
+        assert!(tunnels.iter().all(|t| t.remote_addr().is_some()));
+        assert!(tunnels
+            .iter()
+            .all(|t| t.metadata().contains_key("x-agent-key")));
+
+        for (key, want) in [("key-a", "a"), ("key-b", "b")] {
+            let mut client = EchoServiceClient::new(registry.get(&key.to_owned()));
+            for _ in 0..3 {
+                assert_eq!(answered_by(&mut client).await, want);
+            }
+        }
+        let mut nobody = EchoServiceClient::new(registry.get(&"key-c".to_owned()));
+        let err = nobody
+            .unary(EchoRequest::default())
+            .await
+            .expect_err("no such key");
+        assert_eq!(err.code(), Code::Unavailable);
+        assert_eq!(err.message(), "no channels ready");
+
+        // Agent b leaves: its tunnel leaves the registry, calls go to a.
+        stop_b.cancel();
+        b.await.unwrap().expect("b served and stopped cleanly");
+        match next_event(&mut events).await {
+            TunnelEvent::Closed(t) => assert_eq!(t.key(), "key-b"),
+            other => panic!("expected Closed, got {other:?}"),
+        }
+        assert_eq!(registry.len(), 1);
+        let mut any = EchoServiceClient::new(registry.channel());
+        assert_eq!(answered_by(&mut any).await, "a");
+
+        // Closing from the server side ends the agent's serve with Ok (P-71).
+        registry.tunnels()[0].channel().close();
+        a.await
+            .unwrap()
+            .expect("a's serve returns Ok when the server closes");
+        assert!(matches!(
+            next_event(&mut events).await,
+            TunnelEvent::Closed(_)
+        ));
+        assert!(registry.is_empty());
+        hub.stop().await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn round_robin_spreads_calls_evenly() {
+    bounded(async {
+        let registry = keyed_registry();
+        let (listener, addr) = listener().await;
+        let hub = hub_on(listener, TunnelLayer::new().reverse(registry.clone())).await;
+        let mut agents = Vec::new();
+        for name in ["a", "b", "c"] {
+            let channel = connect(addr).await;
+            let server = agent(name, "pool");
+            agents.push(server.keep_connected(channel));
+        }
+        let mut events = registry.subscribe();
+        while registry.len() < 3 {
+            next_event(&mut events).await;
+        }
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for channel in [registry.channel(), registry.get(&"pool".to_owned())] {
+            let mut client = EchoServiceClient::new(channel);
+            for _ in 0..30 {
+                *counts.entry(answered_by(&mut client).await).or_default() += 1;
+            }
+        }
+        assert_eq!(counts.len(), 3, "{counts:?}");
+        assert!(counts.values().all(|&n| n == 20), "{counts:?}");
+        for a in agents {
+            a.shutdown().await;
+        }
+        hub.stop().await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn wait_for_ready_with_and_without_a_tunnel_arriving() {
+    bounded(async {
+        let registry = keyed_registry();
+        let (listener, addr) = listener().await;
+        let hub = hub_on(listener, TunnelLayer::new().reverse(registry.clone())).await;
+
+        // Fails fast without waiting.
+        let mut fast = EchoServiceClient::new(registry.get(&"late".to_owned()));
+        let err = fast
+            .unary(EchoRequest::default())
+            .await
+            .expect_err("empty pool");
+        assert_eq!(err.code(), Code::Unavailable);
+
+        // Waits, bounded by the call's own timeout.
+        let mut waiting =
+            EchoServiceClient::new(registry.get(&"late".to_owned()).wait_for_ready(true));
+        let mut req = tonic::Request::new(EchoRequest::default());
+        req.set_timeout(Duration::from_millis(100));
+        let err = waiting.unary(req).await.expect_err("nobody came");
+        assert_eq!(err.code(), Code::DeadlineExceeded);
+        let waited = tokio::time::timeout(
+            Duration::from_millis(50),
+            registry.wait_for(Some(&"late".to_owned())),
+        )
+        .await;
+        assert!(waited.is_err(), "no tunnel yet");
+
+        // A call that waits is answered once the agent arrives.
+        let call = tokio::spawn(async move { answered_by(&mut waiting).await });
+        let agent_task = tokio::spawn({
+            let channel = connect(addr).await;
+            async move { agent("late", "late").serve(channel).await }
+        });
+        assert_eq!(call.await.unwrap(), "late");
+        let tunnel = registry.wait_for(Some(&"late".to_owned())).await;
+        assert_eq!(tunnel.key(), "late");
+        tunnel.channel().close();
+        agent_task.await.unwrap().expect("agent done");
+        hub.stop().await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn disabled_reverse_tunnels_are_unimplemented() {
+    bounded(async {
+        let server = tonic_server(TunnelLayer::new(), Echo::new()).await;
+        let err = agent("x", "x")
+            .serve(connect(server.addr).await)
+            .await
+            .expect_err("no reverse tunnels here");
+        let status = err.status().expect("the opening RPC's status");
+        assert_eq!(status.code(), Code::Unimplemented);
+        assert_eq!(status.message(), "reverse tunnels not supported");
+    })
+    .await
+}
+
+#[tokio::test]
+async fn matrix_through_reverse_tunnels() {
+    bounded(async {
+        for rev in [grpctunnel::Revision::One, grpctunnel::Revision::Zero] {
+            let registry = keyed_registry();
+            let (listener, addr) = listener().await;
+            let hub = hub_on(
+                listener,
+                TunnelLayer::new()
+                    .reverse(registry.clone())
+                    .max_message_size(grpctunnel_testing::MAX_MESSAGE_SIZE),
+            )
+            .await;
+            let agent = ReverseTunnelServer::new(Routes::new(Echo::new().server()))
+                .max_revision(rev)
+                .max_message_size(grpctunnel_testing::MAX_MESSAGE_SIZE)
+                .keep_connected(connect(addr).await);
+            let tunnel = registry.wait_for(None).await;
+            assert_eq!(tunnel.channel().revision(), rev);
+            let opts = CaseOptions {
+                flow_control: rev == grpctunnel::Revision::One,
+                ..CaseOptions::default()
+            };
+            let report = run_cases(registry.channel(), &opts).await;
+            println!("revision {rev}:\n{report}");
+            assert!(report.is_success(), "{report}");
+            agent.shutdown().await;
+            hub.stop().await;
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn graceful_shutdown_of_the_agent_lets_calls_in_flight_finish() {
+    bounded(async {
+        let registry = keyed_registry();
+        let (listener, addr) = listener().await;
+        let hub = hub_on(listener, TunnelLayer::new().reverse(registry.clone())).await;
+        let stop = CancellationToken::new();
+        let serving = tokio::spawn({
+            let channel = connect(addr).await;
+            let stop = stop.clone();
+            async move {
+                agent("a", "a")
+                    .serve_with_shutdown(channel, stop.cancelled_owned())
+                    .await
+            }
+        });
+        let tunnel = registry.wait_for(None).await;
+        let channel = tunnel.channel();
+        // A bidi call whose first answer proves its handler is running.
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let mut client = EchoServiceClient::new(channel.clone());
+        tx.send(EchoRequest {
+            seq: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let mut answers = client
+            .bidi(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .expect("bidi open")
+            .into_inner();
+        assert_eq!(answers.message().await.unwrap().unwrap().seq, 1);
+
+        stop.cancel();
+        // While draining, new calls are refused (P-69, P-70)...
+        let err = client
+            .unary(EchoRequest::default())
+            .await
+            .expect_err("draining");
+        assert_eq!(err.code(), Code::Unavailable);
+        assert_eq!(err.message(), "server is shutting down");
+        // ...and the call in flight runs to its end.
+        tx.send(EchoRequest {
+            seq: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        assert_eq!(answers.message().await.unwrap().unwrap().seq, 2);
+        drop(tx);
+        assert!(answers.message().await.expect("clean end").is_none());
+        serving.await.unwrap().expect("graceful stop returns Ok");
+        channel.closed().await;
+        assert!(registry.is_empty());
+        hub.stop().await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn graceful_shutdown_of_the_hub_lets_calls_in_flight_finish() {
+    bounded(async {
+        let registry = keyed_registry();
+        let (listener, addr) = listener().await;
+        let hub = hub_on(listener, TunnelLayer::new().reverse(registry.clone())).await;
+        let agent_task = tokio::spawn({
+            let channel = connect(addr).await;
+            async move { agent("a", "a").serve(channel).await }
+        });
+        let channel = registry.wait_for(None).await.channel();
+        let slow = tokio::spawn({
+            let mut client = EchoServiceClient::new(channel.clone());
+            async move {
+                client
+                    .unary(EchoRequest {
+                        sleep_ms: 300,
+                        payload: "slow".into(),
+                        ..Default::default()
+                    })
+                    .await
+            }
+        });
+        while channel.active_calls() == 0 {
+            tokio::task::yield_now().await;
+        }
+        // The hub's own graceful shutdown completes: the tunnel drains.
+        hub.stop().await;
+        let resp = slow.await.unwrap().expect("in-flight call finished");
+        assert_eq!(resp.into_inner().payload, "slow");
+        agent_task.await.unwrap().expect("agent sees a clean end");
+        assert!(registry.is_empty());
+    })
+    .await
+}
+
+#[tokio::test]
+async fn keep_connected_reconnects_after_the_server_restarts() {
+    bounded(async {
+        let registry = keyed_registry();
+        let (listener, addr) = listener().await;
+        let hub = hub_on(listener, TunnelLayer::new().reverse(registry.clone())).await;
+        let transport = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_lazy();
+        let keep = agent("a", "a").keep_connected_with(
+            transport,
+            grpctunnel::reverse::Backoff {
+                initial: Duration::from_millis(10),
+                max: Duration::from_millis(200),
+                ..Default::default()
+            },
+        );
+        keep.wait_until(|s| s.connected).await;
+        hub.stop().await;
+        let state = keep.wait_until(|s| !s.connected).await;
+        assert_eq!(state.tunnels_opened, 1);
+
+        // Same address again.
+        let listener = TcpListener::bind(addr).await.expect("rebind");
+        let registry2 = keyed_registry();
+        let hub = hub_on(listener, TunnelLayer::new().reverse(registry2.clone())).await;
+        let tunnel = registry2.wait_for(Some(&"a".to_owned())).await;
+        let mut client = EchoServiceClient::new(tunnel.channel());
+        assert_eq!(answered_by(&mut client).await, "a");
+        let state = keep.state();
+        assert!(state.connected && state.tunnels_opened == 2, "{state:?}");
+        assert!(state.attempts >= 2);
+        let state = keep.shutdown().await;
+        assert!(state.stopped && !state.connected);
+        hub.stop().await;
+    })
+    .await
+}
