@@ -81,6 +81,8 @@ pub(crate) struct Shared {
     alloc: Mutex<Alloc>,
     register: mpsc::UnboundedSender<Arc<Stream<pb::ClientToServer>>>,
     terminal: OnceLock<Error>,
+    /// Runs once, when the tunnel ends (a registry removes the tunnel).
+    on_close: Mutex<Option<Box<dyn FnOnce() + Send>>>,
     revision: Revision,
     /// The peer's receive window per stream (from `Settings`).
     send_window: u32,
@@ -121,6 +123,7 @@ impl Shared {
             idle: Notify::new(),
             register,
             terminal: OnceLock::new(),
+            on_close: Mutex::new(None),
             revision,
             send_window,
             direction,
@@ -132,6 +135,14 @@ impl Shared {
     pub(crate) fn set_terminal(&self, err: Error) {
         let _ = self.terminal.set(err);
         self.lock_alloc().closed = true;
+        let hook = self
+            .on_close
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(hook) = hook {
+            hook();
+        }
         self.closed_notify.notify_waiters();
     }
 
@@ -255,6 +266,20 @@ impl TunnelChannel {
         };
         let _ = tokio::time::timeout(grace, idle).await;
         shared.close();
+    }
+
+    /// Runs `hook` once when the tunnel ends, before anyone waiting in
+    /// [`closed`](Self::closed) wakes up; at once if it has ended already.
+    pub(crate) fn on_close(&self, hook: impl FnOnce() + Send + 'static) {
+        let shared = &self.handle.shared;
+        {
+            let mut slot = shared.on_close.lock().unwrap_or_else(|p| p.into_inner());
+            if shared.terminal().is_none() {
+                *slot = Some(Box::new(hook));
+                return;
+            }
+        }
+        hook();
     }
 
     /// Calls in flight (whose response, or response body, is still alive).

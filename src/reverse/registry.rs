@@ -344,10 +344,13 @@ where
         debug!(tunnel = tunnel.id(), "reverse tunnel registered");
         let _ = self.inner.events.send(TunnelEvent::Opened(tunnel.clone()));
         self.inner.added.notify_waiters();
-        let registry = self.clone();
-        tokio::spawn(async move {
-            let _ = channel.closed().await;
-            registry.remove(&tunnel);
+        // Removal happens in the reader's teardown, before the opening RPC
+        // ends, so a closed tunnel is never picked again (P-75).
+        let registry = Arc::downgrade(&self.inner);
+        channel.on_close(move || {
+            if let Some(inner) = registry.upgrade() {
+                ReverseTunnelRegistry { inner }.remove(&tunnel);
+            }
         });
     }
 
