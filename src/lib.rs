@@ -70,6 +70,8 @@
 //! - Messages are cut into chunks of at most 16 KiB; streams take turns chunk
 //!   by chunk, so a large message never starves small calls.
 #![cfg_attr(docsrs, feature(doc_cfg))]
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 #[allow(
     missing_docs,

@@ -203,11 +203,6 @@ impl<F: OutFrame> Stream<F> {
         &self.core
     }
 
-    #[cfg_attr(not(test), allow(dead_code))]
-    pub(crate) fn is_flow_controlled(&self) -> bool {
-        self.credit_threshold.is_some()
-    }
-
     // ----- send side -------------------------------------------------------
 
     /// Whether the producer may queue more: `Ready(true)` when there is room,

@@ -15,7 +15,7 @@ use grpctunnel_testing::{
 };
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{service::Routes, transport::Server, Code};
-use tower::{ServiceBuilder, ServiceExt};
+use tower::ServiceBuilder;
 
 /// What the auth layer below proves about a caller.
 #[derive(Clone, Debug)]

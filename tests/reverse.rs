@@ -33,7 +33,6 @@ fn keyed_registry() -> Registry {
 
 /// A network server that accepts reverse tunnels into `registry`.
 async fn hub_on(listener: TcpListener, layer: TunnelLayer) -> TestServerHandle {
-    let addr = listener.local_addr().unwrap();
     let token = CancellationToken::new();
     let layer = layer.shutdown_token(token.clone());
     let stop = token.clone();
@@ -45,11 +44,10 @@ async fn hub_on(listener: TcpListener, layer: TunnelLayer) -> TestServerHandle {
             .await
             .expect("hub");
     });
-    TestServerHandle { addr, token, task }
+    TestServerHandle { token, task }
 }
 
 struct TestServerHandle {
-    addr: std::net::SocketAddr,
     token: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }

@@ -1,6 +1,7 @@
 //! [`RequestBody`]: the body of a request dispatched through a tunnel.
 
 use std::{
+    collections::VecDeque,
     fmt,
     pin::Pin,
     sync::Arc,
@@ -18,20 +19,39 @@ use crate::{
 /// Body of an `http::Request` that a tunnel server hands to the inner service.
 ///
 /// Yields the tunneled request messages in gRPC's HTTP/2 framing (a 5-byte
-/// prefix, then the chunks as they arrive), and ends when the tunnel client
-/// half-closes. Reading a chunk returns its flow-control credit to the
-/// tunnel client. Inner services take it through `From<RequestBody>` for
+/// prefix, then the message's chunks, without copying them), and ends when
+/// the tunnel client half-closes. A message is released once all its chunks
+/// are in, so a message cut short by `half_close` is dropped and the handler
+/// sees a clean end of input (P-34). Chunks are taken from the stream, and
+/// their flow-control credit returned, as they arrive (P-52). Inner services take it through `From<RequestBody>` for
 /// their body type (tonic's and axum's are provided).
 pub struct RequestBody {
     stream: Option<Arc<Stream<pb::ServerToClient>>>,
-    pending: Option<Bytes>,
+    /// Chunks of the current message, held until it is complete.
+    held: VecDeque<Bytes>,
+    /// Bytes of the current message still to come.
+    missing: usize,
+    /// Chunks of complete messages, ready to yield.
+    ready: VecDeque<Bytes>,
 }
 
 impl RequestBody {
     pub(crate) fn new(stream: Arc<Stream<pb::ServerToClient>>) -> Self {
         Self {
             stream: Some(stream),
-            pending: None,
+            held: VecDeque::new(),
+            missing: 0,
+            ready: VecDeque::new(),
+        }
+    }
+
+    fn hold(&mut self, data: Bytes) {
+        self.missing = self.missing.saturating_sub(data.len());
+        if !data.is_empty() {
+            self.held.push_back(data);
+        }
+        if self.missing == 0 {
+            self.ready.append(&mut self.held);
         }
     }
 }
@@ -45,37 +65,41 @@ impl http_body::Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
-        if let Some(data) = this.pending.take() {
-            return Poll::Ready(Some(Ok(Frame::data(data))));
-        }
-        let Some(stream) = &this.stream else {
-            return Poll::Ready(None);
-        };
-        let event = match stream.poll_event(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(event) => event,
-        };
-        Poll::Ready(match event {
-            Event::Start { size, data } => {
-                if !data.is_empty() {
-                    this.pending = Some(data);
+        loop {
+            if let Some(data) = this.ready.pop_front() {
+                return Poll::Ready(Some(Ok(Frame::data(data))));
+            }
+            let Some(stream) = &this.stream else {
+                return Poll::Ready(None);
+            };
+            let event = match stream.poll_event(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(event) => event,
+            };
+            match event {
+                Event::Start { size, data } => {
+                    this.held.push_back(frame::prefix(size));
+                    this.missing = size as usize;
+                    this.hold(data);
                 }
-                Some(Ok(Frame::data(frame::prefix(size))))
+                Event::More(data) => this.hold(data),
+                Event::Headers(_) | Event::End(_) => {
+                    // An unfinished message is dropped (P-34).
+                    this.held.clear();
+                    this.stream = None;
+                }
+                Event::Fail(status) => {
+                    this.held.clear();
+                    this.ready.clear();
+                    this.stream = None;
+                    return Poll::Ready(Some(Err(status)));
+                }
             }
-            Event::More(data) => Some(Ok(Frame::data(data))),
-            Event::Headers(_) | Event::End(_) => {
-                this.stream = None;
-                None
-            }
-            Event::Fail(status) => {
-                this.stream = None;
-                Some(Err(status))
-            }
-        })
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.stream.is_none() && self.pending.is_none()
+        self.stream.is_none() && self.ready.is_empty()
     }
 }
 

@@ -69,7 +69,10 @@ impl tonic::server::StreamingService<pb::ClientToServer> for OpenTunnel {
                 let (ending, _inbound) = tunnel.run().await;
                 let status = match ending {
                     // P-67: the client's end of input ends the RPC with OK.
-                    Ending::Closed | Ending::Drained | Ending::Aborted | Ending::Broken(_) => None,
+                    Ending::Closed | Ending::Drained | Ending::Aborted => None,
+                    // The opening RPC broke (an undecodable frame, say): it
+                    // ends with that status, not OK (P-6, P-22).
+                    Ending::Broken(status) => Some(status),
                     // P-22: a fatal error ends the RPC with UNKNOWN and its text.
                     Ending::Protocol(text) => Some(tonic::Status::unknown(text)),
                 };

@@ -282,29 +282,29 @@ where
                 )),
             );
         };
-        if revision > self.cx.opts.max_revision {
-            return self.reject(
-                id,
-                tonic::Status::unavailable(format!(
-                    "server does not support protocol revision {}",
-                    new.protocol_revision
-                )),
-            );
-        }
+        // P-17: any revision we know is accepted on any tunnel, whatever we
+        // offered in Settings (as the Go reference does).
         let name = new
             .method_name
             .strip_prefix('/')
             .unwrap_or(&new.method_name);
-        let well_formed = matches!(name.split_once('/'), Some((svc, method)) if !svc.is_empty() && !method.is_empty());
-        let path = format!("/{name}");
-        let uri = match path.parse::<http::Uri>() {
-            Ok(uri) if well_formed => uri,
+        // P-24: without a `/` the name is malformed; otherwise an unknown
+        // service or method is for the inner service to refuse.
+        if !name.contains('/') {
+            return self.reject(
+                id,
+                tonic::Status::invalid_argument(format!("{name} is not a well-formed method name")),
+            );
+        }
+        let uri = match http::Uri::builder()
+            .path_and_query(format!("/{name}"))
+            .build()
+        {
+            Ok(uri) if !name.starts_with('/') && !name.ends_with('/') => uri,
             _ => {
                 return self.reject(
                     id,
-                    tonic::Status::invalid_argument(format!(
-                        "{name} is not a well-formed method name"
-                    )),
+                    tonic::Status::unimplemented(format!("{name} not implemented")),
                 )
             }
         };
@@ -315,13 +315,13 @@ where
             flow.then_some(new.initial_window_size),
             flow.then_some(self.cx.opts.initial_window_size),
         );
+        let span = tracing::debug_span!("grpctunnel.stream", stream_id = id, method = %uri.path());
         let req = self.request(
             uri,
             new.request_headers.unwrap_or_default(),
             &stream,
             revision,
         );
-        let span = tracing::debug_span!("grpctunnel.stream", stream_id = id, method = %path);
         let task = tokio::spawn(
             handler::serve_stream(self.cx.dispatch.clone(), req, stream.clone()).instrument(span),
         );
