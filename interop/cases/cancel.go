@@ -58,7 +58,18 @@ func caseDeadline(ctx context.Context, env *Env) error {
 // caseCancel: a server-streaming call whose handler sends headers and then
 // sleeps 5 s is cancelled by the caller once the headers arrived (or after
 // a short wait): the caller sees CANCELLED and the handler is cancelled.
+// Then the same with a busy handler (a million 1 KiB responses, one read).
 func caseCancel(ctx context.Context, env *Env) error {
+	if err := cancelSleeping(ctx, env); err != nil {
+		return fmt.Errorf("sleeping handler: %w", err)
+	}
+	if err := cancelStreaming(ctx, env); err != nil {
+		return fmt.Errorf("streaming handler: %w", err)
+	}
+	return nil
+}
+
+func cancelSleeping(ctx context.Context, env *Env) error {
 	tag := newTag("cancel")
 	cctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -92,4 +103,23 @@ func waitHeaders(header func() (metadata.MD, error)) {
 	case <-done:
 	case <-time.After(headerWait):
 	}
+}
+
+// cancelStreaming cancels a server stream whose handler is busy sending (a
+// million 1 KiB responses) after reading one response.
+func cancelStreaming(ctx context.Context, env *Env) error {
+	tag := newTag("cancel-busy")
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var tc grpctunnel.TunnelChannel
+	req := &echopb.EchoRequest{Repeat: 1_000_000, ResponseSize: 1024, Tag: tag}
+	stream, err := env.client().ServerStream(cctx, req, grpctunnel.WithTunnelChannel(&tc))
+	if err != nil {
+		return err
+	}
+	if _, err := stream.Recv(); err != nil {
+		return fmt.Errorf("first response: %w", err)
+	}
+	cancel()
+	return expectHandlerCancelled(ctx, env.pinned(tc), tag)
 }

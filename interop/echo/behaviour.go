@@ -6,6 +6,7 @@ import (
 
 	spb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
@@ -70,17 +71,40 @@ func requestedError(req *echopb.EchoRequest) error {
 	})
 }
 
-// response builds the answer to req with the given sequence number and the
-// running totals of the call.
-func response(ctx context.Context, req *echopb.EchoRequest, seq uint64, count uint32, total uint64) *echopb.EchoResponse {
+// response builds the answer to req (its payload, or its response_size
+// pattern) with the given sequence number and totals, and the request
+// metadata when echoMetadata is set.
+func response(ctx context.Context, req *echopb.EchoRequest, echoMetadata bool, seq uint64, count uint32, total uint64) *echopb.EchoResponse {
 	resp := &echopb.EchoResponse{
 		Payload:    responsePayload(req),
 		Seq:        seq,
 		Count:      count,
 		TotalBytes: total,
 	}
-	if req.GetEchoMetadata() {
+	if echoMetadata {
 		resp.Metadata = incomingEntries(ctx)
 	}
 	return resp
+}
+
+// MaxResponseSize bounds response_size (the gRPC message limit of the peer).
+const MaxResponseSize = 16 << 20
+
+// validate rejects a response_size larger than MaxResponseSize.
+func validate(req *echopb.EchoRequest) error {
+	if n := req.GetResponseSize(); n > MaxResponseSize {
+		return status.Errorf(codes.InvalidArgument, "response_size %d is larger than %d", n, MaxResponseSize)
+	}
+	return nil
+}
+
+// contextError is the status of ctx's error, or nil while ctx is live.
+// Handlers check it before each send: on a revision-zero stream the Go
+// reference's send does not fail after a cancel, so a streaming handler
+// would otherwise never notice that its call was cancelled.
+func contextError(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return status.FromContextError(err).Err()
+	}
+	return nil
 }

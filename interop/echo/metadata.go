@@ -11,11 +11,11 @@ import (
 )
 
 // IsTransportKey reports whether a metadata key belongs to the transport
-// rather than to the application: pseudo-headers, content-type, user-agent,
-// te and every grpc-* key. These are never echoed back.
+// rather than to the application: pseudo-headers, host, content-type,
+// user-agent, te and every grpc-* key. These are never echoed back.
 func IsTransportKey(key string) bool {
 	switch key {
-	case ":authority", "content-type", "user-agent", "te":
+	case ":authority", "host", "content-type", "user-agent", "te":
 		return true
 	}
 	return strings.HasPrefix(key, ":") || strings.HasPrefix(key, "grpc-")

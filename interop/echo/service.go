@@ -30,6 +30,9 @@ func (s *Service) Tags() *Tags { return s.tags }
 // Unary answers one request with one response.
 func (s *Service) Unary(ctx context.Context, req *echopb.EchoRequest) (*echopb.EchoResponse, error) {
 	defer s.tags.Start(ctx, req.GetTag())()
+	if err := validate(req); err != nil {
+		return nil, err
+	}
 	if err := applyMetadata(unaryMeta{ctx}, req); err != nil {
 		return nil, err
 	}
@@ -39,12 +42,13 @@ func (s *Service) Unary(ctx context.Context, req *echopb.EchoRequest) (*echopb.E
 	if err := requestedError(req); err != nil {
 		return nil, err
 	}
-	return response(ctx, req, req.GetSeq(), 1, uint64(len(req.GetPayload()))), nil
+	return response(ctx, req, req.GetEchoMetadata(), req.GetSeq(), 1, uint64(len(req.GetPayload()))), nil
 }
 
 // ClientStream reads every request and answers once: count and total size
-// of what arrived, seq and payload of the last request. Headers, trailers,
-// sleep and error come from the first request.
+// of what arrived, seq and payload of the last request. Every control field
+// (response_size, echo_metadata, sleep_ms, headers, trailers, error, tag)
+// comes from the first request.
 func (s *Service) ClientStream(stream grpc.ClientStreamingServer[echopb.EchoRequest, echopb.EchoResponse]) error {
 	ctx := stream.Context()
 	var first, last *echopb.EchoRequest
@@ -61,6 +65,9 @@ func (s *Service) ClientStream(stream grpc.ClientStreamingServer[echopb.EchoRequ
 		if first == nil {
 			first = req
 			defer s.tags.Start(ctx, req.GetTag())()
+			if err := validate(req); err != nil {
+				return err
+			}
 			if err := applyMetadata(stream, req); err != nil {
 				return err
 			}
@@ -78,7 +85,8 @@ func (s *Service) ClientStream(stream grpc.ClientStreamingServer[echopb.EchoRequ
 	if err := requestedError(first); err != nil {
 		return err
 	}
-	return stream.SendAndClose(response(ctx, last, last.GetSeq(), count, total))
+	answer := &echopb.EchoRequest{Payload: last.GetPayload(), ResponseSize: first.GetResponseSize()}
+	return stream.SendAndClose(response(ctx, answer, first.GetEchoMetadata(), last.GetSeq(), count, total))
 }
 
 // ServerStream answers one request with `repeat` responses (0 means 1),
@@ -86,6 +94,9 @@ func (s *Service) ClientStream(stream grpc.ClientStreamingServer[echopb.EchoRequ
 func (s *Service) ServerStream(req *echopb.EchoRequest, stream grpc.ServerStreamingServer[echopb.EchoResponse]) error {
 	ctx := stream.Context()
 	defer s.tags.Start(ctx, req.GetTag())()
+	if err := validate(req); err != nil {
+		return err
+	}
 	if err := applyMetadata(stream, req); err != nil {
 		return err
 	}
@@ -95,7 +106,10 @@ func (s *Service) ServerStream(req *echopb.EchoRequest, stream grpc.ServerStream
 	n := max(req.GetRepeat(), 1)
 	size := uint64(len(req.GetPayload()))
 	for i := range n {
-		if err := stream.Send(response(ctx, req, req.GetSeq()+uint64(i), 1, size)); err != nil {
+		if err := contextError(ctx); err != nil {
+			return err
+		}
+		if err := stream.Send(response(ctx, req, req.GetEchoMetadata(), req.GetSeq()+uint64(i), 1, size)); err != nil {
 			return err
 		}
 	}

@@ -87,6 +87,9 @@ func checkWire(t *testing.T, side string, st wiretap.Stats, tunnels int, w wantW
 	if st.StreamRevisions[w.revision] == 0 {
 		t.Errorf("%s: no stream used revision %d (%v)", side, w.revision, st)
 	}
+	if st.Cut != 0 {
+		t.Errorf("%s: %d streams ended in the middle of a message (%v)", side, st.Cut, st)
+	}
 }
 
 // runMatrix runs fn with a reporter and fails the test on any failed case.

@@ -26,12 +26,11 @@ type clientStream struct {
 	tap *Tap
 }
 
+// SendMsg records the frame before sending it, so that a frame sent (such
+// as a cancel) is recorded before any frame received because of it.
 func (s *clientStream) SendMsg(m any) error {
-	err := s.ClientStream.SendMsg(m)
-	if err == nil {
-		s.tap.observe(m)
-	}
-	return err
+	s.tap.observe(m)
+	return s.ClientStream.SendMsg(m)
 }
 
 func (s *clientStream) RecvMsg(m any) error {
@@ -60,12 +59,11 @@ type serverStream struct {
 	tap *Tap
 }
 
+// SendMsg records the frame before sending it, so that a frame sent (such
+// as a cancel) is recorded before any frame received because of it.
 func (s *serverStream) SendMsg(m any) error {
-	err := s.ServerStream.SendMsg(m)
-	if err == nil {
-		s.tap.observe(m)
-	}
-	return err
+	s.tap.observe(m)
+	return s.ServerStream.SendMsg(m)
 }
 
 func (s *serverStream) RecvMsg(m any) error {
