@@ -29,9 +29,10 @@ async fn main() -> Result<(), Box<dyn Error>> {
             .unwrap_or("anonymous")
             .to_owned()
     });
+    let layer = TunnelLayer::new().reverse(registry.clone());
     let server = tokio::spawn(
         Server::builder()
-            .layer(TunnelLayer::new().reverse(registry.clone()))
+            .layer(layer.clone())
             .add_service(Echo::new().server())
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
                 stopped.await.ok();
@@ -103,6 +104,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     }
     println!("bidi streaming:   {answers:?}");
 
+    println!("client counters: {}", tunnel.stats());
     tunnel.close();
     println!("forward tunnel closed");
 
@@ -163,6 +165,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
         println!("agent {:?} stopped; its tunnel left the registry", t.key());
     }
     println!("tunnels left in the registry: {}", registry.len());
+    println!("server counters: {}", layer.stats());
 
     let _ = stop.send(());
     server.await??;

@@ -93,6 +93,7 @@ mod metadata;
 mod negotiate;
 pub mod reverse;
 pub mod server;
+mod stats;
 mod stream;
 mod writer;
 
@@ -102,3 +103,4 @@ pub use info::{Direction, TunnelInfo};
 pub use negotiate::{Revision, DEFAULT_INITIAL_WINDOW_SIZE, DEFAULT_MAX_MESSAGE_SIZE};
 pub use reverse::{ReverseChannel, ReverseTunnelRegistry, ReverseTunnelServer, TunnelEvent};
 pub use server::{TunnelLayer, TunnelService};
+pub use stats::{Counters, Stats};

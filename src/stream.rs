@@ -19,7 +19,7 @@ use std::{
 
 use bytes::Bytes;
 
-use crate::{pb, writer::Core};
+use crate::{pb, stats::Meter, writer::Core};
 
 /// Most bytes a producer may queue on a stream before it waits for the
 /// writer, on top of what the send window lets through.
@@ -126,6 +126,8 @@ struct SendState<F> {
     finished: bool,
     /// The server queued `response_headers`.
     headers_sent: bool,
+    /// Since when the stream has had data but no window.
+    blocked_since: Option<std::time::Instant>,
     /// The last frame is queued: tell the reader to forget the stream once
     /// it is written (until then window updates must still reach it).
     forget_when_drained: bool,
@@ -184,6 +186,7 @@ impl<F: OutFrame> Stream<F> {
                 finished: false,
                 headers_sent: false,
                 forget_when_drained: false,
+                blocked_since: None,
                 producer: None,
             }),
             recv: Mutex::new(RecvState {
@@ -304,6 +307,11 @@ impl<F: OutFrame> Stream<F> {
             return;
         }
         st.window = st.window.saturating_add(i64::from(n));
+        if st.window > 0 {
+            if let Some(since) = st.blocked_since.take() {
+                self.core.meter.blocked(since.elapsed());
+            }
+        }
         self.schedule(&mut st);
     }
 
@@ -318,7 +326,10 @@ impl<F: OutFrame> Stream<F> {
     /// frame, if any, and whether the stream should stay in the ring.
     pub(crate) fn next_frame(&self, max_chunk: usize) -> (Option<F>, bool) {
         let mut st = lock(&self.send);
-        let frame = take_frame(&mut st, self.id, max_chunk);
+        let frame = take_frame(&mut st, self.id, max_chunk, &self.core.meter);
+        if st.window <= 0 && st.blocked_since.is_none() && !st.queue.is_empty() && !sendable(&st) {
+            st.blocked_since = Some(std::time::Instant::now());
+        }
         if st.forget_when_drained && st.queue.is_empty() {
             st.forget_when_drained = false;
             self.core.forget(self.id);
@@ -437,7 +448,12 @@ fn sendable<F>(st: &SendState<F>) -> bool {
     }
 }
 
-fn take_frame<F: OutFrame>(st: &mut SendState<F>, id: i64, max_chunk: usize) -> Option<F> {
+fn take_frame<F: OutFrame>(
+    st: &mut SendState<F>,
+    id: i64,
+    max_chunk: usize,
+    meter: &Meter,
+) -> Option<F> {
     if !sendable(st) {
         return None;
     }
@@ -449,6 +465,7 @@ fn take_frame<F: OutFrame>(st: &mut SendState<F>, id: i64, max_chunk: usize) -> 
         Item::Start { size, mut data } => {
             let chunk = cut(&mut data, allowed);
             charge(st, chunk.len());
+            meter.sent(chunk.len(), true);
             if !data.is_empty() {
                 st.queue.push_front(Item::More(data));
             }
@@ -457,6 +474,7 @@ fn take_frame<F: OutFrame>(st: &mut SendState<F>, id: i64, max_chunk: usize) -> 
         Item::More(mut data) => {
             let chunk = cut(&mut data, allowed);
             charge(st, chunk.len());
+            meter.sent(chunk.len(), false);
             if !data.is_empty() {
                 st.queue.push_front(Item::More(data));
             }

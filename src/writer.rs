@@ -25,7 +25,10 @@ use std::{
 use futures_core::Stream as FuturesStream;
 use tokio::sync::mpsc;
 
-use crate::stream::{OutFrame, Stream};
+use crate::{
+    stats::Meter,
+    stream::{OutFrame, Stream},
+};
 
 /// Largest chunk of message data in one frame (P-30).
 pub(crate) const MAX_CHUNK: usize = 16 * 1024;
@@ -39,6 +42,7 @@ enum Ctl<F> {
 /// The handle every part of a tunnel holds to reach its writer and reader.
 #[derive(Debug)]
 pub(crate) struct Core<F> {
+    pub(crate) meter: Meter,
     control: mpsc::UnboundedSender<Ctl<F>>,
     ready: mpsc::UnboundedSender<Arc<Stream<F>>>,
     gone: mpsc::UnboundedSender<i64>,
@@ -47,11 +51,12 @@ pub(crate) struct Core<F> {
 impl<F: OutFrame> Core<F> {
     /// A core, its writer, and the receiver of finished stream IDs (for the
     /// reader's stream table).
-    pub(crate) fn new() -> (Arc<Self>, Writer<F>, mpsc::UnboundedReceiver<i64>) {
+    pub(crate) fn new(meter: Meter) -> (Arc<Self>, Writer<F>, mpsc::UnboundedReceiver<i64>) {
         let (control, control_rx) = mpsc::unbounded_channel();
         let (ready, ready_rx) = mpsc::unbounded_channel();
         let (gone, gone_rx) = mpsc::unbounded_channel();
         let core = Arc::new(Self {
+            meter,
             control,
             ready,
             gone,

@@ -13,6 +13,7 @@ use crate::{
     info::Direction,
     negotiate::{self, Options, Revision},
     pb::{self, tunnel_service_client::TunnelServiceClient},
+    stats::{Counters, Meter},
     writer::Core,
 };
 
@@ -37,6 +38,7 @@ use crate::{
 pub struct TunnelChannelBuilder {
     opts: Options,
     metadata: http::HeaderMap,
+    counters: Option<Arc<Counters>>,
 }
 
 impl Default for TunnelChannelBuilder {
@@ -52,6 +54,7 @@ impl TunnelChannelBuilder {
         Self {
             opts: Options::default(),
             metadata: http::HeaderMap::new(),
+            counters: None,
         }
     }
 
@@ -97,6 +100,14 @@ impl TunnelChannelBuilder {
         self
     }
 
+    /// Also counts this tunnel into `counters` (shared by several tunnels,
+    /// say, for a process-wide figure). Each channel has its own counters
+    /// too: [`TunnelChannel::stats`].
+    pub fn counters(mut self, counters: Arc<Counters>) -> Self {
+        self.counters = Some(counters);
+        self
+    }
+
     /// Opens a forward tunnel (`OpenTunnel`) over `transport`: any tonic
     /// transport, such as a `tonic::transport::Channel` or another
     /// [`TunnelChannel`] (tunnels nest).
@@ -120,7 +131,7 @@ impl TunnelChannelBuilder {
         let span =
             tracing::debug_span!("grpctunnel.tunnel", direction = "forward", role = "client");
         async move {
-            let (core, writer, gone) = Core::new();
+            let (core, writer, gone) = Core::new(Meter::tunnel(self.counters.clone()));
             let mut req = tonic::Request::new(writer.filter_map(|r| async move { r.ok() }));
             *req.metadata_mut() = tonic::metadata::MetadataMap::from_headers(self.metadata.clone());
             if self.opts.advertises() {
@@ -188,6 +199,8 @@ where
             Ok(chosen) => chosen,
             Err(text) => {
                 core.finish(None);
+                core.meter.protocol_error();
+                core.meter.tunnel_closed();
                 return Err(Error::protocol(text));
             }
         }

@@ -287,6 +287,11 @@ impl TunnelChannel {
         self.handle.shared.lock_alloc().active
     }
 
+    /// A snapshot of this tunnel's counters.
+    pub fn stats(&self) -> crate::Stats {
+        self.handle.shared.core.meter.counters().snapshot()
+    }
+
     /// Whether the tunnel has ended.
     pub fn is_closed(&self) -> bool {
         self.handle.shared.terminal().is_some()

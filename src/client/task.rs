@@ -66,13 +66,12 @@ where
             tokio::select! {
                 biased;
                 Some(stream) = self.register.recv() => self.add(stream),
-                Some(id) = self.gone.recv() => {
-                    self.streams.remove(&id);
-                }
+                Some(id) = self.gone.recv() => self.remove(id),
                 () = self.shared.shutdown.notified() => return Error::closed_locally(),
                 frame = self.inbound.next() => match frame {
                     Some(Ok(frame)) => {
                         if let Err(text) = self.on_frame(frame) {
+                            self.shared.core.meter.protocol_error();
                             return Error::protocol(text);
                         }
                     }
@@ -83,7 +82,14 @@ where
         }
     }
 
+    fn remove(&mut self, id: i64) {
+        if self.streams.remove(&id).is_some() {
+            self.shared.core.meter.stream_closed();
+        }
+    }
+
     fn add(&mut self, stream: Arc<ClientStream>) {
+        self.shared.core.meter.stream_opened();
         self.last_id = stream.id();
         self.streams.insert(
             stream.id(),
@@ -131,6 +137,7 @@ where
                     .map_err(|e| e.client_status())
                     .and_then(|()| charge(&entry.stream, len))
                     .map(|()| {
+                        self.shared.core.meter.received(len, true);
                         entry.stream.deliver(Event::Start {
                             size: msg.size,
                             data: msg.data,
@@ -142,11 +149,16 @@ where
                 .on_continuation(data.len())
                 .map_err(|e| e.client_status())
                 .and_then(|()| charge(&entry.stream, data.len()))
-                .map(|()| entry.stream.deliver(Event::More(data))),
+                .map(|()| {
+                    self.shared.core.meter.received(data.len(), false);
+                    entry.stream.deliver(Event::More(data))
+                }),
             Some(Frame::CloseStream(close)) => {
-                entry.stream.finish();
-                entry.stream.deliver(Event::End(Some(close)));
-                self.streams.remove(&id);
+                let stream = entry.stream.clone();
+                stream.finish();
+                // Forgotten before the caller can see the end (P-45).
+                self.remove(id);
+                stream.deliver(Event::End(Some(close)));
                 return Ok(());
             }
             Some(Frame::WindowUpdate(n)) => {
@@ -172,7 +184,8 @@ where
                     .send_control(client_frame(id, pb::client_to_server::Frame::Cancel(())));
             }
             entry.stream.fail(status);
-            self.streams.remove(&id);
+            self.shared.core.meter.protocol_error();
+            self.remove(id);
         }
         Ok(())
     }
@@ -186,7 +199,9 @@ where
         for (_, entry) in self.streams.drain() {
             entry.stream.finish();
             entry.stream.fail(status.clone());
+            self.shared.core.meter.stream_closed();
         }
+        self.shared.core.meter.tunnel_closed();
         // Forward: half-closes the opening RPC; reverse: ends its response.
         self.shared.core.finish(None);
         if reason.is_closed() && reason.status().is_none() {

@@ -14,6 +14,7 @@ use crate::{
     negotiate::{self, Options},
     pb,
     reverse::registry::Acceptor,
+    stats::{Counters, Meter},
     writer::{Core, Writer},
 };
 
@@ -23,6 +24,7 @@ pub(crate) struct OpenReverseTunnel {
     pub(crate) opts: Options,
     pub(crate) shutdown: CancellationToken,
     pub(crate) grace: Duration,
+    pub(crate) counters: Arc<Counters>,
     pub(crate) acceptor: Arc<dyn Acceptor>,
     pub(crate) extensions: http::Extensions,
     pub(crate) headers: http::HeaderMap,
@@ -38,7 +40,7 @@ impl tonic::server::StreamingService<pb::ServerToClient> for OpenReverseTunnel {
         request: tonic::Request<tonic::Streaming<pb::ServerToClient>>,
     ) -> Self::Future {
         let negotiated = self.opts.advertises() && negotiate::peer_advertises(&self.headers);
-        let (core, writer, gone) = Core::new();
+        let (core, writer, gone) = Core::new(Meter::tunnel(Some(self.counters.clone())));
         let opts = self.opts;
         let acceptor = self.acceptor.clone();
         let extensions = std::mem::take(&mut self.extensions);

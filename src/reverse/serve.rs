@@ -18,9 +18,23 @@ use crate::{
         dispatch::{dispatch, Dispatch},
         tunnel::{Ending, ServerTunnel, TunnelContext},
     },
+    stats::{Counters, Meter, Stats},
     stream::server_frame,
     writer::Core,
 };
+
+/// Runs `f` when dropped.
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}
 
 /// Default bound on a graceful shutdown: how long calls in flight may run.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -39,6 +53,7 @@ pub struct ReverseTunnelServer {
     opts: Options,
     metadata: http::HeaderMap,
     grace: Duration,
+    counters: Arc<Counters>,
 }
 
 impl ReverseTunnelServer {
@@ -61,6 +76,7 @@ impl ReverseTunnelServer {
             opts: Options::default(),
             metadata: http::HeaderMap::new(),
             grace: DEFAULT_SHUTDOWN_GRACE,
+            counters: Arc::new(Counters::default()),
         }
     }
 
@@ -108,6 +124,12 @@ impl ReverseTunnelServer {
     pub fn shutdown_grace(mut self, grace: Duration) -> Self {
         self.grace = grace;
         self
+    }
+
+    /// A snapshot of the counters of every tunnel this server (and its
+    /// clones) opened.
+    pub fn stats(&self) -> Stats {
+        self.counters.snapshot()
     }
 
     /// Opens one reverse tunnel over `transport` and serves it until it ends.
@@ -165,7 +187,10 @@ impl ReverseTunnelServer {
             tracing::debug_span!("grpctunnel.tunnel", direction = "reverse", role = "server");
         async move {
             tokio::pin!(signal);
-            let (core, writer, gone) = Core::<pb::ServerToClient>::new();
+            let (core, writer, gone) =
+                Core::<pb::ServerToClient>::new(Meter::tunnel(Some(self.counters.clone())));
+            let core_for_count = core.clone();
+            let _closed = scopeguard(move || core_for_count.meter.tunnel_closed());
             let mut metadata = self.metadata.clone();
             if self.opts.advertises() {
                 metadata.insert(

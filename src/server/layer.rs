@@ -16,6 +16,7 @@ use crate::{
         dispatch::{dispatch, Dispatch},
         TunnelService, Unimplemented,
     },
+    stats::{Counters, Stats},
 };
 
 /// Adds `grpctunnel.v1.TunnelService` to a tonic server or an axum router.
@@ -37,6 +38,7 @@ pub(crate) struct Config {
     pub(crate) reverse: Option<Arc<dyn Acceptor>>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) grace: Duration,
+    pub(crate) counters: Arc<Counters>,
 }
 
 impl Default for TunnelLayer {
@@ -55,6 +57,7 @@ impl TunnelLayer {
                 reverse: None,
                 shutdown: CancellationToken::new(),
                 grace: DEFAULT_SHUTDOWN_GRACE,
+                counters: Arc::new(Counters::default()),
             }),
         }
     }
@@ -69,6 +72,7 @@ impl TunnelLayer {
                     reverse: self.config.reverse.clone(),
                     shutdown: self.config.shutdown.clone(),
                     grace: self.config.grace,
+                    counters: self.config.counters.clone(),
                 };
                 f(&mut config);
                 self.config = Arc::new(config);
@@ -149,6 +153,17 @@ impl TunnelLayer {
     /// for tests. Default: `Revision::One`.
     pub fn max_revision(self, revision: Revision) -> Self {
         self.update(|c| c.opts.max_revision = revision)
+    }
+
+    /// A snapshot of the counters of every tunnel this endpoint served,
+    /// forward and reverse. Clones of the layer share them.
+    pub fn stats(&self) -> Stats {
+        self.config.counters.snapshot()
+    }
+
+    /// The live counters behind [`stats`](Self::stats).
+    pub fn counters(&self) -> Arc<Counters> {
+        self.config.counters.clone()
     }
 
     /// A standalone tunnel service, to mount with `add_service` (tonic) or

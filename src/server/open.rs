@@ -15,6 +15,7 @@ use crate::{
         dispatch::Dispatch,
         tunnel::{Ending, ServerTunnel, TunnelContext},
     },
+    stats::{Counters, Meter},
     stream::server_frame,
     writer::{Core, Writer},
 };
@@ -25,6 +26,7 @@ pub(crate) struct OpenTunnel {
     pub(crate) opts: Options,
     pub(crate) shutdown: CancellationToken,
     pub(crate) grace: Duration,
+    pub(crate) counters: Arc<Counters>,
     pub(crate) dispatch: Dispatch,
     pub(crate) extensions: http::Extensions,
     pub(crate) headers: http::HeaderMap,
@@ -40,7 +42,7 @@ impl tonic::server::StreamingService<pb::ClientToServer> for OpenTunnel {
         request: tonic::Request<tonic::Streaming<pb::ClientToServer>>,
     ) -> Self::Future {
         let negotiated = self.opts.advertises() && negotiate::peer_advertises(&self.headers);
-        let (core, writer, gone) = Core::new();
+        let (core, writer, gone) = Core::new(Meter::tunnel(Some(self.counters.clone())));
         if negotiated {
             // P-11: Settings is the first ServerToClient frame.
             core.send_control(server_frame(
@@ -77,6 +79,7 @@ impl tonic::server::StreamingService<pb::ClientToServer> for OpenTunnel {
                     Ending::Protocol(text) => Some(tonic::Status::unknown(text)),
                 };
                 debug!("tunnel closed");
+                core.meter.tunnel_closed();
                 core.finish(status);
             }
             .instrument(span),

@@ -127,7 +127,7 @@ where
             tokio::select! {
                 biased;
                 Some(id) = self.gone.recv() => {
-                    self.streams.remove(&id);
+                    self.remove(id);
                     if self.draining() && self.streams.is_empty() {
                         return Ending::Drained;
                     }
@@ -149,6 +149,7 @@ where
                 frame = self.inbound.next() => match frame {
                     Some(Ok(frame)) => {
                         if let Err(text) = self.on_frame(frame) {
+                            self.core.meter.protocol_error();
                             debug!(error = %text, "protocol error");
                             return Ending::Protocol(text);
                         }
@@ -161,6 +162,14 @@ where
                 },
             }
         }
+    }
+
+    fn remove(&mut self, id: i64) -> Option<Entry> {
+        let entry = self.streams.remove(&id);
+        if entry.is_some() {
+            self.core.meter.stream_closed();
+        }
+        entry
     }
 
     /// Handles one frame; `Err` is fatal to the tunnel (P-22).
@@ -188,6 +197,7 @@ where
                     Err(e) => Some(e.server_status()),
                     Ok(()) if !entry.stream.charge_recv(len) => Some(overrun()),
                     Ok(()) => {
+                        self.core.meter.received(len, true);
                         entry.stream.deliver(Event::Start {
                             size: msg.size,
                             data: msg.data,
@@ -201,6 +211,7 @@ where
                     Err(e) => Some(e.server_status()),
                     Ok(()) if !entry.stream.charge_recv(data.len()) => Some(overrun()),
                     Ok(()) => {
+                        self.core.meter.received(data.len(), false);
                         entry.stream.deliver(Event::More(data));
                         None
                     }
@@ -224,7 +235,7 @@ where
                 entry.stream.fail(tonic::Status::cancelled(
                     "stream cancelled by tunnel client",
                 ));
-                self.streams.remove(&id);
+                self.remove(id);
                 None
             }
             Some(Frame::WindowUpdate(n)) => {
@@ -239,6 +250,7 @@ where
             )),
         };
         if let Some(status) = failure {
+            self.core.meter.protocol_error();
             self.end_stream(id, status);
         }
         Ok(())
@@ -247,7 +259,7 @@ where
     /// Ends an active stream with `status`: empty headers if none were sent,
     /// then `close_stream` with empty trailers (P-33); the handler is dropped.
     fn end_stream(&mut self, id: i64, status: tonic::Status) {
-        let Some(entry) = self.streams.remove(&id) else {
+        let Some(entry) = self.remove(id) else {
             return;
         };
         debug!(stream_id = id, code = ?status.code(), error = %status.message(), "stream failed");
@@ -325,6 +337,7 @@ where
         let task = tokio::spawn(
             handler::serve_stream(self.cx.dispatch.clone(), req, stream.clone()).instrument(span),
         );
+        self.core.meter.stream_opened();
         self.streams.insert(
             id,
             Entry {

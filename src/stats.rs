@@ -1,0 +1,203 @@
+//! Cheap counters for tunnels and for a whole endpoint.
+//!
+//! Every tunnel counts into its own [`Counters`], and into the counters of
+//! the endpoint it belongs to (a [`TunnelLayer`](crate::TunnelLayer), a
+//! [`ReverseTunnelServer`](crate::ReverseTunnelServer)). Counting is a few
+//! relaxed atomic additions per frame; reading is a [`Stats`] snapshot.
+
+use std::{
+    fmt,
+    sync::{
+        atomic::{AtomicU64, Ordering::Relaxed},
+        Arc,
+    },
+    time::Duration,
+};
+
+/// A snapshot of counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Tunnels open now (endpoint counters only).
+    pub tunnels_open: u64,
+    /// Tunnels opened so far (endpoint counters only).
+    pub tunnels_total: u64,
+    /// Streams (tunneled calls) open now.
+    pub streams_open: u64,
+    /// Streams opened so far.
+    pub streams_total: u64,
+    /// Messages sent through tunnels.
+    pub messages_sent: u64,
+    /// Messages received through tunnels.
+    pub messages_received: u64,
+    /// Message bytes sent (payload only, as flow control counts them).
+    pub bytes_sent: u64,
+    /// Message bytes received.
+    pub bytes_received: u64,
+    /// Protocol violations by peers (stream-level and tunnel-level).
+    pub protocol_errors: u64,
+    /// Time streams with data to send spent waiting for flow-control credit,
+    /// summed over streams.
+    pub flow_control_blocked: Duration,
+}
+
+impl fmt::Display for Stats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "tunnels {}/{} open/total, streams {}/{} open/total, sent {} msgs {} B, received {} msgs {} B, protocol errors {}, blocked on flow control {:?}",
+            self.tunnels_open,
+            self.tunnels_total,
+            self.streams_open,
+            self.streams_total,
+            self.messages_sent,
+            self.bytes_sent,
+            self.messages_received,
+            self.bytes_received,
+            self.protocol_errors,
+            self.flow_control_blocked,
+        )
+    }
+}
+
+/// Live counters, shared by the parts of a tunnel or an endpoint.
+#[derive(Default)]
+pub struct Counters {
+    tunnels_open: AtomicU64,
+    tunnels_total: AtomicU64,
+    streams_open: AtomicU64,
+    streams_total: AtomicU64,
+    messages_sent: AtomicU64,
+    messages_received: AtomicU64,
+    bytes_sent: AtomicU64,
+    bytes_received: AtomicU64,
+    protocol_errors: AtomicU64,
+    blocked_nanos: AtomicU64,
+}
+
+impl Counters {
+    /// A snapshot.
+    pub fn snapshot(&self) -> Stats {
+        Stats {
+            tunnels_open: self.tunnels_open.load(Relaxed),
+            tunnels_total: self.tunnels_total.load(Relaxed),
+            streams_open: self.streams_open.load(Relaxed),
+            streams_total: self.streams_total.load(Relaxed),
+            messages_sent: self.messages_sent.load(Relaxed),
+            messages_received: self.messages_received.load(Relaxed),
+            bytes_sent: self.bytes_sent.load(Relaxed),
+            bytes_received: self.bytes_received.load(Relaxed),
+            protocol_errors: self.protocol_errors.load(Relaxed),
+            flow_control_blocked: Duration::from_nanos(self.blocked_nanos.load(Relaxed)),
+        }
+    }
+}
+
+impl fmt::Debug for Counters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.snapshot(), f)
+    }
+}
+
+/// A tunnel's counters and those of its endpoint.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Meter {
+    tunnel: Arc<Counters>,
+    endpoint: Option<Arc<Counters>>,
+}
+
+macro_rules! both {
+    ($self:ident, $field:ident, $op:ident, $n:expr) => {{
+        let n = $n;
+        $self.tunnel.$field.$op(n, Relaxed);
+        if let Some(e) = &$self.endpoint {
+            e.$field.$op(n, Relaxed);
+        }
+    }};
+}
+
+impl Meter {
+    /// Counters for a new tunnel of `endpoint` (which counts it as open).
+    pub(crate) fn tunnel(endpoint: Option<Arc<Counters>>) -> Self {
+        if let Some(e) = &endpoint {
+            e.tunnels_open.fetch_add(1, Relaxed);
+            e.tunnels_total.fetch_add(1, Relaxed);
+        }
+        Self {
+            tunnel: Arc::new(Counters::default()),
+            endpoint,
+        }
+    }
+
+    /// The tunnel ended.
+    pub(crate) fn tunnel_closed(&self) {
+        if let Some(e) = &self.endpoint {
+            e.tunnels_open.fetch_sub(1, Relaxed);
+        }
+    }
+
+    pub(crate) fn counters(&self) -> &Arc<Counters> {
+        &self.tunnel
+    }
+
+    pub(crate) fn stream_opened(&self) {
+        both!(self, streams_open, fetch_add, 1);
+        both!(self, streams_total, fetch_add, 1);
+    }
+
+    pub(crate) fn stream_closed(&self) {
+        both!(self, streams_open, fetch_sub, 1);
+    }
+
+    /// A data frame went out; `start` if it began a message.
+    pub(crate) fn sent(&self, len: usize, start: bool) {
+        both!(self, bytes_sent, fetch_add, len as u64);
+        if start {
+            both!(self, messages_sent, fetch_add, 1);
+        }
+    }
+
+    /// A data frame came in; `start` if it began a message.
+    pub(crate) fn received(&self, len: usize, start: bool) {
+        both!(self, bytes_received, fetch_add, len as u64);
+        if start {
+            both!(self, messages_received, fetch_add, 1);
+        }
+    }
+
+    pub(crate) fn protocol_error(&self) {
+        both!(self, protocol_errors, fetch_add, 1);
+    }
+
+    pub(crate) fn blocked(&self, d: Duration) {
+        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        both!(self, blocked_nanos, fetch_add, nanos);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tunnel_counts_roll_up_to_the_endpoint() {
+        let endpoint = Arc::new(Counters::default());
+        let a = Meter::tunnel(Some(endpoint.clone()));
+        let b = Meter::tunnel(Some(endpoint.clone()));
+        a.stream_opened();
+        a.sent(100, true);
+        a.sent(50, false);
+        b.received(7, true);
+        b.protocol_error();
+        a.stream_closed();
+        b.tunnel_closed();
+        let e = endpoint.snapshot();
+        assert_eq!((e.tunnels_open, e.tunnels_total), (1, 2));
+        assert_eq!((e.streams_open, e.streams_total), (0, 1));
+        assert_eq!((e.messages_sent, e.bytes_sent), (1, 150));
+        assert_eq!((e.messages_received, e.bytes_received), (1, 7));
+        assert_eq!(e.protocol_errors, 1);
+        let a = a.counters().snapshot();
+        assert_eq!((a.bytes_sent, a.bytes_received), (150, 0));
+    }
+}
