@@ -14,6 +14,12 @@ use std::{
     time::Duration,
 };
 
+/// A process-wide number for each tunnel, for spans and logs.
+pub(crate) fn next_tunnel_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Relaxed)
+}
+
 /// A snapshot of counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]

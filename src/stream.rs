@@ -33,6 +33,8 @@ pub(crate) trait OutFrame: Send + 'static {
     fn more(id: i64, data: Bytes) -> Self;
     /// Credit for the peer's data.
     fn window_update(id: i64, n: u32) -> Self;
+    /// Kind, stream ID and data length, for tracing.
+    fn describe(&self) -> (&'static str, i64, usize);
 }
 
 impl OutFrame for pb::ClientToServer {
@@ -50,6 +52,20 @@ impl OutFrame for pb::ClientToServer {
     fn window_update(id: i64, n: u32) -> Self {
         client_frame(id, pb::client_to_server::Frame::WindowUpdate(n))
     }
+
+    fn describe(&self) -> (&'static str, i64, usize) {
+        use pb::client_to_server::Frame as F;
+        let (kind, len) = match &self.frame {
+            None => ("none", 0),
+            Some(F::NewStream(_)) => ("new_stream", 0),
+            Some(F::RequestMessage(m)) => ("request_message", m.data.len()),
+            Some(F::MoreRequestData(d)) => ("more_request_data", d.len()),
+            Some(F::HalfClose(())) => ("half_close", 0),
+            Some(F::Cancel(())) => ("cancel", 0),
+            Some(F::WindowUpdate(n)) => ("window_update", *n as usize),
+        };
+        (kind, self.stream_id, len)
+    }
 }
 
 impl OutFrame for pb::ServerToClient {
@@ -66,6 +82,23 @@ impl OutFrame for pb::ServerToClient {
 
     fn window_update(id: i64, n: u32) -> Self {
         server_frame(id, pb::server_to_client::Frame::WindowUpdate(n))
+    }
+
+    fn describe(&self) -> (&'static str, i64, usize) {
+        use pb::server_to_client::Frame as F;
+        let (kind, len) = match &self.frame {
+            None => ("none", 0),
+            Some(F::ResponseHeaders(_)) => ("response_headers", 0),
+            Some(F::ResponseMessage(m)) => ("response_message", m.data.len()),
+            Some(F::MoreResponseData(d)) => ("more_response_data", d.len()),
+            Some(F::CloseStream(c)) => (
+                "close_stream",
+                c.status.as_ref().map_or(0, |s| s.code as usize),
+            ),
+            Some(F::Settings(_)) => ("settings", 0),
+            Some(F::WindowUpdate(n)) => ("window_update", *n as usize),
+        };
+        (kind, self.stream_id, len)
     }
 }
 

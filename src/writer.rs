@@ -23,7 +23,8 @@ use std::{
 };
 
 use futures_core::Stream as FuturesStream;
-use tokio::sync::mpsc;
+use tokio::sync::mpsc::{self, error::TryRecvError};
+use tracing::trace;
 
 use crate::{
     stats::Meter,
@@ -105,30 +106,58 @@ impl<F: OutFrame> FuturesStream for Writer<F> {
     type Item = Result<F, tonic::Status>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
+        let next = self.get_mut().next(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &next {
+            let (frame, stream_id, len) = frame.describe();
+            trace!(frame, stream_id, len, "frame out");
+        }
+        next
+    }
+}
+
+impl<F: OutFrame> Writer<F> {
+    fn next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<F, tonic::Status>>> {
+        let this = self;
         if this.done {
             return Poll::Ready(None);
         }
-        match this.control.poll_recv(cx) {
-            Poll::Ready(Some(Ctl::Frame(frame))) => return Poll::Ready(Some(Ok(frame))),
-            Poll::Ready(Some(Ctl::Finish(status))) => return this.end(status),
-            // Every sender is gone: nobody can write any more.
-            Poll::Ready(None) => return this.end(None),
-            Poll::Pending => {}
-        }
-        while let Poll::Ready(Some(stream)) = this.ready.poll_recv(cx) {
-            this.ring.push_back(stream);
-        }
-        while let Some(stream) = this.ring.pop_front() {
-            let (frame, again) = stream.next_frame(MAX_CHUNK);
-            if again {
+        loop {
+            // Streams first, control second: a stream is scheduled only after
+            // its `new_stream` was queued, so once the ring holds it, the
+            // control queue shows that frame (P-20 and `new_stream` before data).
+            while let Ok(stream) = this.ready.try_recv() {
                 this.ring.push_back(stream);
             }
-            if let Some(frame) = frame {
-                return Poll::Ready(Some(Ok(frame)));
+            match this.control.try_recv() {
+                Ok(Ctl::Frame(frame)) => return Poll::Ready(Some(Ok(frame))),
+                Ok(Ctl::Finish(status)) => return this.end(status),
+                Err(TryRecvError::Disconnected) => return this.end(None),
+                Err(TryRecvError::Empty) => {}
+            }
+            while let Some(stream) = this.ring.pop_front() {
+                let (frame, again) = stream.next_frame(MAX_CHUNK);
+                if again {
+                    this.ring.push_back(stream);
+                }
+                if let Some(frame) = frame {
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+            }
+            // Nothing to write: wait for either queue, then look again.
+            match this.ready.poll_recv(cx) {
+                Poll::Ready(Some(stream)) => {
+                    this.ring.push_back(stream);
+                    continue;
+                }
+                Poll::Ready(None) | Poll::Pending => {}
+            }
+            match this.control.poll_recv(cx) {
+                Poll::Ready(Some(Ctl::Frame(frame))) => return Poll::Ready(Some(Ok(frame))),
+                Poll::Ready(Some(Ctl::Finish(status))) => return this.end(status),
+                Poll::Ready(None) => return this.end(None),
+                Poll::Pending => return Poll::Pending,
             }
         }
-        Poll::Pending
     }
 }
 

@@ -128,8 +128,12 @@ impl TunnelChannelBuilder {
         T::ResponseBody: http_body::Body<Data = Bytes> + Send + 'static,
         <T::ResponseBody as http_body::Body>::Error: Into<BoxError> + Send,
     {
-        let span =
-            tracing::debug_span!("grpctunnel.tunnel", direction = "forward", role = "client");
+        let span = tracing::debug_span!(
+            "grpctunnel.tunnel",
+            tunnel_id = crate::stats::next_tunnel_id(),
+            direction = "forward",
+            role = "client"
+        );
         async move {
             let (core, writer, gone) = Core::new(Meter::tunnel(self.counters.clone()));
             let mut req = tonic::Request::new(writer.filter_map(|r| async move { r.ok() }));

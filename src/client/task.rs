@@ -103,6 +103,10 @@ where
 
     /// Handles one frame; `Err` is fatal to the tunnel.
     fn on_frame(&mut self, frame: pb::ServerToClient) -> Result<(), String> {
+        if tracing::enabled!(tracing::Level::TRACE) {
+            let (kind, stream_id, len) = crate::stream::OutFrame::describe(&frame);
+            trace!(frame = kind, stream_id, len, "frame in");
+        }
         let id = frame.stream_id;
         if !self.streams.contains_key(&id) {
             // A stream registered after the last `recv` may already be answered.

@@ -49,6 +49,7 @@ impl tonic::server::StreamingService<pb::ServerToClient> for OpenReverseTunnel {
         let grace = self.grace;
         let span = tracing::debug_span!(
             "grpctunnel.tunnel",
+            tunnel_id = crate::stats::next_tunnel_id(),
             direction = "reverse",
             role = "client",
             negotiated

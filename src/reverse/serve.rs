@@ -183,8 +183,12 @@ impl ReverseTunnelServer {
         <T::ResponseBody as http_body::Body>::Error: Into<BoxError> + Send,
         F: Future<Output = ()>,
     {
-        let span =
-            tracing::debug_span!("grpctunnel.tunnel", direction = "reverse", role = "server");
+        let span = tracing::debug_span!(
+            "grpctunnel.tunnel",
+            tunnel_id = crate::stats::next_tunnel_id(),
+            direction = "reverse",
+            role = "server"
+        );
         async move {
             tokio::pin!(signal);
             let (core, writer, gone) =

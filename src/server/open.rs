@@ -59,6 +59,7 @@ impl tonic::server::StreamingService<pb::ClientToServer> for OpenTunnel {
         };
         let span = tracing::debug_span!(
             "grpctunnel.tunnel",
+            tunnel_id = crate::stats::next_tunnel_id(),
             direction = "forward",
             role = "server",
             negotiated

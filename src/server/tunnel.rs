@@ -174,6 +174,10 @@ where
 
     /// Handles one frame; `Err` is fatal to the tunnel (P-22).
     fn on_frame(&mut self, frame: pb::ClientToServer) -> Result<(), String> {
+        if tracing::enabled!(tracing::Level::TRACE) {
+            let (kind, stream_id, len) = crate::stream::OutFrame::describe(&frame);
+            trace!(frame = kind, stream_id, len, "frame in");
+        }
         let id = frame.stream_id;
         let frame = match frame.frame {
             Some(Frame::NewStream(new)) => return self.on_new_stream(id, new),

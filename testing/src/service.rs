@@ -594,12 +594,18 @@ impl Stream for Generate {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
         loop {
-            if let Poll::Ready(Some(m)) = this.rx.poll_recv(cx) {
-                return Poll::Ready(Some(Ok(m)));
+            // `poll_recv` can return `Pending` with a message queued when the
+            // task's coop budget is spent, so only `Ready(None)` (every
+            // sender gone and every message taken) may end the stream.
+            match this.rx.poll_recv(cx) {
+                Poll::Ready(Some(m)) => return Poll::Ready(Some(Ok(m))),
+                Poll::Ready(None) if this.producer.is_none() => {
+                    return Poll::Ready(this.fin.take().map(Err))
+                }
+                Poll::Ready(None) | Poll::Pending => {}
             }
             let Some(producer) = this.producer.as_mut() else {
-                // Producer done and every message taken: end with the status.
-                return Poll::Ready(this.fin.take().map(Err));
+                return Poll::Pending;
             };
             match producer.as_mut().poll(cx) {
                 Poll::Ready(fin) => {

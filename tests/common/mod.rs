@@ -13,8 +13,20 @@ use tonic::transport::{Channel, Endpoint, Server};
 /// Bound on every test body: a hang fails fast instead of blocking CI.
 pub const TEST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Logs to the test output when `RUST_LOG` is set (for example
+/// `RUST_LOG=grpctunnel=debug`).
+pub fn trace() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 /// Runs `fut` under [`TEST_TIMEOUT`].
 pub async fn bounded<T>(fut: impl Future<Output = T>) -> T {
+    trace();
     tokio::time::timeout(TEST_TIMEOUT, fut)
         .await
         .expect("test timed out")
@@ -22,6 +34,7 @@ pub async fn bounded<T>(fut: impl Future<Output = T>) -> T {
 
 /// Runs `fut` under `limit`.
 pub async fn bounded_for<T>(limit: Duration, fut: impl Future<Output = T>) -> T {
+    trace();
     tokio::time::timeout(limit, fut)
         .await
         .expect("test timed out")
