@@ -95,6 +95,7 @@ pub mod reverse;
 pub mod server;
 mod stats;
 mod stream;
+mod trace;
 mod writer;
 
 pub use client::{TunnelChannel, TunnelChannelBuilder};

@@ -361,6 +361,11 @@ impl<F: OutFrame> Stream<F> {
         let mut st = lock(&self.send);
         let frame = take_frame(&mut st, self.id, max_chunk, &self.core.meter);
         if st.window <= 0 && st.blocked_since.is_none() && !st.queue.is_empty() && !sendable(&st) {
+            tracing::debug!(
+                stream_id = self.id,
+                queued = st.queued,
+                "flow control stall"
+            );
             st.blocked_since = Some(std::time::Instant::now());
         }
         if st.forget_when_drained && st.queue.is_empty() {

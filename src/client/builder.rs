@@ -14,6 +14,7 @@ use crate::{
     negotiate::{self, Options, Revision},
     pb::{self, tunnel_service_client::TunnelServiceClient},
     stats::{Counters, Meter},
+    trace::{self, Role},
     writer::Core,
 };
 
@@ -128,12 +129,7 @@ impl TunnelChannelBuilder {
         T::ResponseBody: http_body::Body<Data = Bytes> + Send + 'static,
         <T::ResponseBody as http_body::Body>::Error: Into<BoxError> + Send,
     {
-        let span = tracing::debug_span!(
-            "grpctunnel.tunnel",
-            tunnel_id = crate::stats::next_tunnel_id(),
-            direction = "forward",
-            role = "client"
-        );
+        let span = trace::tunnel_span(Direction::Forward, Role::Client, None);
         async move {
             let (core, writer, gone) = Core::new(Meter::tunnel(self.counters.clone()));
             let mut req = tonic::Request::new(writer.filter_map(|r| async move { r.ok() }));
@@ -214,8 +210,10 @@ where
         }
         (Revision::Zero, 0)
     };
+    let span = tracing::Span::current();
+    trace::record_revision(&span, revision);
     debug!(%revision, "tunnel open");
-    let (shared, register) = Shared::new(core, opts, revision, send_window, direction);
+    let (shared, register) = Shared::new(core, opts, revision, send_window, direction, span);
     let reader = Reader::new(shared.clone(), inbound, register, gone);
     tokio::spawn(reader.run().in_current_span());
     Ok(TunnelChannel::from_shared(shared))

@@ -9,7 +9,7 @@ use std::{
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, Notify};
-use tracing::debug;
+use tracing::{debug, Instrument};
 
 use crate::{
     client::{
@@ -87,6 +87,8 @@ pub(crate) struct Shared {
     /// The peer's receive window per stream (from `Settings`).
     send_window: u32,
     direction: Direction,
+    /// The tunnel's span, parent of its streams' spans.
+    span: tracing::Span,
 }
 
 struct Alloc {
@@ -104,6 +106,7 @@ impl Shared {
         revision: Revision,
         send_window: u32,
         direction: Direction,
+        span: tracing::Span,
     ) -> (
         Arc<Self>,
         mpsc::UnboundedReceiver<Arc<Stream<pb::ClientToServer>>>,
@@ -127,6 +130,7 @@ impl Shared {
             revision,
             send_window,
             direction,
+            span,
         });
         (shared, register_rx)
     }
@@ -341,11 +345,8 @@ impl TunnelChannel {
         }
         let method = parts.uri.path().to_owned();
         let stream = shared.open_stream(method, headers)?;
-        debug!(
-            stream_id = stream.id(),
-            method = parts.uri.path(),
-            "stream opened"
-        );
+        let span = crate::trace::stream_span(&shared.span, stream.id(), parts.uri.path());
+        debug!(parent: &span, "stream opened");
         let guard = CallGuard::new(stream.clone(), self.handle.clone());
         let max_send = if shared.revision == Revision::Zero {
             i32::MAX as usize
@@ -353,7 +354,7 @@ impl TunnelChannel {
             u32::MAX as usize
         };
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
-        tokio::spawn(Pump::new(stream, body, max_send, deadline));
+        tokio::spawn(Pump::new(stream, body, max_send, deadline).instrument(span));
         Ok(ResponseFuture::waiting(guard))
     }
 }

@@ -158,6 +158,8 @@ where
                     entry.stream.deliver(Event::More(data))
                 }),
             Some(Frame::CloseStream(close)) => {
+                let code = close.status.as_ref().map_or(0, |s| s.code);
+                debug!(stream_id = id, code, "stream closed");
                 let stream = entry.stream.clone();
                 stream.finish();
                 // Forgotten before the caller can see the end (P-45).

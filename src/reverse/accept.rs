@@ -15,6 +15,7 @@ use crate::{
     pb,
     reverse::registry::Acceptor,
     stats::{Counters, Meter},
+    trace::{self, Role},
     writer::{Core, Writer},
 };
 
@@ -47,12 +48,10 @@ impl tonic::server::StreamingService<pb::ServerToClient> for OpenReverseTunnel {
         let headers = std::mem::take(&mut self.headers);
         let shutdown = self.shutdown.clone();
         let grace = self.grace;
-        let span = tracing::debug_span!(
-            "grpctunnel.tunnel",
-            tunnel_id = crate::stats::next_tunnel_id(),
-            direction = "reverse",
-            role = "client",
-            negotiated
+        let span = trace::tunnel_span(
+            Direction::Reverse,
+            Role::Client,
+            trace::peer_addr(&extensions),
         );
         tokio::spawn(
             async move {

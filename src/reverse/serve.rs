@@ -20,6 +20,7 @@ use crate::{
     },
     stats::{Counters, Meter, Stats},
     stream::server_frame,
+    trace::{self, Role},
     writer::Core,
 };
 
@@ -183,12 +184,8 @@ impl ReverseTunnelServer {
         <T::ResponseBody as http_body::Body>::Error: Into<BoxError> + Send,
         F: Future<Output = ()>,
     {
-        let span = tracing::debug_span!(
-            "grpctunnel.tunnel",
-            tunnel_id = crate::stats::next_tunnel_id(),
-            direction = "reverse",
-            role = "server"
-        );
+        let span = trace::tunnel_span(Direction::Reverse, Role::Server, None);
+        let tunnel_span = span.clone();
         async move {
             tokio::pin!(signal);
             let (core, writer, gone) =
@@ -229,6 +226,14 @@ impl ReverseTunnelServer {
                 metadata: Arc::new(metadata),
                 direction: Direction::Reverse,
             };
+            trace::record_revision(
+                &tunnel_span,
+                if negotiated {
+                    self.opts.max_revision
+                } else {
+                    Revision::Zero
+                },
+            );
             debug!(negotiated, "tunnel open");
             on_open();
             let drain = CancellationToken::new();

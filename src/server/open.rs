@@ -9,7 +9,7 @@ use tracing::{debug, Instrument};
 
 use crate::{
     info::Direction,
-    negotiate::{self, Options},
+    negotiate::{self, Options, Revision},
     pb,
     server::{
         dispatch::Dispatch,
@@ -17,6 +17,7 @@ use crate::{
     },
     stats::{Counters, Meter},
     stream::server_frame,
+    trace::{self, Role},
     writer::{Core, Writer},
 };
 
@@ -50,6 +51,7 @@ impl tonic::server::StreamingService<pb::ClientToServer> for OpenTunnel {
                 pb::server_to_client::Frame::Settings(self.opts.settings()),
             ));
         }
+        let peer = trace::peer_addr(&self.extensions);
         let cx = TunnelContext {
             opts: self.opts,
             dispatch: self.dispatch.clone(),
@@ -57,12 +59,14 @@ impl tonic::server::StreamingService<pb::ClientToServer> for OpenTunnel {
             metadata: Arc::new(std::mem::take(&mut self.headers)),
             direction: Direction::Forward,
         };
-        let span = tracing::debug_span!(
-            "grpctunnel.tunnel",
-            tunnel_id = crate::stats::next_tunnel_id(),
-            direction = "forward",
-            role = "server",
-            negotiated
+        let span = trace::tunnel_span(Direction::Forward, Role::Server, peer);
+        trace::record_revision(
+            &span,
+            if negotiated {
+                self.opts.max_revision
+            } else {
+                Revision::Zero
+            },
         );
         let tunnel = ServerTunnel::new(cx, core.clone(), gone, request.into_inner())
             .with_shutdown(self.shutdown.clone(), self.grace);

@@ -331,7 +331,7 @@ where
             flow.then_some(new.initial_window_size),
             flow.then_some(self.cx.opts.initial_window_size),
         );
-        let span = tracing::debug_span!("grpctunnel.stream", stream_id = id, method = %uri.path());
+        let span = crate::trace::stream_span(&tracing::Span::current(), id, uri.path());
         let req = self.request(
             uri,
             new.request_headers.unwrap_or_default(),
