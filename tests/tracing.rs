@@ -40,10 +40,13 @@ impl Visit for Record {
     }
 }
 
+/// An event and the names of the spans it happened in, innermost first.
+type Scoped = (Record, Vec<String>);
+
 #[derive(Clone, Default)]
 struct Capture {
     spans: Arc<Mutex<Vec<Record>>>,
-    events: Arc<Mutex<Vec<(Record, Vec<String>)>>>,
+    events: Arc<Mutex<Vec<Scoped>>>,
 }
 
 /// Span data kept in the registry's extensions so recorded fields land there.
