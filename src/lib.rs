@@ -62,6 +62,72 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Reverse tunnel example
+//!
+//! An agent dials the hub and serves its services over a reverse tunnel; the
+//! hub keeps the tunnel in a registry, by key, and calls the agent through it.
+//!
+//! ```
+//! use grpctunnel::{reverse::ReverseTunnelRegistry, ReverseTunnelServer, TunnelLayer};
+//! use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // The hub: accepts reverse tunnels, keyed by the agent's `x-agent-id`.
+//! let registry = ReverseTunnelRegistry::with_key(|headers, _extensions| {
+//!     headers.get("x-agent-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned()
+//! });
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let addr = listener.local_addr()?;
+//! # let (_r, hub_health) = tonic_health::server::health_reporter();
+//! tokio::spawn(
+//!     tonic::transport::Server::builder()
+//!         .layer(TunnelLayer::new().reverse(registry.clone()))
+//!         .add_service(hub_health)
+//!         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+//! );
+//!
+//! // The agent: dials the hub and serves its own services through the tunnel.
+//! let (_reporter, health) = tonic_health::server::health_reporter();
+//! let agent = ReverseTunnelServer::new(tonic::service::Routes::new(health))
+//!     .metadata("x-agent-id", "agent-7");
+//! let transport = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+//!     .connect()
+//!     .await?;
+//! let serving = tokio::spawn(async move { agent.serve(transport).await });
+//!
+//! // The hub calls the agent by key.
+//! let tunnel = registry.wait_for(Some(&"agent-7".to_owned())).await;
+//! let mut client = HealthClient::new(registry.get(&"agent-7".to_owned()));
+//! let reply = client.check(HealthCheckRequest { service: String::new() }).await?;
+//! assert_eq!(reply.into_inner().status, 1); // SERVING
+//!
+//! tunnel.channel().close(); // the agent's `serve` returns Ok
+//! serving.await??;
+//! # Ok(()) }
+//! ```
+//!
+//! # Authentication and timeouts
+//!
+//! Tunnels compose with tower middleware like any service:
+//!
+//! - **Authenticate once, per tunnel**: put an auth layer (a tonic
+//!   interceptor, `tower_http`'s auth layers) in front of [`TunnelLayer`].
+//!   A rejected `OpenTunnel` fails [`TunnelChannelBuilder::open`] with the
+//!   layer's status ([`Error::status`]). Whatever the auth layer inserts into
+//!   the request extensions (an identity, say) is copied into every tunneled
+//!   request, next to [`TunnelInfo`].
+//! - **Authorize per call**: wrap the service that tunneled calls reach
+//!   ([`TunnelLayer::tunnel_service`]) in a layer that checks each request;
+//!   rejecting one call leaves the tunnel up.
+//! - **Client timeouts**: `tonic::Request::set_timeout` is enforced by the
+//!   channel (`DEADLINE_EXCEEDED`, and the handler is cancelled) and sent as
+//!   `grpc-timeout`, which the tunnel server enforces too; or wrap the
+//!   [`TunnelChannel`] in `tower::ServiceBuilder::new().timeout(..)`.
+//! - **Server timeouts**: a timeout layer in front of the whole server would
+//!   also end the long-lived tunnel RPC; put per-call timeouts inside, on the
+//!   tunneled service.
+//!
 //! # Limits and defaults
 //!
 //! - Receive window per stream (revision one): [`DEFAULT_INITIAL_WINDOW_SIZE`].
@@ -70,7 +136,8 @@
 //! - Messages are cut into chunks of at most 16 KiB; streams take turns chunk
 //!   by chunk, so a large message never starves small calls.
 #![cfg_attr(docsrs, feature(doc_cfg))]
-#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+#![deny(missing_docs)]
+#![warn(missing_debug_implementations, unreachable_pub)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 #[allow(
