@@ -100,6 +100,31 @@ impl Options {
     }
 }
 
+/// The response to an opening RPC: `body`, with the negotiation header when
+/// we offer revision one (P-9: the headers go out at once).
+pub(crate) fn opening_response<T>(opts: &Options, body: T) -> tonic::Response<T> {
+    let mut resp = tonic::Response::new(body);
+    if opts.advertises() {
+        resp.metadata_mut().insert(
+            NEGOTIATE_HEADER,
+            tonic::metadata::MetadataValue::from_static(NEGOTIATE_ON),
+        );
+    }
+    resp
+}
+
+/// Appends an opening-RPC header given as text.
+///
+/// # Panics
+///
+/// If the name or value is not valid HTTP header text.
+#[track_caller]
+pub(crate) fn append_metadata(map: &mut http::HeaderMap, key: &str, value: &str) {
+    let name = http::HeaderName::from_bytes(key.as_bytes()).expect("valid metadata key");
+    let value = http::HeaderValue::from_str(value).expect("valid metadata value");
+    map.append(name, value);
+}
+
 /// Whether a peer's metadata advertises revision one (P-10: the first value
 /// is exactly `on`).
 pub(crate) fn peer_advertises(headers: &http::HeaderMap) -> bool {

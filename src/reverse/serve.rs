@@ -89,9 +89,7 @@ impl ReverseTunnelServer {
     /// If the name or value is not valid HTTP header text.
     #[track_caller]
     pub fn metadata(mut self, key: &str, value: &str) -> Self {
-        let name = http::HeaderName::from_bytes(key.as_bytes()).expect("valid metadata key");
-        let value = http::HeaderValue::from_str(value).expect("valid metadata value");
-        self.metadata.append(name, value);
+        negotiate::append_metadata(&mut self.metadata, key, value);
         self
     }
 

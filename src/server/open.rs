@@ -89,14 +89,6 @@ impl tonic::server::StreamingService<pb::ClientToServer> for OpenTunnel {
             }
             .instrument(span),
         );
-        let mut resp = tonic::Response::new(writer);
-        if self.opts.advertises() {
-            // P-9: response headers go out at once, with the header.
-            resp.metadata_mut().insert(
-                negotiate::NEGOTIATE_HEADER,
-                tonic::metadata::MetadataValue::from_static(negotiate::NEGOTIATE_ON),
-            );
-        }
-        ready(Ok(resp))
+        ready(Ok(negotiate::opening_response(&self.opts, writer)))
     }
 }

@@ -93,14 +93,7 @@ where
                     extensions: req.extensions().clone(),
                     headers: req.headers().clone(),
                 };
-                ResponseFuture::tunnel(async move {
-                    let codec = tonic_prost::ProstCodec::default();
-                    tonic::server::Grpc::new(codec)
-                        .max_decoding_message_size(usize::MAX)
-                        .max_encoding_message_size(usize::MAX)
-                        .streaming(open, req)
-                        .await
-                })
+                ResponseFuture::tunnel(serve_opening(open, req))
             }
             OPEN_REVERSE_TUNNEL => match &self.config.reverse {
                 Some(acceptor) => {
@@ -113,14 +106,7 @@ where
                         extensions: req.extensions().clone(),
                         headers: req.headers().clone(),
                     };
-                    ResponseFuture::tunnel(async move {
-                        let codec = tonic_prost::ProstCodec::default();
-                        tonic::server::Grpc::new(codec)
-                            .max_decoding_message_size(usize::MAX)
-                            .max_encoding_message_size(usize::MAX)
-                            .streaming(open, req)
-                            .await
-                    })
+                    ResponseFuture::tunnel(serve_opening(open, req))
                 }
                 // P-18: rejected before any headers (trailers-only).
                 None => ResponseFuture::status(tonic::Status::unimplemented(
@@ -135,6 +121,26 @@ where
             }
         }
     }
+}
+
+/// Serves an opening RPC with tonic's codec; frames are small, so the
+/// outer message limits are lifted (our own limits apply inside).
+async fn serve_opening<T, U, B>(open: T, req: http::Request<B>) -> http::Response<tonic::body::Body>
+where
+    T: tonic::server::StreamingService<U> + Send + 'static,
+    T::Future: Send,
+    T::Response: prost::Message + Send + 'static,
+    T::ResponseStream: Send + 'static,
+    U: prost::Message + Default + Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Error: Into<BoxError> + Send,
+{
+    let codec = tonic_prost::ProstCodec::<T::Response, U>::default();
+    tonic::server::Grpc::new(codec)
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX)
+        .streaming(open, req)
+        .await
 }
 
 impl<S> tonic::server::NamedService for TunnelService<S> {
