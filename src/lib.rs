@@ -156,6 +156,7 @@ pub mod client;
 mod error;
 mod frame;
 mod info;
+mod limits;
 mod metadata;
 mod negotiate;
 pub mod reverse;
@@ -168,7 +169,11 @@ mod writer;
 pub use client::{TunnelChannel, TunnelChannelBuilder};
 pub use error::{BoxError, Error};
 pub use info::{Direction, TunnelInfo};
-pub use negotiate::{Revision, DEFAULT_INITIAL_WINDOW_SIZE, DEFAULT_MAX_MESSAGE_SIZE};
+pub use limits::Limits;
+pub use negotiate::{
+    Revision, DEFAULT_INITIAL_WINDOW_SIZE, DEFAULT_MAX_CONCURRENT_STREAMS,
+    DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_METADATA_SIZE, DEFAULT_REVISION_ZERO_BUFFER,
+};
 pub use reverse::{ReverseChannel, ReverseTunnelRegistry, ReverseTunnelServer, TunnelEvent};
 pub use server::{TunnelLayer, TunnelService};
 pub use stats::{Counters, Stats};

@@ -19,6 +19,17 @@ pub const DEFAULT_INITIAL_WINDOW_SIZE: u32 = 1024 * 1024;
 /// Default maximum size of a received message, as in gRPC.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
 
+/// Default maximum number of concurrent streams on one tunnel, in each role.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: usize = 10_000;
+
+/// Default maximum size of the metadata of one call (request headers, or
+/// response headers, or trailers): keys plus values, in bytes.
+pub const DEFAULT_MAX_METADATA_SIZE: usize = 64 * 1024;
+
+/// Default bound on the bytes a revision-zero stream may have waiting for its
+/// consumer before the tunnel stops reading (revision zero has no windows).
+pub const DEFAULT_REVISION_ZERO_BUFFER: usize = 1024 * 1024;
+
 /// A protocol revision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[non_exhaustive]
@@ -69,6 +80,12 @@ pub(crate) struct Options {
     pub(crate) initial_window_size: u32,
     /// Largest message we accept.
     pub(crate) max_message_size: usize,
+    /// Most streams open at once on one tunnel.
+    pub(crate) max_concurrent_streams: usize,
+    /// Largest metadata of one call we accept.
+    pub(crate) max_metadata_size: usize,
+    /// Bytes a revision-zero stream may buffer before reads pause.
+    pub(crate) revision_zero_buffer: usize,
 }
 
 impl Default for Options {
@@ -77,11 +94,22 @@ impl Default for Options {
             max_revision: Revision::One,
             initial_window_size: DEFAULT_INITIAL_WINDOW_SIZE,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
+            max_metadata_size: DEFAULT_MAX_METADATA_SIZE,
+            revision_zero_buffer: DEFAULT_REVISION_ZERO_BUFFER,
         }
     }
 }
 
 impl Options {
+    /// Largest frame accepted on the opening RPC: a chunk of a message (any
+    /// length up to the message limit, P-30) or a frame with metadata.
+    pub(crate) fn max_frame_size(&self) -> usize {
+        self.max_message_size
+            .max(self.max_metadata_size)
+            .saturating_add(64 * 1024)
+    }
+
     /// Whether we advertise revision one with the negotiation header.
     pub(crate) fn advertises(&self) -> bool {
         self.max_revision >= Revision::One
@@ -185,6 +213,14 @@ pub(crate) fn frame_name(frame: Option<&pb::server_to_client::Frame>) -> &'stati
         Some(Frame::Settings(_)) => "settings",
         Some(Frame::WindowUpdate(_)) => "window_update",
     }
+}
+
+/// Size of a call's metadata as the limits count it: keys plus values.
+pub(crate) fn metadata_size(md: &pb::Metadata) -> usize {
+    md.md
+        .iter()
+        .map(|(k, v)| k.len() + v.val.iter().map(String::len).sum::<usize>())
+        .sum()
 }
 
 #[cfg(test)]

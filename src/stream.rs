@@ -175,6 +175,12 @@ struct RecvState {
     pending_credit: u32,
     /// No more data can arrive (end or failure queued).
     ended: bool,
+    /// Data bytes queued for the consumer.
+    buffered: usize,
+    /// The consumer is gone: arriving data is dropped.
+    abandoned: bool,
+    /// The reader, waiting for the consumer to catch up (revision zero).
+    reader: Option<Waker>,
 }
 
 /// One tunneled stream, as seen by every task that touches it.
@@ -227,6 +233,9 @@ impl<F: OutFrame> Stream<F> {
                 consumer: None,
                 pending_credit: 0,
                 ended: false,
+                buffered: 0,
+                abandoned: false,
+                reader: None,
             }),
         })
     }
@@ -403,11 +412,13 @@ impl<F: OutFrame> Stream<F> {
     /// Delivers an event to the consumer. Events after the end are dropped.
     pub(crate) fn deliver(&self, event: Event) {
         let mut st = lock(&self.recv);
-        if st.ended {
+        if st.ended || st.abandoned {
             return;
         }
-        if matches!(event, Event::End(_) | Event::Fail(_)) {
-            st.ended = true;
+        match &event {
+            Event::End(_) | Event::Fail(_) => st.ended = true,
+            Event::Start { data, .. } | Event::More(data) => st.buffered += data.len(),
+            Event::Headers(_) => {}
         }
         st.queue.push_back(event);
         if let Some(w) = st.consumer.take() {
@@ -434,7 +445,11 @@ impl<F: OutFrame> Stream<F> {
         match st.queue.pop_front() {
             Some(event) => {
                 if let Event::Start { data, .. } | Event::More(data) = &event {
+                    st.buffered -= data.len();
                     self.credit(&mut st, data.len());
+                    if let Some(w) = st.reader.take() {
+                        w.wake();
+                    }
                 }
                 Poll::Ready(event)
             }
@@ -443,6 +458,35 @@ impl<F: OutFrame> Stream<F> {
                 Poll::Pending
             }
         }
+    }
+
+    /// The consumer will read no more: queued and arriving data is dropped,
+    /// and a reader waiting for it to catch up is released.
+    pub(crate) fn abandon(&self) {
+        let mut st = lock(&self.recv);
+        st.abandoned = true;
+        st.queue.clear();
+        st.buffered = 0;
+        if let Some(w) = st.reader.take() {
+            w.wake();
+        }
+    }
+
+    /// Whether this is a revision-zero stream (no window bounds what it
+    /// buffers) with more than `limit` data bytes waiting for the consumer.
+    pub(crate) fn over_buffer(&self, limit: usize) -> bool {
+        self.credit_threshold.is_none() && lock(&self.recv).buffered > limit
+    }
+
+    /// Resolves once at most half of `limit` bytes wait for the consumer (or
+    /// it is gone): how a revision-zero tunnel pauses its reads.
+    pub(crate) fn poll_caught_up(&self, cx: &mut Context<'_>, limit: usize) -> Poll<()> {
+        let mut st = lock(&self.recv);
+        if st.abandoned || st.buffered <= limit / 2 {
+            return Poll::Ready(());
+        }
+        st.reader = Some(cx.waker().clone());
+        Poll::Pending
     }
 
     /// Looks at the next event without taking it.
@@ -533,5 +577,63 @@ fn charge<F>(st: &mut SendState<F>, len: usize) {
     st.queued -= len;
     if st.window != i64::MAX {
         st.window -= len as i64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::task::Waker;
+
+    use super::*;
+    use crate::stats::Meter;
+
+    fn data(n: usize) -> Event {
+        Event::More(Bytes::from(vec![0u8; n]))
+    }
+
+    #[test]
+    fn revision_zero_stream_reports_when_its_consumer_must_catch_up() {
+        let (core, _writer, _gone) = Core::<pb::ServerToClient>::new(Meter::default());
+        let stream = Stream::new(1, core, None, None);
+        let mut cx = Context::from_waker(Waker::noop());
+        stream.deliver(data(600));
+        assert!(!stream.over_buffer(1000));
+        stream.deliver(data(600));
+        assert!(stream.over_buffer(1000));
+        assert!(stream.poll_caught_up(&mut cx, 1000).is_pending());
+        assert!(matches!(
+            stream.poll_event(&mut cx),
+            Poll::Ready(Event::More(_))
+        ));
+        // 600 bytes left: above half the limit, still paused.
+        assert!(stream.poll_caught_up(&mut cx, 1000).is_pending());
+        assert!(matches!(
+            stream.poll_event(&mut cx),
+            Poll::Ready(Event::More(_))
+        ));
+        assert!(stream.poll_caught_up(&mut cx, 1000).is_ready());
+    }
+
+    #[test]
+    fn abandoned_stream_drops_data_and_releases_the_reader() {
+        let (core, _writer, _gone) = Core::<pb::ServerToClient>::new(Meter::default());
+        let stream = Stream::new(1, core, None, None);
+        let mut cx = Context::from_waker(Waker::noop());
+        stream.deliver(data(5000));
+        assert!(stream.poll_caught_up(&mut cx, 1000).is_pending());
+        stream.abandon();
+        assert!(stream.poll_caught_up(&mut cx, 1000).is_ready());
+        stream.deliver(data(5000));
+        assert!(!stream.over_buffer(1000));
+    }
+
+    #[test]
+    fn flow_controlled_stream_is_bounded_by_its_window_not_by_pausing() {
+        let (core, _writer, _gone) = Core::<pb::ServerToClient>::new(Meter::default());
+        let stream = Stream::new(1, core, Some(100), Some(100));
+        assert!(stream.charge_recv(100));
+        assert!(!stream.charge_recv(1), "window overrun");
+        stream.deliver(data(100));
+        assert!(!stream.over_buffer(10));
     }
 }

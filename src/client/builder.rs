@@ -72,6 +72,12 @@ impl TunnelChannelBuilder {
         self
     }
 
+    /// Resource limits; see [`Limits`](crate::Limits) for what each one does.
+    pub fn limits(mut self, limits: crate::Limits) -> Self {
+        limits.apply(&mut self.opts);
+        self
+    }
+
     /// Largest response message accepted; larger ones fail the call with
     /// `RESOURCE_EXHAUSTED`. Default: 4 MiB.
     pub fn max_message_size(mut self, size: usize) -> Self {
@@ -139,7 +145,7 @@ impl TunnelChannelBuilder {
                 );
             }
             let mut client = TunnelServiceClient::new(transport)
-                .max_decoding_message_size(usize::MAX)
+                .max_decoding_message_size(self.opts.max_frame_size())
                 .max_encoding_message_size(usize::MAX);
             let resp = client.open_tunnel(req).await.map_err(Error::closed)?;
             let negotiated =

@@ -56,6 +56,7 @@ impl CallGuard {
 impl Drop for CallGuard {
     fn drop(&mut self) {
         cancel(&self.stream);
+        self.stream.abandon();
         self._handle.shared.call_done();
     }
 }

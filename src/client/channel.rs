@@ -179,6 +179,12 @@ impl Shared {
         if alloc.draining {
             return Err(tonic::Status::unavailable("tunnel is shutting down"));
         }
+        if alloc.active >= self.opts.max_concurrent_streams {
+            return Err(tonic::Status::resource_exhausted(format!(
+                "too many concurrent calls on this tunnel (max {})",
+                self.opts.max_concurrent_streams
+            )));
+        }
         let id = alloc.next_id;
         if id == i64::MAX {
             return Err(tonic::Status::unavailable(

@@ -13,6 +13,7 @@ use crate::{
     error::Error,
     frame::Reassembly,
     pb::{self, server_to_client::Frame},
+    server::tunnel::caught_up,
     stream::{client_frame, Event, Stream},
 };
 
@@ -33,6 +34,8 @@ pub(crate) struct Reader<S> {
     streams: HashMap<i64, Entry>,
     /// Highest stream ID registered so far (0: none yet).
     last_id: i64,
+    /// A revision-zero stream whose consumer must catch up before reading on.
+    paused: Option<Arc<ClientStream>>,
 }
 
 impl<S> Reader<S>
@@ -52,6 +55,7 @@ where
             gone,
             streams: HashMap::new(),
             last_id: 0,
+            paused: None,
         }
     }
 
@@ -68,7 +72,10 @@ where
                 Some(stream) = self.register.recv() => self.add(stream),
                 Some(id) = self.gone.recv() => self.remove(id),
                 () = self.shared.shutdown.notified() => return Error::closed_locally(),
-                frame = self.inbound.next() => match frame {
+                () = caught_up(self.paused.as_deref(), self.shared.opts.revision_zero_buffer), if self.paused.is_some() => {
+                    self.paused = None;
+                }
+                frame = self.inbound.next(), if self.paused.is_none() => match frame {
                     Some(Ok(frame)) => {
                         if let Err(text) = self.on_frame(frame) {
                             self.shared.core.meter.protocol_error();
@@ -127,11 +134,17 @@ where
         let max = self.shared.opts.max_message_size;
         let outcome = match frame.frame {
             Some(Frame::ResponseHeaders(md)) => {
-                if !entry.headers_seen {
+                if entry.headers_seen {
+                    Ok(())
+                } else if let Err(status) =
+                    check_metadata(&md, "headers", self.shared.opts.max_metadata_size)
+                {
+                    Err(status)
+                } else {
                     entry.headers_seen = true;
                     entry.stream.deliver(Event::Headers(md));
+                    Ok(())
                 }
-                Ok(())
             }
             Some(Frame::ResponseMessage(msg)) => {
                 let len = msg.data.len();
@@ -145,7 +158,13 @@ where
                         entry.stream.deliver(Event::Start {
                             size: msg.size,
                             data: msg.data,
-                        })
+                        });
+                        if entry
+                            .stream
+                            .over_buffer(self.shared.opts.revision_zero_buffer)
+                        {
+                            self.paused = Some(entry.stream.clone());
+                        }
                     })
             }
             Some(Frame::MoreResponseData(data)) => entry
@@ -155,9 +174,24 @@ where
                 .and_then(|()| charge(&entry.stream, data.len()))
                 .map(|()| {
                     self.shared.core.meter.received(data.len(), false);
-                    entry.stream.deliver(Event::More(data))
+                    entry.stream.deliver(Event::More(data));
+                    if entry
+                        .stream
+                        .over_buffer(self.shared.opts.revision_zero_buffer)
+                    {
+                        self.paused = Some(entry.stream.clone());
+                    }
                 }),
             Some(Frame::CloseStream(close)) => {
+                let trailers = close.response_trailers.as_ref();
+                if let Some(Err(status)) = trailers
+                    .map(|md| check_metadata(md, "trailers", self.shared.opts.max_metadata_size))
+                {
+                    entry.stream.finish();
+                    entry.stream.fail(status);
+                    self.remove(id);
+                    return Ok(());
+                }
                 let code = close.status.as_ref().map_or(0, |s| s.code);
                 debug!(stream_id = id, code, "stream closed");
                 let stream = entry.stream.clone();
@@ -219,6 +253,16 @@ where
             });
         }
     }
+}
+
+fn check_metadata(md: &pb::Metadata, what: &str, max: usize) -> Result<(), tonic::Status> {
+    let size = crate::negotiate::metadata_size(md);
+    if size > max {
+        return Err(tonic::Status::resource_exhausted(format!(
+            "response {what} too large ({size} bytes, max {max})"
+        )));
+    }
+    Ok(())
 }
 
 fn charge(stream: &ClientStream, len: usize) -> Result<(), tonic::Status> {

@@ -18,5 +18,8 @@ pub(crate) use accept::OpenReverseTunnel;
 pub use channel::{ReverseChannel, ReverseResponseFuture};
 pub use keep::{Backoff, ConnectionState, KeepConnected};
 pub(crate) use registry::Acceptor;
-pub use registry::{ReverseTunnel, ReverseTunnelRegistry, TunnelEvent, TunnelEvents};
+pub use registry::{
+    ReverseTunnel, ReverseTunnelRegistry, TunnelEvent, TunnelEvents, DEFAULT_MAX_REVERSE_TUNNELS,
+    DEFAULT_MAX_REVERSE_TUNNELS_PER_KEY,
+};
 pub use serve::{ReverseTunnelServer, DEFAULT_SHUTDOWN_GRACE};

@@ -23,6 +23,12 @@ use crate::{client::TunnelChannel, reverse::channel::ReverseChannel};
 
 type KeyFn<K> = dyn Fn(&http::HeaderMap, &http::Extensions) -> K + Send + Sync;
 
+/// Default of the total in [`ReverseTunnelRegistry::with_limits`].
+pub const DEFAULT_MAX_REVERSE_TUNNELS: usize = 10_000;
+
+/// Default of the per-key limit in [`ReverseTunnelRegistry::with_limits`].
+pub const DEFAULT_MAX_REVERSE_TUNNELS_PER_KEY: usize = 1_000;
+
 /// How many events a slow subscriber may fall behind before it is told it
 /// missed some ([`TunnelEvent::Lagged`]).
 const EVENT_CAPACITY: usize = 1024;
@@ -51,6 +57,8 @@ impl<K> Clone for ReverseTunnelRegistry<K> {
 
 pub(crate) struct Inner<K> {
     key_fn: Box<KeyFn<K>>,
+    max_tunnels: usize,
+    max_per_key: usize,
     state: Mutex<State<K>>,
     events: broadcast::Sender<TunnelEvent<K>>,
     added: Notify,
@@ -231,6 +239,8 @@ where
         Self {
             inner: Arc::new(Inner {
                 key_fn: Box::new(key),
+                max_tunnels: DEFAULT_MAX_REVERSE_TUNNELS,
+                max_per_key: DEFAULT_MAX_REVERSE_TUNNELS_PER_KEY,
                 state: Mutex::new(State {
                     all: Pool::default(),
                     by_key: HashMap::new(),
@@ -240,6 +250,40 @@ where
                 next_id: AtomicU64::new(1),
             }),
         }
+    }
+
+    /// Caps the tunnels this registry accepts: `total` in all, `per_key` for
+    /// one key; beyond them, `OpenReverseTunnel` is refused with
+    /// `RESOURCE_EXHAUSTED`. Defaults: [`DEFAULT_MAX_REVERSE_TUNNELS`] and
+    /// [`DEFAULT_MAX_REVERSE_TUNNELS_PER_KEY`].
+    ///
+    /// # Panics
+    ///
+    /// If called after clones of the registry were made (set limits first).
+    #[track_caller]
+    pub fn with_limits(mut self, total: usize, per_key: usize) -> Self {
+        let inner = Arc::get_mut(&mut self.inner).expect("set limits before cloning the registry");
+        inner.max_tunnels = total;
+        inner.max_per_key = per_key;
+        self
+    }
+
+    /// Refuses a tunnel that would exceed the limits.
+    fn check(&self, state: &State<K>, key: &K) -> Result<(), tonic::Status> {
+        if state.all.tunnels.len() >= self.inner.max_tunnels {
+            return Err(tonic::Status::resource_exhausted(format!(
+                "too many reverse tunnels (max {})",
+                self.inner.max_tunnels
+            )));
+        }
+        let for_key = state.by_key.get(key).map_or(0, |p| p.tunnels.len());
+        if for_key >= self.inner.max_per_key {
+            return Err(tonic::Status::resource_exhausted(format!(
+                "too many reverse tunnels for this key (max {})",
+                self.inner.max_per_key
+            )));
+        }
+        Ok(())
     }
 
     fn lock(&self) -> MutexGuard<'_, State<K>> {
@@ -333,6 +377,13 @@ where
         };
         {
             let mut state = self.lock();
+            if let Err(status) = self.check(&state, tunnel.key()) {
+                // Lost a race with another tunnel of the same key.
+                drop(state);
+                debug!(error = %status.message(), "reverse tunnel refused");
+                channel.close();
+                return;
+            }
             state.all.tunnels.push(tunnel.clone());
             state
                 .by_key
@@ -389,6 +440,12 @@ impl<K> fmt::Debug for ReverseTunnelRegistry<K> {
 /// What [`TunnelLayer`](crate::TunnelLayer) needs of a registry, whatever
 /// its key type.
 pub(crate) trait Acceptor: Send + Sync + 'static {
+    /// Whether a tunnel with this opening RPC may open (limits).
+    fn admit(
+        &self,
+        headers: &http::HeaderMap,
+        extensions: &http::Extensions,
+    ) -> Result<(), tonic::Status>;
     fn accept(
         &self,
         headers: http::HeaderMap,
@@ -401,6 +458,15 @@ impl<K> Acceptor for ReverseTunnelRegistry<K>
 where
     K: Clone + Eq + Hash + Send + Sync + 'static,
 {
+    fn admit(
+        &self,
+        headers: &http::HeaderMap,
+        extensions: &http::Extensions,
+    ) -> Result<(), tonic::Status> {
+        let key = (self.inner.key_fn)(headers, extensions);
+        self.check(&self.lock(), &key)
+    }
+
     fn accept(
         &self,
         headers: http::HeaderMap,

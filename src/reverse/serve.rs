@@ -105,6 +105,12 @@ impl ReverseTunnelServer {
         self
     }
 
+    /// Resource limits; see [`Limits`](crate::Limits) for what each one does.
+    pub fn limits(mut self, limits: crate::Limits) -> Self {
+        limits.apply(&mut self.opts);
+        self
+    }
+
     /// Largest request message accepted. Default: 4 MiB.
     pub fn max_message_size(mut self, size: usize) -> Self {
         self.opts.max_message_size = size;
@@ -200,7 +206,7 @@ impl ReverseTunnelServer {
             let mut req = tonic::Request::new(writer.filter_map(|r| async move { r.ok() }));
             *req.metadata_mut() = tonic::metadata::MetadataMap::from_headers(metadata.clone());
             let mut client = TunnelServiceClient::new(transport)
-                .max_decoding_message_size(usize::MAX)
+                .max_decoding_message_size(self.opts.max_frame_size())
                 .max_encoding_message_size(usize::MAX);
             let resp = tokio::select! {
                 resp = client.open_reverse_tunnel(req) => resp.map_err(Error::closed)?,

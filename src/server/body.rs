@@ -103,6 +103,16 @@ impl http_body::Body for RequestBody {
     }
 }
 
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        // The handler reads no more: arriving data is dropped, and a paused
+        // revision-zero tunnel reads on.
+        if let Some(stream) = &self.stream {
+            stream.abandon();
+        }
+    }
+}
+
 impl fmt::Debug for RequestBody {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RequestBody").finish_non_exhaustive()

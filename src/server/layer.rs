@@ -19,6 +19,9 @@ use crate::{
     stats::{Counters, Stats},
 };
 
+/// Default for [`TunnelLayer::max_tunnels`].
+pub const DEFAULT_MAX_TUNNELS: u64 = 10_000;
+
 /// Adds `grpctunnel.v1.TunnelService` to a tonic server or an axum router.
 ///
 /// Requests for `/grpctunnel.v1.TunnelService/OpenTunnel` open a tunnel;
@@ -39,6 +42,7 @@ pub(crate) struct Config {
     pub(crate) shutdown: CancellationToken,
     pub(crate) grace: Duration,
     pub(crate) counters: Arc<Counters>,
+    pub(crate) max_tunnels: u64,
 }
 
 impl Default for TunnelLayer {
@@ -58,6 +62,7 @@ impl TunnelLayer {
                 shutdown: CancellationToken::new(),
                 grace: DEFAULT_SHUTDOWN_GRACE,
                 counters: Arc::new(Counters::default()),
+                max_tunnels: DEFAULT_MAX_TUNNELS,
             }),
         }
     }
@@ -73,6 +78,7 @@ impl TunnelLayer {
                     shutdown: self.config.shutdown.clone(),
                     grace: self.config.grace,
                     counters: self.config.counters.clone(),
+                    max_tunnels: self.config.max_tunnels,
                 };
                 f(&mut config);
                 self.config = Arc::new(config);
@@ -140,6 +146,19 @@ impl TunnelLayer {
     pub fn initial_window_size(self, size: u32) -> Self {
         assert!(size > 0, "initial_window_size must be greater than 0");
         self.update(|c| c.opts.initial_window_size = size)
+    }
+
+    /// Most tunnels (forward and reverse) open at once on this endpoint;
+    /// beyond it, opening RPCs are refused with `RESOURCE_EXHAUSTED`.
+    /// Default: [`DEFAULT_MAX_TUNNELS`].
+    pub fn max_tunnels(self, n: u64) -> Self {
+        self.update(|c| c.max_tunnels = n)
+    }
+
+    /// Resource limits for every tunnel of this endpoint; see
+    /// [`Limits`](crate::Limits).
+    pub fn limits(self, limits: crate::Limits) -> Self {
+        self.update(|c| limits.apply(&mut c.opts))
     }
 
     /// Largest request message accepted through a tunnel; larger ones fail

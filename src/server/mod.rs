@@ -37,5 +37,5 @@ pub(crate) mod tunnel;
 
 pub use body::RequestBody;
 pub use future::ResponseFuture;
-pub use layer::TunnelLayer;
+pub use layer::{TunnelLayer, DEFAULT_MAX_TUNNELS};
 pub use service::{TunnelService, Unimplemented};

@@ -78,6 +78,16 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let max_frame = self.config.opts.max_frame_size();
+        let path = req.uri().path();
+        if (path == OPEN_TUNNEL || path == OPEN_REVERSE_TUNNEL)
+            && self.config.counters.snapshot().tunnels_open >= self.config.max_tunnels
+        {
+            return ResponseFuture::status(tonic::Status::resource_exhausted(format!(
+                "too many tunnels (max {})",
+                self.config.max_tunnels
+            )));
+        }
         match req.uri().path() {
             OPEN_TUNNEL => {
                 let dispatch = match &self.config.tunnel_service {
@@ -93,10 +103,13 @@ where
                     extensions: req.extensions().clone(),
                     headers: req.headers().clone(),
                 };
-                ResponseFuture::tunnel(serve_opening(open, req))
+                ResponseFuture::tunnel(serve_opening(open, req, max_frame))
             }
             OPEN_REVERSE_TUNNEL => match &self.config.reverse {
                 Some(acceptor) => {
+                    if let Err(status) = acceptor.admit(req.headers(), req.extensions()) {
+                        return ResponseFuture::status(status);
+                    }
                     let open = OpenReverseTunnel {
                         opts: self.config.opts,
                         shutdown: self.config.shutdown.clone(),
@@ -106,7 +119,7 @@ where
                         extensions: req.extensions().clone(),
                         headers: req.headers().clone(),
                     };
-                    ResponseFuture::tunnel(serve_opening(open, req))
+                    ResponseFuture::tunnel(serve_opening(open, req, max_frame))
                 }
                 // P-18: rejected before any headers (trailers-only).
                 None => ResponseFuture::status(tonic::Status::unimplemented(
@@ -123,9 +136,13 @@ where
     }
 }
 
-/// Serves an opening RPC with tonic's codec; frames are small, so the
-/// outer message limits are lifted (our own limits apply inside).
-async fn serve_opening<T, U, B>(open: T, req: http::Request<B>) -> http::Response<tonic::body::Body>
+/// Serves an opening RPC with tonic's codec; a received frame may be as
+/// large as a message chunk or a metadata frame can be.
+async fn serve_opening<T, U, B>(
+    open: T,
+    req: http::Request<B>,
+    max_frame: usize,
+) -> http::Response<tonic::body::Body>
 where
     T: tonic::server::StreamingService<U> + Send + 'static,
     T::Future: Send,
@@ -137,7 +154,7 @@ where
 {
     let codec = tonic_prost::ProstCodec::<T::Response, U>::default();
     tonic::server::Grpc::new(codec)
-        .max_decoding_message_size(usize::MAX)
+        .max_decoding_message_size(max_frame)
         .max_encoding_message_size(usize::MAX)
         .streaming(open, req)
         .await

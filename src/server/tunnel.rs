@@ -14,7 +14,7 @@ use crate::{
     frame::Reassembly,
     info::{Direction, TunnelInfo},
     metadata,
-    negotiate::{Options, Revision},
+    negotiate::{self, Options, Revision},
     pb::{self, client_to_server::Frame},
     server::{body::RequestBody, dispatch::Dispatch, handler},
     stream::{server_frame, Event, Stream},
@@ -51,6 +51,8 @@ pub(crate) struct ServerTunnel<S> {
     /// Highest stream ID recorded (P-21), initially -1.
     highest: i64,
     /// Cancelled to start a graceful shutdown.
+    /// A revision-zero stream whose consumer must catch up before reading on.
+    paused: Option<Arc<ServerStream>>,
     drain: CancellationToken,
     grace: Duration,
     /// When the drain's time runs out.
@@ -88,6 +90,7 @@ where
             gone,
             streams: HashMap::new(),
             highest: -1,
+            paused: None,
             drain: CancellationToken::new(),
             grace: Duration::MAX,
             deadline: None,
@@ -146,7 +149,10 @@ where
                         return Ending::Drained;
                     }
                 }
-                frame = self.inbound.next() => match frame {
+                () = caught_up(self.paused.as_deref(), self.cx.opts.revision_zero_buffer), if self.paused.is_some() => {
+                    self.paused = None;
+                }
+                frame = self.inbound.next(), if self.paused.is_none() => match frame {
                     Some(Ok(frame)) => {
                         if let Err(text) = self.on_frame(frame) {
                             self.core.meter.protocol_error();
@@ -206,6 +212,9 @@ where
                             size: msg.size,
                             data: msg.data,
                         });
+                        if entry.stream.over_buffer(self.cx.opts.revision_zero_buffer) {
+                            self.paused = Some(entry.stream.clone());
+                        }
                         None
                     }
                 }
@@ -217,6 +226,9 @@ where
                     Ok(()) => {
                         self.core.meter.received(data.len(), false);
                         entry.stream.deliver(Event::More(data));
+                        if entry.stream.over_buffer(self.cx.opts.revision_zero_buffer) {
+                            self.paused = Some(entry.stream.clone());
+                        }
                         None
                     }
                 }
@@ -298,6 +310,29 @@ where
                 )),
             );
         };
+        let opts = &self.cx.opts;
+        if self.streams.len() >= opts.max_concurrent_streams {
+            let max = opts.max_concurrent_streams;
+            return self.reject(
+                id,
+                tonic::Status::resource_exhausted(format!(
+                    "too many concurrent streams on this tunnel (max {max})"
+                )),
+            );
+        }
+        let md_size = new
+            .request_headers
+            .as_ref()
+            .map_or(0, negotiate::metadata_size);
+        if md_size > opts.max_metadata_size {
+            let max = opts.max_metadata_size;
+            return self.reject(
+                id,
+                tonic::Status::resource_exhausted(format!(
+                    "request metadata too large ({md_size} bytes, max {max})"
+                )),
+            );
+        }
         // P-17: any revision we know is accepted on any tunnel, whatever we
         // offered in Settings (as the Go reference does).
         let name = new
@@ -388,6 +423,17 @@ where
         debug!(stream_id = id, code = ?status.code(), error = %status.message(), "stream rejected");
         self.core.send_control(close_frame(id, Some(&status), None));
         Ok(())
+    }
+}
+
+/// Waits until a paused stream's consumer has caught up (revision zero:
+/// buffering is bounded by pausing reads, never by dropping data).
+pub(crate) async fn caught_up<F: crate::stream::OutFrame>(
+    stream: Option<&Stream<F>>,
+    limit: usize,
+) {
+    if let Some(stream) = stream {
+        std::future::poll_fn(|cx| stream.poll_caught_up(cx, limit)).await;
     }
 }
 
