@@ -155,6 +155,10 @@ pub mod pb {
 pub mod client;
 mod error;
 mod frame;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+#[allow(missing_docs, unreachable_pub)]
+pub mod fuzzing;
 mod info;
 mod limits;
 mod metadata;

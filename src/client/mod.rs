@@ -8,9 +8,9 @@
 mod body;
 mod builder;
 mod call;
-mod channel;
+pub(crate) mod channel;
 mod future;
-mod task;
+pub(crate) mod task;
 
 pub use body::ResponseBody;
 #[allow(unused_imports)] // used by reverse tunnels

@@ -95,7 +95,7 @@ where
         }
     }
 
-    fn add(&mut self, stream: Arc<ClientStream>) {
+    pub(crate) fn add(&mut self, stream: Arc<ClientStream>) {
         self.shared.core.meter.stream_opened();
         self.last_id = stream.id();
         self.streams.insert(
@@ -109,7 +109,7 @@ where
     }
 
     /// Handles one frame; `Err` is fatal to the tunnel.
-    fn on_frame(&mut self, frame: pb::ServerToClient) -> Result<(), String> {
+    pub(crate) fn on_frame(&mut self, frame: pb::ServerToClient) -> Result<(), String> {
         if tracing::enabled!(tracing::Level::TRACE) {
             let (kind, stream_id, len) = crate::stream::OutFrame::describe(&frame);
             trace!(frame = kind, stream_id, len, "frame in");

@@ -179,7 +179,7 @@ where
     }
 
     /// Handles one frame; `Err` is fatal to the tunnel (P-22).
-    fn on_frame(&mut self, frame: pb::ClientToServer) -> Result<(), String> {
+    pub(crate) fn on_frame(&mut self, frame: pb::ClientToServer) -> Result<(), String> {
         if tracing::enabled!(tracing::Level::TRACE) {
             let (kind, stream_id, len) = crate::stream::OutFrame::describe(&frame);
             trace!(frame = kind, stream_id, len, "frame in");

@@ -1,0 +1,343 @@
+//! Frame-handling harnesses for fuzzing and property tests.
+//!
+//! Each harness feeds a sequence of frames to one role's reader, as the
+//! opening RPC would deliver them, runs the handlers and consumers it
+//! started, and checks invariants on what the role wrote back. A harness
+//! never touches the network; it panics only when an invariant breaks, which
+//! is what a fuzzer or a property test looks for.
+//!
+//! Enabled by the `fuzzing` feature (used by `fuzz/`); not a stable API.
+
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, Waker},
+};
+
+use futures_core::Stream as FuturesStream;
+
+use crate::{
+    client::channel::Shared,
+    client::task::Reader,
+    info::Direction,
+    negotiate::{Options, Revision},
+    pb,
+    server::{
+        dispatch::dispatch,
+        tunnel::{ServerTunnel, TunnelContext},
+    },
+    stats::Meter,
+    stream::{Event, Stream},
+    writer::{Core, Writer},
+};
+
+/// Small limits, so that inputs can reach them.
+fn options() -> Options {
+    Options {
+        max_revision: Revision::One,
+        initial_window_size: 4096,
+        max_message_size: 64 * 1024,
+        max_concurrent_streams: 8,
+        max_metadata_size: 1024,
+        revision_zero_buffer: 8192,
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread runtime")
+}
+
+/// Lets spawned tasks run until nothing is ready.
+async fn settle() {
+    for _ in 0..64 {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Everything the writer has ready, without waiting.
+fn drain<F: crate::stream::OutFrame>(writer: &mut Writer<F>) -> Vec<Result<F, tonic::Status>> {
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut out = Vec::new();
+    while let Poll::Ready(Some(frame)) = Pin::new(&mut *writer).poll_next(&mut cx) {
+        out.push(frame);
+    }
+    out
+}
+
+/// An inner service that reads the whole request and answers with one
+/// small message.
+fn echo_dispatch() -> crate::server::dispatch::Dispatch {
+    let svc = tower::service_fn(|req: http::Request<tonic::body::Body>| async move {
+        use http_body_util::BodyExt;
+        let _ = req.into_body().collect().await;
+        let mut resp = http::Response::new(tonic::body::Body::new(http_body_util::Full::new(
+            bytes::Bytes::from_static(&[0, 0, 0, 0, 2, 8, 1]),
+        )));
+        resp.headers_mut().insert(
+            "content-type",
+            http::HeaderValue::from_static("application/grpc"),
+        );
+        Ok::<_, Infallible>(resp)
+    });
+    dispatch::<_, tonic::body::Body, _>(svc)
+}
+
+/// Feeds `frames` to a tunnel server and checks what it writes: frames only
+/// for streams the client created (or -1), `response_headers` at most once
+/// and before data, nothing after `close_stream`, and the tunnel ends at the
+/// first fatal error.
+pub fn server_frames(frames: Vec<pb::ClientToServer>) -> Vec<pb::ServerToClient> {
+    let rt = runtime();
+    rt.block_on(async move {
+        let (core, mut writer, gone) = Core::<pb::ServerToClient>::new(Meter::default());
+        let cx = TunnelContext {
+            opts: options(),
+            dispatch: echo_dispatch(),
+            extensions: http::Extensions::new(),
+            metadata: Arc::new(http::HeaderMap::new()),
+            direction: Direction::Forward,
+        };
+        let inbound = futures_util::stream::empty::<Result<pb::ClientToServer, tonic::Status>>();
+        let mut tunnel = ServerTunnel::new(cx, core, gone, inbound);
+        let mut created = std::collections::HashSet::new();
+        for frame in frames {
+            if let Some(pb::client_to_server::Frame::NewStream(_)) = &frame.frame {
+                created.insert(frame.stream_id);
+            }
+            if tunnel.on_frame(frame).is_err() {
+                break;
+            }
+            settle().await;
+        }
+        settle().await;
+        let out = drain(&mut writer);
+        check_server_output(&out, &created);
+        drop(tunnel);
+        out.into_iter().flatten().collect()
+    })
+}
+
+fn check_server_output(
+    out: &[Result<pb::ServerToClient, tonic::Status>],
+    created: &std::collections::HashSet<i64>,
+) {
+    use pb::server_to_client::Frame;
+    #[derive(Default)]
+    struct Seen {
+        headers: bool,
+        data: bool,
+        closed: bool,
+    }
+    let mut seen: HashMap<i64, Seen> = HashMap::new();
+    for frame in out.iter().flatten() {
+        let id = frame.stream_id;
+        if id == -1 {
+            continue;
+        }
+        assert!(
+            created.contains(&id),
+            "frame for stream {id} the client never created"
+        );
+        let s = seen.entry(id).or_default();
+        match &frame.frame {
+            Some(Frame::WindowUpdate(n)) => assert!(*n > 0, "zero window_update"),
+            _ if s.closed => panic!("frame after close_stream on stream {id}"),
+            Some(Frame::ResponseHeaders(_)) => {
+                assert!(!s.headers && !s.data, "headers twice or after data on {id}");
+                s.headers = true;
+            }
+            Some(Frame::ResponseMessage(_) | Frame::MoreResponseData(_)) => s.data = true,
+            Some(Frame::CloseStream(_)) => s.closed = true,
+            Some(Frame::Settings(_)) | None => panic!("unexpected frame on stream {id}"),
+        }
+    }
+}
+
+/// Feeds `frames` to a tunnel client with `streams` streams open (IDs
+/// 1..=streams) and consumes every stream's events; checks that each stream
+/// ends at most once and that the client only writes frames for its streams.
+pub fn client_frames(streams: u8, frames: Vec<pb::ServerToClient>) {
+    let rt = runtime();
+    rt.block_on(async move {
+        let (core, mut writer, gone) = Core::<pb::ClientToServer>::new(Meter::default());
+        let (shared, register) = Shared::new(
+            core.clone(),
+            options(),
+            Revision::One,
+            4096,
+            Direction::Forward,
+            tracing::Span::none(),
+        );
+        let inbound = futures_util::stream::empty::<Result<pb::ServerToClient, tonic::Status>>();
+        let mut reader = Reader::new(shared, inbound, register, gone);
+        let mut open = Vec::new();
+        for id in 1..=i64::from(streams.min(8)) {
+            let stream = Stream::new(id, core.clone(), Some(4096), Some(4096));
+            reader.add(stream.clone());
+            open.push(stream);
+        }
+        for frame in frames {
+            if reader.on_frame(frame).is_err() {
+                break;
+            }
+            consume(&open);
+        }
+        consume(&open);
+        for frame in drain(&mut writer).into_iter().flatten() {
+            assert!(
+                (1..=i64::from(streams)).contains(&frame.stream_id),
+                "client wrote a frame for stream {}",
+                frame.stream_id
+            );
+        }
+    });
+}
+
+/// Takes every queued event of every stream; an end is the last event.
+fn consume(streams: &[Arc<Stream<pb::ClientToServer>>]) {
+    let mut cx = Context::from_waker(Waker::noop());
+    for stream in streams {
+        let mut ended = false;
+        while let Poll::Ready(event) = stream.poll_event(&mut cx) {
+            assert!(!ended, "event after the end of stream {}", stream.id());
+            ended = matches!(event, Event::End(_) | Event::Fail(_));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn metadata() -> impl Strategy<Value = Option<pb::Metadata>> {
+        proptest::option::of(
+            proptest::collection::hash_map(
+                "[a-z-]{1,8}",
+                proptest::collection::vec(".{0,40}", 0..3),
+                0..3,
+            )
+            .prop_map(|md| pb::Metadata {
+                md: md
+                    .into_iter()
+                    .map(|(k, val)| (k, pb::metadata::Values { val }))
+                    .collect(),
+            }),
+        )
+    }
+
+    fn data() -> impl Strategy<Value = Bytes> {
+        (0usize..6000).prop_map(|n| Bytes::from(vec![7u8; n]))
+    }
+
+    fn client_frame() -> impl Strategy<Value = pb::ClientToServer> {
+        use pb::client_to_server::Frame as F;
+        let method = prop_oneof![
+            Just("/grpctunnel.testing.v1.EchoService/Unary".to_owned()),
+            Just("grpctunnel.testing.v1.EchoService/Bidi".to_owned()),
+            Just(String::new()),
+            Just("/".to_owned()),
+            Just("x".to_owned()),
+            Just("//a".to_owned()),
+        ];
+        let frame = prop_oneof![
+            (method, metadata(), 0u32..9000, 0i32..3).prop_map(|(m, md, w, r)| Some(F::NewStream(
+                pb::NewStream {
+                    method_name: m,
+                    request_headers: md,
+                    initial_window_size: w,
+                    protocol_revision: if r == 2 { 7 } else { r },
+                }
+            ))),
+            (0u32..20000, data())
+                .prop_map(|(size, data)| Some(F::RequestMessage(pb::MessageData { size, data }))),
+            data().prop_map(|d| Some(F::MoreRequestData(d))),
+            Just(Some(F::HalfClose(()))),
+            Just(Some(F::Cancel(()))),
+            any::<u32>().prop_map(|n| Some(F::WindowUpdate(n))),
+            Just(None),
+        ];
+        (-2i64..7, frame).prop_map(|(stream_id, frame)| pb::ClientToServer { stream_id, frame })
+    }
+
+    fn server_frame() -> impl Strategy<Value = pb::ServerToClient> {
+        use pb::server_to_client::Frame as F;
+        let frame = prop_oneof![
+            metadata().prop_map(|md| Some(F::ResponseHeaders(md.unwrap_or_default()))),
+            (0u32..20000, data())
+                .prop_map(|(size, data)| Some(F::ResponseMessage(pb::MessageData { size, data }))),
+            data().prop_map(|d| Some(F::MoreResponseData(d))),
+            (metadata(), 0i32..20).prop_map(|(md, code)| Some(F::CloseStream(pb::CloseStream {
+                response_trailers: md,
+                status: Some(tonic_types::Status {
+                    code,
+                    message: "x".into(),
+                    details: vec![],
+                }),
+            }))),
+            Just(Some(F::Settings(pb::Settings::default()))),
+            any::<u32>().prop_map(|n| Some(F::WindowUpdate(n))),
+            Just(None),
+        ];
+        (-2i64..7, frame).prop_map(|(stream_id, frame)| pb::ServerToClient { stream_id, frame })
+    }
+
+    #[test]
+    fn harness_serves_a_well_formed_call() {
+        use pb::client_to_server::Frame as F;
+        let frame = |f| pb::ClientToServer {
+            stream_id: 1,
+            frame: Some(f),
+        };
+        let out = server_frames(vec![
+            frame(F::NewStream(pb::NewStream {
+                method_name: "/a.B/C".into(),
+                request_headers: None,
+                initial_window_size: 4096,
+                protocol_revision: 1,
+            })),
+            frame(F::RequestMessage(pb::MessageData {
+                size: 3,
+                data: Bytes::from_static(b"abc"),
+            })),
+            frame(F::HalfClose(())),
+        ]);
+        let kinds: Vec<_> = out
+            .iter()
+            .map(|f| crate::stream::OutFrame::describe(f).0)
+            .collect();
+        assert_eq!(
+            kinds,
+            ["response_headers", "response_message", "close_stream"],
+            "{out:?}"
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// No sequence of frames makes the tunnel server panic, hang, or
+        /// write out of order.
+        #[test]
+        fn server_survives_any_frame_sequence(frames in proptest::collection::vec(client_frame(), 0..40)) {
+            let _ = server_frames(frames);
+        }
+
+        /// No sequence of frames makes the tunnel client panic or deliver
+        /// events after a stream's end.
+        #[test]
+        fn client_survives_any_frame_sequence(
+            streams in 0u8..5,
+            frames in proptest::collection::vec(server_frame(), 0..40),
+        ) {
+            client_frames(streams, frames);
+        }
+    }
+}
