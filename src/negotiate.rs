@@ -223,6 +223,67 @@ pub(crate) fn metadata_size(md: &pb::Metadata) -> usize {
         .sum()
 }
 
+/// gRPC's mapping for HTTP responses that carry no gRPC status.
+pub(crate) fn http_status_to_grpc(status: http::StatusCode) -> tonic::Status {
+    use http::StatusCode as S;
+    let code = match status {
+        S::BAD_REQUEST => tonic::Code::Internal,
+        S::UNAUTHORIZED => tonic::Code::Unauthenticated,
+        S::FORBIDDEN => tonic::Code::PermissionDenied,
+        S::NOT_FOUND => tonic::Code::Unimplemented,
+        S::TOO_MANY_REQUESTS | S::BAD_GATEWAY | S::SERVICE_UNAVAILABLE | S::GATEWAY_TIMEOUT => {
+            tonic::Code::Unavailable
+        }
+        _ => tonic::Code::Unknown,
+    };
+    tonic::Status::new(code, format!("HTTP status {status}"))
+}
+
+/// A transport whose non-gRPC HTTP answers to an opening RPC (a 401 from an
+/// auth layer, a 404 from a proxy) become a gRPC status in the headers, so
+/// that opening fails with it at once instead of looking like a peer that
+/// did not negotiate.
+#[derive(Debug, Clone)]
+pub(crate) struct StatusFromHttp<T>(pub(crate) T);
+
+impl<T> tower_service::Service<http::Request<tonic::body::Body>> for StatusFromHttp<T>
+where
+    T: tonic::client::GrpcService<tonic::body::Body>,
+{
+    type Response = http::Response<T::ResponseBody>;
+    type Error = T::Error;
+    type Future = futures_util::future::MapOk<
+        T::Future,
+        fn(http::Response<T::ResponseBody>) -> http::Response<T::ResponseBody>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        use futures_util::TryFutureExt;
+        self.0.call(req).map_ok(http_answer_to_status as fn(_) -> _)
+    }
+}
+
+fn http_answer_to_status<B>(mut resp: http::Response<B>) -> http::Response<B> {
+    if resp.status() == http::StatusCode::OK || resp.headers().contains_key("grpc-status") {
+        return resp;
+    }
+    let status = http_status_to_grpc(resp.status());
+    *resp.status_mut() = http::StatusCode::OK;
+    let headers = resp.headers_mut();
+    headers.insert("grpc-status", http::HeaderValue::from(status.code() as i32));
+    if let Ok(message) = http::HeaderValue::from_str(status.message()) {
+        headers.insert("grpc-message", message);
+    }
+    resp
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -640,7 +640,6 @@ impl<T: Default> IsDefault for Probe<T> {}
 /// `EchoServiceClient::with_interceptor(tunnel, f)` works without the
 /// `tonic_body` mapping above.
 #[test]
-#[ignore = "needs `impl Default for grpctunnel::client::ResponseBody` (an ended body, src/client/body.rs)"]
 fn response_body_is_default() {
     let probe = Probe::<ResponseBody>(std::marker::PhantomData);
     assert!((&probe).is_default());

@@ -568,7 +568,6 @@ async fn http_401_from_a_plain_bearer_check_ends_the_tunnel_with_unauthenticated
 }
 
 #[tokio::test]
-#[ignore = "needs TunnelChannelBuilder::open to fail when the opening RPC's HTTP status is not 200 (src/client/builder.rs)"]
 async fn open_fails_when_the_opening_rpc_gets_http_401() {
     bounded(async {
         let server = http_401_server().await;

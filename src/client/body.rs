@@ -73,6 +73,13 @@ impl ResponseBody {
     }
 }
 
+impl Default for ResponseBody {
+    /// An empty body (tonic's generated clients ask for `Default`).
+    fn default() -> Self {
+        Self::empty()
+    }
+}
+
 impl http_body::Body for ResponseBody {
     type Data = Bytes;
     type Error = tonic::Status;

@@ -144,6 +144,7 @@ impl TunnelChannelBuilder {
                     tonic::metadata::MetadataValue::from_static(negotiate::NEGOTIATE_ON),
                 );
             }
+            let transport = negotiate::StatusFromHttp(transport);
             let mut client = TunnelServiceClient::new(transport)
                 .max_decoding_message_size(self.opts.max_frame_size())
                 .max_encoding_message_size(usize::MAX);

@@ -205,6 +205,7 @@ impl ReverseTunnelServer {
             }
             let mut req = tonic::Request::new(writer.filter_map(|r| async move { r.ok() }));
             *req.metadata_mut() = tonic::metadata::MetadataMap::from_headers(metadata.clone());
+            let transport = negotiate::StatusFromHttp(transport);
             let mut client = TunnelServiceClient::new(transport)
                 .max_decoding_message_size(self.opts.max_frame_size())
                 .max_encoding_message_size(usize::MAX);

@@ -69,7 +69,7 @@ async fn call_and_respond(
     if parts.status != http::StatusCode::OK {
         // Not a gRPC response (a 404 from a router, say): gRPC's mapping of
         // HTTP statuses to codes.
-        return Some(http_status_to_grpc(parts.status));
+        return Some(crate::negotiate::http_status_to_grpc(parts.status));
     }
     if let Some(status) = metadata::status_from_trailers(&parts.headers) {
         // Trailers-only (P-63): empty headers, then close_stream.
@@ -168,20 +168,4 @@ fn finish(stream: &Arc<ServerStream>, status: &tonic::Status, trailers: pb::Meta
     ) {
         debug!(code = ?status.code(), error = %status.message(), "stream closed");
     }
-}
-
-/// gRPC's mapping for HTTP responses that carry no gRPC status.
-fn http_status_to_grpc(status: http::StatusCode) -> tonic::Status {
-    use http::StatusCode as S;
-    let code = match status {
-        S::BAD_REQUEST => tonic::Code::Internal,
-        S::UNAUTHORIZED => tonic::Code::Unauthenticated,
-        S::FORBIDDEN => tonic::Code::PermissionDenied,
-        S::NOT_FOUND => tonic::Code::Unimplemented,
-        S::TOO_MANY_REQUESTS | S::BAD_GATEWAY | S::SERVICE_UNAVAILABLE | S::GATEWAY_TIMEOUT => {
-            tonic::Code::Unavailable
-        }
-        _ => tonic::Code::Unknown,
-    };
-    tonic::Status::new(code, format!("handler answered with HTTP status {status}"))
 }
