@@ -25,6 +25,9 @@ const usage = `usage:
   peer reverse-server --tunnels N [--key-header NAME] [--no-flow-control] [--no-negotiate] [--timeout D]
   peer reverse-client --addr HOST:PORT --key K [--no-flow-control] [--no-negotiate] [--timeout D]
   peer cases          (lists the case names, one per line)
+  peer bench-server   [--no-flow-control] [--timeout D]
+  peer bench-client   --addr HOST:PORT [--direct] [--workloads LIST] [--duration D] [--warmup D]
+                      [--calls N] [--callers N] [--streams N] [--no-flow-control] [--timeout D]
 `
 
 func main() {
@@ -49,6 +52,10 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return cmdReverseClient(env, args[1:])
 	case "cases":
 		return cmdCases(env)
+	case "bench-server":
+		return cmdBenchServer(env, args[1:])
+	case "bench-client":
+		return cmdBenchClient(env, args[1:])
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return exitOK
