@@ -54,10 +54,16 @@ fn select(opts: &Options) -> Result<Vec<Setup>, String> {
             .iter()
             .filter_map(|k| setups::find(k))
             .collect()),
-        Some(keys) => keys
-            .iter()
-            .map(|k| setups::find(k).ok_or_else(|| format!("unknown setup {k:?}")))
-            .collect(),
+        Some(keys) => {
+            if let Some(k) = keys.iter().find(|k| setups::find(k).is_none()) {
+                return Err(format!("unknown setup {k:?}"));
+            }
+            // Table order, whatever the order given.
+            Ok(setups::ALL
+                .into_iter()
+                .filter(|s| keys.iter().any(|k| k == s.key))
+                .collect())
+        }
     }
 }
 
@@ -184,6 +190,17 @@ fn orchestrate(opts: Options) -> ExitCode {
     println!();
     println!("targets (on medians):");
     print!("{}", report::targets_text(&targets));
+    for s in &selected {
+        let early = results.total(s.key, "early_close");
+        if early > 0.0 {
+            println!(
+                "note: {}: {early} unary calls were answered (close_stream) before the Go client's \
+                 CloseSend; Go's Invoke fails those with EOF, bench-client works around it \
+                 (interop/roles/bench_client.go)",
+                s.label
+            );
+        }
+    }
     for line in &results.skipped {
         println!("{line}");
     }

@@ -159,6 +159,15 @@ impl Results {
         summarize(self.get(setup, w, key)?)
     }
 
+    /// Sum of `key` over every workload and repetition of `setup`.
+    pub fn total(&self, setup: &str, key: &str) -> f64 {
+        self.values
+            .iter()
+            .filter(|((s, _, k), _)| *s == setup && k == key)
+            .flat_map(|(_, v)| v)
+            .sum()
+    }
+
     fn median(&self, setup: &str, w: Workload, key: &str) -> Option<f64> {
         self.summary(setup, w, key).map(|s| s.median)
     }
@@ -224,7 +233,7 @@ pub fn table(r: &Results, setups: &[Setup], callers: usize, streams: usize) -> S
     }
     let mut out = String::new();
     for (i, row) in rows.iter().enumerate() {
-        if i > 0 && !row[0].is_empty() {
+        if i > 1 && !row[0].is_empty() {
             let total = widths.iter().sum::<usize>() + 3 * 5;
             let _ = writeln!(out, "{}", "-".repeat(total));
         }

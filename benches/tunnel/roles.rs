@@ -37,7 +37,18 @@ pub fn emit(line: &str) {
     let _ = out.flush();
 }
 
+/// Logs to stderr when `RUST_LOG` is set (e.g. `RUST_LOG=grpctunnel=debug`).
+fn trace() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+}
+
 fn runtime() -> tokio::runtime::Runtime {
+    trace();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
