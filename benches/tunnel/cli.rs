@@ -13,6 +13,8 @@ usage: cargo bench --bench tunnel -- [options]
   --calls N          sequential unary calls for latency (default 20000)
   --callers N        concurrent unary callers (default 64)
   --streams N        concurrent bidi streams in many_streams (default 10000)
+  --open-window N    many_streams: at most N streams between opening and their
+                     first response (default 1000; 0 = all at once)
   --reps N           repetitions of everything (default 3)
   --setups LIST      comma-separated subset of: direct,forward,reverse,
                      go-forward,go-rust,rust-go,go-direct
@@ -78,6 +80,8 @@ pub struct Params {
     pub calls: usize,
     pub callers: usize,
     pub streams: usize,
+    /// Streams of `many_streams` between opening and their round trip.
+    pub open_window: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -130,6 +134,7 @@ pub fn parse(args: Vec<String>) -> Result<Role, String> {
     let mut calls = None;
     let mut callers = None;
     let mut streams = None;
+    let mut open_window = None;
     let mut reps = None;
     let mut setups = None;
     let mut workloads = None;
@@ -164,6 +169,13 @@ pub fn parse(args: Vec<String>) -> Result<Role, String> {
             "--calls" => calls = Some(count(&value(&flag)?, &flag)?),
             "--callers" => callers = Some(count(&value(&flag)?, &flag)?),
             "--streams" => streams = Some(count(&value(&flag)?, &flag)?),
+            "--open-window" => {
+                let v = value(&flag)?;
+                open_window = Some(
+                    v.parse::<usize>()
+                        .map_err(|_| format!("{flag}: not an integer: {v:?}"))?,
+                );
+            }
             "--reps" => reps = Some(count(&value(&flag)?, &flag)?),
             "--setups" => setups = Some(list(&value(&flag)?)),
             "--workloads" => {
@@ -195,6 +207,7 @@ pub fn parse(args: Vec<String>) -> Result<Role, String> {
         calls: calls.unwrap_or(if quick { 2_000 } else { 20_000 }),
         callers: callers.unwrap_or(64),
         streams: streams.unwrap_or(if quick { 1_000 } else { 10_000 }),
+        open_window: open_window.unwrap_or(1_000),
     };
     let workloads = workloads.unwrap_or_else(|| Workload::ALL.to_vec());
 
@@ -255,5 +268,7 @@ pub fn client_flags(params: &Params, workloads: &[Workload], go: bool) -> Vec<St
         params.callers.to_string(),
         "--streams".into(),
         params.streams.to_string(),
+        "--open-window".into(),
+        params.open_window.to_string(),
     ]
 }

@@ -16,7 +16,7 @@ use std::{
 use bytes::Bytes;
 use futures_util::StreamExt;
 use grpctunnel_testing::pb::{echo_service_client::EchoServiceClient, EchoRequest};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::StdError;
 
@@ -193,7 +193,7 @@ pub async fn run<T: Chan>(
         Workload::Stream1m => server_stream(ch, 1024 * 1024, p).await,
         Workload::ClientStream => client_stream(ch, p).await,
         Workload::BidiPingpong => bidi_pingpong(ch, p).await,
-        Workload::ManyStreams => many_streams(ch, p.streams, gate).await,
+        Workload::ManyStreams => many_streams(ch, p.streams, p.open_window, gate).await,
         Workload::Mixed => mixed(ch, p).await,
     }
 }
@@ -387,21 +387,44 @@ async fn bidi_pingpong<T: Chan>(ch: &T, p: &Params) -> Result<Metrics, String> {
     Ok(m)
 }
 
-/// Opens `n` bidi streams at once, one round trip on each; holds them all
-/// open (idle) while the orchestrator samples memory; then half-closes
-/// them all and waits for their ends.
-async fn many_streams<T: Chan>(ch: &T, n: usize, gate: &mut impl Gate) -> Result<Metrics, String> {
+/// Opens `n` bidi streams, one round trip on each, with at most
+/// `open_window` (0: no limit) between opening and their response; holds
+/// all `n` open (idle) while the orchestrator samples memory; then
+/// half-closes them all, again at most `open_window` at a time, and waits
+/// for their ends.
+///
+/// The window exists because h2 0.4.20 (under hyper and tonic) ends a
+/// connection with GOAWAY ENHANCE_YOUR_CALM `too_many_data_frames` when
+/// small DATA frames worth more than half the connection window (512 KiB
+/// with the 1 MiB default) wait unread: 10,000 streams opened at once by
+/// plain tonic trip it (each request is its own small DATA frame), and so
+/// do 10,000 opens or half-closes at once by a Go tunnel client, which
+/// writes every tunnel frame as its own DATA frame on the opening RPC.
+async fn many_streams<T: Chan>(
+    ch: &T,
+    n: usize,
+    open_window: usize,
+    gate: &mut impl Gate,
+) -> Result<Metrics, String> {
     gate.sync("READY many_streams").await?;
     let (release, released) = watch::channel(false);
     let (pinged, mut pings) = mpsc::unbounded_channel::<Result<(), String>>();
+    // At most `open_window` streams between opening and their round trip.
+    let window = Arc::new(Semaphore::new(if open_window == 0 {
+        Semaphore::MAX_PERMITS
+    } else {
+        open_window
+    }));
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(n);
     for _ in 0..n {
         let mut c = client(ch);
         let pinged = pinged.clone();
         let mut released = released.clone();
+        let window = window.clone();
         tasks.push(tokio::spawn(async move {
             let run = async {
+                let _permit = window.acquire().await.map_err(|_| "window closed")?;
                 let (tx, rx) = mpsc::channel(1);
                 tx.send(small()).await.map_err(|_| "request stream gone")?;
                 let mut inbound = c
@@ -427,6 +450,7 @@ async fn many_streams<T: Chan>(ch: &T, n: usize, gate: &mut impl Gate) -> Result
                 }
             };
             let _ = released.wait_for(|r| *r).await;
+            let _permit = window.acquire().await.map_err(|_| "window closed")?;
             drop(tx);
             while inbound.message().await.map_err(status("close"))?.is_some() {}
             Ok::<_, String>(())

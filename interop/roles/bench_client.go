@@ -41,6 +41,9 @@ type BenchParams struct {
 	Calls    int           // sequential unary calls (unary_seq)
 	Callers  int           // concurrent unary callers (unary_conc, mixed)
 	Streams  int           // concurrent bidi streams (many_streams)
+	// OpenWindow bounds the many_streams streams between opening and
+	// their response (0: no bound); see the Rust bench's many_streams.
+	OpenWindow int
 }
 
 // BenchIO is where the bench client reports.
@@ -414,8 +417,9 @@ func (b *bench) bidiPingpong() ([]Figure, error) {
 	return append([]Figure{{"round_trips_per_s", float64(len(lat)) / b.p.Duration.Seconds()}}, latencies(lat)...), nil
 }
 
-// manyStreams opens Streams bidi streams at once with one round trip on
-// each, holds them all open (idle) while the orchestrator samples memory,
+// manyStreams opens Streams bidi streams with one round trip on each, at
+// most OpenWindow between opening and their response (and later between
+// CloseSend and the end), holds them all open (idle) while the orchestrator samples memory,
 // then half-closes them all and waits for their ends.
 func (b *bench) manyStreams() ([]Figure, error) {
 	if err := b.out.Sync("READY many_streams"); err != nil {
@@ -425,9 +429,15 @@ func (b *bench) manyStreams() ([]Figure, error) {
 	release := make(chan struct{})
 	pinged := make(chan error, n)
 	done := make(chan error, n)
+	window := b.p.OpenWindow
+	if window <= 0 {
+		window = n
+	}
+	slots := make(chan struct{}, window)
 	start := time.Now()
 	for range n {
 		go func() {
+			slots <- struct{}{}
 			s, err := b.client.Bidi(b.ctx)
 			if err == nil {
 				err = s.Send(b.small())
@@ -435,12 +445,15 @@ func (b *bench) manyStreams() ([]Figure, error) {
 			if err == nil {
 				_, err = s.Recv()
 			}
+			<-slots
 			pinged <- err
 			if err != nil {
 				done <- err
 				return
 			}
 			<-release
+			slots <- struct{}{}
+			defer func() { <-slots }()
 			if err := s.CloseSend(); err != nil {
 				done <- err
 				return

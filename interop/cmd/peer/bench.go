@@ -50,6 +50,7 @@ func cmdBenchClient(e *peerEnv, args []string) int {
 	fs.IntVar(&p.Calls, "calls", 20000, "sequential unary calls (unary_seq)")
 	fs.IntVar(&p.Callers, "callers", 64, "concurrent unary callers (unary_conc, mixed)")
 	fs.IntVar(&p.Streams, "streams", 10000, "concurrent bidi streams (many_streams)")
+	fs.IntVar(&p.OpenWindow, "open-window", 1000, "many_streams: streams between opening and their response (0: all)")
 	list := func() []string { return strings.Split(workloads, ",") }
 	known := func() error {
 		for _, w := range list() {

@@ -27,7 +27,7 @@ const usage = `usage:
   peer cases          (lists the case names, one per line)
   peer bench-server   [--no-flow-control] [--timeout D]
   peer bench-client   --addr HOST:PORT [--direct] [--workloads LIST] [--duration D] [--warmup D]
-                      [--calls N] [--callers N] [--streams N] [--no-flow-control] [--timeout D]
+                      [--calls N] [--callers N] [--streams N] [--open-window N] [--no-flow-control] [--timeout D]
 `
 
 func main() {
