@@ -110,6 +110,8 @@ impl fmt::Debug for Counters {
 pub(crate) struct Meter {
     tunnel: Arc<Counters>,
     endpoint: Option<Arc<Counters>>,
+    /// The tunnel was counted closed (counting it twice must not happen).
+    closed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 macro_rules! both {
@@ -132,11 +134,15 @@ impl Meter {
         Self {
             tunnel: Arc::new(Counters::default()),
             endpoint,
+            closed: Arc::default(),
         }
     }
 
-    /// The tunnel ended.
+    /// The tunnel ended (or never opened); counted once however often called.
     pub(crate) fn tunnel_closed(&self) {
+        if self.closed.swap(true, Relaxed) {
+            return;
+        }
         if let Some(e) = &self.endpoint {
             e.tunnels_open.fetch_sub(1, Relaxed);
         }

@@ -93,6 +93,14 @@ impl<F: OutFrame> Core<F> {
     }
 }
 
+impl<F> Drop for Core<F> {
+    fn drop(&mut self) {
+        // Whatever path the tunnel took (even one that never opened), it is
+        // no longer open once nothing refers to it.
+        self.meter.tunnel_closed();
+    }
+}
+
 /// The output of a tunnel: frames to encode on the opening RPC.
 #[derive(Debug)]
 pub(crate) struct Writer<F> {

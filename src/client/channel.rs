@@ -41,7 +41,8 @@ use crate::{
 /// [`close`](Self::close) closes it at once, failing calls in flight with
 /// `UNAVAILABLE`. When the peer or the transport ends the tunnel, calls in
 /// flight fail with `UNAVAILABLE` (the message says why) and
-/// [`poll_ready`](tower_service::Service::poll_ready) returns the [`Error`].
+/// later calls fail the same way; [`terminal_error`](Self::terminal_error)
+/// tells why it ended.
 ///
 /// # Deadlines
 ///
@@ -374,11 +375,11 @@ where
     type Error = Error;
     type Future = ResponseFuture;
 
+    /// Always ready: a call on a closed tunnel fails with `UNAVAILABLE` (the
+    /// status gRPC callers and retry policies expect); tonic would report a
+    /// readiness error as `UNKNOWN`.
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        match self.handle.shared.terminal() {
-            Some(err) => Poll::Ready(Err(err.clone())),
-            None => Poll::Ready(Ok(())),
-        }
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {

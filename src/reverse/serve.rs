@@ -24,19 +24,6 @@ use crate::{
     writer::Core,
 };
 
-/// Runs `f` when dropped.
-fn scopeguard(f: impl FnOnce()) -> impl Drop {
-    struct Guard<F: FnOnce()>(Option<F>);
-    impl<F: FnOnce()> Drop for Guard<F> {
-        fn drop(&mut self) {
-            if let Some(f) = self.0.take() {
-                f();
-            }
-        }
-    }
-    Guard(Some(f))
-}
-
 /// Default bound on a graceful shutdown: how long calls in flight may run.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -194,8 +181,6 @@ impl ReverseTunnelServer {
             tokio::pin!(signal);
             let (core, writer, gone) =
                 Core::<pb::ServerToClient>::new(Meter::tunnel(Some(self.counters.clone())));
-            let core_for_count = core.clone();
-            let _closed = scopeguard(move || core_for_count.meter.tunnel_closed());
             let mut metadata = self.metadata.clone();
             if self.opts.advertises() {
                 metadata.insert(

@@ -121,7 +121,9 @@ where
             entry
                 .stream
                 .fail(tonic::Status::unavailable("tunnel closed"));
+            self.core.meter.stream_closed();
         }
+        self.core.meter.tunnel_closed();
         (ending, self.inbound)
     }
 
