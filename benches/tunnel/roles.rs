@@ -153,7 +153,21 @@ impl Gate for StdinGate {
 
 /// `--role client`: connects as `mode` says and runs the workloads.
 pub fn client(args: ClientArgs) -> ExitCode {
-    runtime().block_on(async move {
+    // Spawned, so that the workloads run on the runtime's workers as an
+    // application's tasks do (`block_on` would run them on this thread,
+    // and every wake-up of them would unpark it).
+    let rt = runtime();
+    match rt.block_on(rt.spawn(run_client(args))) {
+        Ok(code) => code,
+        Err(e) => {
+            emit(&format!("ERROR setup client task: {e}"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_client(args: ClientArgs) -> ExitCode {
+    {
         let mut gate = StdinGate(stdin_lines());
         let outcome = match args.mode {
             ClientMode::Direct => match connect(&args).await {
@@ -180,7 +194,7 @@ pub fn client(args: ClientArgs) -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-    })
+    }
 }
 
 async fn connect(args: &ClientArgs) -> Result<tonic::transport::Channel, String> {

@@ -124,7 +124,10 @@ impl Metrics {
     fn latencies(&mut self, lat: &mut [u64]) {
         lat.sort_unstable();
         self.put("p50_us", stats::percentile(lat, 0.50) as f64 / 1e3);
+        self.put("p90_us", stats::percentile(lat, 0.90) as f64 / 1e3);
         self.put("p99_us", stats::percentile(lat, 0.99) as f64 / 1e3);
+        self.put("p999_us", stats::percentile(lat, 0.999) as f64 / 1e3);
+        self.put("max_us", stats::percentile(lat, 1.0) as f64 / 1e3);
     }
 }
 

@@ -234,7 +234,13 @@ func micros(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
 
 func latencies(lat []time.Duration) []Figure {
 	slices.Sort(lat)
-	return []Figure{{"p50_us", micros(percentile(lat, 0.50))}, {"p99_us", micros(percentile(lat, 0.99))}}
+	return []Figure{
+		{"p50_us", micros(percentile(lat, 0.50))},
+		{"p90_us", micros(percentile(lat, 0.90))},
+		{"p99_us", micros(percentile(lat, 0.99))},
+		{"p999_us", micros(percentile(lat, 0.999))},
+		{"max_us", micros(percentile(lat, 1.0))},
+	}
 }
 
 func (b *bench) unarySeq() ([]Figure, error) {
