@@ -614,33 +614,35 @@ async fn interceptors_add_metadata_the_handler_sees() {
     both_directions!(interceptor_check);
 }
 
-/// Whether `T: Default`, decided at run time (autoref specialization), so
-/// that the missing impl fails a test instead of the build.
-struct Probe<T>(std::marker::PhantomData<T>);
-
-trait NotDefault {
-    fn is_default(&self) -> bool {
-        false
-    }
-}
-
-impl<T> NotDefault for &Probe<T> {}
-
-#[allow(dead_code)] // used once `ResponseBody: Default`
-trait IsDefault {
-    fn is_default(&self) -> bool {
-        true
-    }
-}
-
-impl<T: Default> IsDefault for Probe<T> {}
-
 /// Generated clients' `with_interceptor` requires the channel's response
-/// body to be `Default`, as tonic's `Channel` body is: then
-/// `EchoServiceClient::with_interceptor(tunnel, f)` works without the
-/// `tonic_body` mapping above.
-#[test]
-fn response_body_is_default() {
-    let probe = Probe::<ResponseBody>(std::marker::PhantomData);
-    assert!((&probe).is_default());
+/// body to be `Default`, as tonic's `Channel` body is: a `TunnelChannel`
+/// goes straight in, no body mapping needed.
+#[tokio::test]
+async fn generated_client_with_interceptor_takes_a_tunnel_channel() {
+    bounded(async {
+        let server = tonic_server(grpctunnel::TunnelLayer::new(), Echo::new()).await;
+        let tunnel = forward(server.addr).await;
+        let mut client =
+            EchoServiceClient::with_interceptor(tunnel, |mut req: tonic::Request<()>| {
+                req.metadata_mut()
+                    .insert("x-intercepted", "yes".parse().unwrap());
+                Ok(req)
+            });
+        let resp = client
+            .unary(EchoRequest {
+                echo_metadata: true,
+                ..Default::default()
+            })
+            .await
+            .expect("call through the interceptor")
+            .into_inner();
+        assert!(
+            resp.metadata
+                .iter()
+                .any(|e| e.key == "x-intercepted" && e.value == "yes"),
+            "{:?}",
+            resp.metadata
+        );
+    })
+    .await
 }
