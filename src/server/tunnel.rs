@@ -322,10 +322,12 @@ where
                 )),
             );
         }
-        let md_size = new
-            .request_headers
-            .as_ref()
-            .map_or(0, negotiate::metadata_size);
+        // The method name counts too: a huge one is refused like huge metadata.
+        let md_size = new.method_name.len()
+            + new
+                .request_headers
+                .as_ref()
+                .map_or(0, negotiate::metadata_size);
         if md_size > opts.max_metadata_size {
             let max = opts.max_metadata_size;
             return self.reject(
