@@ -46,6 +46,16 @@ fn request_data_len(frame: &C2S) -> usize {
     }
 }
 
+/// A revision-one unary `new_stream` carrying `md` as request headers.
+fn with_headers(md: pb::Metadata) -> C2S {
+    C2S::NewStream(pb::NewStream {
+        method_name: UNARY.into(),
+        request_headers: Some(md),
+        initial_window_size: RAW_WINDOW,
+        protocol_revision: 1,
+    })
+}
+
 /// Checks that stream `id` was refused at `new_stream` (P-28): one
 /// `close_stream` with only `status`.
 async fn expect_rejected(raw: &mut RawClient, id: i64, code: Code, text: &str) {
@@ -70,7 +80,12 @@ async fn final_status(raw: &mut RawClient, id: i64) -> (i32, String) {
 /// A unary call through `tunnel` that `peer` answers normally.
 async fn unary_ok(tunnel: &TunnelChannel, peer: &mut RawPeer, seq: u64) {
     let mut client = EchoServiceClient::new(tunnel.clone());
-    let call = tokio::spawn(async move { client.unary(EchoRequest::default()).await });
+    let req = EchoRequest {
+        seq,
+        ..Default::default()
+    };
+    let call = tokio::spawn(async move { client.unary(req).await });
+    // One whole chunk: a window shrunk by a stray `Settings` would cut it.
     let (id, _, _) = peer.expect_unary().await;
     peer.answer(
         id,
@@ -185,15 +200,7 @@ async fn request_headers_with_many_keys_are_resource_exhausted() {
         let (mut raw, _) = RawClient::negotiated(server.addr).await;
         let md = many_keys(20_000);
         let size: usize = md.md.iter().map(|(k, v)| k.len() + v.val[0].len()).sum();
-        raw.send(
-            1,
-            C2S::NewStream(pb::NewStream {
-                method_name: UNARY.into(),
-                request_headers: Some(md),
-                initial_window_size: RAW_WINDOW,
-                protocol_revision: 1,
-            }),
-        );
+        raw.send(1, with_headers(md));
         let text = format!(
             "request metadata too large ({} bytes, max 65536)",
             size + UNARY.len()
@@ -206,27 +213,26 @@ async fn request_headers_with_many_keys_are_resource_exhausted() {
 
 #[tokio::test]
 #[ignore = "bug: more than 32768 distinct metadata keys panic http::HeaderMap::append in metadata_to_headers"]
-async fn many_keys_under_a_raised_metadata_limit_do_not_panic() {
+async fn many_request_keys_under_a_raised_metadata_limit_do_not_panic() {
     bounded(async {
         // 40 000 distinct keys fit in a 1 MiB limit but not in a HeaderMap
         // (at most 32 768 entries): the stream must fail, not the process.
         let layer = TunnelLayer::new().limits(Limits::new().max_metadata_size(1 << 20));
         let server = tonic_server(layer, Echo::new()).await;
         let (mut raw, _) = RawClient::negotiated(server.addr).await;
-        raw.send(
-            1,
-            C2S::NewStream(pb::NewStream {
-                method_name: UNARY.into(),
-                request_headers: Some(many_keys(40_000)),
-                initial_window_size: RAW_WINDOW,
-                protocol_revision: 1,
-            }),
-        );
+        raw.send(1, with_headers(many_keys(40_000)));
         raw.send(1, request(&echo_request(1)));
         raw.send(1, C2S::HalfClose(()));
         let _ = final_status(&mut raw, 1).await;
         raw.unary(2, 2).await;
-        // Same at our channel, with response headers.
+    })
+    .await
+}
+
+#[tokio::test]
+#[ignore = "bug: more than 32768 distinct metadata keys panic http::HeaderMap::append in metadata_to_headers"]
+async fn many_response_keys_under_a_raised_metadata_limit_do_not_panic() {
+    bounded(async {
         let builder = TunnelChannel::builder().limits(Limits::new().max_metadata_size(1 << 20));
         let (_server, tunnel, mut peer) = negotiated_channel(builder, 65536).await;
         let mut client = EchoServiceClient::new(tunnel.clone());
@@ -237,6 +243,31 @@ async fn many_keys_under_a_raised_metadata_limit_do_not_panic() {
         peer.send(id, close(0, ""));
         let _ = call.await.expect("call task must not panic");
         unary_ok(&tunnel, &mut peer, 2).await;
+    })
+    .await
+}
+
+#[tokio::test]
+#[ignore = "bug: empty metadata values cost nothing against max_metadata_size"]
+async fn many_empty_values_count_against_the_metadata_limit() {
+    bounded(async {
+        // 500 000 empty values under one key: 1 MB on the wire, 7 bytes for
+        // the limit, half a million header values held for the handler.
+        let server = tonic_server(TunnelLayer::new(), Echo::new()).await;
+        let (mut raw, _) = RawClient::negotiated(server.addr).await;
+        let mut md = pb::Metadata::default();
+        md.md.insert(
+            "x-empty".into(),
+            pb::metadata::Values {
+                val: vec![String::new(); 500_000],
+            },
+        );
+        raw.send(1, with_headers(md));
+        raw.send(1, request(&echo_request(1)));
+        raw.send(1, C2S::HalfClose(()));
+        let (code, text) = final_status(&mut raw, 1).await;
+        raw.unary(2, 2).await;
+        assert_eq!(code, Code::ResourceExhausted as i32, "{text}");
     })
     .await
 }
@@ -437,30 +468,6 @@ async fn settings_after_streams_exist_are_dropped_as_past_frames() {
             }),
         );
         unary_ok(&tunnel, &mut peer, 2).await;
-        // The stray settings changed nothing: a big response still flows
-        // with the original window.
-        let mut client = EchoServiceClient::new(tunnel.clone());
-        let call = tokio::spawn(async move {
-            client
-                .client_stream(tokio_stream::iter(vec![EchoRequest {
-                    payload: vec![1u8; 40_000].into(),
-                    ..Default::default()
-                }]))
-                .await
-        });
-        let f = peer.next().await;
-        let id = f.stream_id;
-        let mut sent = 0;
-        loop {
-            let frame = peer.next_for(id).await;
-            if frame == C2S::HalfClose(()) {
-                break;
-            }
-            sent += request_data_len(&frame);
-        }
-        assert!(sent > 40_000, "{sent}");
-        peer.answer(id, &EchoResponse::default());
-        call.await.expect("task").expect("call");
     })
     .await
 }
@@ -517,15 +524,7 @@ async fn malformed_request_metadata_is_not_passed_on() {
             seq: 5,
             ..Default::default()
         };
-        raw.send(
-            1,
-            C2S::NewStream(pb::NewStream {
-                method_name: UNARY.into(),
-                request_headers: Some(hostile_metadata()),
-                initial_window_size: RAW_WINDOW,
-                protocol_revision: 1,
-            }),
-        );
+        raw.send(1, with_headers(hostile_metadata()));
         raw.send(1, request(&ask.encode_to_vec()));
         raw.send(1, C2S::HalfClose(()));
         let frames = raw.until_close(1).await;
