@@ -56,7 +56,9 @@ impl Limits {
         self
     }
 
-    /// Largest metadata of one call received (keys plus values, in bytes).
+    /// Largest metadata of one call received: for each value its key, the
+    /// value and 32 bytes, as HTTP/2 counts header lists (the method name
+    /// counts too, on the server).
     pub fn max_metadata_size(mut self, size: usize) -> Self {
         self.max_metadata_size = size;
         self

@@ -204,6 +204,9 @@ fn text_value(key: &str, value: &HeaderValue) -> Result<String, tonic::Status> {
     }
 }
 
+/// Most entries put into one header map from tunnel metadata.
+const MAX_ENTRIES: usize = 16 * 1024;
+
 /// Adds tunnel metadata to `headers` (a request handed to a server, or
 /// response headers or trailers handed to a caller).
 ///
@@ -234,7 +237,16 @@ pub(crate) fn metadata_to_headers(md: &pb::Metadata, headers: &mut HeaderMap) {
             };
             match value {
                 Ok(value) => {
-                    headers.append(name.clone(), value);
+                    // A map holds at most 32 768 entries; the metadata limit
+                    // keeps a peer far below that, and past half of it
+                    // entries are dropped (room stays for the headers we add)
+                    // rather than panicking.
+                    if headers.len() >= MAX_ENTRIES
+                        || headers.try_append(name.clone(), value).is_err()
+                    {
+                        tracing::debug!(key = %key, "too many metadata entries: rest dropped");
+                        return;
+                    }
                 }
                 Err(_) => {
                     tracing::debug!(key = %key, "skipping metadata value that is not a valid header value");

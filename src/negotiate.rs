@@ -215,11 +215,22 @@ pub(crate) fn frame_name(frame: Option<&pb::server_to_client::Frame>) -> &'stati
     }
 }
 
-/// Size of a call's metadata as the limits count it: keys plus values.
+/// Per-entry overhead charged by the metadata limit, as HTTP/2 counts a
+/// header list (RFC 9113 §6.5.2): empty values are not free.
+const ENTRY_OVERHEAD: usize = 32;
+
+/// Size of a call's metadata as the limits count it: for each value, its
+/// key, the value and 32 bytes of overhead.
 pub(crate) fn metadata_size(md: &pb::Metadata) -> usize {
     md.md
         .iter()
-        .map(|(k, v)| k.len() + v.val.iter().map(String::len).sum::<usize>())
+        .map(|(k, v)| {
+            v.val
+                .iter()
+                .map(|val| k.len() + val.len() + ENTRY_OVERHEAD)
+                .sum::<usize>()
+                .max(k.len() + ENTRY_OVERHEAD)
+        })
         .sum()
 }
 
