@@ -306,6 +306,8 @@ async fn window_updates_credit_consumed_request_data_on_revision_one() {
         raw.send(1, envelope(msg.len() as u32, msg[..1000].to_vec()));
         assert_eq!(raw.next_for(1).await, S2C::WindowUpdate(1000));
         raw.send(1, C2S::MoreRequestData(msg[1000..].to_vec().into()));
+        // P-35: a unary call half-closes right after its request.
+        raw.send(1, C2S::HalfClose(()));
         // The response proves the whole message arrived; any further
         // credit is optional (P-53).
         let frames = raw.until_close(1).await;
@@ -321,7 +323,6 @@ async fn window_updates_credit_consumed_request_data_on_revision_one() {
             close_status(frames.last().expect("close")),
             Some((0, String::new()))
         );
-        raw.send(1, C2S::HalfClose(()));
         raw.unary(2, 2).await;
     })
     .await
