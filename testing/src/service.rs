@@ -208,14 +208,7 @@ impl Echo {
 
     async fn unary(self, req: Request<Streaming<EchoRequest>>) -> CallResult {
         let (md, _, mut input) = req.into_parts();
-        let first = input
-            .message()
-            .await?
-            .ok_or_else(|| Status::internal("missing request message"))?;
-        // Like tonic's generated handlers and the Go reference's server
-        // (P-35), answer a one-request call once its input has ended: a Go
-        // client fails a call whose close_stream arrives before its half_close.
-        while input.message().await?.is_some() {}
+        let first = only_request(&mut input).await?;
         let mut guard = HandlerGuard::start(&self.tags, &first.tag);
         let Plan {
             headers,
@@ -286,14 +279,7 @@ impl Echo {
 
     async fn server_stream(self, req: Request<Streaming<EchoRequest>>) -> CallResult {
         let (md, _, mut input) = req.into_parts();
-        let first = input
-            .message()
-            .await?
-            .ok_or_else(|| Status::internal("missing request message"))?;
-        // Like tonic's generated handlers and the Go reference's server
-        // (P-35), answer a one-request call once its input has ended: a Go
-        // client fails a call whose close_stream arrives before its half_close.
-        while input.message().await?.is_some() {}
+        let first = only_request(&mut input).await?;
         let mut guard = HandlerGuard::start(&self.tags, &first.tag);
         let Plan {
             headers,
@@ -571,6 +557,19 @@ impl Emitter {
         // same `Generate`), so sending cannot fail while anyone listens.
         let _ = self.0.send(response).await;
     }
+}
+
+/// The request of a one-request call, returned once the input has ended:
+/// like tonic's generated handlers and the Go reference's server (P-35), so
+/// that the answer never overtakes the caller's half-close (a Go client fails
+/// a call whose close_stream arrives before it half-closed).
+async fn only_request(input: &mut Streaming<EchoRequest>) -> Result<EchoRequest, Status> {
+    let first = input
+        .message()
+        .await?
+        .ok_or_else(|| Status::internal("missing request message"))?;
+    while input.message().await?.is_some() {}
+    Ok(first)
 }
 
 /// Turns a producer into a response stream: the producer sends messages
