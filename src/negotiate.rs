@@ -295,6 +295,65 @@ fn http_answer_to_status<B>(mut resp: http::Response<B>) -> http::Response<B> {
     resp
 }
 
+/// The options every end that opens a tunnel takes (a [`TunnelChannelBuilder`]
+/// and a [`ReverseTunnelServer`]): written once, for types with `opts:
+/// Options` and `metadata: http::HeaderMap` fields.
+///
+/// [`TunnelChannelBuilder`]: crate::TunnelChannelBuilder
+/// [`ReverseTunnelServer`]: crate::ReverseTunnelServer
+macro_rules! opening_options {
+    () => {
+        /// Receive window advertised for each stream (revision one).
+        /// Default: [`DEFAULT_INITIAL_WINDOW_SIZE`](crate::DEFAULT_INITIAL_WINDOW_SIZE).
+        ///
+        /// # Panics
+        ///
+        /// If `size` is 0: a peer would then never send data (P-81).
+        #[track_caller]
+        pub fn initial_window_size(mut self, size: u32) -> Self {
+            assert!(size > 0, "initial_window_size must be greater than 0");
+            self.opts.initial_window_size = size;
+            self
+        }
+
+        /// Resource limits; see [`Limits`](crate::Limits) for what each one does.
+        pub fn limits(mut self, limits: crate::Limits) -> Self {
+            limits.apply(&mut self.opts);
+            self
+        }
+
+        /// Largest message received; a larger one fails its call with
+        /// `RESOURCE_EXHAUSTED`. Default: 4 MiB.
+        pub fn max_message_size(mut self, size: usize) -> Self {
+            self.opts.max_message_size = size;
+            self
+        }
+
+        /// Highest protocol revision offered. `Revision::Zero` turns
+        /// negotiation off (no `grpctunnel-negotiate` header), as a
+        /// revision-zero peer does; useful for tests. Default: `Revision::One`.
+        pub fn max_revision(mut self, revision: crate::Revision) -> Self {
+            self.opts.max_revision = revision;
+            self
+        }
+
+        /// Adds a request header to the opening RPC (an agent ID that the
+        /// network server turns into an affinity key, a token it checks once
+        /// per tunnel).
+        ///
+        /// # Panics
+        ///
+        /// If the name or value is not valid HTTP header text.
+        #[track_caller]
+        pub fn metadata(mut self, key: &str, value: &str) -> Self {
+            crate::negotiate::append_metadata(&mut self.metadata, key, value);
+            self
+        }
+    };
+}
+
+pub(crate) use opening_options;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -49,6 +49,8 @@ impl Default for TunnelChannelBuilder {
 }
 
 impl TunnelChannelBuilder {
+    crate::negotiate::opening_options!();
+
     /// Default options: revision one when the server offers it, a
     /// 1 MiB receive window per stream, 4 MiB maximum received message.
     pub fn new() -> Self {
@@ -57,52 +59,6 @@ impl TunnelChannelBuilder {
             metadata: http::HeaderMap::new(),
             counters: None,
         }
-    }
-
-    /// Receive window advertised for each stream's response data
-    /// (revision one). Default: [`DEFAULT_INITIAL_WINDOW_SIZE`](crate::DEFAULT_INITIAL_WINDOW_SIZE).
-    ///
-    /// # Panics
-    ///
-    /// If `size` is 0: a peer would then never send data (P-81).
-    #[track_caller]
-    pub fn initial_window_size(mut self, size: u32) -> Self {
-        assert!(size > 0, "initial_window_size must be greater than 0");
-        self.opts.initial_window_size = size;
-        self
-    }
-
-    /// Resource limits; see [`Limits`](crate::Limits) for what each one does.
-    pub fn limits(mut self, limits: crate::Limits) -> Self {
-        limits.apply(&mut self.opts);
-        self
-    }
-
-    /// Largest response message accepted; larger ones fail the call with
-    /// `RESOURCE_EXHAUSTED`. Default: 4 MiB.
-    pub fn max_message_size(mut self, size: usize) -> Self {
-        self.opts.max_message_size = size;
-        self
-    }
-
-    /// Highest protocol revision offered. `Revision::Zero` turns negotiation
-    /// off (no `grpctunnel-negotiate` header), as a revision-zero peer does;
-    /// useful for tests. Default: `Revision::One`.
-    pub fn max_revision(mut self, revision: Revision) -> Self {
-        self.opts.max_revision = revision;
-        self
-    }
-
-    /// Adds a request header to the opening RPC (for example an agent ID or
-    /// a token that the server checks once per tunnel).
-    ///
-    /// # Panics
-    ///
-    /// If the name or value is not valid HTTP header text.
-    #[track_caller]
-    pub fn metadata(mut self, key: &str, value: &str) -> Self {
-        negotiate::append_metadata(&mut self.metadata, key, value);
-        self
     }
 
     /// Also counts this tunnel into `counters` (shared by several tunnels,

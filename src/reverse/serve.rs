@@ -45,6 +45,8 @@ pub struct ReverseTunnelServer {
 }
 
 impl ReverseTunnelServer {
+    crate::negotiate::opening_options!();
+
     /// Serves tunneled calls with `svc`: tonic `Routes`, a generated server,
     /// an axum router, or any service of `http::Request<tonic::body::Body>`.
     pub fn new<S, ResBody>(svc: S) -> Self
@@ -66,49 +68,6 @@ impl ReverseTunnelServer {
             grace: DEFAULT_SHUTDOWN_GRACE,
             counters: Arc::new(Counters::default()),
         }
-    }
-
-    /// Adds a request header to the opening RPC, such as an agent ID that
-    /// the network server turns into the tunnel's affinity key.
-    ///
-    /// # Panics
-    ///
-    /// If the name or value is not valid HTTP header text.
-    #[track_caller]
-    pub fn metadata(mut self, key: &str, value: &str) -> Self {
-        negotiate::append_metadata(&mut self.metadata, key, value);
-        self
-    }
-
-    /// Receive window advertised in `Settings` (revision one).
-    ///
-    /// # Panics
-    ///
-    /// If `size` is 0 (P-81).
-    #[track_caller]
-    pub fn initial_window_size(mut self, size: u32) -> Self {
-        assert!(size > 0, "initial_window_size must be greater than 0");
-        self.opts.initial_window_size = size;
-        self
-    }
-
-    /// Resource limits; see [`Limits`](crate::Limits) for what each one does.
-    pub fn limits(mut self, limits: crate::Limits) -> Self {
-        limits.apply(&mut self.opts);
-        self
-    }
-
-    /// Largest request message accepted. Default: 4 MiB.
-    pub fn max_message_size(mut self, size: usize) -> Self {
-        self.opts.max_message_size = size;
-        self
-    }
-
-    /// Highest protocol revision offered; `Revision::Zero` turns
-    /// negotiation off. Default: `Revision::One`.
-    pub fn max_revision(mut self, revision: Revision) -> Self {
-        self.opts.max_revision = revision;
-        self
     }
 
     /// How long a graceful shutdown lets calls in flight run before the
