@@ -5,7 +5,7 @@ use std::{fmt, future::Future, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::AbortOnDropHandle};
 use tower_service::Service;
 use tracing::{debug, Instrument};
 
@@ -188,14 +188,23 @@ impl ReverseTunnelServer {
             let drain = CancellationToken::new();
             let tunnel = ServerTunnel::new(cx, core.clone(), gone, inbound)
                 .with_shutdown(drain.clone(), self.grace);
-            let run = tunnel.run();
-            tokio::pin!(run);
-            let (ending, inbound) = tokio::select! {
+            // The read loop runs on its own task, on the runtime's workers:
+            // `serve` is often awaited straight from `#[tokio::main]`, whose
+            // `block_on` thread every frame would otherwise have to wake.
+            // Dropping `serve` aborts it, as it dropped the inline loop.
+            let mut run = AbortOnDropHandle::new(tokio::spawn(tunnel.run().in_current_span()));
+            let joined = tokio::select! {
                 done = &mut run => done,
                 () = &mut signal => {
                     drain.cancel();
-                    run.await
+                    (&mut run).await
                 }
+            };
+            let (ending, inbound) = match joined {
+                Ok(done) => done,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                // Only a runtime shutting down cancels the task.
+                Err(e) => return Err(Error::closed(e)),
             };
             debug!("tunnel closed");
             match ending {
