@@ -333,7 +333,7 @@ impl<F: OutFrame> Stream<F> {
         st.finished = true;
         if !st.closed {
             st.closed = true;
-            st.queue.clear();
+            st.queue = VecDeque::new();
             st.queued = 0;
         }
         if let Some(w) = st.producer.take() {
@@ -444,6 +444,7 @@ impl<F: OutFrame> Stream<F> {
         let mut st = lock(&self.recv);
         match st.queue.pop_front() {
             Some(event) => {
+                release_if_empty(&mut st.queue);
                 if let Event::Start { data, .. } | Event::More(data) = &event {
                     st.buffered -= data.len();
                     self.credit(&mut st, data.len());
@@ -465,7 +466,7 @@ impl<F: OutFrame> Stream<F> {
     pub(crate) fn abandon(&self) {
         let mut st = lock(&self.recv);
         st.abandoned = true;
-        st.queue.clear();
+        st.queue = VecDeque::new();
         st.buffered = 0;
         if let Some(w) = st.reader.take() {
             w.wake();
@@ -542,6 +543,17 @@ fn take_frame<F: OutFrame>(
     let allowed = usize::try_from(st.window)
         .unwrap_or(usize::MAX)
         .min(max_chunk);
+    let frame = take_item(st, id, allowed, meter);
+    release_if_empty(&mut st.queue);
+    frame
+}
+
+fn take_item<F: OutFrame>(
+    st: &mut SendState<F>,
+    id: i64,
+    allowed: usize,
+    meter: &Meter,
+) -> Option<F> {
     match st.queue.pop_front()? {
         Item::Frame(f) => Some(f),
         Item::Start { size, mut data } => {
@@ -562,6 +574,14 @@ fn take_frame<F: OutFrame>(
             }
             Some(F::more(id, chunk))
         }
+    }
+}
+
+/// Frees an emptied queue's buffer, so that an idle stream holds no queue
+/// memory: a tunnel may keep many thousands of streams open and idle.
+pub(crate) fn release_if_empty<T>(queue: &mut VecDeque<T>) {
+    if queue.is_empty() && queue.capacity() != 0 {
+        *queue = VecDeque::new();
     }
 }
 

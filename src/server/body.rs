@@ -13,7 +13,7 @@ use http_body::Frame;
 
 use crate::{
     frame, pb,
-    stream::{Event, Stream},
+    stream::{release_if_empty, Event, Stream},
 };
 
 /// Body of an `http::Request` that a tunnel server hands to the inner service.
@@ -51,7 +51,13 @@ impl RequestBody {
             self.held.push_back(data);
         }
         if self.missing == 0 {
-            self.ready.append(&mut self.held);
+            if self.ready.is_empty() {
+                // Usually so: hand the buffer over rather than copy.
+                std::mem::swap(&mut self.ready, &mut self.held);
+            } else {
+                self.ready.append(&mut self.held);
+                release_if_empty(&mut self.held);
+            }
         }
     }
 }
@@ -67,6 +73,7 @@ impl http_body::Body for RequestBody {
         let this = self.get_mut();
         loop {
             if let Some(data) = this.ready.pop_front() {
+                release_if_empty(&mut this.ready);
                 return Poll::Ready(Some(Ok(Frame::data(data))));
             }
             let Some(stream) = &this.stream else {
@@ -85,12 +92,12 @@ impl http_body::Body for RequestBody {
                 Event::More(data) => this.hold(data),
                 Event::Headers(_) | Event::End(_) => {
                     // An unfinished message is dropped (P-34).
-                    this.held.clear();
+                    this.held = VecDeque::new();
                     this.stream = None;
                 }
                 Event::Fail(status) => {
-                    this.held.clear();
-                    this.ready.clear();
+                    this.held = VecDeque::new();
+                    this.ready = VecDeque::new();
                     this.stream = None;
                     return Poll::Ready(Some(Err(status)));
                 }
