@@ -1,14 +1,21 @@
 //! One tunneled stream on the server side: call the inner service, then move
 //! its response (headers, messages, trailers) into the tunnel.
 
-use std::{future::poll_fn, sync::Arc};
+use std::{
+    future::{poll_fn, Future},
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use http_body_util::BodyExt;
+use pin_project_lite::pin_project;
 use tower::ServiceExt;
-use tower_service::Service;
 use tracing::debug;
 
 use crate::{
+    error::BoxError,
     frame::{MessageSplitter, Piece},
     metadata, pb,
     server::{
@@ -21,77 +28,109 @@ use crate::{
 
 type ServerStream = Stream<pb::ServerToClient>;
 
-/// Serves one stream to its end, honouring `grpc-timeout` (P-60: an expired
-/// call ends with `DEADLINE_EXCEEDED` and its handler is dropped).
-pub(crate) async fn serve_stream(
-    dispatch: Dispatch,
-    req: http::Request<RequestBody>,
-    stream: Arc<ServerStream>,
-) {
-    let timeout = req
-        .headers()
+/// The inner service's answer to one tunneled request, in flight.
+pub(crate) type Call =
+    Pin<Box<dyn Future<Output = Result<http::Response<tonic::body::Body>, BoxError>> + Send>>;
+
+/// Starts the inner service on `req`. The request moves into the call at
+/// once, so that the stream's task never holds it (a tunnel may keep many
+/// thousands of streams open, each with its task).
+pub(crate) fn call(dispatch: Dispatch, req: http::Request<RequestBody>) -> Call {
+    Box::pin(dispatch.oneshot(req))
+}
+
+/// The call's `grpc-timeout`, if any.
+pub(crate) fn timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    headers
         .get_all("grpc-timeout")
         .iter()
         .next_back()
         .and_then(|v| v.to_str().ok())
-        .and_then(metadata::parse_grpc_timeout);
-    let serve = call_and_respond(dispatch, req, &stream);
-    let status = match timeout {
-        None => serve.await,
-        Some(t) => match tokio::time::timeout(t, serve).await {
-            Ok(status) => status,
-            Err(_) => Some(tonic::Status::deadline_exceeded(
-                "context deadline exceeded",
-            )),
-        },
-    };
+        .and_then(metadata::parse_grpc_timeout)
+}
+
+/// Serves one stream to its end, honouring `grpc-timeout` (P-60: an expired
+/// call ends with `DEADLINE_EXCEEDED` and its handler is dropped).
+pub(crate) async fn serve_stream(call: Call, timeout: Option<Duration>, stream: Arc<ServerStream>) {
+    let status = Deadline {
+        serve: call_and_respond(call, &stream),
+        // Boxed: most calls have no deadline, and a timer is large.
+        timer: timeout.map(|t| Box::pin(tokio::time::sleep(t))),
+    }
+    .await;
     if let Some(status) = status {
         finish(&stream, &status, pb::Metadata::default());
     }
 }
 
+pin_project! {
+    /// `serve`, unless `timer` fires first.
+    struct Deadline<F> {
+        #[pin]
+        serve: F,
+        timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    }
+}
+
+impl<F: Future<Output = Option<tonic::Status>>> Future for Deadline<F> {
+    type Output = Option<tonic::Status>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(status) = this.serve.poll(cx) {
+            return Poll::Ready(status);
+        }
+        match this.timer.as_mut().map(|timer| timer.as_mut().poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(Some(tonic::Status::deadline_exceeded(
+                "context deadline exceeded",
+            ))),
+            _ => Poll::Pending,
+        }
+    }
+}
+
 /// Runs the handler; returns a status only if the stream still needs its
 /// `close_stream`.
-async fn call_and_respond(
-    mut dispatch: Dispatch,
-    req: http::Request<RequestBody>,
-    stream: &Arc<ServerStream>,
-) -> Option<tonic::Status> {
-    let resp = match dispatch.ready().await {
-        Ok(svc) => svc.call(req).await,
-        Err(err) => Err(err),
-    };
-    let resp = match resp {
-        Ok(resp) => resp,
+async fn call_and_respond(call: Call, stream: &Arc<ServerStream>) -> Option<tonic::Status> {
+    let body = match call.await {
+        Ok(resp) => match start_response(stream, resp) {
+            Ok(body) => body,
+            Err(status) => return status,
+        },
         Err(err) => return Some(tonic::Status::from_error(err)),
     };
+    respond(stream, body).await
+}
+
+/// Queues the response headers; hands back the body to move, or the status
+/// to end the stream with (`Err(None)`: already ended).
+fn start_response(
+    stream: &Arc<ServerStream>,
+    resp: http::Response<tonic::body::Body>,
+) -> Result<tonic::body::Body, Option<tonic::Status>> {
     let (parts, body) = resp.into_parts();
     if parts.status != http::StatusCode::OK {
         // Not a gRPC response (a 404 from a router, say): gRPC's mapping of
         // HTTP statuses to codes.
-        return Some(crate::negotiate::http_status_to_grpc(parts.status));
+        return Err(Some(crate::negotiate::http_status_to_grpc(parts.status)));
     }
     if let Some(status) = metadata::status_from_trailers(&parts.headers) {
         // Trailers-only (P-63): empty headers, then close_stream.
         let trailers = metadata::headers_to_metadata(&parts.headers).unwrap_or_default();
         close(stream, status, trailers);
-        return None;
+        return Err(None);
     }
-    let headers = match metadata::headers_to_metadata(&parts.headers) {
-        Ok(md) => md,
-        Err(status) => return Some(status),
-    };
+    let headers = metadata::headers_to_metadata(&parts.headers).map_err(Some)?;
     let id = stream.id();
     stream.push_headers_once(|| {
         server_frame(id, pb::server_to_client::Frame::ResponseHeaders(headers))
     });
-    respond(stream, body).await
+    Ok(body)
 }
 
 /// Moves the response body into the stream; ends it with the trailers.
 async fn respond(stream: &Arc<ServerStream>, mut body: tonic::body::Body) -> Option<tonic::Status> {
     let mut splitter = MessageSplitter::new(u32::MAX as usize);
-    let mut pieces = Vec::new();
     loop {
         if !poll_fn(|cx| stream.poll_capacity(cx)).await {
             // The stream ended (cancelled, or failed by the reader).
@@ -111,10 +150,12 @@ async fn respond(stream: &Arc<ServerStream>, mut body: tonic::body::Body) -> Opt
         };
         let frame = match frame.into_data() {
             Ok(data) => {
+                // Per frame: an idle stream keeps no buffer.
+                let mut pieces = Vec::new();
                 if let Err(e) = splitter.push(data, &mut pieces) {
                     return Some(e.to_status());
                 }
-                for piece in pieces.drain(..) {
+                for piece in pieces {
                     stream.push(match piece {
                         Piece::Start { size, data } => Item::Start { size, data },
                         Piece::More(data) => Item::More(data),
@@ -167,5 +208,27 @@ fn finish(stream: &Arc<ServerStream>, status: &tonic::Status, trailers: pb::Meta
         close_frame(id, Some(status), Some(trailers)),
     ) {
         debug!(code = ?status.code(), error = %status.message(), "stream closed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{stats::Meter, writer::Core};
+
+    /// Every open stream has one of these tasks, idle or not: it must stay
+    /// small (it was 1.8 KiB when the task held the request and a timer).
+    #[test]
+    fn a_stream_task_stays_small() {
+        let (core, _writer, _gone) = Core::<pb::ServerToClient>::new(Meter::default());
+        let stream = Stream::new(1, core, None, None);
+        let svc = tower::service_fn(|_: http::Request<tonic::body::Body>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(tonic::body::Body::empty()))
+        });
+        let dispatch = crate::server::dispatch::dispatch::<_, tonic::body::Body, _>(svc);
+        let req = http::Request::new(RequestBody::new(stream.clone()));
+        let task = serve_stream(call(dispatch, req), None, stream);
+        let size = std::mem::size_of_val(&task);
+        assert!(size <= 512, "serve_stream's future is {size} bytes");
     }
 }

@@ -377,9 +377,10 @@ where
             &stream,
             revision,
         );
-        let task = tokio::spawn(
-            handler::serve_stream(self.cx.dispatch.clone(), req, stream.clone()).instrument(span),
-        );
+        let timeout = handler::timeout(req.headers());
+        let call = handler::call(self.cx.dispatch.clone(), req);
+        let task =
+            tokio::spawn(handler::serve_stream(call, timeout, stream.clone()).instrument(span));
         self.core.meter.stream_opened();
         self.streams.insert(
             id,
