@@ -153,6 +153,7 @@ pub mod pb {
 }
 
 pub mod client;
+mod codec;
 mod error;
 mod frame;
 #[cfg(any(test, feature = "fuzzing"))]
