@@ -21,7 +21,7 @@ pub(crate) const BUFFER_SIZE: usize = 32 * 1024;
 
 /// How many bytes of encoded frames the opening RPC batches into one body
 /// chunk when frames are ready back to back.
-pub(crate) const YIELD_THRESHOLD: usize = 32 * 1024;
+pub(crate) const YIELD_THRESHOLD: usize = 128 * 1024;
 
 fn settings() -> BufferSettings {
     BufferSettings::new(BUFFER_SIZE, YIELD_THRESHOLD)
