@@ -3,8 +3,10 @@
 
 use std::{
     fmt,
+    future::Future,
+    pin::Pin,
     sync::{Arc, Mutex, OnceLock},
-    task::{Context, Poll},
+    task::{Context, Poll, Waker},
 };
 
 use bytes::Bytes;
@@ -361,7 +363,18 @@ impl TunnelChannel {
             u32::MAX as usize
         };
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
-        tokio::spawn(Pump::new(stream, body, max_send, deadline).instrument(span));
+        let mut pump = Pump::new(stream, body, max_send, deadline);
+        // A body that is all there already (a unary request, say) is moved
+        // now, without a task. Otherwise the task polls the pump again at
+        // once, with its own waker, so nothing waits on the no-op one.
+        let pumped = span.in_scope(|| {
+            Pin::new(&mut pump)
+                .poll(&mut Context::from_waker(Waker::noop()))
+                .is_ready()
+        });
+        if !pumped {
+            tokio::spawn(pump.instrument(span));
+        }
         Ok(ResponseFuture::waiting(guard))
     }
 }
