@@ -136,8 +136,9 @@ where
     }
 }
 
-/// Serves an opening RPC with tonic's codec; a received frame may be as
-/// large as a message chunk or a metadata frame can be.
+/// Serves an opening RPC with the tunnel codec (see `crate::codec`); a
+/// received frame may be as large as a message chunk or a metadata frame
+/// can be.
 async fn serve_opening<T, U, B>(
     open: T,
     req: http::Request<B>,
@@ -152,7 +153,7 @@ where
     B: http_body::Body + Send + 'static,
     B::Error: Into<BoxError> + Send,
 {
-    let codec = tonic_prost::ProstCodec::<T::Response, U>::default();
+    let codec = crate::codec::TunnelCodec::<T::Response, U>::default();
     tonic::server::Grpc::new(codec)
         .max_decoding_message_size(max_frame)
         .max_encoding_message_size(usize::MAX)
