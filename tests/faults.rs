@@ -31,16 +31,6 @@ const PROMPT: Duration = Duration::from_secs(1);
 
 type Registry = ReverseTunnelRegistry<String>;
 
-fn keyed_registry() -> Registry {
-    ReverseTunnelRegistry::with_key(|headers, _| {
-        headers
-            .get("x-agent-key")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned()
-    })
-}
-
 fn quick_backoff() -> Backoff {
     Backoff {
         initial: Duration::from_millis(10),

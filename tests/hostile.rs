@@ -56,47 +56,10 @@ fn with_headers(md: pb::Metadata) -> C2S {
     })
 }
 
-/// Checks that stream `id` was refused at `new_stream` (P-28): one
-/// `close_stream` with only `status`.
-async fn expect_rejected(raw: &mut RawClient, id: i64, code: Code, text: &str) {
-    let frames = raw.until_close(id).await;
-    assert_eq!(frames.len(), 1, "only close_stream: {frames:?}");
-    let S2C::CloseStream(close) = &frames[0] else {
-        unreachable!()
-    };
-    assert_eq!(close.response_trailers, None, "{close:?}");
-    assert_eq!(
-        close_status(&frames[0]),
-        Some((code as i32, text.to_owned()))
-    );
-}
-
 /// The status of the `close_stream` ending stream `id` (other frames skipped).
 async fn final_status(raw: &mut RawClient, id: i64) -> (i32, String) {
     let frames = raw.until_close(id).await;
     close_status(frames.last().expect("close")).expect("close_stream")
-}
-
-/// A unary call through `tunnel` that `peer` answers normally.
-async fn unary_ok(tunnel: &TunnelChannel, peer: &mut RawPeer, seq: u64) {
-    let mut client = EchoServiceClient::new(tunnel.clone());
-    let req = EchoRequest {
-        seq,
-        ..Default::default()
-    };
-    let call = tokio::spawn(async move { client.unary(req).await });
-    // One whole chunk: a window shrunk by a stray `Settings` would cut it.
-    let (id, _, _) = peer.expect_unary().await;
-    peer.answer(
-        id,
-        &EchoResponse {
-            seq,
-            ..Default::default()
-        },
-    );
-    let resp = call.await.expect("call task").expect("unary call");
-    assert_eq!(resp.into_inner().seq, seq);
-    assert!(!tunnel.is_closed(), "{:?}", tunnel.terminal_error());
 }
 
 // ----- 1. sizes near u32::MAX ------------------------------------------------
@@ -153,7 +116,7 @@ async fn channel_envelope_of_u32_max_is_resource_exhausted() {
             "received response message larger than max (4294967295 vs. 4194304)"
         );
         assert_eq!(peer.next_for(id).await, C2S::Cancel(()));
-        unary_ok(&tunnel, &mut peer, 2).await;
+        peer.unary_ok(&tunnel, 2).await;
     })
     .await
 }
@@ -244,7 +207,7 @@ async fn many_response_keys_under_a_raised_metadata_limit_do_not_panic() {
         peer.send(id, response(&EchoResponse::default().encode_to_vec()));
         peer.send(id, close(0, ""));
         let _ = call.await.expect("call task must not panic");
-        unary_ok(&tunnel, &mut peer, 2).await;
+        peer.unary_ok(&tunnel, 2).await;
     })
     .await
 }
@@ -294,7 +257,7 @@ async fn response_headers_with_many_keys_are_resource_exhausted() {
             format!("response headers too large ({size} bytes, max 65536)")
         );
         assert_eq!(peer.next_for(id).await, C2S::Cancel(()));
-        unary_ok(&tunnel, &mut peer, 2).await;
+        peer.unary_ok(&tunnel, 2).await;
     })
     .await
 }
@@ -450,7 +413,7 @@ async fn channel_never_sends_beyond_the_window_of_a_peer_that_never_reads() {
         stuck.abort();
         // Dropping the stuck call cancels its stream (P-39).
         assert_eq!(peer.next_for(stuck_id).await, C2S::Cancel(()));
-        unary_ok(&tunnel, &mut peer, 8).await;
+        peer.unary_ok(&tunnel, 8).await;
     })
     .await
 }
@@ -461,7 +424,7 @@ async fn channel_never_sends_beyond_the_window_of_a_peer_that_never_reads() {
 async fn settings_after_streams_exist_are_dropped_as_past_frames() {
     bounded(async {
         let (_server, tunnel, mut peer) = negotiated_channel(TunnelChannel::builder(), 65536).await;
-        unary_ok(&tunnel, &mut peer, 1).await;
+        peer.unary_ok(&tunnel, 1).await;
         // P-23: -1 and the finished stream 1 are past IDs once a stream
         // exists: dropped, even though they are settings.
         peer.settings(vec![0, 1], 1);
@@ -472,7 +435,7 @@ async fn settings_after_streams_exist_are_dropped_as_past_frames() {
                 initial_window_size: 0,
             }),
         );
-        unary_ok(&tunnel, &mut peer, 2).await;
+        peer.unary_ok(&tunnel, 2).await;
     })
     .await
 }
@@ -481,7 +444,7 @@ async fn settings_after_streams_exist_are_dropped_as_past_frames() {
 async fn settings_for_a_never_created_id_are_fatal() {
     bounded(async {
         let (_server, tunnel, mut peer) = negotiated_channel(TunnelChannel::builder(), 65536).await;
-        unary_ok(&tunnel, &mut peer, 1).await;
+        peer.unary_ok(&tunnel, 1).await;
         peer.send(
             7,
             S2C::Settings(pb::Settings {
@@ -628,7 +591,7 @@ async fn malformed_response_metadata_is_not_passed_on() {
         for v in md.get_all("grpc-message") {
             assert_ne!(v, "evil", "{md:?}");
         }
-        unary_ok(&tunnel, &mut peer, 2).await;
+        peer.unary_ok(&tunnel, 2).await;
     })
     .await
 }

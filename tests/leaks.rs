@@ -334,13 +334,7 @@ fn many_tunnels_and_streams_return_to_the_baseline() {
         .build()
         .expect("runtime");
     rt.block_on(bounded_for(Duration::from_secs(600), async {
-        let registry: Registry = ReverseTunnelRegistry::with_key(|headers, _| {
-            headers
-                .get("x-agent-key")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_owned()
-        });
+        let registry: Registry = keyed_registry();
         let layer = TunnelLayer::new().reverse(registry.clone());
         let server = tonic_server(layer.clone(), Echo::new()).await;
 

@@ -7,10 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use grpctunnel::{
-    reverse::ReverseTunnelRegistry, Limits, ReverseTunnelServer, Revision, TunnelChannel,
-    TunnelLayer,
-};
+use grpctunnel::{Limits, ReverseTunnelServer, Revision, TunnelChannel, TunnelLayer};
 use grpctunnel_testing::{
     pb::{echo_service_client::EchoServiceClient, EchoRequest, MetadataEntry},
     Echo,
@@ -194,13 +191,7 @@ async fn endpoint_refuses_tunnels_beyond_its_limit() {
 #[tokio::test]
 async fn registry_refuses_reverse_tunnels_beyond_its_limits() {
     bounded(async {
-        let registry = ReverseTunnelRegistry::with_key(|h, _| {
-            h.get("x-agent-key")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_owned()
-        })
-        .with_limits(2, 1);
+        let registry = keyed_registry().with_limits(2, 1);
         let server = tonic_server(TunnelLayer::new().reverse(registry.clone()), Echo::new()).await;
         let agent = |key: &str| {
             ReverseTunnelServer::new(Routes::new(Echo::new().server())).metadata("x-agent-key", key)

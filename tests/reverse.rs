@@ -7,7 +7,7 @@ use std::{collections::HashMap, time::Duration};
 
 use common::*;
 use futures_util::StreamExt;
-use grpctunnel::{reverse::ReverseTunnelRegistry, ReverseTunnelServer, TunnelEvent, TunnelLayer};
+use grpctunnel::{ReverseTunnelServer, TunnelEvent, TunnelLayer};
 use grpctunnel_testing::{
     cases::{run_cases, CaseOptions},
     pb::{echo_service_client::EchoServiceClient, EchoRequest},
@@ -18,18 +18,6 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{service::Routes, transport::Server, Code};
 use tower::ServiceBuilder;
-
-type Registry = ReverseTunnelRegistry<String>;
-
-fn keyed_registry() -> Registry {
-    ReverseTunnelRegistry::with_key(|headers, _| {
-        headers
-            .get("x-agent-key")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned()
-    })
-}
 
 /// A network server that accepts reverse tunnels into `registry`.
 async fn hub_on(listener: TcpListener, layer: TunnelLayer) -> TestServerHandle {

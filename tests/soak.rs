@@ -355,13 +355,7 @@ async fn soak_forward_and_reverse_with_cancels_and_restarts() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
     bounded_for(Duration::from_secs(secs + 60), async {
-        let registry: Registry = ReverseTunnelRegistry::with_key(|headers, _| {
-            headers
-                .get("x-agent-key")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_owned()
-        });
+        let registry: Registry = keyed_registry();
         let layer = TunnelLayer::new().reverse(registry.clone());
         let server = tonic_server(layer.clone(), Echo::new()).await;
         // Everything goes through the proxy, so that a cut hits forward

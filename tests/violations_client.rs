@@ -50,19 +50,6 @@ fn answer(seq: u64) -> EchoResponse {
     }
 }
 
-/// Runs one unary call through `tunnel`, answered by `peer`; returns its
-/// stream ID.
-async fn unary_ok(tunnel: &TunnelChannel, peer: &mut RawPeer, seq: u64) -> i64 {
-    let mut client = EchoServiceClient::new(tunnel.clone());
-    let call = tokio::spawn(async move { client.unary(unary_request(seq)).await });
-    let (id, _, req) = peer.expect_unary().await;
-    assert_eq!(EchoRequest::decode(req).expect("echo request").seq, seq);
-    peer.answer(id, &answer(seq));
-    let resp = call.await.expect("call task").expect("unary call");
-    assert_eq!(resp.into_inner().seq, seq);
-    id
-}
-
 #[tokio::test]
 async fn first_frame_not_settings_fails_open() {
     bounded(async {
@@ -143,7 +130,7 @@ async fn unknown_revisions_next_to_known_ones_are_ignored() {
         peer.settings(vec![7, 0, 1, 2], 65536);
         let tunnel = open.await.expect("open task").expect("opened");
         assert_eq!(tunnel.revision(), Revision::One);
-        unary_ok(&tunnel, &mut peer, 1).await;
+        peer.unary_ok(&tunnel, 1).await;
     })
     .await
 }
@@ -189,7 +176,7 @@ async fn no_negotiate_header_in_response_means_revision_zero_without_settings() 
         assert_eq!(new.protocol_revision, 0);
         peer.answer(id, &answer(1));
         assert_eq!(call.await.expect("task").expect("call").into_inner().seq, 1);
-        unary_ok(&tunnel, &mut peer, 2).await;
+        peer.unary_ok(&tunnel, 2).await;
     })
     .await
 }
@@ -264,7 +251,7 @@ async fn frame_before_any_stream_is_fatal() {
 async fn late_frames_for_finished_id_are_dropped() {
     bounded(async {
         let (_server, tunnel, mut peer) = negotiated_channel(TunnelChannel::builder(), 65536).await;
-        let id = unary_ok(&tunnel, &mut peer, 1).await;
+        let id = peer.unary_ok(&tunnel, 1).await;
         peer.send(id, S2C::ResponseHeaders(headers(&[("x", "y")])));
         peer.send(id, response(&answer(9).encode_to_vec()));
         peer.send(id, S2C::MoreResponseData(b"more".to_vec().into()));
@@ -276,7 +263,7 @@ async fn late_frames_for_finished_id_are_dropped() {
         });
         // Negative IDs are always "past" once a stream exists (P-23).
         peer.send(-1, S2C::WindowUpdate(1));
-        let id2 = unary_ok(&tunnel, &mut peer, 2).await;
+        let id2 = peer.unary_ok(&tunnel, 2).await;
         assert_eq!(id2, id + 1);
         assert!(!tunnel.is_closed(), "{:?}", tunnel.terminal_error());
     })
@@ -288,10 +275,7 @@ async fn stream_ids_start_at_one_and_increase() {
     bounded(async {
         let (_server, tunnel, mut peer) = negotiated_channel(TunnelChannel::builder(), 65536).await;
         for expected in 1..=3 {
-            assert_eq!(
-                unary_ok(&tunnel, &mut peer, expected as u64).await,
-                expected
-            );
+            assert_eq!(peer.unary_ok(&tunnel, expected as u64).await, expected);
         }
         // Concurrent calls: new_stream frames still in increasing order,
         // whatever the interleaving of the other frames.
@@ -352,7 +336,7 @@ async fn unary_and_server_streaming_calls_half_close_after_the_request() {
         // `expect_unary` checks new_stream, one request, half_close (P-35),
         // all sent before the peer answers anything.
         let (_server, tunnel, mut peer) = negotiated_channel(TunnelChannel::builder(), 65536).await;
-        unary_ok(&tunnel, &mut peer, 1).await;
+        peer.unary_ok(&tunnel, 1).await;
 
         let mut client = EchoServiceClient::new(tunnel.clone());
         let call = tokio::spawn(async move {
@@ -389,7 +373,7 @@ async fn local_cancel_sends_cancel() {
         assert_eq!(peer.next_for(id).await, C2S::Cancel(()));
         // A close_stream racing the cancel is dropped (P-23).
         peer.send(id, close(1, "context canceled"));
-        unary_ok(&tunnel, &mut peer, 2).await;
+        peer.unary_ok(&tunnel, 2).await;
     })
     .await
 }

@@ -42,21 +42,6 @@ fn encoded(seq: u64, payload: usize) -> Vec<u8> {
     .encode_to_vec()
 }
 
-/// A unary call that the peer answers normally.
-async fn unary_ok(tunnel: &TunnelChannel, peer: &mut RawPeer, seq: u64) {
-    let call = start_unary(tunnel, plain(seq));
-    let (id, _, _) = peer.expect_unary().await;
-    peer.answer(
-        id,
-        &EchoResponse {
-            seq,
-            ..Default::default()
-        },
-    );
-    let resp = call.await.expect("call task").expect("unary call");
-    assert_eq!(resp.into_inner().seq, seq);
-}
-
 /// Starts a call, lets `misbehave` answer it, and checks that the call
 /// fails with `code` and exactly `text`, that our client sends `cancel` for
 /// the stream, and that the tunnel still works.
@@ -77,7 +62,7 @@ async fn expect_call_failure(
     // Anything more the server sends for the stream is dropped.
     peer.send(id, response(&encoded(1, 3)));
     peer.send(id, close(0, ""));
-    unary_ok(&tunnel, &mut peer, 2).await;
+    peer.unary_ok(&tunnel, 2).await;
     assert!(!tunnel.is_closed());
 }
 
@@ -280,7 +265,7 @@ async fn second_response_headers_are_ignored() {
             resp.metadata()
         );
         assert_eq!(resp.into_inner().seq, 1);
-        unary_ok(&tunnel, &mut peer, 2).await;
+        peer.unary_ok(&tunnel, 2).await;
     })
     .await
 }
@@ -295,7 +280,7 @@ async fn response_data_before_headers_is_accepted() {
         peer.send(id, close(0, ""));
         let resp = call.await.expect("task").expect("call").into_inner();
         assert_eq!((resp.seq, resp.payload.len()), (1, 7));
-        unary_ok(&tunnel, &mut peer, 2).await;
+        peer.unary_ok(&tunnel, 2).await;
     })
     .await
 }
@@ -340,7 +325,7 @@ async fn close_stream_status_details_and_trailers_reach_the_caller() {
             .map(|v| v.to_str().expect("ascii").to_owned())
             .collect();
         assert_eq!(trailers, ["t1", "t2"]);
-        unary_ok(&tunnel, &mut peer, 2).await;
+        peer.unary_ok(&tunnel, 2).await;
     })
     .await
 }
@@ -390,7 +375,7 @@ async fn deadline_fails_the_call_sends_cancel_and_grpc_timeout() {
         let status = call.await.expect("task").expect_err("deadline");
         assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
         assert_eq!(peer.next_for(id).await, C2S::Cancel(()));
-        unary_ok(&tunnel, &mut peer, 2).await;
+        peer.unary_ok(&tunnel, 2).await;
     })
     .await
 }
@@ -499,7 +484,7 @@ async fn huge_window_updates_do_not_break_the_call() {
             },
         );
         assert_eq!(call.await.expect("task").expect("call").into_inner().seq, 1);
-        unary_ok(&tunnel, &mut peer, 2).await;
+        peer.unary_ok(&tunnel, 2).await;
     })
     .await
 }
@@ -526,7 +511,7 @@ async fn window_update_on_revision_zero_stream_is_ignored() {
             },
         );
         assert_eq!(call.await.expect("task").expect("call").into_inner().seq, 1);
-        unary_ok(&tunnel, &mut peer, 2).await;
+        peer.unary_ok(&tunnel, 2).await;
     })
     .await
 }
@@ -582,7 +567,7 @@ async fn close_in_the_middle_of_a_message_reports_the_close_status() {
         peer.send(id, close(Code::NotFound as i32, "gone"));
         let status = call.await.expect("task").expect_err("failed");
         assert_eq!((status.code(), status.message()), (Code::NotFound, "gone"));
-        unary_ok(&tunnel, &mut peer, 2).await;
+        peer.unary_ok(&tunnel, 2).await;
     })
     .await
 }

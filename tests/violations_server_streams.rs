@@ -23,21 +23,6 @@ use tonic::Code;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-/// Checks that stream `id` was rejected at `new_stream` (P-28): one
-/// `close_stream` with only a status, no headers, no trailers.
-async fn expect_rejected(raw: &mut RawClient, id: i64, code: Code, text: &str) {
-    let frames = raw.until_close(id).await;
-    assert_eq!(frames.len(), 1, "only close_stream: {frames:?}");
-    let S2C::CloseStream(close) = &frames[0] else {
-        unreachable!()
-    };
-    assert_eq!(close.response_trailers, None, "{close:?}");
-    assert_eq!(
-        close_status(&frames[0]),
-        Some((code as i32, text.to_owned()))
-    );
-}
-
 /// Checks that an accepted stream `id` was failed by the tunnel (P-33):
 /// an empty `response_headers` (none were sent before), then `close_stream`
 /// with the status and (empty) trailers. Credit frames are skipped.

@@ -112,6 +112,17 @@ pub async fn forward(addr: SocketAddr) -> TunnelChannel {
         .expect("open tunnel")
 }
 
+/// A reverse-tunnel registry keyed on the agent's `x-agent-key` header.
+pub fn keyed_registry() -> grpctunnel::ReverseTunnelRegistry<String> {
+    grpctunnel::ReverseTunnelRegistry::with_key(|headers, _| {
+        headers
+            .get("x-agent-key")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    })
+}
+
 pub mod raw;
 
 /// Polls `cond` every millisecond until it holds or `limit` passes; returns

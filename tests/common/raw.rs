@@ -12,7 +12,8 @@ use grpctunnel::pb::{
     tunnel_service_client::TunnelServiceClient,
     tunnel_service_server::{TunnelService, TunnelServiceServer},
 };
-use grpctunnel_testing::pb::{EchoRequest, EchoResponse};
+use grpctunnel::TunnelChannel;
+use grpctunnel_testing::pb::{echo_service_client::EchoServiceClient, EchoRequest, EchoResponse};
 use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream};
@@ -115,6 +116,21 @@ pub fn close_status(frame: &S2C) -> Option<(i32, String)> {
         ),
         _ => None,
     }
+}
+
+/// Checks that stream `id` was refused at `new_stream` (P-28): one
+/// `close_stream` with only a status, no headers, no trailers.
+pub async fn expect_rejected(raw: &mut RawClient, id: i64, code: tonic::Code, text: &str) {
+    let frames = raw.until_close(id).await;
+    assert_eq!(frames.len(), 1, "only close_stream: {frames:?}");
+    let S2C::CloseStream(close) = &frames[0] else {
+        unreachable!()
+    };
+    assert_eq!(close.response_trailers, None, "{close:?}");
+    assert_eq!(
+        close_status(&frames[0]),
+        Some((code as i32, text.to_owned()))
+    );
 }
 
 /// A short name of a frame, for assertion messages.
@@ -412,6 +428,31 @@ impl RawPeer {
         self.send(id, S2C::ResponseHeaders(pb::Metadata::default()));
         self.send(id, response(&resp.encode_to_vec()));
         self.send(id, close(0, ""));
+    }
+
+    /// Runs one unary call with `seq` through `tunnel` and answers it;
+    /// checks both messages and that the tunnel is still up. Returns the
+    /// call's stream ID.
+    pub async fn unary_ok(&mut self, tunnel: &TunnelChannel, seq: u64) -> i64 {
+        let mut client = EchoServiceClient::new(tunnel.clone());
+        let req = EchoRequest {
+            seq,
+            ..Default::default()
+        };
+        let call = tokio::spawn(async move { client.unary(req).await });
+        let (id, _, req) = self.expect_unary().await;
+        assert_eq!(EchoRequest::decode(req).expect("echo request").seq, seq);
+        self.answer(
+            id,
+            &EchoResponse {
+                seq,
+                ..Default::default()
+            },
+        );
+        let resp = call.await.expect("call task").expect("unary call");
+        assert_eq!(resp.into_inner().seq, seq);
+        assert!(!tunnel.is_closed(), "{:?}", tunnel.terminal_error());
+        id
     }
 }
 
