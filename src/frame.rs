@@ -9,8 +9,8 @@
 //! - [`MessageSplitter`] cuts body data frames into [`Piece`]s (the start
 //!   of a message with its size, then further bytes), slicing the input
 //!   [`Bytes`].
-//! - [`prefix`] and [`split_chunk`] go the other way: a prefix for a
-//!   received message, and chunks of at most the tunnel's chunk size.
+//! - [`prefix`] goes the other way: the gRPC prefix of a received message
+//!   (the writer cuts outgoing chunks, see `stream::take_frame`).
 //! - [`Reassembly`] checks the envelope and continuation sequence a peer
 //!   sends, with the exact texts of P-33.
 //!
@@ -289,14 +289,6 @@ pub(crate) fn prefix(size: u32) -> Bytes {
     buf.put_u8(0);
     buf.put_u32(size);
     buf.freeze()
-}
-
-/// Cuts the first chunk of at most `max_chunk` bytes off `data` (zero-copy),
-/// for a tunnel data frame. A `max_chunk` of 0 is treated as 1 so that a
-/// loop over a non-empty `data` always makes progress.
-#[cfg_attr(not(test), allow(dead_code))]
-pub(crate) fn split_chunk(data: &mut Bytes, max_chunk: usize) -> Bytes {
-    data.split_to(max_chunk.max(1).min(data.len()))
 }
 
 /// A violation of the envelope/continuation sequence (P-33), or a message
@@ -643,19 +635,6 @@ mod tests {
         }
         .to_status();
         assert_eq!(s.code(), tonic::Code::Internal);
-    }
-
-    #[test]
-    fn split_chunk_cuts() {
-        let mut data = Bytes::from_static(b"abcdefghij");
-        let ptr = data.as_ptr();
-        let first = split_chunk(&mut data, 4);
-        assert_eq!((&first[..], first.as_ptr()), (&b"abcd"[..], ptr));
-        assert_eq!(&split_chunk(&mut data, 4)[..], b"efgh");
-        assert_eq!(&split_chunk(&mut data, 4)[..], b"ij");
-        assert!(split_chunk(&mut data, 4).is_empty());
-        let mut data = Bytes::from_static(b"ab");
-        assert_eq!(&split_chunk(&mut data, 0)[..], b"a");
     }
 
     /// Maximum message size in the reassembly table tests.

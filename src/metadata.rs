@@ -13,8 +13,8 @@
 //! - [`parse_grpc_timeout`] / [`encode_grpc_timeout`]: the `grpc-timeout`
 //!   header (P-60).
 //! - [`status_from_trailers`] / [`status_to_trailers`]: the status trailers
-//!   (P-62, P-63), and [`tonic_status_to_pb`] / [`pb_status_to_tonic`] for
-//!   statuses that exist as [`tonic::Status`] values.
+//!   (P-62, P-63), and [`tonic_status_to_pb`] for statuses that exist as
+//!   [`tonic::Status`] values.
 //!
 //! Nothing here does I/O and nothing panics on input from the wire: bad
 //! input becomes a [`tonic::Status`] (`INTERNAL`) or is skipped with a
@@ -30,7 +30,6 @@ use base64::{
     },
     Engine as _,
 };
-use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use prost::Message as _;
 
@@ -436,27 +435,6 @@ pub(crate) fn tonic_status_to_pb(s: &tonic::Status) -> tonic_types::Status {
     }
 }
 
-/// Builds a [`tonic::Status`] from a `google.rpc.Status` and the metadata
-/// (trailers) that go with it. When there are details, the status's
-/// [`details`](tonic::Status::details) are the whole serialized status, so
-/// that tonic writes them as `grpc-status-details-bin` and `tonic_types` can
-/// read them back. Unknown codes become `UNKNOWN`.
-#[cfg_attr(not(test), allow(dead_code))]
-pub(crate) fn pb_status_to_tonic(s: tonic_types::Status, metadata: HeaderMap) -> tonic::Status {
-    let code = tonic::Code::from_i32(s.code);
-    let details = if s.details.is_empty() {
-        Bytes::new()
-    } else {
-        Bytes::from(s.encode_to_vec())
-    };
-    tonic::Status::with_details_and_metadata(
-        code,
-        s.message,
-        details,
-        tonic::metadata::MetadataMap::from_headers(metadata),
-    )
-}
-
 /// Percent-encodes a status message as the gRPC HTTP/2 spec says: bytes
 /// outside `0x20..=0x7E`, and `%` itself, become `%XX`.
 fn percent_encode(message: &str) -> String {
@@ -506,6 +484,7 @@ fn percent_decode(value: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use proptest::prelude::*;
 
     fn md(entries: &[(&str, &[&str])]) -> pb::Metadata {
@@ -878,38 +857,23 @@ mod tests {
             message: "missing".to_owned(),
             details: vec![any_detail("t/a", b"1"), any_detail("t/b", b"2")],
         };
-        let mut trailers = HeaderMap::new();
-        trailers.insert("x-t", HeaderValue::from_static("v"));
-        let status = pb_status_to_tonic(pb_status.clone(), trailers);
-        assert_eq!(status.code(), tonic::Code::NotFound);
-        assert_eq!(status.message(), "missing");
-        assert_eq!(status.metadata().get("x-t").expect("kept"), "v");
+        // A status that carries details holds the whole serialized
+        // `google.rpc.Status`, as tonic writes `grpc-status-details-bin`.
+        let status = tonic::Status::with_details(
+            tonic::Code::NotFound,
+            "missing",
+            Bytes::from(pb_status.encode_to_vec()),
+        );
         assert_eq!(tonic_status_to_pb(&status), pb_status);
 
         let plain = tonic::Status::unavailable("gone");
         let back = tonic_status_to_pb(&plain);
         assert_eq!(back.code, 14);
         assert!(back.details.is_empty());
-        assert!(pb_status_to_tonic(back, HeaderMap::new())
-            .details()
-            .is_empty());
 
         let junk =
             tonic::Status::with_details(tonic::Code::Aborted, "x", Bytes::from_static(b"\xff"));
         assert!(tonic_status_to_pb(&junk).details.is_empty());
-
-        assert_eq!(
-            pb_status_to_tonic(
-                tonic_types::Status {
-                    code: 99,
-                    message: String::new(),
-                    details: vec![]
-                },
-                HeaderMap::new()
-            )
-            .code(),
-            tonic::Code::Unknown
-        );
     }
 
     fn key_strategy() -> impl Strategy<Value = String> {
