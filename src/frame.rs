@@ -9,8 +9,9 @@
 //! - [`MessageSplitter`] cuts body data frames into [`Piece`]s (the start
 //!   of a message with its size, then further bytes), slicing the input
 //!   [`Bytes`].
-//! - [`prefix`] goes the other way: the gRPC prefix of a received message
-//!   (the writer cuts outgoing chunks, see `stream::take_frame`).
+//! - [`start_frames`] goes the other way: the gRPC prefix of a received
+//!   message with its first chunk (the writer cuts outgoing chunks, see
+//!   `stream::take_frame`).
 //! - [`Reassembly`] checks the envelope and continuation sequence a peer
 //!   sends, with the exact texts of P-33.
 //!
@@ -283,12 +284,24 @@ fn read_payload(
     }
 }
 
-/// Encodes the 5-byte prefix of an uncompressed message of `size` bytes.
-pub(crate) fn prefix(size: u32) -> Bytes {
-    let mut buf = BytesMut::with_capacity(PREFIX_LEN);
+/// First chunks at most this long are copied in behind their prefix.
+const MERGE_MAX: usize = 1024;
+
+/// The gRPC framing of a received message's first chunk: the 5-byte prefix
+/// of an uncompressed message of `size` bytes, then the chunk. A short chunk
+/// is copied in behind the prefix (one allocation and one body frame instead
+/// of two, which is what small unary messages need); a longer one comes back
+/// apart, not copied.
+pub(crate) fn start_frames(size: u32, data: Bytes) -> (Bytes, Option<Bytes>) {
+    let merged = data.len() <= MERGE_MAX;
+    let mut buf = BytesMut::with_capacity(PREFIX_LEN + if merged { data.len() } else { 0 });
     buf.put_u8(0);
     buf.put_u32(size);
-    buf.freeze()
+    if merged {
+        buf.put_slice(&data);
+        return (buf.freeze(), None);
+    }
+    (buf.freeze(), Some(data))
 }
 
 /// A violation of the envelope/continuation sequence (P-33), or a message
@@ -498,11 +511,26 @@ mod tests {
         Ok(out)
     }
 
+    fn prefix(size: u32) -> Bytes {
+        start_frames(size, Bytes::new()).0
+    }
+
     #[test]
     fn prefix_bytes() {
         assert_eq!(&prefix(0)[..], [0, 0, 0, 0, 0]);
         assert_eq!(&prefix(0x0102_0304)[..], [0, 1, 2, 3, 4]);
         assert_eq!(&prefix(u32::MAX)[..], [0, 0xff, 0xff, 0xff, 0xff]);
+    }
+
+    #[test]
+    fn short_first_chunks_are_merged_long_ones_are_not_copied() {
+        let (first, rest) = start_frames(3, Bytes::from_static(b"abc"));
+        assert_eq!(&first[..], b"\0\0\0\0\x03abc");
+        assert_eq!(rest, None);
+        let long = Bytes::from(vec![9u8; MERGE_MAX + 1]);
+        let (first, rest) = start_frames(5000, long.clone());
+        assert_eq!(&first[..], [0, 0, 0, 0x13, 0x88]);
+        assert_eq!(rest.expect("apart").as_ptr(), long.as_ptr());
     }
 
     #[test]

@@ -104,10 +104,9 @@ impl http_body::Body for ResponseBody {
                 // A repeated `response_headers` is ignored (P-42).
                 Event::Headers(_) => continue,
                 Event::Start { size, data } => {
-                    if !data.is_empty() {
-                        *pending = Some(data);
-                    }
-                    Ok(Frame::data(frame::prefix(size)))
+                    let (first, rest) = frame::start_frames(size, data);
+                    *pending = rest;
+                    Ok(Frame::data(first))
                 }
                 Event::More(data) => Ok(Frame::data(data)),
                 Event::End(close) => {

@@ -45,8 +45,9 @@ impl RequestBody {
         }
     }
 
-    fn hold(&mut self, data: Bytes) {
-        self.missing = self.missing.saturating_sub(data.len());
+    /// Holds `data`, which carries `len` bytes of the current message.
+    fn hold(&mut self, data: Bytes, len: usize) {
+        self.missing = self.missing.saturating_sub(len);
         if !data.is_empty() {
             self.held.push_back(data);
         }
@@ -85,11 +86,19 @@ impl http_body::Body for RequestBody {
             };
             match event {
                 Event::Start { size, data } => {
-                    this.held.push_back(frame::prefix(size));
                     this.missing = size as usize;
-                    this.hold(data);
+                    let (first, rest) = frame::start_frames(size, data);
+                    let len = first.len() - frame::PREFIX_LEN;
+                    this.hold(first, len);
+                    if let Some(rest) = rest {
+                        let len = rest.len();
+                        this.hold(rest, len);
+                    }
                 }
-                Event::More(data) => this.hold(data),
+                Event::More(data) => {
+                    let len = data.len();
+                    this.hold(data, len);
+                }
                 Event::Headers(_) | Event::End(_) => {
                     // An unfinished message is dropped (P-34).
                     this.held = VecDeque::new();
