@@ -258,27 +258,9 @@ async fn the_server_forgets_the_tunnel_and_cancels_its_handlers() {
         println!("server before: {before}\nserver after:  {after}");
         assert!(closed, "tunnel still counted open: {after}");
         assert_eq!(after.tunnels_total, 1);
-        drop(calls);
-    })
-    .await
-}
-
-/// Streams that were in flight when their tunnel died must not stay counted
-/// as open on the tunnel server.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_server_stops_counting_streams_of_a_dead_tunnel() {
-    bounded(async {
-        let echo = Echo::new();
-        let layer = TunnelLayer::new();
-        let server = tonic_server(layer.clone(), echo.clone()).await;
-        let proxy = Proxy::start(server.addr).await;
-        let tunnel = forward(proxy.addr).await;
-        let calls = start_in_flight(tunnel.clone(), &echo, "count").await;
-        proxy.kill().await;
-        expect_cancelled(&echo, &calls.tags).await;
-        assert!(poll_until(PROMPT, || layer.stats().tunnels_open == 0).await);
-        let after = layer.stats();
+        // Streams in flight when the tunnel died are not counted open.
         assert_eq!(after.streams_open, 0, "server: {after}");
+        drop(calls);
     })
     .await
 }
