@@ -160,6 +160,7 @@ mod frame;
 #[doc(hidden)]
 #[allow(missing_docs, unreachable_pub)]
 pub mod fuzzing;
+mod inbound;
 mod info;
 mod limits;
 mod metadata;

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use crate::pb;
+use crate::{inbound::BodySlot, pb};
 
 /// Name of the negotiation header of the opening RPC (P-8).
 pub(crate) const NEGOTIATE_HEADER: &str = "grpctunnel-negotiate";
@@ -250,34 +250,73 @@ pub(crate) fn http_status_to_grpc(status: http::StatusCode) -> tonic::Status {
     tonic::Status::new(code, format!("HTTP status {status}"))
 }
 
-/// A transport whose non-gRPC HTTP answers to an opening RPC (a 401 from an
-/// auth layer, a 404 from a proxy) become a gRPC status in the headers, so
+/// The transport of an opening RPC. A non-gRPC HTTP answer (a 401 from an
+/// auth layer, a 404 from a proxy) becomes a gRPC status in the headers, so
 /// that opening fails with it at once instead of looking like a peer that
-/// did not negotiate.
+/// did not negotiate. The response body goes to `body`, to be decoded by
+/// [`Inbound`](crate::inbound::Inbound); tonic gets an empty one.
 #[derive(Debug, Clone)]
-pub(crate) struct StatusFromHttp<T>(pub(crate) T);
+pub(crate) struct OpeningTransport<T> {
+    pub(crate) inner: T,
+    pub(crate) body: BodySlot,
+}
 
-impl<T> tower_service::Service<http::Request<tonic::body::Body>> for StatusFromHttp<T>
+impl<T> tower_service::Service<http::Request<tonic::body::Body>> for OpeningTransport<T>
 where
     T: tonic::client::GrpcService<tonic::body::Body>,
+    T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    <T::ResponseBody as http_body::Body>::Error: Into<crate::error::BoxError>,
 {
-    type Response = http::Response<T::ResponseBody>;
+    type Response = http::Response<http_body_util::Empty<bytes::Bytes>>;
     type Error = T::Error;
-    type Future = futures_util::future::MapOk<
-        T::Future,
-        fn(http::Response<T::ResponseBody>) -> http::Response<T::ResponseBody>,
-    >;
+    type Future = Opened<T::Future>;
 
     fn poll_ready(
         &mut self,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<(), Self::Error>> {
-        self.0.poll_ready(cx)
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
-        use futures_util::TryFutureExt;
-        self.0.call(req).map_ok(http_answer_to_status as fn(_) -> _)
+        Opened {
+            inner: self.inner.call(req),
+            body: Some(self.body.clone()),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response of an [`OpeningTransport`], on its way.
+    pub(crate) struct Opened<F> {
+        #[pin]
+        inner: F,
+        body: Option<BodySlot>,
+    }
+}
+
+impl<F, B, E> std::future::Future for Opened<F>
+where
+    F: std::future::Future<Output = Result<http::Response<B>, E>>,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<crate::error::BoxError>,
+{
+    type Output = Result<http::Response<http_body_util::Empty<bytes::Bytes>>, E>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        let resp = std::task::ready!(this.inner.poll(cx))?;
+        let (parts, body) = http_answer_to_status(resp).into_parts();
+        if let Some(slot) = this.body.take() {
+            slot.put(tonic::body::Body::new(body));
+        }
+        std::task::Poll::Ready(Ok(http::Response::from_parts(
+            parts,
+            http_body_util::Empty::new(),
+        )))
     }
 }
 

@@ -10,6 +10,7 @@ use tracing::{debug, warn, Instrument};
 use crate::{
     client::{channel::Shared, task::Reader, TunnelChannel},
     error::{BoxError, Error},
+    inbound::BodySlot,
     info::Direction,
     negotiate::{self, Options, Revision},
     pb::{self, tunnel_service_client::TunnelServiceClient},
@@ -100,14 +101,18 @@ impl TunnelChannelBuilder {
                     tonic::metadata::MetadataValue::from_static(negotiate::NEGOTIATE_ON),
                 );
             }
-            let transport = negotiate::StatusFromHttp(transport);
+            let body = BodySlot::default();
+            let transport = negotiate::OpeningTransport {
+                inner: transport,
+                body: body.clone(),
+            };
             let mut client = TunnelServiceClient::new(transport)
                 .max_decoding_message_size(self.opts.max_frame_size())
                 .max_encoding_message_size(usize::MAX);
             let resp = client.open_tunnel(req).await.map_err(Error::closed)?;
             let negotiated =
                 self.opts.advertises() && negotiate::peer_advertises(resp.metadata().as_ref());
-            let inbound = resp.into_inner();
+            let inbound = body.take_response(self.opts.max_frame_size())?;
             start_client(
                 core,
                 writer_gone(gone),

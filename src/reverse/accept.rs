@@ -10,6 +10,7 @@ use tracing::{debug, Instrument};
 
 use crate::{
     client::start_client,
+    inbound::Inbound,
     info::Direction,
     negotiate::{self, Options},
     pb,
@@ -22,6 +23,8 @@ use crate::{
 /// `OpenReverseTunnel` as a tonic streaming service. Its request stream
 /// carries `ServerToClient` frames and its response `ClientToServer` (P-1).
 pub(crate) struct OpenReverseTunnel {
+    /// The frames of the request body (tonic decodes an empty one).
+    pub(crate) inbound: Option<Inbound<pb::ServerToClient>>,
     pub(crate) opts: Options,
     pub(crate) shutdown: CancellationToken,
     pub(crate) grace: Duration,
@@ -38,8 +41,11 @@ impl tonic::server::StreamingService<pb::ServerToClient> for OpenReverseTunnel {
 
     fn call(
         &mut self,
-        request: tonic::Request<tonic::Streaming<pb::ServerToClient>>,
+        _request: tonic::Request<tonic::Streaming<pb::ServerToClient>>,
     ) -> Self::Future {
+        let Some(inbound) = self.inbound.take() else {
+            return ready(Err(tonic::Status::internal("opening RPC served twice")));
+        };
         let negotiated = self.opts.advertises() && negotiate::peer_advertises(&self.headers);
         let (core, writer, gone) = Core::new(Meter::tunnel(Some(self.counters.clone())));
         let opts = self.opts;
@@ -56,15 +62,7 @@ impl tonic::server::StreamingService<pb::ServerToClient> for OpenReverseTunnel {
         tokio::spawn(
             async move {
                 // P-13, P-73: published only once Settings (if negotiated) arrived.
-                match start_client(
-                    core,
-                    gone,
-                    request.into_inner(),
-                    negotiated,
-                    opts,
-                    Direction::Reverse,
-                )
-                .await
+                match start_client(core, gone, inbound, negotiated, opts, Direction::Reverse).await
                 {
                     Ok(channel) => {
                         acceptor.accept(headers, extensions, channel.clone());

@@ -11,6 +11,7 @@ use tracing::{debug, Instrument};
 
 use crate::{
     error::{BoxError, Error},
+    inbound::BodySlot,
     info::Direction,
     negotiate::{self, Options, Revision},
     pb::{self, tunnel_service_client::TunnelServiceClient},
@@ -149,7 +150,11 @@ impl ReverseTunnelServer {
             }
             let mut req = tonic::Request::new(writer.filter_map(|r| async move { r.ok() }));
             *req.metadata_mut() = tonic::metadata::MetadataMap::from_headers(metadata.clone());
-            let transport = negotiate::StatusFromHttp(transport);
+            let body = BodySlot::default();
+            let transport = negotiate::OpeningTransport {
+                inner: transport,
+                body: body.clone(),
+            };
             let mut client = TunnelServiceClient::new(transport)
                 .max_decoding_message_size(self.opts.max_frame_size())
                 .max_encoding_message_size(usize::MAX);
@@ -167,7 +172,8 @@ impl ReverseTunnelServer {
                     pb::server_to_client::Frame::Settings(self.opts.settings()),
                 ));
             }
-            let (_, inbound, extensions) = resp.into_parts();
+            let (_, _, extensions) = resp.into_parts();
+            let inbound = body.take_response::<pb::ClientToServer>(self.opts.max_frame_size())?;
             let cx = TunnelContext {
                 opts: self.opts,
                 dispatch: self.dispatch.clone(),

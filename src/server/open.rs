@@ -8,6 +8,7 @@ use futures_util::future::{ready, Ready};
 use tracing::{debug, Instrument};
 
 use crate::{
+    inbound::Inbound,
     info::Direction,
     negotiate::{self, Options, Revision},
     pb,
@@ -24,6 +25,8 @@ use crate::{
 /// `OpenTunnel` as a tonic streaming service: the network server is the
 /// tunnel server.
 pub(crate) struct OpenTunnel {
+    /// The frames of the request body (tonic decodes an empty one).
+    pub(crate) inbound: Option<Inbound<pb::ClientToServer>>,
     pub(crate) opts: Options,
     pub(crate) shutdown: CancellationToken,
     pub(crate) grace: Duration,
@@ -40,8 +43,11 @@ impl tonic::server::StreamingService<pb::ClientToServer> for OpenTunnel {
 
     fn call(
         &mut self,
-        request: tonic::Request<tonic::Streaming<pb::ClientToServer>>,
+        _request: tonic::Request<tonic::Streaming<pb::ClientToServer>>,
     ) -> Self::Future {
+        let Some(inbound) = self.inbound.take() else {
+            return ready(Err(tonic::Status::internal("opening RPC served twice")));
+        };
         let negotiated = self.opts.advertises() && negotiate::peer_advertises(&self.headers);
         let (core, writer, gone) = Core::new(Meter::tunnel(Some(self.counters.clone())));
         if negotiated {
@@ -68,7 +74,7 @@ impl tonic::server::StreamingService<pb::ClientToServer> for OpenTunnel {
                 Revision::Zero
             },
         );
-        let tunnel = ServerTunnel::new(cx, core.clone(), gone, request.into_inner())
+        let tunnel = ServerTunnel::new(cx, core.clone(), gone, inbound)
             .with_shutdown(self.shutdown.clone(), self.grace);
         tokio::spawn(
             async move {

@@ -12,6 +12,7 @@ use tower_service::Service;
 
 use crate::{
     error::BoxError,
+    inbound::Inbound,
     reverse::OpenReverseTunnel,
     server::{
         dispatch::dispatch, future::ResponseFuture, layer::Config, open::OpenTunnel, RequestBody,
@@ -94,7 +95,9 @@ where
                     Some(d) => d.clone(),
                     None => dispatch(self.inner.clone()),
                 };
+                let (req, inbound) = Inbound::split_request(req, max_frame);
                 let open = OpenTunnel {
+                    inbound: Some(inbound),
                     opts: self.config.opts,
                     shutdown: self.config.shutdown.clone(),
                     grace: self.config.grace,
@@ -103,14 +106,16 @@ where
                     extensions: req.extensions().clone(),
                     headers: req.headers().clone(),
                 };
-                ResponseFuture::tunnel(serve_opening(open, req, max_frame))
+                ResponseFuture::tunnel(serve_opening(open, req))
             }
             OPEN_REVERSE_TUNNEL => match &self.config.reverse {
                 Some(acceptor) => {
                     if let Err(status) = acceptor.admit(req.headers(), req.extensions()) {
                         return ResponseFuture::status(status);
                     }
+                    let (req, inbound) = Inbound::split_request(req, max_frame);
                     let open = OpenReverseTunnel {
+                        inbound: Some(inbound),
                         opts: self.config.opts,
                         shutdown: self.config.shutdown.clone(),
                         grace: self.config.grace,
@@ -119,7 +124,7 @@ where
                         extensions: req.extensions().clone(),
                         headers: req.headers().clone(),
                     };
-                    ResponseFuture::tunnel(serve_opening(open, req, max_frame))
+                    ResponseFuture::tunnel(serve_opening(open, req))
                 }
                 // P-18: rejected before any headers (trailers-only).
                 None => ResponseFuture::status(tonic::Status::unimplemented(
@@ -136,13 +141,12 @@ where
     }
 }
 
-/// Serves an opening RPC with the tunnel codec (see `crate::codec`); a
-/// received frame may be as large as a message chunk or a metadata frame
-/// can be.
-async fn serve_opening<T, U, B>(
+/// Serves an opening RPC with the tunnel codec (see `crate::codec`). tonic
+/// checks the request's headers and encodes the response; the request's
+/// frames were taken out beforehand (see `crate::inbound`).
+async fn serve_opening<T, U>(
     open: T,
-    req: http::Request<B>,
-    max_frame: usize,
+    req: http::Request<tonic::body::Body>,
 ) -> http::Response<tonic::body::Body>
 where
     T: tonic::server::StreamingService<U> + Send + 'static,
@@ -150,12 +154,9 @@ where
     T::Response: prost::Message + Send + 'static,
     T::ResponseStream: Send + 'static,
     U: prost::Message + Default + Send + 'static,
-    B: http_body::Body + Send + 'static,
-    B::Error: Into<BoxError> + Send,
 {
     let codec = crate::codec::TunnelCodec::<T::Response, U>::default();
     tonic::server::Grpc::new(codec)
-        .max_decoding_message_size(max_frame)
         .max_encoding_message_size(usize::MAX)
         .streaming(open, req)
         .await
