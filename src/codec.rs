@@ -1,13 +1,15 @@
-//! The codec of the opening RPCs' frames: prost, with buffers sized for the
-//! tunnel's 16 KiB chunks.
+//! The codec of the opening RPCs' frames: prost, with an encode buffer sized
+//! for the tunnel's 16 KiB chunks.
 //!
-//! tonic's default buffers are 8 KiB, smaller than one full chunk frame, so
-//! every data frame made the encoder and the decoder grow their buffer (the
-//! decoder's is shared with the chunks it hands out, so each growth was a
-//! fresh allocation). Here both start at [`BUFFER_SIZE`], the encoder
-//! reserves a frame's exact size before writing it, and the encoder yields
-//! to HTTP/2 once [`YIELD_THRESHOLD`] bytes of frames are ready, so that a
-//! burst of chunks goes out in a few large writes.
+//! tonic's default buffer is 8 KiB, smaller than one full chunk frame, so
+//! every data frame made the encoder grow it. Here it starts at
+//! [`BUFFER_SIZE`], the encoder reserves a frame's exact size before
+//! writing it, and yields to HTTP/2 once [`YIELD_THRESHOLD`] bytes of frames
+//! are ready, so that a burst of chunks goes out in a few large writes.
+//!
+//! Received frames do not go through this codec's decoder: each end takes
+//! the opening RPC's body before tonic sees it (see `crate::inbound`), and
+//! tonic's decoder gets an empty body, so it gets no buffer either.
 
 use std::marker::PhantomData;
 
@@ -15,8 +17,8 @@ use prost::Message;
 use tonic::codec::{BufferSettings, Codec, EncodeBuf, Encoder};
 use tonic_prost::ProstDecoder;
 
-/// Initial (and growth) size of a tunnel's encode and decode buffers: room
-/// for a few full chunk frames.
+/// Initial (and growth) size of a tunnel's encode buffer: room for a few
+/// full chunk frames.
 pub(crate) const BUFFER_SIZE: usize = 32 * 1024;
 
 /// How many bytes of encoded frames the opening RPC batches into one body
@@ -52,7 +54,8 @@ where
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        ProstDecoder::new(settings())
+        // It only ever sees an empty body.
+        ProstDecoder::new(BufferSettings::new(0, YIELD_THRESHOLD))
     }
 }
 

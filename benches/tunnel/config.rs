@@ -13,7 +13,7 @@
 //! | TCP_NODELAY | on (set on each accepted socket) | on |
 //!
 //! Tunnels use the crate's defaults on both ends (`TunnelLayer::new()`,
-//! `TunnelChannel::builder()`, `ReverseTunnelServer::new`): a 1 MiB tunnel
+//! `TunnelChannel::builder()`, `ReverseTunnelServer::new`): a 2 MiB tunnel
 //! window per stream and a 4 MiB largest message. Every call goes over one
 //! TCP connection: one `tonic::transport::Channel` (whose clones share it)
 //! for direct, one tunnel (one HTTP/2 stream on one connection) otherwise.
