@@ -12,6 +12,11 @@
 //! | max concurrent streams | unlimited | (the server's) |
 //! | TCP_NODELAY | on (set on each accepted socket) | on |
 //!
+//! HTTP/2's largest frame is h2's default, 16 KiB, unless the environment
+//! variable `TUNNEL_BENCH_MAX_FRAME` (bytes; child processes inherit it)
+//! sets it on every Rust server and endpoint: see the README's tuning notes.
+//! The Go processes keep grpc-go's.
+//!
 //! Tunnels use the crate's defaults on both ends (`TunnelLayer::new()`,
 //! `TunnelChannel::builder()`, `ReverseTunnelServer::new`): a 2 MiB tunnel
 //! window per stream and a 4 MiB largest message. Every call goes over one
@@ -30,12 +35,21 @@ pub const CLIENT_CONN_WINDOW: u32 = 5 * 1024 * 1024;
 /// Largest message the bench's generated clients encode or decode.
 pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;
 
+/// The largest HTTP/2 frame each Rust end accepts, if not h2's default
+/// (`TUNNEL_BENCH_MAX_FRAME`).
+pub fn max_frame_size() -> Option<u32> {
+    std::env::var("TUNNEL_BENCH_MAX_FRAME")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// The server builder of every Rust server (direct, forward, reverse hub).
 pub fn server() -> Server {
     Server::builder()
         .initial_stream_window_size(SERVER_STREAM_WINDOW)
         .initial_connection_window_size(SERVER_CONN_WINDOW)
         .http2_adaptive_window(Some(false))
+        .max_frame_size(max_frame_size())
         .max_concurrent_streams(None)
         .tcp_nodelay(true)
 }
@@ -56,6 +70,7 @@ pub fn endpoint(addr: &str) -> Result<Endpoint, String> {
         .initial_stream_window_size(CLIENT_STREAM_WINDOW)
         .initial_connection_window_size(CLIENT_CONN_WINDOW)
         .http2_adaptive_window(false)
+        .max_frame_size(max_frame_size())
         .tcp_nodelay(true))
 }
 
@@ -63,12 +78,13 @@ pub fn endpoint(addr: &str) -> Result<Endpoint, String> {
 pub fn describe() -> String {
     format!(
         "HTTP/2 windows: server stream {} KiB / conn {} KiB, client stream {} KiB / conn {} KiB, \
-         adaptive off, TCP_NODELAY on, unlimited concurrent streams; tunnels: crate defaults \
-         (window {} KiB per stream)",
+         adaptive off, max frame {} KiB, TCP_NODELAY on, unlimited concurrent streams; tunnels: \
+         crate defaults (window {} KiB per stream)",
         SERVER_STREAM_WINDOW / 1024,
         SERVER_CONN_WINDOW / 1024,
         CLIENT_STREAM_WINDOW / 1024,
         CLIENT_CONN_WINDOW / 1024,
+        max_frame_size().unwrap_or(16 * 1024) / 1024,
         grpctunnel::DEFAULT_INITIAL_WINDOW_SIZE / 1024,
     )
 }
