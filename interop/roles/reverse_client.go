@@ -3,11 +3,14 @@ package roles
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 
 	"github.com/jhump/grpctunnel"
 	"github.com/jhump/grpctunnel/tunnelpb"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	"grpctunnel-interop/echo"
 	"grpctunnel-interop/echopb"
@@ -31,6 +34,8 @@ type ReverseClient struct {
 	// set before done is closed
 	started bool
 	err     error
+	// set by Stop before it stops the server
+	stopping atomic.Bool
 }
 
 // StartReverseClient dials addr and serves a reverse tunnel, opened with
@@ -65,13 +70,31 @@ func (c *ReverseClient) Done() <-chan struct{} { return c.done }
 
 // Result reports, once Done is closed, whether the tunnel was opened and
 // why serving ended (nil: the network server closed it, or Stop).
+//
+// The reference's Serve registers the tunnel only after the response
+// headers, which is when Ready closes. A Stop that lands in between makes
+// Serve return (false, UNAVAILABLE "server is shutting down"); the tunnel
+// was up and this side stopped it, so that counts as opened and stopped.
 func (c *ReverseClient) Result() (started bool, err error) {
 	<-c.done
+	if c.stopping.Load() && !c.started && status.Code(c.err) == codes.Unavailable && c.isReady() {
+		return true, nil
+	}
 	return c.started, c.err
+}
+
+func (c *ReverseClient) isReady() bool {
+	select {
+	case <-c.ready.ch:
+		return true
+	default:
+		return false
+	}
 }
 
 // Stop ends serving at once (the opening RPC is half-closed) and waits.
 func (c *ReverseClient) Stop() {
+	c.stopping.Store(true)
 	c.rs.Stop()
 	<-c.done
 	_ = c.cc.Close()
