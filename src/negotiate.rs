@@ -262,8 +262,20 @@ pub(crate) fn http_status_to_grpc(status: http::StatusCode) -> tonic::Status {
 /// [`Inbound`](crate::inbound::Inbound); tonic gets an empty one.
 #[derive(Debug, Clone)]
 pub(crate) struct OpeningTransport<T> {
-    pub(crate) inner: T,
-    pub(crate) body: BodySlot,
+    inner: T,
+    body: BodySlot,
+}
+
+impl<T> OpeningTransport<T> {
+    /// `transport` for one opening RPC, and where its response body goes.
+    pub(crate) fn new(transport: T) -> (Self, BodySlot) {
+        let body = BodySlot::default();
+        let this = Self {
+            inner: transport,
+            body: body.clone(),
+        };
+        (this, body)
+    }
 }
 
 impl<T> tower_service::Service<http::Request<tonic::body::Body>> for OpeningTransport<T>

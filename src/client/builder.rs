@@ -10,7 +10,6 @@ use tracing::{debug, warn, Instrument};
 use crate::{
     client::{channel::Shared, task::Reader, TunnelChannel},
     error::{BoxError, Error},
-    inbound::BodySlot,
     info::Direction,
     negotiate::{self, Options, Revision},
     pb::{self, tunnel_service_client::TunnelServiceClient},
@@ -101,14 +100,10 @@ impl TunnelChannelBuilder {
                     tonic::metadata::MetadataValue::from_static(negotiate::NEGOTIATE_ON),
                 );
             }
-            let body = BodySlot::default();
-            let transport = negotiate::OpeningTransport {
-                inner: transport,
-                body: body.clone(),
-            };
-            let mut client = TunnelServiceClient::new(transport)
-                .max_decoding_message_size(self.opts.max_frame_size())
-                .max_encoding_message_size(usize::MAX);
+            let (transport, body) = negotiate::OpeningTransport::new(transport);
+            // Received frames bypass tonic's decoder (see `crate::inbound`).
+            let mut client =
+                TunnelServiceClient::new(transport).max_encoding_message_size(usize::MAX);
             let resp = client.open_tunnel(req).await.map_err(Error::closed)?;
             let negotiated =
                 self.opts.advertises() && negotiate::peer_advertises(resp.metadata().as_ref());

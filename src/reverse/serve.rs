@@ -11,7 +11,6 @@ use tracing::{debug, Instrument};
 
 use crate::{
     error::{BoxError, Error},
-    inbound::BodySlot,
     info::Direction,
     negotiate::{self, Options, Revision},
     pb::{self, tunnel_service_client::TunnelServiceClient},
@@ -150,14 +149,10 @@ impl ReverseTunnelServer {
             }
             let mut req = tonic::Request::new(writer.filter_map(|r| async move { r.ok() }));
             *req.metadata_mut() = tonic::metadata::MetadataMap::from_headers(metadata.clone());
-            let body = BodySlot::default();
-            let transport = negotiate::OpeningTransport {
-                inner: transport,
-                body: body.clone(),
-            };
-            let mut client = TunnelServiceClient::new(transport)
-                .max_decoding_message_size(self.opts.max_frame_size())
-                .max_encoding_message_size(usize::MAX);
+            let (transport, body) = negotiate::OpeningTransport::new(transport);
+            // Received frames bypass tonic's decoder (see `crate::inbound`).
+            let mut client =
+                TunnelServiceClient::new(transport).max_encoding_message_size(usize::MAX);
             let resp = tokio::select! {
                 resp = client.open_reverse_tunnel(req) => resp.map_err(Error::closed)?,
                 () = &mut signal => return Ok(()),
