@@ -10,9 +10,10 @@
 //! place (its data is a slice of that chunk, no copy), and one that spans
 //! chunks is gathered once into a buffer of exactly its size.
 //!
-//! The errors are tonic's: the same codes and texts for a bad compression
-//! flag, a frame over the limit, an undecodable frame, a body cut short,
-//! and, on a response, the `grpc-status` trailer.
+//! The gRPC framing is cut by the crate's [`MessageSplitter`] (the one that
+//! splits handlers' bodies), so a compressed frame, one over the limit or a
+//! body cut short fail as any tunneled message would; an undecodable frame
+//! and, on a response, the `grpc-status` trailer fail as tonic would.
 
 use std::{
     fmt,
@@ -22,12 +23,11 @@ use std::{
     task::{ready, Context, Poll},
 };
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use futures_core::Stream;
 use http_body::Body as _;
 
-/// The gRPC message prefix: compressed flag and big-endian length.
-const PREFIX: usize = 5;
+use crate::frame::{MessageSplitter, Piece};
 
 /// Which end of the opening RPC the body comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,33 +40,19 @@ enum Side {
     Response,
 }
 
-/// What is left to read of the message in progress.
-#[derive(Debug)]
-enum State {
-    /// Its prefix: `have` of its bytes are in `prefix`.
-    Prefix { prefix: [u8; PREFIX], have: usize },
-    /// Its `len` bytes of protobuf; those received so far are in `gather`
-    /// (empty until the message turns out to span body chunks).
-    Body { len: usize, gather: BytesMut },
-}
-
-impl State {
-    fn start() -> Self {
-        Self::Prefix {
-            prefix: [0; PREFIX],
-            have: 0,
-        }
-    }
-}
-
 /// The decoded frames of an opening RPC's body.
 pub(crate) struct Inbound<M> {
     body: tonic::body::Body,
     side: Side,
-    max: usize,
-    /// What is not yet decoded of the latest body chunk.
-    chunk: Bytes,
-    state: State,
+    splitter: MessageSplitter,
+    /// Pieces of the latest body chunk not taken yet, last first.
+    pieces: Vec<Piece>,
+    /// The message in progress when it spans body chunks: its size, and
+    /// its bytes so far.
+    gather_size: usize,
+    gather: BytesMut,
+    /// What broke the framing, once the pieces before it are taken.
+    broken: Option<tonic::Status>,
     trailers: Option<http::HeaderMap>,
     done: bool,
     _message: PhantomData<fn() -> M>,
@@ -77,9 +63,11 @@ impl<M> Inbound<M> {
         Self {
             body,
             side,
-            max,
-            chunk: Bytes::new(),
-            state: State::start(),
+            splitter: MessageSplitter::new(max),
+            pieces: Vec::new(),
+            gather_size: 0,
+            gather: BytesMut::new(),
+            broken: None,
             trailers: None,
             done: false,
             _message: PhantomData,
@@ -118,87 +106,47 @@ impl<M> Inbound<M> {
 impl<M: prost::Message + Default> Inbound<M> {
     /// The next whole message of what was received, if there is one.
     fn decode_next(&mut self) -> Result<Option<M>, tonic::Status> {
-        loop {
-            match &mut self.state {
-                State::Prefix { prefix, have } => {
-                    let prefix = if *have == 0 && self.chunk.len() >= PREFIX {
-                        let mut whole = [0; PREFIX];
-                        self.chunk.copy_to_slice(&mut whole);
-                        whole
-                    } else {
-                        let take = (PREFIX - *have).min(self.chunk.len());
-                        self.chunk.copy_to_slice(&mut prefix[*have..*have + take]);
-                        *have += take;
-                        if *have < PREFIX {
-                            return Ok(None);
-                        }
-                        *prefix
-                    };
-                    let len = self.check_prefix(prefix)?;
-                    self.state = State::Body {
-                        len,
-                        gather: BytesMut::new(),
-                    };
+        while let Some(piece) = self.pieces.pop() {
+            let message = match piece {
+                // Within one body chunk: decoded in place.
+                Piece::Start { size, data } if data.len() == size as usize => data,
+                Piece::Start { size, data } => {
+                    self.gather_size = size as usize;
+                    self.gather.reserve(self.gather_size);
+                    self.gather.extend_from_slice(&data);
+                    continue;
                 }
-                State::Body { len, gather } => {
-                    let message = if gather.is_empty() && self.chunk.len() >= *len {
-                        // Within this chunk: decoded in place.
-                        self.chunk.split_to(*len)
-                    } else {
-                        if gather.capacity() == 0 {
-                            gather.reserve(*len);
-                        }
-                        let take = (*len - gather.len()).min(self.chunk.len());
-                        gather.extend_from_slice(&self.chunk.split_to(take));
-                        if gather.len() < *len {
-                            return Ok(None);
-                        }
-                        std::mem::take(gather).freeze()
-                    };
-                    self.state = State::start();
-                    return M::decode(message)
-                        .map(Some)
-                        .map_err(|e| tonic::Status::internal(e.to_string()));
+                Piece::More(data) => {
+                    self.gather.extend_from_slice(&data);
+                    if self.gather.len() < self.gather_size {
+                        continue;
+                    }
+                    std::mem::take(&mut self.gather).freeze()
                 }
-            }
+            };
+            return M::decode(message)
+                .map(Some)
+                .map_err(|e| tonic::Status::internal(e.to_string()));
+        }
+        match self.broken.take() {
+            Some(status) => Err(status),
+            None => Ok(None),
         }
     }
 
-    /// The length a prefix announces, if this end accepts it.
-    fn check_prefix(&self, prefix: [u8; PREFIX]) -> Result<usize, tonic::Status> {
-        match prefix[0] {
-            0 => {}
-            // This end never accepts compression, so no message may be
-            // compressed.
-            1 => {
-                return Err(tonic::Status::internal(
-                    "protocol error: received message with compressed-flag but no grpc-encoding was specified",
-                ))
-            }
-            flag => {
-                return Err(tonic::Status::internal(format!(
-                    "protocol error: received message with invalid compression flag: {flag} (valid flags are 0 and 1)"
-                )))
-            }
+    /// Cuts a body chunk into pieces; `decode_next` took all earlier ones.
+    /// Frames before a framing error still come out, then the error.
+    fn split(&mut self, data: Bytes) {
+        if let Err(e) = self.splitter.push(data, &mut self.pieces) {
+            self.broken = Some(e.to_status());
         }
-        let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
-        if len > self.max {
-            return Err(tonic::Status::out_of_range(format!(
-                "Error, decoded message length too large: found {len} bytes, the limit is: {} bytes",
-                self.max
-            )));
-        }
-        Ok(len)
-    }
-
-    fn midway(&self) -> bool {
-        !self.chunk.is_empty() || !matches!(self.state, State::Prefix { have: 0, .. })
+        self.pieces.reverse();
     }
 
     /// How the body's end ends the frames.
     fn end(&mut self) -> Option<tonic::Status> {
-        if self.midway() {
-            return Some(tonic::Status::internal("Unexpected EOF decoding stream."));
+        if let Err(e) = self.splitter.finish() {
+            return Some(e.to_status());
         }
         if self.side == Side::Request {
             return None;
@@ -237,8 +185,7 @@ impl<M: prost::Message + Default> Stream for Inbound<M> {
             let frame = ready!(Pin::new(&mut this.body).poll_frame(cx));
             match frame {
                 Some(Ok(frame)) => match frame.into_data() {
-                    // `decode_next` took all of the previous chunk.
-                    Ok(data) => this.chunk = data,
+                    Ok(data) => this.split(data),
                     Err(frame) => {
                         if let Ok(trailers) = frame.into_trailers() {
                             match &mut this.trailers {
@@ -269,7 +216,7 @@ impl<M> fmt::Debug for Inbound<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Inbound")
             .field("side", &self.side)
-            .field("buffered", &self.chunk.len())
+            .field("gathered", &self.gather.len())
             .field("done", &self.done)
             .finish_non_exhaustive()
     }
@@ -426,7 +373,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn broken_bodies_fail_with_tonics_codes() {
+    async fn broken_bodies_fail_with_the_splitters_codes() {
         let wire = framed(&[data_frame(1, b"abc")]);
         let cut = Bytes::copy_from_slice(&wire[..wire.len() - 1]);
         let (_, err) = decode_all(vec![cut], Side::Request, None).await;
@@ -439,7 +386,17 @@ mod tests {
 
         let huge = Bytes::from_static(&[0, 0xff, 0xff, 0xff, 0xff]);
         let (_, err) = decode_all(vec![huge], Side::Request, None).await;
-        assert_eq!(err.expect("too large").code(), tonic::Code::OutOfRange);
+        assert_eq!(
+            err.expect("too large").code(),
+            tonic::Code::ResourceExhausted
+        );
+
+        // The frames before a broken one still come out, then the error.
+        let mut then_compressed = wire.clone();
+        then_compressed.extend_from_slice(&[1, 0, 0, 0, 0]);
+        let (got, err) = decode_all(vec![then_compressed.into()], Side::Request, None).await;
+        assert_eq!(got.len(), 1);
+        assert_eq!(err.expect("compressed").code(), tonic::Code::Internal);
 
         let garbage = Bytes::from_static(&[0, 0, 0, 0, 2, 0xff, 0xff]);
         let (_, err) = decode_all(vec![garbage], Side::Request, None).await;
