@@ -13,7 +13,7 @@ fn main() -> io::Result<()> {
         .out_dir(&out)
         .build_transport(false)
         // Buffers sized for the tunnel's 16 KiB chunks (src/codec.rs).
-        .codec_path("crate::codec::TunnelCodec")
+        .codec_path("crate::wire::codec::TunnelCodec")
         .bytes(".grpctunnel.v1")
         .extern_path(".google.rpc.Status", "::tonic_types::Status")
         .compile_fds(tunnel)?;

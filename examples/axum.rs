@@ -1,10 +1,11 @@
 //! One axum app, one port: plain HTTP routes, gRPC, and gRPC tunnels.
 //!
 //! The router serves `GET /` and `GET /healthz` next to the echo gRPC
-//! service. `Router::layer` would wrap each route on its own, so the tunnel
-//! layer wraps the whole router instead: `OpenTunnel` is answered by the
-//! layer, and every call that arrives through a tunnel is routed by the same
-//! router, as if it had come over the connection.
+//! service. The tunnel layer wraps the whole router: `OpenTunnel` is
+//! answered by the layer, and every call that arrives through a tunnel is
+//! routed by the same router, as if it had come over the connection.
+//! (`Router::layer` wraps each route on its own; it works too when the
+//! router is also given as `TunnelLayer::tunnel_service`.)
 //!
 //! The example then calls it three ways (plain HTTP/1.1 over a raw TCP
 //! socket, plain gRPC, gRPC through a tunnel), prints what came back and
@@ -22,7 +23,7 @@ use grpctunnel_testing::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Endpoint;
-use tower::ServiceBuilder;
+use tower::{Layer, ServiceBuilder};
 
 /// Tells the echo handler whether its call came through a tunnel, so that
 /// `echo_metadata` reports it.
@@ -64,11 +65,9 @@ async fn main() -> Result<(), Box<dyn Error>> {
                 .map_request(mark_tunneled)
                 .service(Echo::new().server()),
         );
-    let app = ServiceBuilder::new()
-        // The tunnel layer answers with tonic's body type; axum wants its own.
-        .map_response(|r: http::Response<tonic::body::Body>| r.map(axum::body::Body::new))
-        .layer(TunnelLayer::new())
-        .service(router);
+    // The layer wraps the whole router (so that tunneled calls reach every
+    // route) and answers in axum's own body type.
+    let app = TunnelLayer::new().layer(router);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

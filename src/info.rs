@@ -2,7 +2,7 @@
 
 use std::{fmt, sync::Arc};
 
-use crate::negotiate::Revision;
+use crate::wire::settings::Revision;
 
 /// Which way a tunnel was opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

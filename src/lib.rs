@@ -153,33 +153,26 @@ pub mod pb {
 }
 
 pub mod client;
-mod codec;
+mod engine;
 mod error;
-mod frame;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 #[allow(missing_docs, unreachable_pub)]
 pub mod fuzzing;
-mod inbound;
 mod info;
 mod limits;
-mod metadata;
-mod negotiate;
 pub mod reverse;
 pub mod server;
-mod stats;
-mod stream;
-mod trace;
-mod writer;
+mod wire;
 
 pub use client::{TunnelChannel, TunnelChannelBuilder};
+pub use engine::stats::{Counters, Stats};
 pub use error::{BoxError, Error};
 pub use info::{Direction, TunnelInfo};
 pub use limits::Limits;
-pub use negotiate::{
+pub use reverse::{ReverseChannel, ReverseTunnelRegistry, ReverseTunnelServer, TunnelEvent};
+pub use server::{TunnelLayer, TunnelService};
+pub use wire::settings::{
     Revision, DEFAULT_INITIAL_WINDOW_SIZE, DEFAULT_MAX_CONCURRENT_STREAMS,
     DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_METADATA_SIZE, DEFAULT_REVISION_ZERO_BUFFER,
 };
-pub use reverse::{ReverseChannel, ReverseTunnelRegistry, ReverseTunnelServer, TunnelEvent};
-pub use server::{TunnelLayer, TunnelService};
-pub use stats::{Counters, Stats};

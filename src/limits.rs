@@ -1,9 +1,6 @@
 //! [`Limits`]: how much a peer may make a tunnel hold.
 
-use crate::negotiate::{
-    Options, DEFAULT_MAX_CONCURRENT_STREAMS, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_METADATA_SIZE,
-    DEFAULT_REVISION_ZERO_BUFFER,
-};
+use crate::wire::settings::Options;
 
 /// Resource limits of one end of a tunnel, in either role.
 ///
@@ -18,41 +15,49 @@ use crate::negotiate::{
 /// advertises; revision zero has no windows, so the tunnel pauses its reads
 /// instead (never dropping data). Frames on the opening RPC are limited to
 /// the larger of the message and metadata limits, plus 64 KiB.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// A `Limits` holds only the limits set on it: giving it to an end (for
+/// example [`TunnelChannelBuilder::limits`](crate::TunnelChannelBuilder::limits))
+/// changes those and keeps every other setting of that end, whether set
+/// before or after, so the order of the calls does not matter:
+///
+/// ```
+/// use grpctunnel::{Limits, TunnelChannelBuilder};
+///
+/// // Both keep the 16 MiB message limit and set 5 streams.
+/// let a = TunnelChannelBuilder::new()
+///     .max_message_size(16 << 20)
+///     .limits(Limits::new().max_concurrent_streams(5));
+/// let b = TunnelChannelBuilder::new()
+///     .limits(Limits::new().max_concurrent_streams(5))
+///     .max_message_size(16 << 20);
+/// assert_eq!(format!("{a:?}"), format!("{b:?}"));
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[must_use]
 pub struct Limits {
-    max_message_size: usize,
-    max_concurrent_streams: usize,
-    max_metadata_size: usize,
-    revision_zero_buffer: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
-            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
-            max_metadata_size: DEFAULT_MAX_METADATA_SIZE,
-            revision_zero_buffer: DEFAULT_REVISION_ZERO_BUFFER,
-        }
-    }
+    max_message_size: Option<usize>,
+    max_concurrent_streams: Option<usize>,
+    max_metadata_size: Option<usize>,
+    revision_zero_buffer: Option<usize>,
 }
 
 impl Limits {
-    /// The defaults of the table above.
+    /// No limit set: each end keeps its own settings (the defaults of the
+    /// table above, unless set otherwise).
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Largest message received.
     pub fn max_message_size(mut self, size: usize) -> Self {
-        self.max_message_size = size;
+        self.max_message_size = Some(size);
         self
     }
 
     /// Most streams open at once on one tunnel.
     pub fn max_concurrent_streams(mut self, n: usize) -> Self {
-        self.max_concurrent_streams = n;
+        self.max_concurrent_streams = Some(n);
         self
     }
 
@@ -60,21 +65,52 @@ impl Limits {
     /// value and 32 bytes, as HTTP/2 counts header lists (the method name
     /// counts too, on the server).
     pub fn max_metadata_size(mut self, size: usize) -> Self {
-        self.max_metadata_size = size;
+        self.max_metadata_size = Some(size);
         self
     }
 
     /// Bytes a revision-zero stream may have waiting for its consumer
     /// before the tunnel stops reading.
     pub fn revision_zero_buffer(mut self, size: usize) -> Self {
-        self.revision_zero_buffer = size;
+        self.revision_zero_buffer = Some(size);
         self
     }
 
+    /// Sets the limits this holds, and only those.
     pub(crate) fn apply(self, opts: &mut Options) {
-        opts.max_message_size = self.max_message_size;
-        opts.max_concurrent_streams = self.max_concurrent_streams;
-        opts.max_metadata_size = self.max_metadata_size;
-        opts.revision_zero_buffer = self.revision_zero_buffer;
+        let set = |slot: &mut usize, value: Option<usize>| {
+            if let Some(value) = value {
+                *slot = value;
+            }
+        };
+        set(&mut opts.max_message_size, self.max_message_size);
+        set(
+            &mut opts.max_concurrent_streams,
+            self.max_concurrent_streams,
+        );
+        set(&mut opts.max_metadata_size, self.max_metadata_size);
+        set(&mut opts.revision_zero_buffer, self.revision_zero_buffer);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_compose_with_settings_made_one_by_one() {
+        let mut opts = Options {
+            max_message_size: 16 << 20,
+            ..Options::default()
+        };
+        Limits::new().max_concurrent_streams(5).apply(&mut opts);
+        assert_eq!(opts.max_message_size, 16 << 20, "kept");
+        assert_eq!(opts.max_concurrent_streams, 5);
+        assert_eq!(opts.max_metadata_size, Options::default().max_metadata_size);
+        Limits::new().apply(&mut opts);
+        assert_eq!(
+            opts.max_concurrent_streams, 5,
+            "an empty Limits changes nothing"
+        );
     }
 }

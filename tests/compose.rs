@@ -15,7 +15,7 @@ use grpctunnel_testing::{
 };
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{service::Routes, transport::Server, Code};
-use tower::ServiceBuilder;
+use tower::{Layer as _, ServiceBuilder};
 
 /// What the auth layer below proves about a caller.
 #[derive(Clone, Debug)]
@@ -127,12 +127,9 @@ async fn axum_router_serves_tunnels_next_to_plain_http() {
                 "/grpctunnel.testing.v1.EchoService/{*method}",
                 Echo::new().server(),
             );
-        // `Router::layer` wraps each route on its own; a tunnel needs the
-        // whole router behind it, so the layer wraps the router.
-        let app = ServiceBuilder::new()
-            .map_response(|r: http::Response<tonic::body::Body>| r.map(axum::body::Body::new))
-            .layer(TunnelLayer::new())
-            .service(router);
+        // The layer wraps the whole router and answers in axum's body type:
+        // no conversion layer.
+        let app = TunnelLayer::new().layer(router);
         tokio::spawn(async move { axum::serve(listener, tower::make::Shared::new(app)).await });
 
         // A path that is neither a route nor the tunnel: axum's 404 arrives
@@ -171,6 +168,39 @@ async fn axum_router_serves_tunnels_next_to_plain_http() {
         http.read_to_string(&mut text).await.unwrap();
         assert!(text.starts_with("HTTP/1.1 200"), "{text}");
         assert!(text.ends_with("ok"), "{text}");
+    })
+    .await
+}
+
+#[tokio::test]
+async fn axum_router_layer_serves_tunnels_with_the_router_as_tunnel_service() {
+    bounded(async {
+        let (listener, addr) = listener().await;
+        let router = axum::Router::new()
+            .route("/healthz", axum::routing::get(|| async { "ok" }))
+            .route_service(
+                "/grpctunnel.testing.v1.EchoService/{*method}",
+                Echo::new().server(),
+            );
+        // `Router::layer` wraps each route, and the fallback, on its own:
+        // the fallback's copy answers `OpenTunnel`, and tunneled calls go to
+        // the whole router, given as the tunnel service.
+        let app = router
+            .clone()
+            .layer(TunnelLayer::new().tunnel_service(router));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let tunnel = forward(addr).await;
+        let mut client = EchoServiceClient::new(tunnel);
+        let resp = client
+            .unary(EchoRequest {
+                payload: "via Router::layer".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("tunneled call through Router::layer")
+            .into_inner();
+        assert_eq!(resp.payload, "via Router::layer");
     })
     .await
 }

@@ -81,7 +81,7 @@ fn is_grpc<B>(req: &Request<B>) -> bool {
 /// Bearer auth in front of everything. A rejected gRPC request gets a gRPC
 /// answer (HTTP 200, trailers-only, `grpc-status: 16`), anything else an HTTP
 /// 401. An accepted one carries the caller's [`Identity`].
-async fn authenticate<B>(mut req: Request<B>) -> Result<Request<B>, Response<Body>> {
+async fn authenticate<B, R: Default>(mut req: Request<B>) -> Result<Request<B>, Response<R>> {
     let identity = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -99,7 +99,7 @@ async fn authenticate<B>(mut req: Request<B>) -> Result<Request<B>, Response<Bod
         None => Err(Response::builder()
             .status(http::StatusCode::UNAUTHORIZED)
             .header(header::WWW_AUTHENTICATE, "Bearer")
-            .body(Body::empty())
+            .body(R::default())
             .expect("valid response")),
     }
 }
@@ -225,7 +225,9 @@ async fn tonic_stack(map_deadline: bool) -> Stack {
                 .timeout(SERVER_TIMEOUT),
         )
         .layer(tower::limit::ConcurrencyLimitLayer::new(OUTER_LIMIT))
-        .layer(AsyncRequireAuthorizationLayer::new(authenticate::<Body>))
+        .layer(AsyncRequireAuthorizationLayer::new(
+            authenticate::<Body, Body>,
+        ))
         .layer(layer.clone())
         .add_service(echo.clone().server());
     let task = tokio::spawn(async move {
@@ -603,10 +605,11 @@ async fn axum_router_with_auth_and_per_call_authz_serves_plain_http_too() {
                 authorize::<Body, axum::body::Body>,
             ))
             .service(router.clone());
+        // No body conversion: the tunnel layer answers in the router's own
+        // body type.
         let app = ServiceBuilder::new()
-            .map_response(|r: Response<Body>| r.map(axum::body::Body::new))
             .layer(AsyncRequireAuthorizationLayer::new(
-                authenticate::<axum::body::Body>,
+                authenticate::<axum::body::Body, axum::body::Body>,
             ))
             .layer(TunnelLayer::new().tunnel_service(tunneled))
             .service(router);

@@ -10,7 +10,12 @@ use std::{
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 
-use crate::{client::call::CallGuard, frame, metadata, pb, stream::Event};
+use crate::{
+    client::call::CallGuard,
+    engine::stream::Event,
+    pb,
+    wire::{message, metadata, status},
+};
 
 /// Response body of a call made through a [`TunnelChannel`](crate::TunnelChannel).
 ///
@@ -61,14 +66,14 @@ impl ResponseBody {
             metadata::metadata_to_headers(md, &mut trailers);
         }
         let status = close.status.unwrap_or_default();
-        metadata::status_to_trailers(&status, &mut trailers);
+        status::status_to_trailers(&status, &mut trailers);
         trailers
     }
 
     /// The HTTP/2 trailers for a local failure.
     pub(crate) fn status_to_trailers(status: &tonic::Status) -> http::HeaderMap {
         let mut trailers = status.metadata().clone().into_headers();
-        metadata::status_to_trailers(&metadata::tonic_status_to_pb(status), &mut trailers);
+        status::status_to_trailers(&status::tonic_status_to_pb(status), &mut trailers);
         trailers
     }
 }
@@ -104,7 +109,7 @@ impl http_body::Body for ResponseBody {
                 // A repeated `response_headers` is ignored (P-42).
                 Event::Headers(_) => continue,
                 Event::Start { size, data } => {
-                    let (first, rest) = frame::start_frames(size, data);
+                    let (first, rest) = message::start_frames(size, data);
                     *pending = rest;
                     Ok(Frame::data(first))
                 }

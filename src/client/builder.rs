@@ -3,19 +3,19 @@
 use std::{fmt, sync::Arc};
 
 use bytes::Bytes;
-use futures_core::Stream as FuturesStream;
-use futures_util::StreamExt;
-use tracing::{debug, warn, Instrument};
+use tracing::Instrument;
 
 use crate::{
-    client::{channel::Shared, task::Reader, TunnelChannel},
+    client::{start::start_client, TunnelChannel},
+    engine::{
+        open,
+        stats::{Counters, Meter},
+        trace::{self, Role},
+        writer::Core,
+    },
     error::{BoxError, Error},
     info::Direction,
-    negotiate::{self, Options, Revision},
-    pb::{self, tunnel_service_client::TunnelServiceClient},
-    stats::{Counters, Meter},
-    trace::{self, Role},
-    writer::Core,
+    wire::settings::Options,
 };
 
 /// Builds a [`TunnelChannel`]: protocol options and opening metadata.
@@ -49,7 +49,7 @@ impl Default for TunnelChannelBuilder {
 }
 
 impl TunnelChannelBuilder {
-    crate::negotiate::opening_options!();
+    crate::engine::open::opening_options!();
 
     /// Default options: revision one when the server offers it, a
     /// 1 MiB receive window per stream, 4 MiB maximum received message.
@@ -92,27 +92,12 @@ impl TunnelChannelBuilder {
         let span = trace::tunnel_span(Direction::Forward, Role::Client, None);
         async move {
             let (core, writer, gone) = Core::new(Meter::tunnel(self.counters.clone()));
-            let mut req = tonic::Request::new(writer.filter_map(|r| async move { r.ok() }));
-            *req.metadata_mut() = tonic::metadata::MetadataMap::from_headers(self.metadata.clone());
-            if self.opts.advertises() {
-                req.metadata_mut().insert(
-                    negotiate::NEGOTIATE_HEADER,
-                    tonic::metadata::MetadataValue::from_static(negotiate::NEGOTIATE_ON),
-                );
-            }
-            let (transport, body) = negotiate::OpeningTransport::new(transport);
-            // Received frames bypass tonic's decoder (see `crate::inbound`).
-            let mut client =
-                TunnelServiceClient::new(transport).max_encoding_message_size(usize::MAX);
-            let resp = client.open_tunnel(req).await.map_err(Error::closed)?;
-            let negotiated =
-                self.opts.advertises() && negotiate::peer_advertises(resp.metadata().as_ref());
-            let inbound = body.take_response(self.opts.max_frame_size())?;
+            let dialed = open::dial(transport, &self.opts, self.metadata.clone(), writer).await?;
             start_client(
                 core,
-                writer_gone(gone),
-                inbound,
-                negotiated,
+                gone,
+                dialed.inbound,
+                dialed.negotiated,
                 self.opts,
                 Direction::Forward,
             )
@@ -121,63 +106,6 @@ impl TunnelChannelBuilder {
         .instrument(span)
         .await
     }
-}
-
-fn writer_gone(
-    gone: tokio::sync::mpsc::UnboundedReceiver<i64>,
-) -> tokio::sync::mpsc::UnboundedReceiver<i64> {
-    gone
-}
-
-/// Starts the client engine on an opened tunnel: validates `Settings` when
-/// negotiated (P-13, P-14), then spawns the reader.
-pub(crate) async fn start_client<S>(
-    core: Arc<Core<pb::ClientToServer>>,
-    gone: tokio::sync::mpsc::UnboundedReceiver<i64>,
-    mut inbound: S,
-    negotiated: bool,
-    opts: Options,
-    direction: Direction,
-) -> Result<TunnelChannel, Error>
-where
-    S: FuturesStream<Item = Result<pb::ServerToClient, tonic::Status>> + Unpin + Send + 'static,
-{
-    let (revision, send_window) = if negotiated {
-        let first = match inbound.next().await {
-            Some(Ok(frame)) => frame,
-            Some(Err(status)) => {
-                core.finish(None);
-                return Err(Error::negotiation(status));
-            }
-            None => {
-                core.finish(None);
-                return Err(Error::negotiation(tonic::Status::unavailable(
-                    "failed to read settings from server: tunnel ended",
-                )));
-            }
-        };
-        match negotiate::accept_settings(first, &opts) {
-            Ok(chosen) => chosen,
-            Err(text) => {
-                core.finish(None);
-                core.meter.protocol_error();
-                core.meter.tunnel_closed();
-                return Err(Error::protocol(text));
-            }
-        }
-    } else {
-        if opts.advertises() {
-            warn!("peer did not negotiate: using protocol revision 0");
-        }
-        (Revision::Zero, 0)
-    };
-    let span = tracing::Span::current();
-    trace::record_revision(&span, revision);
-    debug!(%revision, "tunnel open");
-    let (shared, register) = Shared::new(core, opts, revision, send_window, direction, span);
-    let reader = Reader::new(shared.clone(), inbound, register, gone);
-    tokio::spawn(reader.run().in_current_span());
-    Ok(TunnelChannel::from_shared(shared))
 }
 
 impl fmt::Debug for TunnelChannelBuilder {

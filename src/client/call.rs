@@ -13,11 +13,14 @@ use http_body::Body;
 use tokio::time::{Instant, Sleep};
 
 use crate::{
-    client::channel::Handle,
+    client::shared::Handle,
+    engine::stream::{Item, Stream},
     error::BoxError,
-    frame::{MessageSplitter, Piece},
     pb,
-    stream::{client_frame, Item, Stream},
+    wire::{
+        frame,
+        message::{MessageSplitter, Piece},
+    },
 };
 
 type ClientStream = Stream<pb::ClientToServer>;
@@ -29,10 +32,7 @@ pub(crate) fn cancel(stream: &ClientStream) -> bool {
         return false;
     }
     let core = stream.core();
-    core.send_control(client_frame(
-        stream.id(),
-        pb::client_to_server::Frame::Cancel(()),
-    ));
+    core.send_control(frame::cancel(stream.id()));
     core.forget(stream.id());
     true
 }
@@ -112,9 +112,8 @@ where
                 Poll::Ready(None) => {
                     self.splitter.finish().map_err(|e| e.to_status())?;
                     self.body_done = true;
-                    let half_close = pb::client_to_server::Frame::HalfClose(());
                     self.stream
-                        .push(Item::Frame(client_frame(self.stream.id(), half_close)));
+                        .push(Item::Frame(frame::half_close(self.stream.id())));
                     return Poll::Ready(Ok(()));
                 }
             };

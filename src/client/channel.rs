@@ -5,26 +5,24 @@ use std::{
     fmt,
     future::Future,
     pin::Pin,
-    sync::{Arc, Mutex, OnceLock},
+    sync::Arc,
     task::{Context, Poll, Waker},
 };
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, Notify};
 use tracing::{debug, Instrument};
 
 use crate::{
     client::{
         call::{CallGuard, Pump},
         future::ResponseFuture,
+        shared::{Handle, Shared},
     },
+    engine::trace,
     error::{BoxError, Error},
     info::Direction,
-    metadata,
-    negotiate::{Options, Revision},
     pb,
-    stream::{client_frame, Stream},
-    writer::Core,
+    wire::{metadata, settings::Revision, timeout},
 };
 
 /// A channel that sends every call through one tunnel.
@@ -60,176 +58,6 @@ use crate::{
 #[derive(Clone)]
 pub struct TunnelChannel {
     handle: Arc<Handle>,
-}
-
-/// Owned by every clone and every call; the tunnel closes when the last one
-/// is dropped.
-pub(crate) struct Handle {
-    pub(crate) shared: Arc<Shared>,
-}
-
-impl Drop for Handle {
-    fn drop(&mut self) {
-        self.shared.close();
-    }
-}
-
-/// State of one tunnel client, shared with its reader task.
-pub(crate) struct Shared {
-    pub(crate) core: Arc<Core<pb::ClientToServer>>,
-    pub(crate) opts: Options,
-    pub(crate) shutdown: Notify,
-    closed_notify: Notify,
-    idle: Notify,
-    alloc: Mutex<Alloc>,
-    register: mpsc::UnboundedSender<Arc<Stream<pb::ClientToServer>>>,
-    terminal: OnceLock<Error>,
-    /// Runs once, when the tunnel ends (a registry removes the tunnel).
-    on_close: Mutex<Option<Box<dyn FnOnce() + Send>>>,
-    revision: Revision,
-    /// The peer's receive window per stream (from `Settings`).
-    send_window: u32,
-    direction: Direction,
-    /// The tunnel's span, parent of its streams' spans.
-    span: tracing::Span,
-}
-
-struct Alloc {
-    next_id: i64,
-    closed: bool,
-    draining: bool,
-    /// Calls whose guard is alive.
-    active: usize,
-}
-
-impl Shared {
-    pub(crate) fn new(
-        core: Arc<Core<pb::ClientToServer>>,
-        opts: Options,
-        revision: Revision,
-        send_window: u32,
-        direction: Direction,
-        span: tracing::Span,
-    ) -> (
-        Arc<Self>,
-        mpsc::UnboundedReceiver<Arc<Stream<pb::ClientToServer>>>,
-    ) {
-        let (register, register_rx) = mpsc::unbounded_channel();
-        let shared = Arc::new(Self {
-            core,
-            opts,
-            shutdown: Notify::new(),
-            closed_notify: Notify::new(),
-            alloc: Mutex::new(Alloc {
-                next_id: 1,
-                closed: false,
-                draining: false,
-                active: 0,
-            }),
-            idle: Notify::new(),
-            register,
-            terminal: OnceLock::new(),
-            on_close: Mutex::new(None),
-            revision,
-            send_window,
-            direction,
-            span,
-        });
-        (shared, register_rx)
-    }
-
-    /// Marks the tunnel dead; no stream is created after this returns.
-    pub(crate) fn set_terminal(&self, err: Error) {
-        let _ = self.terminal.set(err);
-        self.lock_alloc().closed = true;
-        let hook = self
-            .on_close
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(hook) = hook {
-            hook();
-        }
-        self.closed_notify.notify_waiters();
-    }
-
-    fn lock_alloc(&self) -> std::sync::MutexGuard<'_, Alloc> {
-        self.alloc.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub(crate) fn close(&self) {
-        self.set_terminal(Error::closed_locally());
-        self.shutdown.notify_one();
-    }
-
-    fn terminal(&self) -> Option<&Error> {
-        self.terminal.get()
-    }
-
-    /// Allocates the next stream ID and queues its `new_stream`, as one step
-    /// with respect to other stream creations (P-20).
-    fn open_stream(
-        &self,
-        method: String,
-        headers: pb::Metadata,
-    ) -> Result<Arc<Stream<pb::ClientToServer>>, tonic::Status> {
-        let flow = self.revision.is_flow_controlled();
-        let recv_window = self.opts.initial_window_size;
-        let mut alloc = self.lock_alloc();
-        if alloc.closed {
-            return Err(self.closed_status());
-        }
-        if alloc.draining {
-            return Err(tonic::Status::unavailable("tunnel is shutting down"));
-        }
-        if alloc.active >= self.opts.max_concurrent_streams {
-            return Err(tonic::Status::resource_exhausted(format!(
-                "too many concurrent calls on this tunnel (max {})",
-                self.opts.max_concurrent_streams
-            )));
-        }
-        let id = alloc.next_id;
-        if id == i64::MAX {
-            return Err(tonic::Status::unavailable(
-                "all stream IDs exhausted (must create a new channel)",
-            ));
-        }
-        alloc.next_id += 1;
-        alloc.active += 1;
-        let stream = Stream::new(
-            id,
-            self.core.clone(),
-            flow.then_some(self.send_window),
-            flow.then_some(recv_window),
-        );
-        if self.register.send(stream.clone()).is_err() {
-            return Err(self.closed_status());
-        }
-        let frame = pb::client_to_server::Frame::NewStream(pb::NewStream {
-            method_name: method,
-            request_headers: Some(headers),
-            initial_window_size: recv_window,
-            protocol_revision: self.revision.to_pb() as i32,
-        });
-        self.core.send_control(client_frame(id, frame));
-        Ok(stream)
-    }
-
-    /// A call's guard is gone.
-    pub(crate) fn call_done(&self) {
-        let mut alloc = self.lock_alloc();
-        alloc.active = alloc.active.saturating_sub(1);
-        if alloc.active == 0 {
-            self.idle.notify_waiters();
-        }
-    }
-
-    fn closed_status(&self) -> tonic::Status {
-        match self.terminal() {
-            Some(err) => err.to_status(),
-            None => tonic::Status::unavailable("tunnel closed"),
-        }
-    }
 }
 
 impl TunnelChannel {
@@ -337,24 +165,18 @@ impl TunnelChannel {
         let shared = &self.handle.shared;
         let (parts, body) = req.into_parts();
         let mut headers = metadata::headers_to_metadata(&parts.headers)?;
-        let timeout = parts
-            .headers
-            .get_all("grpc-timeout")
-            .iter()
-            .next_back()
-            .and_then(|v| v.to_str().ok())
-            .and_then(metadata::parse_grpc_timeout);
+        let timeout = timeout::grpc_timeout(&parts.headers);
         if let Some(timeout) = timeout {
             headers.md.insert(
                 "grpc-timeout".to_owned(),
                 pb::metadata::Values {
-                    val: vec![metadata::encode_grpc_timeout(timeout)],
+                    val: vec![timeout::encode_grpc_timeout(timeout)],
                 },
             );
         }
         let method = parts.uri.path().to_owned();
         let stream = shared.open_stream(method, headers)?;
-        let span = crate::trace::stream_span(&shared.span, stream.id(), parts.uri.path());
+        let span = trace::stream_span(&shared.span, stream.id(), parts.uri.path());
         debug!(parent: &span, "stream opened");
         let guard = CallGuard::new(stream.clone(), self.handle.clone());
         let max_send = if shared.revision == Revision::Zero {

@@ -9,8 +9,8 @@ use std::{
 
 use crate::{
     client::{body::ResponseBody, call::CallGuard},
-    metadata,
-    stream::Event,
+    engine::stream::Event,
+    wire::metadata,
 };
 
 /// Response future of [`TunnelChannel`](crate::TunnelChannel).

@@ -8,13 +8,14 @@
 mod body;
 mod builder;
 mod call;
-pub(crate) mod channel;
+mod channel;
 mod future;
-pub(crate) mod task;
+pub(crate) mod reader;
+pub(crate) mod shared;
+mod start;
 
 pub use body::ResponseBody;
-#[allow(unused_imports)] // used by reverse tunnels
-pub(crate) use builder::start_client;
 pub use builder::TunnelChannelBuilder;
 pub use channel::TunnelChannel;
 pub use future::ResponseFuture;
+pub(crate) use start::start_client;

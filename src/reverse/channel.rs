@@ -15,8 +15,8 @@ use tower_service::Service;
 use crate::{
     client::{ResponseBody, ResponseFuture},
     error::{BoxError, Error},
-    metadata,
     reverse::ReverseTunnelRegistry,
+    wire::timeout,
 };
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -88,11 +88,7 @@ where
         }
         let registry = self.registry.clone();
         let key = self.key.clone();
-        let timeout = req
-            .headers()
-            .get("grpc-timeout")
-            .and_then(|v| v.to_str().ok())
-            .and_then(metadata::parse_grpc_timeout);
+        let timeout = timeout::grpc_timeout(req.headers());
         ReverseResponseFuture::wait(Box::pin(async move {
             let wait = registry.wait_for(key.as_ref());
             let tunnel = match timeout {

@@ -14,12 +14,11 @@ mod keep;
 mod registry;
 mod serve;
 
-pub(crate) use accept::OpenReverseTunnel;
+pub use crate::server::DEFAULT_SHUTDOWN_GRACE;
 pub use channel::{ReverseChannel, ReverseResponseFuture};
 pub use keep::{Backoff, ConnectionState, KeepConnected};
-pub(crate) use registry::Acceptor;
 pub use registry::{
     ReverseTunnel, ReverseTunnelRegistry, TunnelEvent, TunnelEvents, DEFAULT_MAX_REVERSE_TUNNELS,
     DEFAULT_MAX_REVERSE_TUNNELS_PER_KEY,
 };
-pub use serve::{ReverseTunnelServer, DEFAULT_SHUTDOWN_GRACE};
+pub use serve::ReverseTunnelServer;

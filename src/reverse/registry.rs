@@ -359,6 +359,16 @@ where
     }
 
     /// Publishes a ready tunnel and removes it when it ends.
+    /// Whether a tunnel with these opening headers may open (limits).
+    pub(crate) fn admit(
+        &self,
+        headers: &http::HeaderMap,
+        extensions: &http::Extensions,
+    ) -> Result<(), tonic::Status> {
+        let key = (self.inner.key_fn)(headers, extensions);
+        self.check(&self.lock(), &key)
+    }
+
     pub(crate) fn add(
         &self,
         headers: http::HeaderMap,
@@ -434,45 +444,5 @@ impl<K> fmt::Debug for ReverseTunnelRegistry<K> {
         f.debug_struct("ReverseTunnelRegistry")
             .field("tunnels", &len)
             .finish()
-    }
-}
-
-/// What [`TunnelLayer`](crate::TunnelLayer) needs of a registry, whatever
-/// its key type.
-pub(crate) trait Acceptor: Send + Sync + 'static {
-    /// Whether a tunnel with this opening RPC may open (limits).
-    fn admit(
-        &self,
-        headers: &http::HeaderMap,
-        extensions: &http::Extensions,
-    ) -> Result<(), tonic::Status>;
-    fn accept(
-        &self,
-        headers: http::HeaderMap,
-        extensions: http::Extensions,
-        channel: TunnelChannel,
-    );
-}
-
-impl<K> Acceptor for ReverseTunnelRegistry<K>
-where
-    K: Clone + Eq + Hash + Send + Sync + 'static,
-{
-    fn admit(
-        &self,
-        headers: &http::HeaderMap,
-        extensions: &http::Extensions,
-    ) -> Result<(), tonic::Status> {
-        let key = (self.inner.key_fn)(headers, extensions);
-        self.check(&self.lock(), &key)
-    }
-
-    fn accept(
-        &self,
-        headers: http::HeaderMap,
-        extensions: http::Extensions,
-        channel: TunnelChannel,
-    ) {
-        self.add(headers, extensions, channel);
     }
 }

@@ -10,22 +10,25 @@ use tower_service::Service;
 use tracing::{debug, Instrument};
 
 use crate::{
+    engine::{
+        open,
+        stats::{Counters, Meter, Stats},
+        trace::{self, Role},
+        writer::Core,
+    },
     error::{BoxError, Error},
     info::Direction,
-    negotiate::{self, Options, Revision},
-    pb::{self, tunnel_service_client::TunnelServiceClient},
+    pb,
     server::{
         dispatch::{dispatch, Dispatch},
-        tunnel::{Ending, ServerTunnel, TunnelContext},
+        reader::{Ending, ServerTunnel, TunnelContext},
+        DEFAULT_SHUTDOWN_GRACE,
     },
-    stats::{Counters, Meter, Stats},
-    stream::server_frame,
-    trace::{self, Role},
-    writer::Core,
+    wire::{
+        frame,
+        settings::{Options, Revision},
+    },
 };
-
-/// Default bound on a graceful shutdown: how long calls in flight may run.
-pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Serves a service over reverse tunnels that it opens itself.
 ///
@@ -45,7 +48,7 @@ pub struct ReverseTunnelServer {
 }
 
 impl ReverseTunnelServer {
-    crate::negotiate::opening_options!();
+    crate::engine::open::opening_options!();
 
     /// Serves tunneled calls with `svc`: tonic `Routes`, a generated server,
     /// an axum router, or any service of `http::Request<tonic::body::Body>`.
@@ -140,39 +143,22 @@ impl ReverseTunnelServer {
             tokio::pin!(signal);
             let (core, writer, gone) =
                 Core::<pb::ServerToClient>::new(Meter::tunnel(Some(self.counters.clone())));
-            let mut metadata = self.metadata.clone();
-            if self.opts.advertises() {
-                metadata.insert(
-                    negotiate::NEGOTIATE_HEADER,
-                    http::HeaderValue::from_static(negotiate::NEGOTIATE_ON),
-                );
-            }
-            let mut req = tonic::Request::new(writer.filter_map(|r| async move { r.ok() }));
-            *req.metadata_mut() = tonic::metadata::MetadataMap::from_headers(metadata.clone());
-            let (transport, body) = negotiate::OpeningTransport::new(transport);
-            // Received frames bypass tonic's decoder (see `crate::inbound`).
-            let mut client =
-                TunnelServiceClient::new(transport).max_encoding_message_size(usize::MAX);
-            let resp = tokio::select! {
-                resp = client.open_reverse_tunnel(req) => resp.map_err(Error::closed)?,
+            let metadata = self.metadata.clone();
+            let dialed = tokio::select! {
+                dialed = open::dial(transport, &self.opts, metadata.clone(), writer) => dialed?,
                 () = &mut signal => return Ok(()),
             };
-            let negotiated =
-                self.opts.advertises() && negotiate::peer_advertises(resp.metadata().as_ref());
+            let negotiated = dialed.negotiated;
             if negotiated {
                 // P-11: Settings first, on the request stream, once the
                 // response headers are in.
-                core.send_control(server_frame(
-                    -1,
-                    pb::server_to_client::Frame::Settings(self.opts.settings()),
-                ));
+                core.send_control(frame::settings(self.opts.settings()));
             }
-            let (_, _, extensions) = resp.into_parts();
-            let inbound = body.take_response::<pb::ClientToServer>(self.opts.max_frame_size())?;
+            let inbound = dialed.inbound;
             let cx = TunnelContext {
                 opts: self.opts,
                 dispatch: self.dispatch.clone(),
-                extensions,
+                extensions: dialed.extensions,
                 metadata: Arc::new(metadata),
                 direction: Direction::Reverse,
             };

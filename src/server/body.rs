@@ -12,8 +12,9 @@ use bytes::Bytes;
 use http_body::Frame;
 
 use crate::{
-    frame, pb,
-    stream::{release_if_empty, Event, Stream},
+    engine::stream::{release_if_empty, Event, Stream},
+    pb,
+    wire::message as frame,
 };
 
 /// Body of an `http::Request` that a tunnel server hands to the inner service.
@@ -144,6 +145,32 @@ impl From<RequestBody> for tonic::body::Body {
 #[cfg(feature = "axum")]
 impl From<RequestBody> for axum_core::body::Body {
     fn from(body: RequestBody) -> Self {
+        axum_core::body::Body::new(body)
+    }
+}
+
+/// A response body type that [`TunnelService`](crate::TunnelService) can
+/// answer in: it keeps the inner service's own body type, so a tonic server
+/// gets `tonic::body::Body` and an axum router `axum::body::Body`, with no
+/// conversion layer in between.
+///
+/// Implemented for tonic's body and, with the `axum` feature, axum's. Other
+/// body types implement it by wrapping the given body.
+pub trait TunnelBody: http_body::Body<Data = Bytes> + Send + 'static {
+    /// Wraps the body of a response the tunnel service makes itself (the
+    /// opening RPCs' streams and their rejections).
+    fn from_tunnel(body: tonic::body::Body) -> Self;
+}
+
+impl TunnelBody for tonic::body::Body {
+    fn from_tunnel(body: tonic::body::Body) -> Self {
+        body
+    }
+}
+
+#[cfg(feature = "axum")]
+impl TunnelBody for axum_core::body::Body {
+    fn from_tunnel(body: tonic::body::Body) -> Self {
         axum_core::body::Body::new(body)
     }
 }

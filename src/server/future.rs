@@ -7,10 +7,9 @@ use std::{
     task::{ready, Context, Poll},
 };
 
-use bytes::Bytes;
 use pin_project_lite::pin_project;
 
-use crate::error::BoxError;
+use crate::server::TunnelBody;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -58,23 +57,22 @@ impl<F> ResponseFuture<F> {
 impl<F, E, ResBody> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<http::Response<ResBody>, E>>,
-    ResBody: http_body::Body<Data = Bytes> + Send + 'static,
-    ResBody::Error: Into<BoxError>,
+    ResBody: TunnelBody,
 {
-    type Output = Result<http::Response<tonic::body::Body>, E>;
+    type Output = Result<http::Response<ResBody>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
-            KindProj::Passthrough { inner } => {
-                let resp = ready!(inner.poll(cx))?;
-                Poll::Ready(Ok(resp.map(tonic::body::Body::new)))
+            KindProj::Passthrough { inner } => inner.poll(cx),
+            KindProj::Tunnel { fut } => {
+                let resp = ready!(fut.as_mut().poll(cx));
+                Poll::Ready(Ok(resp.map(ResBody::from_tunnel)))
             }
-            KindProj::Tunnel { fut } => fut.as_mut().poll(cx).map(Ok),
             KindProj::Status { status } => {
                 let status = status
                     .take()
                     .unwrap_or_else(|| tonic::Status::internal("polled after completion"));
-                Poll::Ready(Ok(status.into_http()))
+                Poll::Ready(Ok(status.into_http().map(ResBody::from_tunnel)))
             }
         }
     }

@@ -15,15 +15,15 @@ use tower::ServiceExt;
 use tracing::debug;
 
 use crate::{
+    engine::stream::{Item, Stream},
     error::BoxError,
-    frame::{MessageSplitter, Piece},
-    metadata, pb,
-    server::{
-        body::RequestBody,
-        dispatch::Dispatch,
-        tunnel::{close_frame, empty_headers},
+    pb,
+    server::{body::RequestBody, dispatch::Dispatch},
+    wire::{
+        frame,
+        message::{MessageSplitter, Piece},
+        metadata, status,
     },
-    stream::{server_frame, Item, Stream},
 };
 
 type ServerStream = Stream<pb::ServerToClient>;
@@ -37,16 +37,6 @@ pub(crate) type Call =
 /// thousands of streams open, each with its task).
 pub(crate) fn call(dispatch: Dispatch, req: http::Request<RequestBody>) -> Call {
     Box::pin(dispatch.oneshot(req))
-}
-
-/// The call's `grpc-timeout`, if any.
-pub(crate) fn timeout(headers: &http::HeaderMap) -> Option<Duration> {
-    headers
-        .get_all("grpc-timeout")
-        .iter()
-        .next_back()
-        .and_then(|v| v.to_str().ok())
-        .and_then(metadata::parse_grpc_timeout)
 }
 
 /// Serves one stream to its end, honouring `grpc-timeout` (P-60: an expired
@@ -112,9 +102,9 @@ fn start_response(
     if parts.status != http::StatusCode::OK {
         // Not a gRPC response (a 404 from a router, say): gRPC's mapping of
         // HTTP statuses to codes.
-        return Err(Some(crate::negotiate::http_status_to_grpc(parts.status)));
+        return Err(Some(status::http_status_to_grpc(parts.status)));
     }
-    if let Some(status) = metadata::status_from_trailers(&parts.headers) {
+    if let Some(status) = status::status_from_trailers(&parts.headers) {
         // Trailers-only (P-63): empty headers, then close_stream.
         let trailers = metadata::headers_to_metadata(&parts.headers).unwrap_or_default();
         close(stream, status, trailers);
@@ -123,7 +113,7 @@ fn start_response(
     let headers = metadata::headers_to_metadata(&parts.headers).map_err(Some)?;
     let id = stream.id();
     stream.push_headers_once(|| {
-        server_frame(id, pb::server_to_client::Frame::ResponseHeaders(headers))
+        frame::server_frame(id, pb::server_to_client::Frame::ResponseHeaders(headers))
     });
     Ok(body)
 }
@@ -171,8 +161,8 @@ async fn respond(stream: &Arc<ServerStream>, mut body: tonic::body::Body) -> Opt
         if let Err(e) = splitter.finish() {
             return Some(e.to_status());
         }
-        let status = metadata::status_from_trailers(&trailers).unwrap_or_else(|| {
-            metadata::tonic_status_to_pb(&tonic::Status::unknown(
+        let status = status::status_from_trailers(&trailers).unwrap_or_else(|| {
+            status::tonic_status_to_pb(&tonic::Status::unknown(
                 "handler sent trailers without grpc-status",
             ))
         });
@@ -188,25 +178,16 @@ async fn respond(stream: &Arc<ServerStream>, mut body: tonic::body::Body) -> Opt
 fn close(stream: &Arc<ServerStream>, status: tonic_types::Status, trailers: pb::Metadata) {
     let code = status.code;
     let id = stream.id();
-    let status = (status.code != 0 || !status.details.is_empty()).then_some(status);
-    let frame = server_frame(
-        id,
-        pb::server_to_client::Frame::CloseStream(pb::CloseStream {
-            response_trailers: Some(trailers),
-            status,
-        }),
-    );
-    if stream.push_final(|| empty_headers(id), frame) {
+    let last = frame::close_stream(id, status, Some(trailers));
+    if stream.push_final(|| frame::empty_headers(id), last) {
         debug!(code, "stream closed");
     }
 }
 
 fn finish(stream: &Arc<ServerStream>, status: &tonic::Status, trailers: pb::Metadata) {
     let id = stream.id();
-    if stream.push_final(
-        || empty_headers(id),
-        close_frame(id, Some(status), Some(trailers)),
-    ) {
+    let last = frame::close_with(id, status, Some(trailers));
+    if stream.push_final(|| frame::empty_headers(id), last) {
         debug!(code = ?status.code(), error = %status.message(), "stream closed");
     }
 }
@@ -214,7 +195,7 @@ fn finish(stream: &Arc<ServerStream>, status: &tonic::Status, trailers: pb::Meta
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{stats::Meter, writer::Core};
+    use crate::engine::{stats::Meter, writer::Core};
 
     /// Every open stream has one of these tasks, idle or not: it must stay
     /// small (it was 1.8 KiB when the task held the request and a timer).

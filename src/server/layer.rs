@@ -1,6 +1,6 @@
 //! [`TunnelLayer`]: adds the tunnel service to a server.
 
-use std::{fmt, hash::Hash, sync::Arc, time::Duration};
+use std::{fmt, sync::Arc, time::Duration};
 
 use tokio_util::sync::CancellationToken;
 
@@ -9,15 +9,17 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::{
+    engine::stats::{Counters, Stats},
     error::BoxError,
-    negotiate::{Options, Revision},
-    reverse::{Acceptor, ReverseTunnelRegistry, DEFAULT_SHUTDOWN_GRACE},
     server::{
         dispatch::{dispatch, Dispatch},
-        TunnelService, Unimplemented,
+        ReverseAcceptor, TunnelService, Unimplemented,
     },
-    stats::{Counters, Stats},
+    wire::settings::{Options, Revision},
 };
+
+/// Default bound on a graceful shutdown: how long calls in flight may run.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Default for [`TunnelLayer::max_tunnels`].
 pub const DEFAULT_MAX_TUNNELS: u64 = 10_000;
@@ -38,7 +40,7 @@ pub struct TunnelLayer {
 pub(crate) struct Config {
     pub(crate) opts: Options,
     pub(crate) tunnel_service: Option<Dispatch>,
-    pub(crate) reverse: Option<Arc<dyn Acceptor>>,
+    pub(crate) reverse: Option<Arc<dyn ReverseAcceptor>>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) grace: Duration,
     pub(crate) counters: Arc<Counters>,
@@ -107,14 +109,9 @@ impl TunnelLayer {
         self.update(|c| c.tunnel_service = Some(d))
     }
 
-    /// Accepts reverse tunnels (`OpenReverseTunnel`) and publishes each one
-    /// in `registry` once it is ready. Without this, reverse tunnels are
-    /// refused with `UNIMPLEMENTED` `reverse tunnels not supported` (P-18).
-    pub fn reverse<K>(self, registry: ReverseTunnelRegistry<K>) -> Self
-    where
-        K: Clone + Eq + Hash + Send + Sync + 'static,
-    {
-        let acceptor: Arc<dyn Acceptor> = Arc::new(registry);
+    /// Where accepted reverse tunnels go (see `TunnelLayer::reverse`, in
+    /// the `reverse` module).
+    pub(crate) fn reverse_acceptor(self, acceptor: Arc<dyn ReverseAcceptor>) -> Self {
         self.update(|c| c.reverse = Some(acceptor))
     }
 

@@ -32,10 +32,12 @@ mod future;
 mod handler;
 mod layer;
 mod open;
+pub(crate) mod reader;
+mod reverse_acceptor;
 mod service;
-pub(crate) mod tunnel;
 
-pub use body::RequestBody;
+pub use body::{RequestBody, TunnelBody};
 pub use future::ResponseFuture;
-pub use layer::{TunnelLayer, DEFAULT_MAX_TUNNELS};
+pub use layer::{TunnelLayer, DEFAULT_MAX_TUNNELS, DEFAULT_SHUTDOWN_GRACE};
+pub(crate) use reverse_acceptor::ReverseAcceptor;
 pub use service::{TunnelService, Unimplemented};

@@ -11,11 +11,12 @@ use bytes::Bytes;
 use tower_service::Service;
 
 use crate::{
+    engine::accept::accept,
     error::BoxError,
-    inbound::Inbound,
-    reverse::OpenReverseTunnel,
+    pb,
     server::{
-        dispatch::dispatch, future::ResponseFuture, layer::Config, open::OpenTunnel, RequestBody,
+        dispatch::dispatch, future::ResponseFuture, layer::Config, open::serve_tunnel, RequestBody,
+        TunnelBody,
     },
 };
 
@@ -67,10 +68,10 @@ where
     S::Error: Into<BoxError>,
     B: http_body::Body<Data = Bytes> + From<RequestBody> + Send + 'static,
     B::Error: Into<BoxError> + Send,
-    ResBody: http_body::Body<Data = Bytes> + Send + 'static,
+    ResBody: TunnelBody,
     ResBody::Error: Into<BoxError>,
 {
-    type Response = http::Response<tonic::body::Body>;
+    type Response = http::Response<ResBody>;
     type Error = S::Error;
     type Future = ResponseFuture<S::Future>;
 
@@ -79,7 +80,6 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let max_frame = self.config.opts.max_frame_size();
         let path = req.uri().path();
         if (path == OPEN_TUNNEL || path == OPEN_REVERSE_TUNNEL)
             && self.config.counters.snapshot().tunnels_open >= self.config.max_tunnels
@@ -89,42 +89,35 @@ where
                 self.config.max_tunnels
             )));
         }
+        let config = &self.config;
         match req.uri().path() {
             OPEN_TUNNEL => {
-                let dispatch = match &self.config.tunnel_service {
+                let dispatch = match &config.tunnel_service {
                     Some(d) => d.clone(),
                     None => dispatch(self.inner.clone()),
                 };
-                let (req, inbound) = Inbound::split_request(req, max_frame);
-                let open = OpenTunnel {
-                    inbound: Some(inbound),
-                    opts: self.config.opts,
-                    shutdown: self.config.shutdown.clone(),
-                    grace: self.config.grace,
-                    counters: self.config.counters.clone(),
-                    dispatch,
-                    extensions: req.extensions().clone(),
-                    headers: req.headers().clone(),
-                };
-                ResponseFuture::tunnel(serve_opening(open, req))
+                let (opts, shutdown, grace) = (config.opts, config.shutdown.clone(), config.grace);
+                ResponseFuture::tunnel(accept::<pb::ClientToServer, _, _>(
+                    req,
+                    opts,
+                    config.counters.clone(),
+                    move |tunnel| serve_tunnel(tunnel, opts, dispatch, shutdown, grace),
+                ))
             }
-            OPEN_REVERSE_TUNNEL => match &self.config.reverse {
+            OPEN_REVERSE_TUNNEL => match &config.reverse {
                 Some(acceptor) => {
                     if let Err(status) = acceptor.admit(req.headers(), req.extensions()) {
                         return ResponseFuture::status(status);
                     }
-                    let (req, inbound) = Inbound::split_request(req, max_frame);
-                    let open = OpenReverseTunnel {
-                        inbound: Some(inbound),
-                        opts: self.config.opts,
-                        shutdown: self.config.shutdown.clone(),
-                        grace: self.config.grace,
-                        counters: self.config.counters.clone(),
-                        acceptor: acceptor.clone(),
-                        extensions: req.extensions().clone(),
-                        headers: req.headers().clone(),
-                    };
-                    ResponseFuture::tunnel(serve_opening(open, req))
+                    let acceptor = acceptor.clone();
+                    let (opts, shutdown, grace) =
+                        (config.opts, config.shutdown.clone(), config.grace);
+                    ResponseFuture::tunnel(accept::<pb::ServerToClient, _, _>(
+                        req,
+                        opts,
+                        config.counters.clone(),
+                        move |tunnel| acceptor.accept(tunnel, opts, shutdown, grace),
+                    ))
                 }
                 // P-18: rejected before any headers (trailers-only).
                 None => ResponseFuture::status(tonic::Status::unimplemented(
@@ -139,27 +132,6 @@ where
             }
         }
     }
-}
-
-/// Serves an opening RPC with the tunnel codec (see `crate::codec`). tonic
-/// checks the request's headers and encodes the response; the request's
-/// frames were taken out beforehand (see `crate::inbound`).
-async fn serve_opening<T, U>(
-    open: T,
-    req: http::Request<tonic::body::Body>,
-) -> http::Response<tonic::body::Body>
-where
-    T: tonic::server::StreamingService<U> + Send + 'static,
-    T::Future: Send,
-    T::Response: prost::Message + Send + 'static,
-    T::ResponseStream: Send + 'static,
-    U: prost::Message + Default + Send + 'static,
-{
-    let codec = crate::codec::TunnelCodec::<T::Response, U>::default();
-    tonic::server::Grpc::new(codec)
-        .max_encoding_message_size(usize::MAX)
-        .streaming(open, req)
-        .await
 }
 
 impl<S> tonic::server::NamedService for TunnelService<S> {

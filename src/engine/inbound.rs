@@ -27,7 +27,7 @@ use bytes::{Bytes, BytesMut};
 use futures_core::Stream;
 use http_body::Body as _;
 
-use crate::frame::{MessageSplitter, Piece};
+use crate::wire::message::{MessageSplitter, Piece};
 
 /// Which end of the opening RPC the body comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,23 +2,29 @@
 //! starts a handler for each `new_stream`, and feeds each stream's request
 //! data to it (P-54: the reader never waits for a handler or a write).
 
-use std::{collections::HashMap, pin::Pin, sync::Arc, time::Duration};
+use std::{pin::Pin, sync::Arc, time::Duration};
 
 use futures_core::Stream as FuturesStream;
 use futures_util::StreamExt;
 use tokio::{sync::mpsc, task::AbortHandle, time::Sleep};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, trace, Instrument};
+use tracing::{debug, Instrument};
 
 use crate::{
-    frame::Reassembly,
+    engine::{
+        reader::{trace_in, Data, DataError, Inflow, Lookup, Pause, StreamTable},
+        stream::{Event, Stream},
+        trace,
+        writer::Core,
+    },
     info::{Direction, TunnelInfo},
-    metadata,
-    negotiate::{self, Options, Revision},
     pb::{self, client_to_server::Frame},
     server::{body::RequestBody, dispatch::Dispatch, handler},
-    stream::{server_frame, Event, Stream},
-    writer::Core,
+    wire::{
+        frame, metadata,
+        settings::{Options, Revision},
+        timeout,
+    },
 };
 
 type ServerStream = Stream<pb::ServerToClient>;
@@ -35,9 +41,8 @@ pub(crate) struct TunnelContext {
 }
 
 struct Entry {
-    stream: Arc<ServerStream>,
+    inflow: Inflow<pb::ServerToClient>,
     task: AbortHandle,
-    reassembly: Reassembly,
     half_closed: bool,
 }
 
@@ -47,12 +52,11 @@ pub(crate) struct ServerTunnel<S> {
     core: Arc<Core<pb::ServerToClient>>,
     inbound: S,
     gone: mpsc::UnboundedReceiver<i64>,
-    streams: HashMap<i64, Entry>,
-    /// Highest stream ID recorded (P-21), initially -1.
-    highest: i64,
+    /// Active streams, and the highest stream ID recorded (P-21).
+    streams: StreamTable<Entry>,
+    /// Set while a revision-zero stream's consumer catches up.
+    pause: Pause<pb::ServerToClient>,
     /// Cancelled to start a graceful shutdown.
-    /// A revision-zero stream whose consumer must catch up before reading on.
-    paused: Option<Arc<ServerStream>>,
     drain: CancellationToken,
     grace: Duration,
     /// When the drain's time runs out.
@@ -83,14 +87,14 @@ where
         gone: mpsc::UnboundedReceiver<i64>,
         inbound: S,
     ) -> Self {
+        let pause = Pause::new(cx.opts.revision_zero_buffer);
         Self {
             cx,
             core,
             inbound,
             gone,
-            streams: HashMap::new(),
-            highest: -1,
-            paused: None,
+            streams: StreamTable::server(),
+            pause,
             drain: CancellationToken::new(),
             grace: Duration::MAX,
             deadline: None,
@@ -115,12 +119,11 @@ where
     /// and hands back the inbound frames (to drain or drop).
     pub(crate) async fn run(mut self) -> (Ending, S) {
         let ending = self.read_loop().await;
-        for (_, entry) in self.streams.drain() {
+        for entry in self.streams.drain() {
             entry.task.abort();
-            entry.stream.finish();
-            entry
-                .stream
-                .fail(tonic::Status::unavailable("tunnel closed"));
+            let stream = entry.inflow.stream();
+            stream.finish();
+            stream.fail(tonic::Status::unavailable("tunnel closed"));
             self.core.meter.stream_closed();
         }
         self.core.meter.tunnel_closed();
@@ -151,10 +154,8 @@ where
                         return Ending::Drained;
                     }
                 }
-                () = caught_up(self.paused.as_deref(), self.cx.opts.revision_zero_buffer), if self.paused.is_some() => {
-                    self.paused = None;
-                }
-                frame = self.inbound.next(), if self.paused.is_none() => match frame {
+                () = self.pause.caught_up(), if self.pause.is_paused() => {}
+                frame = self.inbound.next(), if !self.pause.is_paused() => match frame {
                     Some(Ok(frame)) => {
                         if let Err(text) = self.on_frame(frame) {
                             self.core.meter.protocol_error();
@@ -173,7 +174,7 @@ where
     }
 
     fn remove(&mut self, id: i64) -> Option<Entry> {
-        let entry = self.streams.remove(&id);
+        let entry = self.streams.remove(id);
         if entry.is_some() {
             self.core.meter.stream_closed();
         }
@@ -182,65 +183,36 @@ where
 
     /// Handles one frame; `Err` is fatal to the tunnel (P-22).
     pub(crate) fn on_frame(&mut self, frame: pb::ClientToServer) -> Result<(), String> {
-        if tracing::enabled!(tracing::Level::TRACE) {
-            let (kind, stream_id, len) = crate::stream::OutFrame::describe(&frame);
-            trace!(frame = kind, stream_id, len, "frame in");
-        }
+        trace_in(&frame);
         let id = frame.stream_id;
         let frame = match frame.frame {
             Some(Frame::NewStream(new)) => return self.on_new_stream(id, new),
             other => other,
         };
-        let Some(entry) = self.streams.get_mut(&id) else {
-            // P-23, server side.
-            if id <= self.highest {
-                trace!(stream_id = id, "dropped frame for finished stream");
-                return Ok(());
-            }
-            return Err(format!(
-                "received frame for stream ID {id}: stream never created"
-            ));
+        // P-23, server side.
+        let entry = match self.streams.lookup(id) {
+            Lookup::Active(entry) => entry,
+            Lookup::Finished => return Ok(()),
+            Lookup::Unknown => return Err(StreamTable::<Entry>::unknown(id)),
         };
-        let max = self.cx.opts.max_message_size;
+        let stream = entry.inflow.stream().clone();
         let failure = match frame {
             Some(Frame::RequestMessage(msg)) if !entry.half_closed => {
-                let len = msg.data.len();
-                match entry.reassembly.on_envelope(msg.size, len, max) {
-                    Err(e) => Some(e.server_status()),
-                    Ok(()) if !entry.stream.charge_recv(len) => Some(overrun()),
-                    Ok(()) => {
-                        self.core.meter.received(len, true);
-                        entry.stream.deliver(Event::Start {
-                            size: msg.size,
-                            data: msg.data,
-                        });
-                        if entry.stream.over_buffer(self.cx.opts.revision_zero_buffer) {
-                            self.paused = Some(entry.stream.clone());
-                        }
-                        None
-                    }
-                }
+                let data = Data::Envelope {
+                    size: msg.size,
+                    data: msg.data,
+                };
+                self.on_data(id, data)
             }
             Some(Frame::MoreRequestData(data)) if !entry.half_closed => {
-                match entry.reassembly.on_continuation(data.len()) {
-                    Err(e) => Some(e.server_status()),
-                    Ok(()) if !entry.stream.charge_recv(data.len()) => Some(overrun()),
-                    Ok(()) => {
-                        self.core.meter.received(data.len(), false);
-                        entry.stream.deliver(Event::More(data));
-                        if entry.stream.over_buffer(self.cx.opts.revision_zero_buffer) {
-                            self.paused = Some(entry.stream.clone());
-                        }
-                        None
-                    }
-                }
+                self.on_data(id, Data::More(data))
             }
             // P-37: data after half_close is dropped, a repeated half_close ignored.
             Some(Frame::RequestMessage(_) | Frame::MoreRequestData(_)) => None,
             Some(Frame::HalfClose(())) => {
                 if !entry.half_closed {
                     entry.half_closed = true;
-                    entry.stream.deliver(Event::End(None));
+                    stream.deliver(Event::End(None));
                 }
                 None
             }
@@ -249,8 +221,8 @@ where
                 // its future is dropped, not just its input ended).
                 debug!(stream_id = id, "stream cancelled by client");
                 entry.task.abort();
-                entry.stream.finish();
-                entry.stream.fail(tonic::Status::cancelled(
+                stream.finish();
+                stream.fail(tonic::Status::cancelled(
                     "stream cancelled by tunnel client",
                 ));
                 self.remove(id);
@@ -258,7 +230,7 @@ where
             }
             Some(Frame::WindowUpdate(n)) => {
                 if n > 0 {
-                    entry.stream.add_window(n);
+                    stream.add_window(n);
                 }
                 None
             }
@@ -274,6 +246,23 @@ where
         Ok(())
     }
 
+    /// A data frame of an active stream, on the engine's shared path; the
+    /// status to end the stream with if it breaks the rules (P-33, P-51).
+    fn on_data(&mut self, id: i64, data: Data) -> Option<tonic::Status> {
+        let Lookup::Active(entry) = self.streams.lookup(id) else {
+            return None;
+        };
+        let max = self.cx.opts.max_message_size;
+        match entry.inflow.on_data(data, max, &self.core.meter) {
+            Ok(()) => {
+                self.pause.check(entry.inflow.stream());
+                None
+            }
+            Err(DataError::Reassembly(e)) => Some(e.server_status()),
+            Err(DataError::Overrun(e)) => Some(e.to_status()),
+        }
+    }
+
     /// Ends an active stream with `status`: empty headers if none were sent,
     /// then `close_stream` with empty trailers (P-33); the handler is dropped.
     fn end_stream(&mut self, id: i64, status: tonic::Status) {
@@ -282,24 +271,25 @@ where
         };
         debug!(stream_id = id, code = ?status.code(), error = %status.message(), "stream failed");
         entry.task.abort();
-        entry.stream.push_final(
-            || empty_headers(id),
-            close_frame(id, Some(&status), Some(pb::Metadata::default())),
+        let stream = entry.inflow.stream();
+        stream.push_final(
+            || frame::empty_headers(id),
+            frame::close_with(id, &status, Some(pb::Metadata::default())),
         );
-        entry.stream.fail(status);
+        stream.fail(status);
     }
 
     fn on_new_stream(&mut self, id: i64, new: pb::NewStream) -> Result<(), String> {
-        if self.streams.contains_key(&id) {
+        if self.streams.contains(id) {
             return Err(format!("cannot create stream ID {id}: already exists"));
         }
-        if id <= self.highest {
+        if id <= self.streams.highest() {
             return Err(format!(
                 "cannot create stream ID {id}: that ID has already been used"
             ));
         }
         // P-28: the ID is recorded before any rejection (unlike B-1).
-        self.highest = id;
+        self.streams.record(id);
         if self.draining() {
             return self.reject(id, tonic::Status::unavailable("server is shutting down"));
         }
@@ -327,7 +317,7 @@ where
             + new
                 .request_headers
                 .as_ref()
-                .map_or(0, negotiate::metadata_size);
+                .map_or(0, metadata::metadata_size);
         if md_size > opts.max_metadata_size {
             let max = opts.max_metadata_size;
             return self.reject(
@@ -370,14 +360,14 @@ where
             flow.then_some(new.initial_window_size),
             flow.then_some(self.cx.opts.initial_window_size),
         );
-        let span = crate::trace::stream_span(&tracing::Span::current(), id, uri.path());
+        let span = trace::stream_span(&tracing::Span::current(), id, uri.path());
         let req = self.request(
             uri,
             new.request_headers.unwrap_or_default(),
             &stream,
             revision,
         );
-        let timeout = handler::timeout(req.headers());
+        let timeout = timeout::grpc_timeout(req.headers());
         let call = handler::call(self.cx.dispatch.clone(), req);
         let task =
             tokio::spawn(handler::serve_stream(call, timeout, stream.clone()).instrument(span));
@@ -385,9 +375,8 @@ where
         self.streams.insert(
             id,
             Entry {
-                stream,
+                inflow: Inflow::new(stream),
                 task: task.abort_handle(),
-                reassembly: Reassembly::default(),
                 half_closed: false,
             },
         );
@@ -426,47 +415,7 @@ where
     /// Rejects a new stream: one `close_stream` with only a status (P-28).
     fn reject(&mut self, id: i64, status: tonic::Status) -> Result<(), String> {
         debug!(stream_id = id, code = ?status.code(), error = %status.message(), "stream rejected");
-        self.core.send_control(close_frame(id, Some(&status), None));
+        self.core.send_control(frame::close_with(id, &status, None));
         Ok(())
     }
-}
-
-/// Waits until a paused stream's consumer has caught up (revision zero:
-/// buffering is bounded by pausing reads, never by dropping data).
-pub(crate) async fn caught_up<F: crate::stream::OutFrame>(
-    stream: Option<&Stream<F>>,
-    limit: usize,
-) {
-    if let Some(stream) = stream {
-        std::future::poll_fn(|cx| stream.poll_caught_up(cx, limit)).await;
-    }
-}
-
-fn overrun() -> tonic::Status {
-    tonic::Status::resource_exhausted("flow control window exceeded")
-}
-
-pub(crate) fn empty_headers(id: i64) -> pb::ServerToClient {
-    server_frame(
-        id,
-        pb::server_to_client::Frame::ResponseHeaders(pb::Metadata::default()),
-    )
-}
-
-/// A `close_stream` frame; an OK status without details is sent absent (P-44).
-pub(crate) fn close_frame(
-    id: i64,
-    status: Option<&tonic::Status>,
-    trailers: Option<pb::Metadata>,
-) -> pb::ServerToClient {
-    let status = status
-        .map(metadata::tonic_status_to_pb)
-        .filter(|s| s.code != 0 || !s.details.is_empty());
-    server_frame(
-        id,
-        pb::server_to_client::Frame::CloseStream(pb::CloseStream {
-            response_trailers: trailers,
-            status,
-        }),
-    )
 }

@@ -10,111 +10,25 @@
 
 use std::{
     collections::VecDeque,
-    sync::{
-        atomic::{AtomicI64, Ordering},
-        Arc, Mutex, MutexGuard,
-    },
+    sync::{Arc, Mutex, MutexGuard},
     task::{Context, Poll, Waker},
 };
 
 use bytes::Bytes;
 
-use crate::{pb, stats::Meter, writer::Core};
+use crate::{
+    engine::{
+        flow::{Credit, Overrun, RecvWindow, SendWindow},
+        stats::Meter,
+        writer::{Core, Source},
+    },
+    pb,
+    wire::frame::OutFrame,
+};
 
 /// Most bytes a producer may queue on a stream before it waits for the
 /// writer, on top of what the send window lets through.
 const QUEUE_HIGH_WATER: usize = 256 * 1024;
-
-/// A frame type the writer can produce for data and credit.
-pub(crate) trait OutFrame: Send + 'static {
-    /// First chunk of a message of `size` bytes.
-    fn envelope(id: i64, size: u32, data: Bytes) -> Self;
-    /// Next chunk of the current message.
-    fn more(id: i64, data: Bytes) -> Self;
-    /// Credit for the peer's data.
-    fn window_update(id: i64, n: u32) -> Self;
-    /// Kind, stream ID and data length, for tracing.
-    fn describe(&self) -> (&'static str, i64, usize);
-}
-
-impl OutFrame for pb::ClientToServer {
-    fn envelope(id: i64, size: u32, data: Bytes) -> Self {
-        client_frame(
-            id,
-            pb::client_to_server::Frame::RequestMessage(pb::MessageData { size, data }),
-        )
-    }
-
-    fn more(id: i64, data: Bytes) -> Self {
-        client_frame(id, pb::client_to_server::Frame::MoreRequestData(data))
-    }
-
-    fn window_update(id: i64, n: u32) -> Self {
-        client_frame(id, pb::client_to_server::Frame::WindowUpdate(n))
-    }
-
-    fn describe(&self) -> (&'static str, i64, usize) {
-        use pb::client_to_server::Frame as F;
-        let (kind, len) = match &self.frame {
-            None => ("none", 0),
-            Some(F::NewStream(_)) => ("new_stream", 0),
-            Some(F::RequestMessage(m)) => ("request_message", m.data.len()),
-            Some(F::MoreRequestData(d)) => ("more_request_data", d.len()),
-            Some(F::HalfClose(())) => ("half_close", 0),
-            Some(F::Cancel(())) => ("cancel", 0),
-            Some(F::WindowUpdate(n)) => ("window_update", *n as usize),
-        };
-        (kind, self.stream_id, len)
-    }
-}
-
-impl OutFrame for pb::ServerToClient {
-    fn envelope(id: i64, size: u32, data: Bytes) -> Self {
-        server_frame(
-            id,
-            pb::server_to_client::Frame::ResponseMessage(pb::MessageData { size, data }),
-        )
-    }
-
-    fn more(id: i64, data: Bytes) -> Self {
-        server_frame(id, pb::server_to_client::Frame::MoreResponseData(data))
-    }
-
-    fn window_update(id: i64, n: u32) -> Self {
-        server_frame(id, pb::server_to_client::Frame::WindowUpdate(n))
-    }
-
-    fn describe(&self) -> (&'static str, i64, usize) {
-        use pb::server_to_client::Frame as F;
-        let (kind, len) = match &self.frame {
-            None => ("none", 0),
-            Some(F::ResponseHeaders(_)) => ("response_headers", 0),
-            Some(F::ResponseMessage(m)) => ("response_message", m.data.len()),
-            Some(F::MoreResponseData(d)) => ("more_response_data", d.len()),
-            Some(F::CloseStream(c)) => (
-                "close_stream",
-                c.status.as_ref().map_or(0, |s| s.code as usize),
-            ),
-            Some(F::Settings(_)) => ("settings", 0),
-            Some(F::WindowUpdate(n)) => ("window_update", *n as usize),
-        };
-        (kind, self.stream_id, len)
-    }
-}
-
-pub(crate) fn client_frame(id: i64, frame: pb::client_to_server::Frame) -> pb::ClientToServer {
-    pb::ClientToServer {
-        stream_id: id,
-        frame: Some(frame),
-    }
-}
-
-pub(crate) fn server_frame(id: i64, frame: pb::server_to_client::Frame) -> pb::ServerToClient {
-    pb::ServerToClient {
-        stream_id: id,
-        frame: Some(frame),
-    }
-}
 
 /// What a stream's producer queues for the writer.
 #[derive(Debug)]
@@ -149,8 +63,8 @@ struct SendState<F> {
     queue: VecDeque<Item<F>>,
     /// Data bytes in `queue`.
     queued: usize,
-    /// Send window; `i64::MAX` when the stream has no flow control.
-    window: i64,
+    /// What the peer lets this stream send.
+    window: SendWindow,
     /// The stream is in the writer's ring (or on its way there).
     scheduled: bool,
     /// Nothing more will be written for this stream.
@@ -172,7 +86,7 @@ struct RecvState {
     queue: VecDeque<Event>,
     consumer: Option<Waker>,
     /// Consumed bytes not credited back yet.
-    pending_credit: u32,
+    owed: Credit,
     /// No more data can arrive (end or failure queued).
     ended: bool,
     /// Data bytes queued for the consumer.
@@ -188,10 +102,8 @@ struct RecvState {
 pub(crate) struct Stream<F> {
     id: i64,
     core: Arc<Core<F>>,
-    /// Receive-side flow control: `None` on revision-zero streams.
-    credit_threshold: Option<u32>,
-    /// The receiver's overrun counter (P-51): what the peer may still send.
-    recv_window: AtomicI64,
+    /// What the peer may still send: `None` on revision-zero streams.
+    recv_window: Option<RecvWindow>,
     send: Mutex<SendState<F>>,
     recv: Mutex<RecvState>,
 }
@@ -214,12 +126,11 @@ impl<F: OutFrame> Stream<F> {
         Arc::new(Self {
             id,
             core,
-            credit_threshold: recv_window.map(|w| (w / 2).max(1)),
-            recv_window: AtomicI64::new(recv_window.map_or(i64::MAX, i64::from)),
+            recv_window: recv_window.map(RecvWindow::new),
             send: Mutex::new(SendState {
                 queue: VecDeque::new(),
                 queued: 0,
-                window: send_window.map_or(i64::MAX, i64::from),
+                window: SendWindow::new(send_window),
                 scheduled: false,
                 closed: false,
                 finished: false,
@@ -231,7 +142,7 @@ impl<F: OutFrame> Stream<F> {
             recv: Mutex::new(RecvState {
                 queue: VecDeque::new(),
                 consumer: None,
-                pending_credit: 0,
+                owed: Credit::default(),
                 ended: false,
                 buffered: 0,
                 abandoned: false,
@@ -345,11 +256,7 @@ impl<F: OutFrame> Stream<F> {
     /// Adds credit from a `window_update` (saturating; B-13).
     pub(crate) fn add_window(self: &Arc<Self>, n: u32) {
         let mut st = lock(&self.send);
-        if st.window == i64::MAX {
-            return;
-        }
-        st.window = st.window.saturating_add(i64::from(n));
-        if st.window > 0 {
+        if st.window.grant(n) {
             if let Some(since) = st.blocked_since.take() {
                 self.core.meter.blocked(since.elapsed());
             }
@@ -360,16 +267,20 @@ impl<F: OutFrame> Stream<F> {
     fn schedule(self: &Arc<Self>, st: &mut SendState<F>) {
         if !st.scheduled && sendable(st) {
             st.scheduled = true;
-            self.core.schedule(self.clone());
+            self.core.schedule(self.clone() as Arc<dyn Source<F>>);
         }
     }
 
     /// Takes the next frame to write (called by the writer). Returns the
     /// frame, if any, and whether the stream should stay in the ring.
-    pub(crate) fn next_frame(&self, max_chunk: usize) -> (Option<F>, bool) {
+    fn take_next(&self, max_chunk: usize) -> (Option<F>, bool) {
         let mut st = lock(&self.send);
         let frame = take_frame(&mut st, self.id, max_chunk, &self.core.meter);
-        if st.window <= 0 && st.blocked_since.is_none() && !st.queue.is_empty() && !sendable(&st) {
+        if !st.window.is_open()
+            && st.blocked_since.is_none()
+            && !st.queue.is_empty()
+            && !sendable(&st)
+        {
             tracing::debug!(
                 stream_id = self.id,
                 queued = st.queued,
@@ -396,17 +307,12 @@ impl<F: OutFrame> Stream<F> {
     // ----- receive side ----------------------------------------------------
 
     /// Checks a data frame of `len` bytes against the receive window and
-    /// charges it (reader side, P-51). `false` on overrun.
-    pub(crate) fn charge_recv(&self, len: usize) -> bool {
-        if self.credit_threshold.is_none() {
-            return true;
+    /// charges it (reader side, P-51).
+    pub(crate) fn charge_recv(&self, len: usize) -> Result<(), Overrun> {
+        match &self.recv_window {
+            Some(window) => window.charge(len),
+            None => Ok(()),
         }
-        let len = len as i64;
-        if len > self.recv_window.load(Ordering::Acquire) {
-            return false;
-        }
-        self.recv_window.fetch_sub(len, Ordering::AcqRel);
-        true
     }
 
     /// Delivers an event to the consumer. Events after the end are dropped.
@@ -476,7 +382,7 @@ impl<F: OutFrame> Stream<F> {
     /// Whether this is a revision-zero stream (no window bounds what it
     /// buffers) with more than `limit` data bytes waiting for the consumer.
     pub(crate) fn over_buffer(&self, limit: usize) -> bool {
-        self.credit_threshold.is_none() && lock(&self.recv).buffered > limit
+        self.recv_window.is_none() && lock(&self.recv).buffered > limit
     }
 
     /// Resolves once at most half of `limit` bytes wait for the consumer (or
@@ -507,19 +413,19 @@ impl<F: OutFrame> Stream<F> {
     }
 
     fn credit(&self, st: &mut RecvState, len: usize) {
-        let Some(threshold) = self.credit_threshold else {
+        let Some(window) = &self.recv_window else {
             return;
         };
-        if st.ended || len == 0 {
-            // P-53: no credit once no more data can arrive.
-            return;
-        }
-        st.pending_credit = st.pending_credit.saturating_add(len as u32);
-        if st.pending_credit >= threshold {
-            let n = std::mem::take(&mut st.pending_credit);
-            self.recv_window.fetch_add(i64::from(n), Ordering::AcqRel);
+        // P-53: no credit once no more data can arrive.
+        if let Some(n) = window.release(&mut st.owed, len, !st.ended) {
             self.core.send_control(F::window_update(self.id, n));
         }
+    }
+}
+
+impl<F: OutFrame> Source<F> for Stream<F> {
+    fn next_frame(&self, max_chunk: usize) -> (Option<F>, bool) {
+        self.take_next(max_chunk)
     }
 }
 
@@ -527,7 +433,7 @@ fn sendable<F>(st: &SendState<F>) -> bool {
     match st.queue.front() {
         None => false,
         Some(Item::Frame(_)) => true,
-        Some(Item::Start { data, .. } | Item::More(data)) => data.is_empty() || st.window > 0,
+        Some(Item::Start { data, .. } | Item::More(data)) => data.is_empty() || st.window.is_open(),
     }
 }
 
@@ -540,9 +446,7 @@ fn take_frame<F: OutFrame>(
     if !sendable(st) {
         return None;
     }
-    let allowed = usize::try_from(st.window)
-        .unwrap_or(usize::MAX)
-        .min(max_chunk);
+    let allowed = st.window.allowed(max_chunk);
     let frame = take_item(st, id, allowed, meter);
     release_if_empty(&mut st.queue);
     frame
@@ -595,9 +499,7 @@ fn cut(data: &mut Bytes, allowed: usize) -> Bytes {
 
 fn charge<F>(st: &mut SendState<F>, len: usize) {
     st.queued -= len;
-    if st.window != i64::MAX {
-        st.window -= len as i64;
-    }
+    st.window.spend(len);
 }
 
 #[cfg(test)]
@@ -605,7 +507,7 @@ mod tests {
     use std::task::Waker;
 
     use super::*;
-    use crate::stats::Meter;
+    use crate::engine::stats::Meter;
 
     fn data(n: usize) -> Event {
         Event::More(Bytes::from(vec![0u8; n]))
@@ -651,8 +553,8 @@ mod tests {
     fn flow_controlled_stream_is_bounded_by_its_window_not_by_pausing() {
         let (core, _writer, _gone) = Core::<pb::ServerToClient>::new(Meter::default());
         let stream = Stream::new(1, core, Some(100), Some(100));
-        assert!(stream.charge_recv(100));
-        assert!(!stream.charge_recv(1), "window overrun");
+        assert!(stream.charge_recv(100).is_ok());
+        assert_eq!(stream.charge_recv(1), Err(Overrun), "window overrun");
         stream.deliver(data(100));
         assert!(!stream.over_buffer(10));
     }

@@ -1,12 +1,7 @@
-//! Frame-handling harnesses for fuzzing and property tests.
-//!
-//! Each harness feeds a sequence of frames to one role's reader, as the
-//! opening RPC would deliver them, runs the handlers and consumers it
-//! started, and checks invariants on what the role wrote back. A harness
-//! never touches the network; it panics only when an invariant breaks, which
-//! is what a fuzzer or a property test looks for.
-//!
-//! Enabled by the `fuzzing` feature (used by `fuzz/`); not a stable API.
+//! Harnesses over each role's reader: a sequence of frames is fed to a
+//! tunnel server or a tunnel client, as the opening RPC would deliver them,
+//! the handlers and consumers it started run, and invariants are checked on
+//! what the role wrote back. They need a (current-thread) runtime per input.
 
 use std::{
     collections::HashMap,
@@ -19,18 +14,22 @@ use std::{
 use futures_core::Stream as FuturesStream;
 
 use crate::{
-    client::channel::Shared,
-    client::task::Reader,
+    client::{reader::Reader, shared::Shared},
+    engine::{
+        stats::Meter,
+        stream::{Event, Stream},
+        writer::{Core, Writer},
+    },
     info::Direction,
-    negotiate::{Options, Revision},
     pb,
     server::{
         dispatch::dispatch,
-        tunnel::{ServerTunnel, TunnelContext},
+        reader::{ServerTunnel, TunnelContext},
     },
-    stats::Meter,
-    stream::{Event, Stream},
-    writer::{Core, Writer},
+    wire::{
+        frame::OutFrame,
+        settings::{Options, Revision},
+    },
 };
 
 /// Small limits, so that inputs can reach them.
@@ -60,7 +59,7 @@ async fn settle() {
 }
 
 /// Everything the writer has ready, without waiting.
-fn drain<F: crate::stream::OutFrame>(writer: &mut Writer<F>) -> Vec<Result<F, tonic::Status>> {
+fn drain<F: OutFrame>(writer: &mut Writer<F>) -> Vec<Result<F, tonic::Status>> {
     let mut cx = Context::from_waker(Waker::noop());
     let mut out = Vec::new();
     while let Poll::Ready(Some(frame)) = Pin::new(&mut *writer).poll_next(&mut cx) {
@@ -309,10 +308,7 @@ mod tests {
             })),
             frame(F::HalfClose(())),
         ]);
-        let kinds: Vec<_> = out
-            .iter()
-            .map(|f| crate::stream::OutFrame::describe(f).0)
-            .collect();
+        let kinds: Vec<_> = out.iter().map(|f| OutFrame::describe(f).0).collect();
         assert_eq!(
             kinds,
             ["response_headers", "response_message", "close_stream"],

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 
 use tracing::{field, Span};
 
-use crate::{info::Direction, negotiate::Revision};
+use crate::{engine::stats, info::Direction, wire::settings::Revision};
 
 /// Which end of the tunnel a span belongs to.
 #[derive(Debug, Clone, Copy)]
@@ -29,7 +29,7 @@ pub(crate) enum Role {
 pub(crate) fn tunnel_span(direction: Direction, role: Role, peer: Option<SocketAddr>) -> Span {
     let span = tracing::debug_span!(
         "grpctunnel.tunnel",
-        tunnel_id = crate::stats::next_tunnel_id(),
+        tunnel_id = stats::next_tunnel_id(),
         direction = %direction,
         role = match role {
             Role::Client => "client",

@@ -17,6 +17,7 @@
 
 use std::{
     collections::VecDeque,
+    fmt,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
@@ -26,13 +27,20 @@ use futures_core::Stream as FuturesStream;
 use tokio::sync::mpsc::{self, error::TryRecvError};
 use tracing::trace;
 
-use crate::{
-    stats::Meter,
-    stream::{OutFrame, Stream},
-};
+use crate::{engine::stats::Meter, wire::frame::OutFrame};
 
 /// Largest chunk of message data in one frame (P-30).
 pub(crate) const MAX_CHUNK: usize = 16 * 1024;
+
+/// A stream with frames to write, as the writer sees it (the engine's
+/// [`Stream`](super::stream::Stream)).
+pub(crate) trait Source<F>: fmt::Debug + Send + Sync {
+    /// Takes the next frame, with data of at most `max_chunk` bytes. Returns
+    /// the frame, if any, and whether the stream has more to write now.
+    fn next_frame(&self, max_chunk: usize) -> (Option<F>, bool);
+}
+
+type Ready<F> = Arc<dyn Source<F>>;
 
 #[derive(Debug)]
 enum Ctl<F> {
@@ -45,7 +53,7 @@ enum Ctl<F> {
 pub(crate) struct Core<F> {
     pub(crate) meter: Meter,
     control: mpsc::UnboundedSender<Ctl<F>>,
-    ready: mpsc::UnboundedSender<Arc<Stream<F>>>,
+    ready: mpsc::UnboundedSender<Ready<F>>,
     gone: mpsc::UnboundedSender<i64>,
 }
 
@@ -88,7 +96,8 @@ impl<F: OutFrame> Core<F> {
         let _ = self.gone.send(id);
     }
 
-    pub(crate) fn schedule(&self, stream: Arc<Stream<F>>) {
+    /// Puts a stream with something to write in the writer's ring.
+    pub(crate) fn schedule(&self, stream: Ready<F>) {
         let _ = self.ready.send(stream);
     }
 }
@@ -105,8 +114,8 @@ impl<F> Drop for Core<F> {
 #[derive(Debug)]
 pub(crate) struct Writer<F> {
     control: mpsc::UnboundedReceiver<Ctl<F>>,
-    ready: mpsc::UnboundedReceiver<Arc<Stream<F>>>,
-    ring: VecDeque<Arc<Stream<F>>>,
+    ready: mpsc::UnboundedReceiver<Ready<F>>,
+    ring: VecDeque<Ready<F>>,
     done: bool,
 }
 

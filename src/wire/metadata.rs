@@ -1,0 +1,490 @@
+//! Bridging between HTTP/2-style gRPC metadata and the tunnel's `Metadata`.
+//!
+//! On HTTP/2, gRPC metadata is a set of headers; inside a tunnel it is a
+//! [`pb::Metadata`] map. [`headers_to_metadata`] and [`metadata_to_headers`]
+//! convert headers and trailers (P-56, P-58). Binary (`-bin`) values are
+//! base64 on HTTP/2 but raw bytes in the tunnel (P-57), so they are decoded
+//! on the way in and encoded on the way out. The call's outcome is in
+//! [`super::status`], its deadline in [`super::timeout`].
+//!
+//! Nothing here does I/O and nothing panics on input from the wire: bad
+//! input becomes a [`tonic::Status`] (`INTERNAL`) or is skipped with a
+//! `debug!` event.
+
+use base64::{
+    alphabet,
+    engine::{
+        general_purpose::{GeneralPurpose, GeneralPurposeConfig},
+        DecodePaddingMode,
+    },
+    Engine as _,
+};
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::pb;
+
+/// Base64 as gRPC uses it on HTTP/2: standard alphabet, written without
+/// padding (as tonic does), read with or without it.
+pub(crate) const BASE64: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new()
+        .with_encode_padding(false)
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(true),
+);
+
+/// Suffix of the keys whose values are binary.
+const BIN_SUFFIX: &str = "-bin";
+
+/// `grpc-status` trailer.
+pub(crate) const GRPC_STATUS: &str = "grpc-status";
+/// `grpc-message` trailer.
+pub(crate) const GRPC_MESSAGE: &str = "grpc-message";
+/// `grpc-status-details-bin` trailer.
+pub(crate) const GRPC_STATUS_DETAILS: &str = "grpc-status-details-bin";
+
+/// Headers that never go into a tunnel [`pb::Metadata`] (P-58).
+///
+/// They describe one HTTP/2 call rather than the application's metadata:
+/// gRPC transport headers (content type, deadline, compression, status) and
+/// HTTP hop-by-hop headers. `grpc-timeout` is among them because the tunnel
+/// client enforces the deadline itself (P-60); the engine may add it back
+/// explicitly.
+const SKIP_INTO_METADATA: &[&str] = &[
+    "content-type",
+    "te",
+    "user-agent",
+    "grpc-timeout",
+    "grpc-encoding",
+    "grpc-accept-encoding",
+    GRPC_STATUS,
+    GRPC_MESSAGE,
+    GRPC_STATUS_DETAILS,
+    "host",
+    "connection",
+    "content-length",
+    "transfer-encoding",
+    "keep-alive",
+    "proxy-connection",
+    "upgrade",
+    "accept-encoding",
+];
+
+/// Metadata keys that are never turned into headers.
+///
+/// A peer (for example the Go reference implementation, which passes
+/// metadata through untouched, P-58) may send any of them, but copying them
+/// would corrupt the HTTP/2 bridging:
+///
+/// - `grpc-status`, `grpc-message`, `grpc-status-details-bin`: the outcome
+///   of a call comes only from `close_stream.status` (P-62); a stray copy in
+///   headers or trailers would override or contradict it.
+/// - `content-type`, `te`: set by the engine for the gRPC request or
+///   response it builds; a second value confuses the receiving gRPC stack.
+/// - `grpc-encoding`, `grpc-accept-encoding`: messages inside a tunnel are
+///   never compressed (P-65); a `grpc-encoding` header would make the
+///   receiving gRPC stack try (and fail) to decompress them.
+/// - `content-length`, `connection`, `transfer-encoding`, `keep-alive`,
+///   `proxy-connection`, `upgrade`, `host`: HTTP framing and hop-by-hop
+///   headers. HTTP/2 forbids the connection-specific ones (hyper refuses to
+///   send them and fails the whole stream), and a `content-length` would not
+///   match the body.
+///
+/// `grpc-timeout` is passed through: a tunnel server reads it (P-60).
+const SKIP_INTO_HEADERS: &[&str] = &[
+    GRPC_STATUS,
+    GRPC_MESSAGE,
+    GRPC_STATUS_DETAILS,
+    "content-type",
+    "te",
+    "grpc-encoding",
+    "grpc-accept-encoding",
+    "content-length",
+    "connection",
+    "transfer-encoding",
+    "keep-alive",
+    "proxy-connection",
+    "upgrade",
+    "host",
+];
+
+/// Whether `key` names a binary (`-bin`) metadata entry.
+fn is_bin_key(key: &str) -> bool {
+    key.ends_with(BIN_SUFFIX)
+}
+
+/// Converts request headers, response headers or trailers into tunnel
+/// metadata.
+///
+/// Pseudo-headers and the transport and hop-by-hop headers of P-58 are not
+/// copied. Values keep their order per key. `-bin` values are base64-decoded
+/// (padded or not, and several comma-separated values in one header are
+/// split) and carried raw (P-57).
+///
+/// # Errors
+///
+/// `INTERNAL`, naming the key, when a value cannot be carried in a proto
+/// `string`: a `-bin` value that is not valid base64 or whose bytes are not
+/// valid UTF-8, or a text value that is not valid UTF-8. Only the call that
+/// carries it should fail (P-57).
+pub(crate) fn headers_to_metadata(headers: &HeaderMap) -> Result<pb::Metadata, tonic::Status> {
+    let mut md = pb::Metadata::default();
+    for key in headers.keys() {
+        let name = key.as_str();
+        if name.starts_with(':') || SKIP_INTO_METADATA.contains(&name) {
+            continue;
+        }
+        let mut values = Vec::new();
+        for value in headers.get_all(key) {
+            if is_bin_key(name) {
+                decode_bin_value(name, value, &mut values)?;
+            } else {
+                values.push(text_value(name, value)?);
+            }
+        }
+        if !values.is_empty() {
+            md.md.entry(name.to_owned()).or_default().val.extend(values);
+        }
+    }
+    Ok(md)
+}
+
+/// Decodes one `-bin` header value into raw values, one per comma-separated
+/// part.
+fn decode_bin_value(
+    key: &str,
+    value: &HeaderValue,
+    out: &mut Vec<String>,
+) -> Result<(), tonic::Status> {
+    for part in value.as_bytes().split(|b| *b == b',') {
+        let part = part.trim_ascii();
+        let bytes = BASE64.decode(part).map_err(|err| {
+            tracing::debug!(key, error = %err, "invalid base64 in binary metadata");
+            tonic::Status::internal(format!(
+                "metadata value of {key:?} is not valid base64: {err}"
+            ))
+        })?;
+        let text = String::from_utf8(bytes).map_err(|_| {
+            tracing::debug!(key, "binary metadata is not valid UTF-8");
+            tonic::Status::internal(format!(
+                "binary metadata value of {key:?} is not valid UTF-8 and cannot cross a tunnel"
+            ))
+        })?;
+        out.push(text);
+    }
+    Ok(())
+}
+
+/// Converts one text header value into a `String`.
+fn text_value(key: &str, value: &HeaderValue) -> Result<String, tonic::Status> {
+    if let Ok(s) = value.to_str() {
+        return Ok(s.to_owned());
+    }
+    match std::str::from_utf8(value.as_bytes()) {
+        Ok(s) => Ok(s.to_owned()),
+        Err(_) => {
+            tracing::debug!(key, "metadata value is not valid UTF-8");
+            Err(tonic::Status::internal(format!(
+                "metadata value of {key:?} is not valid UTF-8 and cannot cross a tunnel"
+            )))
+        }
+    }
+}
+
+/// Most entries put into one header map from tunnel metadata.
+const MAX_ENTRIES: usize = 16 * 1024;
+
+/// Adds tunnel metadata to `headers` (a request handed to a server, or
+/// response headers or trailers handed to a caller).
+///
+/// Entries are appended, keeping their order. Pseudo-headers and the keys of
+/// `SKIP_INTO_HEADERS` are dropped (see there for why); `grpc-timeout` is
+/// kept. `-bin` values are base64-encoded (standard alphabet, no padding).
+/// A key that is not a valid lowercase header name, or a text value that is
+/// not a valid header value, is skipped with a `debug!` event. Never panics.
+pub(crate) fn metadata_to_headers(md: &pb::Metadata, headers: &mut HeaderMap) {
+    for (key, values) in &md.md {
+        if key.starts_with(':') || SKIP_INTO_HEADERS.contains(&key.as_str()) {
+            tracing::debug!(key = %key, "dropping reserved metadata key");
+            continue;
+        }
+        let name = match HeaderName::from_lowercase(key.as_bytes()) {
+            Ok(name) => name,
+            Err(_) => {
+                tracing::debug!(key = %key, "skipping metadata key that is not a lowercase header name");
+                continue;
+            }
+        };
+        let bin = is_bin_key(key);
+        for value in &values.val {
+            let value = if bin {
+                HeaderValue::from_str(&BASE64.encode(value.as_bytes()))
+            } else {
+                HeaderValue::from_str(value)
+            };
+            match value {
+                Ok(value) => {
+                    // A map holds at most 32 768 entries; the metadata limit
+                    // keeps a peer far below that, and past half of it
+                    // entries are dropped (room stays for the headers we add)
+                    // rather than panicking.
+                    if headers.len() >= MAX_ENTRIES
+                        || headers.try_append(name.clone(), value).is_err()
+                    {
+                        tracing::debug!(key = %key, "too many metadata entries: rest dropped");
+                        return;
+                    }
+                }
+                Err(_) => {
+                    tracing::debug!(key = %key, "skipping metadata value that is not a valid header value");
+                }
+            }
+        }
+    }
+}
+
+/// Per-entry overhead charged by the metadata limit, as HTTP/2 counts a
+/// header list (RFC 9113 §6.5.2): empty values are not free.
+const ENTRY_OVERHEAD: usize = 32;
+
+/// Size of a call's metadata as the limits count it: for each value, its
+/// key, the value and 32 bytes of overhead.
+pub(crate) fn metadata_size(md: &pb::Metadata) -> usize {
+    md.md
+        .iter()
+        .map(|(k, v)| {
+            v.val
+                .iter()
+                .map(|val| k.len() + val.len() + ENTRY_OVERHEAD)
+                .sum::<usize>()
+                .max(k.len() + ENTRY_OVERHEAD)
+        })
+        .sum()
+}
+
+/// Builds a header map from `(name, value)` pairs (tests only).
+#[cfg(test)]
+pub(crate) fn test_headers(entries: &[(&'static str, &[u8])]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in entries {
+        h.append(
+            HeaderName::from_static(k),
+            HeaderValue::from_bytes(v).expect("valid header value"),
+        );
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn md(entries: &[(&str, &[&str])]) -> pb::Metadata {
+        let mut md = pb::Metadata::default();
+        for (k, vs) in entries {
+            md.md.insert(
+                (*k).to_owned(),
+                pb::metadata::Values {
+                    val: vs.iter().map(|v| (*v).to_owned()).collect(),
+                },
+            );
+        }
+        md
+    }
+
+    use super::test_headers as headers;
+
+    fn values<'a>(md: &'a pb::Metadata, key: &str) -> Option<&'a [String]> {
+        md.md.get(key).map(|v| v.val.as_slice())
+    }
+
+    #[test]
+    fn text_values_keep_order() {
+        let h = headers(&[
+            ("x-multi", b"one"),
+            ("x-other", b"z"),
+            ("x-multi", b"two"),
+            ("x-multi", b"three"),
+        ]);
+        let md = headers_to_metadata(&h).expect("converts");
+        assert_eq!(
+            values(&md, "x-multi"),
+            Some(&["one".to_owned(), "two".to_owned(), "three".to_owned()][..])
+        );
+        assert_eq!(values(&md, "x-other"), Some(&["z".to_owned()][..]));
+
+        let mut back = HeaderMap::new();
+        metadata_to_headers(&md, &mut back);
+        let got: Vec<_> = back.get_all("x-multi").iter().collect();
+        assert_eq!(got, ["one", "two", "three"]);
+    }
+
+    #[test]
+    fn bin_values_padded_unpadded_and_comma_separated() {
+        // "hi" = aGk= ; "abc" = YWJj ; "a" = YQ==
+        let h = headers(&[
+            ("x-data-bin", b"aGk="),
+            ("x-data-bin", b"aGk"),
+            ("x-data-bin", b"YWJj, YQ==,YQ"),
+        ]);
+        let md = headers_to_metadata(&h).expect("converts");
+        assert_eq!(
+            values(&md, "x-data-bin").expect("present"),
+            ["hi", "hi", "abc", "a", "a"]
+        );
+    }
+
+    #[test]
+    fn bin_values_are_encoded_unpadded() {
+        let mut h = HeaderMap::new();
+        metadata_to_headers(&md(&[("x-data-bin", &["hi", "", "\u{1}\u{7f}é"])]), &mut h);
+        let got: Vec<_> = h.get_all("x-data-bin").iter().collect();
+        assert_eq!(got, ["aGk", "", "AX/DqQ"]);
+        let md = headers_to_metadata(&h).expect("converts");
+        assert_eq!(
+            values(&md, "x-data-bin").expect("present"),
+            ["hi", "", "\u{1}\u{7f}é"]
+        );
+    }
+
+    #[test]
+    fn bin_value_not_utf8_is_internal() {
+        // 0xff 0xfe
+        let h = headers(&[("x-raw-bin", b"//4")]);
+        let err = headers_to_metadata(&h).expect_err("not UTF-8");
+        assert_eq!(err.code(), tonic::Code::Internal);
+        assert!(err.message().contains("x-raw-bin"), "{}", err.message());
+    }
+
+    #[test]
+    fn bin_value_bad_base64_is_internal() {
+        let h = headers(&[("x-raw-bin", b"not base64!")]);
+        let err = headers_to_metadata(&h).expect_err("bad base64");
+        assert_eq!(err.code(), tonic::Code::Internal);
+        assert!(err.message().contains("x-raw-bin"), "{}", err.message());
+    }
+
+    #[test]
+    fn text_value_utf8_and_non_utf8() {
+        let h = headers(&[("x-name", "grüße".as_bytes())]);
+        let md = headers_to_metadata(&h).expect("UTF-8 is fine");
+        assert_eq!(values(&md, "x-name").expect("present"), ["grüße"]);
+
+        let h = headers(&[("x-name", b"\xff\xfe")]);
+        let err = headers_to_metadata(&h).expect_err("not UTF-8");
+        assert_eq!(err.code(), tonic::Code::Internal);
+        assert!(err.message().contains("x-name"));
+    }
+
+    #[test]
+    fn reserved_headers_not_copied_into_metadata() {
+        let mut h = HeaderMap::new();
+        for key in SKIP_INTO_METADATA {
+            h.insert(
+                HeaderName::from_static(key),
+                HeaderValue::from_static("AAAA"),
+            );
+        }
+        h.insert("grpctunnel-negotiate", HeaderValue::from_static("on"));
+        h.insert("x-app", HeaderValue::from_static("1"));
+        let md = headers_to_metadata(&h).expect("converts");
+        let mut keys: Vec<_> = md.md.keys().cloned().collect();
+        keys.sort();
+        assert_eq!(keys, ["grpctunnel-negotiate", "x-app"]);
+    }
+
+    #[test]
+    fn reserved_keys_not_copied_into_headers() {
+        let mut entries: Vec<(&str, &[&str])> =
+            SKIP_INTO_HEADERS.iter().map(|k| (*k, &["x"][..])).collect();
+        entries.push((":authority", &["example.com"]));
+        entries.push((":path", &["/a/b"]));
+        entries.push(("grpc-timeout", &["5S"]));
+        entries.push(("x-app", &["1"]));
+        let mut h = HeaderMap::new();
+        metadata_to_headers(&md(&entries), &mut h);
+        let mut keys: Vec<_> = h.keys().map(|k| k.as_str().to_owned()).collect();
+        keys.sort();
+        assert_eq!(keys, ["grpc-timeout", "x-app"]);
+    }
+
+    #[test]
+    fn invalid_keys_and_values_skipped() {
+        let mut h = HeaderMap::new();
+        metadata_to_headers(
+            &md(&[
+                ("X-Upper", &["1"]),
+                ("", &["1"]),
+                ("bad key", &["1"]),
+                ("x-ctl", &["a\nb", "ok", "\u{7f}"]),
+            ]),
+            &mut h,
+        );
+        assert_eq!(h.len(), 1);
+        assert_eq!(h.get("x-ctl").expect("kept"), "ok");
+    }
+
+    #[test]
+    fn empty_values_list_adds_nothing() {
+        let mut h = HeaderMap::new();
+        metadata_to_headers(&md(&[("x-none", &[])]), &mut h);
+        assert!(h.is_empty());
+    }
+
+    fn key_strategy() -> impl Strategy<Value = String> {
+        "[a-z0-9_.-]{1,12}".prop_filter("not reserved, not binary", |k| {
+            !SKIP_INTO_METADATA.contains(&k.as_str())
+                && !SKIP_INTO_HEADERS.contains(&k.as_str())
+                && !is_bin_key(k)
+        })
+    }
+
+    fn metadata_strategy() -> impl Strategy<Value = pb::Metadata> {
+        let text = (
+            key_strategy(),
+            prop::collection::vec("[\t -~\u{80}-\u{10FFFF}]{0,12}", 1..4),
+        );
+        let bin = (
+            "[a-z0-9_.-]{0,8}".prop_map(|k| format!("{k}-bin")),
+            prop::collection::vec(any::<String>(), 1..4),
+        );
+        prop::collection::vec(prop_oneof![text, bin], 0..6).prop_map(|entries| {
+            let mut md = pb::Metadata::default();
+            for (k, val) in entries {
+                md.md.insert(k, pb::metadata::Values { val });
+            }
+            md
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn metadata_round_trips(md in metadata_strategy()) {
+            let mut h = HeaderMap::new();
+            metadata_to_headers(&md, &mut h);
+            let back = headers_to_metadata(&h).expect("round trip");
+            prop_assert_eq!(back, md);
+        }
+
+        #[test]
+        fn headers_to_metadata_never_panics(
+            entries in prop::collection::vec(
+                ("[a-z-]{1,6}(-bin)?", prop::collection::vec(any::<u8>(), 0..20)),
+                0..6,
+            )
+        ) {
+            let mut h = HeaderMap::new();
+            for (k, v) in entries {
+                let v: Vec<u8> = v.into_iter().filter(|b| *b >= 0x20 && *b != 0x7f).collect();
+                h.append(
+                    HeaderName::from_bytes(k.as_bytes()).expect("valid name"),
+                    HeaderValue::from_bytes(&v).expect("valid value"),
+                );
+            }
+            let _ = headers_to_metadata(&h);
+        }
+    }
+}
