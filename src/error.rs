@@ -94,22 +94,33 @@ impl Error {
     /// The status that calls failing because of this error report.
     pub(crate) fn to_status(&self) -> tonic::Status {
         match self.kind {
-            Kind::Closed if self.source.is_none() => tonic::Status::unavailable("tunnel closed"),
+            // "tunnel closed: <why>", once.
+            Kind::Closed => tonic::Status::unavailable(self.chain()),
             _ => tonic::Status::unavailable(format!("tunnel closed: {}", self.chain())),
         }
     }
 
     /// This error and its sources as one line.
+    ///
+    /// A source whose text the chain already holds is left out: a
+    /// `tonic::Status` made from an h2 error, say, repeats its source's text
+    /// in its message.
     pub(crate) fn chain(&self) -> String {
         let mut out = self.to_string();
         let mut cur: Option<&(dyn StdError + 'static)> = self.source.as_deref().map(|e| e as _);
         while let Some(err) = cur {
-            out.push_str(": ");
-            match err.downcast_ref::<tonic::Status>() {
-                Some(status) => {
-                    out.push_str(&format!("{:?}: {}", status.code(), status.message()));
-                }
-                None => out.push_str(&err.to_string()),
+            // What this source says, and the part of it that may repeat.
+            let (text, own) = match err.downcast_ref::<tonic::Status>() {
+                Some(s) if s.message().is_empty() => (format!("{:?}", s.code()), None),
+                Some(s) => (
+                    format!("{:?}: {}", s.code(), s.message()),
+                    Some(s.message().to_owned()),
+                ),
+                None => (err.to_string(), Some(err.to_string())),
+            };
+            if own.is_none_or(|own| !out.contains(&own)) {
+                out.push_str(": ");
+                out.push_str(&text);
             }
             cur = err.source();
         }
@@ -171,6 +182,39 @@ mod tests {
         assert_eq!(err.to_string(), "tunnel closed");
         assert!(err.chain().contains("PermissionDenied: no"));
         assert_eq!(err.to_status().code(), tonic::Code::Unavailable);
+    }
+
+    /// A tonic status made from a transport error repeats the error's text;
+    /// the chain says each thing once ("tunnel closed: tunnel closed: ..."
+    /// and a repeated h2 text are gone).
+    #[test]
+    fn status_text_says_each_thing_once() {
+        #[derive(Debug)]
+        struct H2(&'static str);
+        impl fmt::Display for H2 {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.0)
+            }
+        }
+        impl StdError for H2 {}
+        let mut status = tonic::Status::unknown("h2 protocol error: stream no longer needed");
+        status.set_source(Arc::new(H2("stream no longer needed")));
+        let err = Error::closed(status);
+        let text = err.to_status().message().to_owned();
+        assert_eq!(
+            text,
+            "tunnel closed: Unknown: h2 protocol error: stream no longer needed"
+        );
+        assert_eq!(text.matches("tunnel closed").count(), 1, "{text}");
+        assert_eq!(
+            Error::closed_locally().to_status().message(),
+            "tunnel closed"
+        );
+        let refused = Error::closed(tonic::Status::permission_denied(""));
+        assert_eq!(
+            refused.to_status().message(),
+            "tunnel closed: PermissionDenied"
+        );
     }
 
     #[test]

@@ -91,6 +91,12 @@ impl TunnelChannel {
     /// Closes the tunnel gracefully: new calls fail at once with
     /// `UNAVAILABLE`, calls in flight may finish for up to `grace`, then the
     /// tunnel is closed as by [`close`](Self::close).
+    ///
+    /// Resolves once the close is on the wire: the peer has seen the end of
+    /// the opening RPC (the last `close_stream` frames and, on the network
+    /// server of a reverse tunnel, the RPC's trailers) and ended its side,
+    /// or a second `grace` has passed. A program may exit right after
+    /// without the peer seeing a broken connection.
     pub async fn shutdown(&self, grace: std::time::Duration) {
         let shared = &self.handle.shared;
         shared.lock_alloc().draining = true;
@@ -107,6 +113,7 @@ impl TunnelChannel {
         };
         let _ = tokio::time::timeout(grace, idle).await;
         shared.close();
+        let _ = tokio::time::timeout(grace, shared.flushed.cancelled()).await;
     }
 
     /// Runs `hook` once when the tunnel ends, before anyone waiting in

@@ -223,12 +223,17 @@ where
         // Forward: half-closes the opening RPC; reverse: ends its response.
         self.shared.core.finish(None);
         if reason.is_closed() && reason.status().is_none() {
-            // Closed locally: let the peer end the opening RPC, within a bound.
-            let inbound = self.inbound;
+            // Closed locally: let the peer end the opening RPC, within a
+            // bound. Once it has, it saw our end: the tunnel is flushed.
+            let (inbound, shared) = (self.inbound, self.shared);
             tokio::spawn(async move {
                 let drain = inbound.for_each(|_| async {});
                 let _ = tokio::time::timeout(std::time::Duration::from_secs(10), drain).await;
+                shared.flushed.cancel();
             });
+        } else {
+            // The opening RPC is over already.
+            self.shared.flushed.cancel();
         }
     }
 }

@@ -5,6 +5,7 @@
 use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     engine::{stream::Stream, writer::Core},
@@ -34,6 +35,9 @@ pub(crate) struct Shared {
     pub(crate) core: Arc<Core<pb::ClientToServer>>,
     pub(crate) opts: Options,
     pub(crate) shutdown: Notify,
+    /// Cancelled once the tunnel is over on the wire: the peer ended the
+    /// opening RPC after our end of it, or it broke.
+    pub(crate) flushed: CancellationToken,
     pub(crate) closed_notify: Notify,
     pub(crate) idle: Notify,
     pub(crate) alloc: Mutex<Alloc>,
@@ -74,6 +78,7 @@ impl Shared {
             core,
             opts,
             shutdown: Notify::new(),
+            flushed: CancellationToken::new(),
             closed_notify: Notify::new(),
             alloc: Mutex::new(Alloc {
                 next_id: 1,

@@ -250,7 +250,17 @@ macro_rules! opening_options {
         /// negotiation off (no `grpctunnel-negotiate` header), as a
         /// revision-zero peer does; useful for tests. Default: `Revision::One`.
         pub fn max_revision(mut self, revision: crate::Revision) -> Self {
-            self.opts.max_revision = revision;
+            self.opts.set_max_revision(revision);
+            self
+        }
+
+        /// Negotiates, but offers only revision zero: no flow control. This
+        /// is what the Go reference's `WithDisableFlowControl` does, and the
+        /// way to test a peer's handling of a negotiated revision-zero
+        /// tunnel. [`max_revision`](Self::max_revision) with
+        /// `Revision::Zero` instead does not negotiate at all.
+        pub fn disable_flow_control(mut self) -> Self {
+            self.opts.disable_flow_control();
             self
         }
 

@@ -47,6 +47,31 @@ pub struct Stats {
     pub flow_control_blocked: Duration,
 }
 
+impl std::ops::AddAssign for Stats {
+    /// Adds another snapshot's counters (the stats of several tunnels).
+    fn add_assign(&mut self, other: Self) {
+        self.tunnels_open += other.tunnels_open;
+        self.tunnels_total += other.tunnels_total;
+        self.streams_open += other.streams_open;
+        self.streams_total += other.streams_total;
+        self.messages_sent += other.messages_sent;
+        self.messages_received += other.messages_received;
+        self.bytes_sent += other.bytes_sent;
+        self.bytes_received += other.bytes_received;
+        self.protocol_errors += other.protocol_errors;
+        self.flow_control_blocked += other.flow_control_blocked;
+    }
+}
+
+impl std::iter::Sum for Stats {
+    fn sum<I: Iterator<Item = Self>>(iter: I) -> Self {
+        iter.fold(Self::default(), |mut sum, s| {
+            sum += s;
+            sum
+        })
+    }
+}
+
 impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(

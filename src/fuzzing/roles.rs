@@ -36,6 +36,7 @@ use crate::{
 fn options() -> Options {
     Options {
         max_revision: Revision::One,
+        negotiate_zero: false,
         initial_window_size: 4096,
         max_message_size: 64 * 1024,
         max_concurrent_streams: 8,

@@ -55,25 +55,23 @@ where
         shutdown: CancellationToken,
         grace: Duration,
     ) {
-        let Accepted {
-            core,
-            gone,
-            inbound,
-            negotiated,
-            headers,
-            extensions,
-        } = tunnel;
-        let span = trace::tunnel_span(
-            Direction::Reverse,
-            Role::Client,
-            trace::peer_addr(&extensions),
-        );
+        let peer = trace::peer_addr(&tunnel.extensions);
+        let span = trace::tunnel_span(Direction::Reverse, Role::Client, peer);
         let registry = self.0.clone();
         tokio::spawn(
             async move {
                 // P-13, P-73: published only once Settings (if negotiated) arrived.
-                match start_client(core, gone, inbound, negotiated, opts, Direction::Reverse).await
-                {
+                let Accepted {
+                    core,
+                    gone,
+                    inbound,
+                    negotiated,
+                    headers,
+                    extensions,
+                } = tunnel;
+                let started =
+                    start_client(core, gone, inbound, negotiated, opts, Direction::Reverse).await;
+                match started {
                     Ok(channel) => {
                         registry.add(headers, extensions, channel.clone());
                         tokio::select! {

@@ -5,6 +5,10 @@ use std::{
     future::Future,
     hash::Hash,
     pin::Pin,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
     task::{Context, Poll},
 };
 
@@ -13,9 +17,10 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use crate::{
-    client::{ResponseBody, ResponseFuture},
+    client::{ResponseBody, ResponseFuture, TunnelChannel},
+    engine::stats::Stats,
     error::{BoxError, Error},
-    reverse::ReverseTunnelRegistry,
+    reverse::{ReverseTunnel, ReverseTunnelRegistry},
     wire::timeout,
 };
 
@@ -30,10 +35,40 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 /// ready`, unless [`wait_for_ready`](Self::wait_for_ready) is set: then it
 /// waits for a tunnel, for at most the call's own timeout (`grpc-timeout`,
 /// as set by `tonic::Request::set_timeout`) or until its future is dropped.
+///
+/// Like a [`TunnelChannel`], it tells how it is doing:
+/// [`stats`](Self::stats) and [`active_calls`](Self::active_calls) add up
+/// the tunnels it can use now, and [`terminal_error`](Self::terminal_error)
+/// says why the last tunnel it used ended once none is left.
 pub struct ReverseChannel<K = ()> {
     registry: ReverseTunnelRegistry<K>,
     key: Option<K>,
     wait: bool,
+    /// The tunnel the last call went to, shared by clones.
+    last: Arc<LastUsed>,
+}
+
+/// The tunnel a channel used last (kept to tell why it ended).
+#[derive(Default)]
+struct LastUsed {
+    /// Its registry ID (0: none yet), checked before taking the lock.
+    id: AtomicU64,
+    channel: Mutex<Option<TunnelChannel>>,
+}
+
+impl LastUsed {
+    fn record(&self, id: u64, channel: &TunnelChannel) {
+        if self.id.swap(id, Ordering::Relaxed) != id {
+            *self.channel.lock().unwrap_or_else(|p| p.into_inner()) = Some(channel.clone());
+        }
+    }
+
+    fn channel(&self) -> Option<TunnelChannel> {
+        self.channel
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 impl<K: Clone> Clone for ReverseChannel<K> {
@@ -42,6 +77,7 @@ impl<K: Clone> Clone for ReverseChannel<K> {
             registry: self.registry.clone(),
             key: self.key.clone(),
             wait: self.wait,
+            last: self.last.clone(),
         }
     }
 }
@@ -52,6 +88,7 @@ impl<K> ReverseChannel<K> {
             registry,
             key,
             wait: false,
+            last: Arc::default(),
         }
     }
 
@@ -60,6 +97,50 @@ impl<K> ReverseChannel<K> {
     pub fn wait_for_ready(mut self, wait: bool) -> Self {
         self.wait = wait;
         self
+    }
+}
+
+impl<K> ReverseChannel<K>
+where
+    K: Clone + Eq + Hash + Send + Sync + 'static,
+{
+    /// The tunnels a call could go to now.
+    fn pool(&self) -> Vec<ReverseTunnel<K>> {
+        match &self.key {
+            Some(key) => self.registry.tunnels_for(key),
+            None => self.registry.tunnels(),
+        }
+    }
+
+    /// The counters of the tunnels this channel can use now, added up
+    /// (`tunnels_open` is their number). A tunnel's counts leave the sum
+    /// when it closes.
+    pub fn stats(&self) -> Stats {
+        let pool = self.pool();
+        let mut stats: Stats = pool.iter().map(|t| t.channel().stats()).sum();
+        stats.tunnels_open = pool.len() as u64;
+        stats.tunnels_total = pool.len() as u64;
+        stats
+    }
+
+    /// Calls in flight on the tunnels this channel can use now.
+    pub fn active_calls(&self) -> usize {
+        self.pool().iter().map(|t| t.channel().active_calls()).sum()
+    }
+
+    /// Whether a call made now finds a tunnel.
+    pub fn is_ready(&self) -> bool {
+        !self.pool().is_empty()
+    }
+
+    /// Why the last tunnel this channel used ended, when no tunnel is left
+    /// for it (calls then fail with `UNAVAILABLE`); `None` while one is
+    /// there, or when this channel never used one.
+    pub fn terminal_error(&self) -> Option<Error> {
+        if self.is_ready() {
+            return None;
+        }
+        self.last.channel()?.terminal_error()
     }
 }
 
@@ -79,7 +160,9 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         if let Some(tunnel) = self.registry.pick(self.key.as_ref()) {
-            return ReverseResponseFuture::call(tunnel.channel().call(req));
+            let mut channel = tunnel.channel();
+            self.last.record(tunnel.id(), &channel);
+            return ReverseResponseFuture::call(channel.call(req));
         }
         if !self.wait {
             return ReverseResponseFuture::call(ResponseFuture::failed(
@@ -88,6 +171,7 @@ where
         }
         let registry = self.registry.clone();
         let key = self.key.clone();
+        let last = self.last.clone();
         let timeout = timeout::grpc_timeout(req.headers());
         ReverseResponseFuture::wait(Box::pin(async move {
             let wait = registry.wait_for(key.as_ref());
@@ -103,7 +187,9 @@ where
                     }
                 },
             };
-            tunnel.channel().call(req).await
+            let mut channel = tunnel.channel();
+            last.record(tunnel.id(), &channel);
+            channel.call(req).await
         }))
     }
 }

@@ -2,6 +2,7 @@
 //! grouped by affinity key.
 
 use std::{
+    borrow::Borrow,
     collections::HashMap,
     fmt,
     hash::Hash,
@@ -298,8 +299,14 @@ where
     }
 
     /// A channel over the tunnels of `key`, picking one round-robin per call.
-    pub fn get(&self, key: &K) -> ReverseChannel<K> {
-        ReverseChannel::new(self.clone(), Some(key.clone()))
+    ///
+    /// Takes the key borrowed, as `HashMap::get` does: with `String` keys,
+    /// `registry.get("agent-7")`.
+    pub fn get<Q>(&self, key: &Q) -> ReverseChannel<K>
+    where
+        Q: ToOwned<Owned = K> + ?Sized,
+    {
+        ReverseChannel::new(self.clone(), Some(key.to_owned()))
     }
 
     /// A snapshot of every live tunnel.
@@ -308,7 +315,11 @@ where
     }
 
     /// A snapshot of the live tunnels of `key`.
-    pub fn tunnels_for(&self, key: &K) -> Vec<ReverseTunnel<K>> {
+    pub fn tunnels_for<Q>(&self, key: &Q) -> Vec<ReverseTunnel<K>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.lock()
             .by_key
             .get(key)
@@ -350,7 +361,11 @@ where
     }
 
     /// Picks the next tunnel of a pool, round-robin.
-    pub(crate) fn pick(&self, key: Option<&K>) -> Option<ReverseTunnel<K>> {
+    pub(crate) fn pick<Q>(&self, key: Option<&Q>) -> Option<ReverseTunnel<K>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let mut state = self.lock();
         match key {
             None => state.all.pick(),

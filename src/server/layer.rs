@@ -168,7 +168,16 @@ impl TunnelLayer {
     /// revision-zero server (no negotiation header, no `Settings`); useful
     /// for tests. Default: `Revision::One`.
     pub fn max_revision(self, revision: Revision) -> Self {
-        self.update(|c| c.opts.max_revision = revision)
+        self.update(|c| c.opts.set_max_revision(revision))
+    }
+
+    /// Negotiates, but offers only revision zero in `Settings`: no flow
+    /// control. This is what the Go reference's `WithDisableFlowControl`
+    /// does, and the way to test a peer's handling of a negotiated
+    /// revision-zero tunnel. [`max_revision`](Self::max_revision) with
+    /// `Revision::Zero` instead does not negotiate at all.
+    pub fn disable_flow_control(self) -> Self {
+        self.update(|c| c.opts.disable_flow_control())
     }
 
     /// A snapshot of the counters of every tunnel this endpoint served,

@@ -32,23 +32,13 @@ pub(crate) fn serve_tunnel(
     shutdown: CancellationToken,
     grace: Duration,
 ) {
-    let Accepted {
-        core,
-        gone,
-        inbound,
-        negotiated,
-        headers,
-        extensions,
-    } = tunnel;
+    let (core, negotiated) = (tunnel.core, tunnel.negotiated);
     if negotiated {
         // P-11: Settings is the first ServerToClient frame.
         core.send_control(frame::settings(opts.settings()));
     }
-    let span = trace::tunnel_span(
-        Direction::Forward,
-        Role::Server,
-        trace::peer_addr(&extensions),
-    );
+    let peer = trace::peer_addr(&tunnel.extensions);
+    let span = trace::tunnel_span(Direction::Forward, Role::Server, peer);
     let revision = if negotiated {
         opts.max_revision
     } else {
@@ -58,11 +48,12 @@ pub(crate) fn serve_tunnel(
     let cx = TunnelContext {
         opts,
         dispatch,
-        extensions,
-        metadata: Arc::new(headers),
+        extensions: tunnel.extensions,
+        metadata: Arc::new(tunnel.headers),
         direction: Direction::Forward,
     };
-    let reader = ServerTunnel::new(cx, core.clone(), gone, inbound).with_shutdown(shutdown, grace);
+    let reader = ServerTunnel::new(cx, core.clone(), tunnel.gone, tunnel.inbound)
+        .with_shutdown(shutdown, grace);
     tokio::spawn(
         async move {
             debug!("tunnel open");

@@ -79,8 +79,12 @@ impl fmt::Display for Revision {
 /// Options shared by both ends of a tunnel.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Options {
-    /// Highest revision we offer; `Revision::Zero` disables negotiation.
+    /// Highest revision we offer; `Revision::Zero` disables negotiation
+    /// unless `negotiate_zero` is set.
     pub(crate) max_revision: Revision,
+    /// Negotiate even when offering only revision zero (as the Go
+    /// reference's `WithDisableFlowControl` does).
+    pub(crate) negotiate_zero: bool,
     /// Receive window we advertise per stream (revision one).
     pub(crate) initial_window_size: u32,
     /// Largest message we accept.
@@ -97,6 +101,7 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             max_revision: Revision::One,
+            negotiate_zero: false,
             initial_window_size: DEFAULT_INITIAL_WINDOW_SIZE,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
@@ -115,9 +120,22 @@ impl Options {
             .saturating_add(64 * 1024)
     }
 
-    /// Whether we advertise revision one with the negotiation header.
+    /// Whether we send the negotiation header (and, as tunnel server,
+    /// `Settings`).
     pub(crate) fn advertises(&self) -> bool {
-        self.max_revision >= Revision::One
+        self.max_revision >= Revision::One || self.negotiate_zero
+    }
+
+    /// Offers at most `revision`; revision zero turns negotiation off.
+    pub(crate) fn set_max_revision(&mut self, revision: Revision) {
+        self.max_revision = revision;
+        self.negotiate_zero = false;
+    }
+
+    /// Negotiates, but offers only revision zero.
+    pub(crate) fn disable_flow_control(&mut self) {
+        self.max_revision = Revision::Zero;
+        self.negotiate_zero = true;
     }
 
     /// The `Settings` frame a tunnel server sends when both sides advertised.
