@@ -128,6 +128,14 @@
 //!   also end the long-lived tunnel RPC; put per-call timeouts inside, on the
 //!   tunneled service.
 //!
+//! # How it is built
+//!
+//! [`docs::architecture`] shows the layers (a pure wire layer, an engine
+//! both roles share, the roles on top) and the path of one call through
+//! them; [`docs::protocol`] is the wire protocol as this crate implements
+//! it, with the `P-n` requirements the code cites and where the Go
+//! reference differs.
+//!
 //! # Limits and defaults
 //!
 //! - Receive window per stream (revision one): [`DEFAULT_INITIAL_WINDOW_SIZE`].
@@ -153,6 +161,15 @@ pub mod pb {
 }
 
 pub mod client;
+pub mod docs {
+    //! Long-form documentation, also in the repository's `docs/` folder.
+
+    #[doc = include_str!("../docs/ARCHITECTURE.md")]
+    pub mod architecture {}
+
+    #[doc = include_str!("../docs/PROTOCOL.md")]
+    pub mod protocol {}
+}
 mod engine;
 mod error;
 #[cfg(any(test, feature = "fuzzing"))]
