@@ -14,7 +14,7 @@ use tracing::debug;
 use crate::{
     client::shared::Shared,
     engine::{
-        reader::{trace_in, Data, DataError, Inflow, Lookup, Pause, StreamTable},
+        reader::{never_created, trace_in, Data, DataError, Inflow, Lookup, Pause, StreamTable},
         stream::{Event, Stream},
     },
     error::Error,
@@ -72,7 +72,7 @@ where
             tokio::select! {
                 biased;
                 Some(stream) = self.register.recv() => self.add(stream),
-                Some(id) = self.gone.recv() => self.remove(id),
+                Some(id) = self.gone.recv() => { self.remove(id); }
                 () = self.shared.shutdown.notified() => return Error::closed_locally(),
                 () = self.pause.caught_up(), if self.pause.is_paused() => {}
                 frame = self.inbound.next(), if !self.pause.is_paused() => match frame {
@@ -89,10 +89,12 @@ where
         }
     }
 
-    fn remove(&mut self, id: i64) {
-        if self.streams.remove(id).is_some() {
+    fn remove(&mut self, id: i64) -> Option<Entry> {
+        let entry = self.streams.remove(id);
+        if entry.is_some() {
             self.shared.core.meter.stream_closed();
         }
+        entry
     }
 
     pub(crate) fn add(&mut self, stream: Arc<ClientStream>) {
@@ -120,9 +122,8 @@ where
         let entry = match self.streams.lookup(id) {
             Lookup::Active(entry) => entry,
             Lookup::Finished => return Ok(()),
-            Lookup::Unknown => return Err(StreamTable::<Entry>::unknown(id)),
+            Lookup::Unknown => return Err(never_created(id)),
         };
-        let stream = entry.inflow.stream().clone();
         let opts = &self.shared.opts;
         let data = match frame.frame {
             Some(Frame::ResponseMessage(msg)) => Data::Envelope {
@@ -131,72 +132,71 @@ where
             },
             Some(Frame::MoreResponseData(data)) => Data::More(data),
             Some(Frame::ResponseHeaders(md)) => {
-                let outcome = if entry.headers_seen {
-                    Ok(())
-                } else {
-                    check_metadata(&md, "headers", opts.max_metadata_size).map(|()| {
+                if entry.headers_seen {
+                    return Ok(());
+                }
+                match check_metadata(&md, "headers", opts.max_metadata_size) {
+                    Ok(()) => {
                         entry.headers_seen = true;
-                        stream.deliver(Event::Headers(md));
-                    })
-                };
-                self.outcome(id, &stream, outcome);
+                        entry.inflow.stream().deliver(Event::Headers(md));
+                    }
+                    Err(status) => self.fail_stream(id, status),
+                }
                 return Ok(());
             }
             Some(Frame::CloseStream(close)) => {
                 let trailers = close.response_trailers.as_ref();
-                if let Some(Err(status)) =
-                    trailers.map(|md| check_metadata(md, "trailers", opts.max_metadata_size))
-                {
-                    stream.finish();
-                    stream.fail(status);
-                    self.remove(id);
-                    return Ok(());
-                }
-                let code = close.status.as_ref().map_or(0, |s| s.code);
-                debug!(stream_id = id, code, "stream closed");
-                stream.finish();
+                let checked =
+                    trailers.map(|md| check_metadata(md, "trailers", opts.max_metadata_size));
                 // Forgotten before the caller can see the end (P-45).
-                self.remove(id);
-                stream.deliver(Event::End(Some(close)));
+                let Some(entry) = self.remove(id) else {
+                    return Ok(());
+                };
+                let stream = entry.inflow.stream();
+                stream.finish();
+                match checked {
+                    Some(Err(status)) => stream.fail(status),
+                    _ => {
+                        let code = close.status.as_ref().map_or(0, |s| s.code);
+                        debug!(stream_id = id, code, "stream closed");
+                        stream.deliver(Event::End(Some(close)));
+                    }
+                }
                 return Ok(());
             }
             Some(Frame::WindowUpdate(n)) => {
                 if n > 0 {
-                    stream.add_window(n);
+                    entry.inflow.stream().add_window(n);
                 }
                 return Ok(());
             }
             Some(Frame::Settings(_)) => {
                 let status = tonic::Status::unknown("protocol error: unexpected settings frame");
-                self.outcome(id, &stream, Err(status));
+                self.fail_stream(id, status);
                 return Ok(());
             }
             None => {
                 let status = tonic::Status::unknown("protocol error: unrecognized frame type");
-                self.outcome(id, &stream, Err(status));
+                self.fail_stream(id, status);
                 return Ok(());
             }
         };
-        let outcome = entry
-            .inflow
-            .on_data(data, opts.max_message_size, &self.shared.core.meter)
-            .map_err(|e| match e {
-                DataError::Reassembly(e) => e.client_status(),
-                DataError::Overrun(e) => e.to_status(),
-            });
-        if outcome.is_ok() {
-            self.pause.check(&stream);
+        let meter = &self.shared.core.meter;
+        match entry.inflow.on_data(data, opts.max_message_size, meter) {
+            Ok(()) => self.pause.check(entry.inflow.stream()),
+            Err(DataError::Reassembly(e)) => self.fail_stream(id, e.client_status()),
+            Err(DataError::Overrun(e)) => self.fail_stream(id, e.to_status()),
         }
-        self.outcome(id, &stream, outcome);
         Ok(())
     }
 
-    /// Fails the stream when a frame broke its rules (the tunnel goes on).
-    fn outcome(&mut self, id: i64, stream: &ClientStream, outcome: Result<(), tonic::Status>) {
-        let Err(status) = outcome else {
+    /// Fails a stream whose frame broke its rules (the tunnel goes on).
+    fn fail_stream(&mut self, id: i64, status: tonic::Status) {
+        let Some(entry) = self.remove(id) else {
             return;
         };
         debug!(stream_id = id, code = ?status.code(), error = %status.message(), "stream failed");
+        let stream = entry.inflow.stream();
         // Unlike the Go reference (B-3) we tell the server, so that its
         // handler does not stay blocked.
         if stream.finish() {
@@ -204,7 +204,6 @@ where
         }
         stream.fail(status);
         self.shared.core.meter.protocol_error();
-        self.remove(id);
     }
 
     fn teardown(mut self, reason: Error) {

@@ -157,12 +157,6 @@ impl<E> StreamTable<E> {
         Lookup::Unknown
     }
 
-    /// The text of the fatal error for a frame of a stream that never
-    /// existed (P-23).
-    pub(crate) fn unknown(id: i64) -> String {
-        format!("received frame for stream ID {id}: stream never created")
-    }
-
     pub(crate) fn highest(&self) -> i64 {
         self.highest
     }
@@ -196,6 +190,12 @@ impl<E> StreamTable<E> {
     pub(crate) fn drain(&mut self) -> impl Iterator<Item = E> + '_ {
         self.streams.drain().map(|(_, entry)| entry)
     }
+}
+
+/// The text of the fatal error for a frame of a stream that never existed
+/// (P-23).
+pub(crate) fn never_created(id: i64) -> String {
+    format!("received frame for stream ID {id}: stream never created")
 }
 
 /// A revision-zero tunnel's pause: reading stops while one stream has more
@@ -269,7 +269,7 @@ mod tests {
         assert_eq!(server.remove(5), Some(()));
         assert!(matches!(server.lookup(5), Lookup::Finished));
         assert_eq!(
-            StreamTable::<()>::unknown(9),
+            never_created(9),
             "received frame for stream ID 9: stream never created"
         );
     }

@@ -12,7 +12,8 @@ use tracing::{debug, Instrument};
 
 use crate::{
     engine::{
-        reader::{trace_in, Data, DataError, Inflow, Lookup, Pause, StreamTable},
+        reader::{never_created, trace_in, Data, DataError, Inflow, Lookup, Pause, StreamTable},
+        stats::Meter,
         stream::{Event, Stream},
         trace,
         writer::Core,
@@ -44,6 +45,27 @@ struct Entry {
     inflow: Inflow<pb::ServerToClient>,
     task: AbortHandle,
     half_closed: bool,
+}
+
+impl Entry {
+    /// A data frame, on the engine's shared path; the status to end the
+    /// stream with if it breaks the rules (P-33, P-51).
+    fn on_data(
+        &mut self,
+        data: Data,
+        max_message_size: usize,
+        meter: &Meter,
+        pause: &mut Pause<pb::ServerToClient>,
+    ) -> Option<tonic::Status> {
+        match self.inflow.on_data(data, max_message_size, meter) {
+            Ok(()) => {
+                pause.check(self.inflow.stream());
+                None
+            }
+            Err(DataError::Reassembly(e)) => Some(e.server_status()),
+            Err(DataError::Overrun(e)) => Some(e.to_status()),
+        }
+    }
 }
 
 /// The reader of one tunnel server.
@@ -193,26 +215,26 @@ where
         let entry = match self.streams.lookup(id) {
             Lookup::Active(entry) => entry,
             Lookup::Finished => return Ok(()),
-            Lookup::Unknown => return Err(StreamTable::<Entry>::unknown(id)),
+            Lookup::Unknown => return Err(never_created(id)),
         };
-        let stream = entry.inflow.stream().clone();
+        let max = self.cx.opts.max_message_size;
         let failure = match frame {
             Some(Frame::RequestMessage(msg)) if !entry.half_closed => {
                 let data = Data::Envelope {
                     size: msg.size,
                     data: msg.data,
                 };
-                self.on_data(id, data)
+                entry.on_data(data, max, &self.core.meter, &mut self.pause)
             }
             Some(Frame::MoreRequestData(data)) if !entry.half_closed => {
-                self.on_data(id, Data::More(data))
+                entry.on_data(Data::More(data), max, &self.core.meter, &mut self.pause)
             }
             // P-37: data after half_close is dropped, a repeated half_close ignored.
             Some(Frame::RequestMessage(_) | Frame::MoreRequestData(_)) => None,
             Some(Frame::HalfClose(())) => {
                 if !entry.half_closed {
                     entry.half_closed = true;
-                    stream.deliver(Event::End(None));
+                    entry.inflow.stream().deliver(Event::End(None));
                 }
                 None
             }
@@ -221,6 +243,7 @@ where
                 // its future is dropped, not just its input ended).
                 debug!(stream_id = id, "stream cancelled by client");
                 entry.task.abort();
+                let stream = entry.inflow.stream();
                 stream.finish();
                 stream.fail(tonic::Status::cancelled(
                     "stream cancelled by tunnel client",
@@ -230,7 +253,7 @@ where
             }
             Some(Frame::WindowUpdate(n)) => {
                 if n > 0 {
-                    stream.add_window(n);
+                    entry.inflow.stream().add_window(n);
                 }
                 None
             }
@@ -244,23 +267,6 @@ where
             self.end_stream(id, status);
         }
         Ok(())
-    }
-
-    /// A data frame of an active stream, on the engine's shared path; the
-    /// status to end the stream with if it breaks the rules (P-33, P-51).
-    fn on_data(&mut self, id: i64, data: Data) -> Option<tonic::Status> {
-        let Lookup::Active(entry) = self.streams.lookup(id) else {
-            return None;
-        };
-        let max = self.cx.opts.max_message_size;
-        match entry.inflow.on_data(data, max, &self.core.meter) {
-            Ok(()) => {
-                self.pause.check(entry.inflow.stream());
-                None
-            }
-            Err(DataError::Reassembly(e)) => Some(e.server_status()),
-            Err(DataError::Overrun(e)) => Some(e.to_status()),
-        }
     }
 
     /// Ends an active stream with `status`: empty headers if none were sent,
