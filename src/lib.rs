@@ -148,17 +148,7 @@
 #![warn(missing_debug_implementations, unreachable_pub)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
-#[allow(
-    missing_docs,
-    unreachable_pub,
-    clippy::all,
-    clippy::unwrap_used,
-    missing_debug_implementations
-)]
-pub mod pb {
-    //! Generated protocol types (`grpctunnel.v1`).
-    include!(concat!(env!("OUT_DIR"), "/grpctunnel.v1.rs"));
-}
+pub mod pb;
 
 pub mod client;
 pub mod docs {

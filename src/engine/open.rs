@@ -1,7 +1,6 @@
 //! Opening a tunnel as the network client: the one opener that forward
-//! tunnel clients ([`TunnelChannelBuilder`](crate::TunnelChannelBuilder))
-//! and reverse tunnel servers ([`ReverseTunnelServer`](crate::ReverseTunnelServer))
-//! share, and the options both take.
+//! tunnel clients (`TunnelChannelBuilder`) and reverse tunnel servers
+//! (`ReverseTunnelServer`) share, and the options both take.
 //!
 //! [`dial`] sends the opening RPC with the frames of a [`Writer`] as its
 //! request stream, offers negotiation (P-8), waits for the response headers
@@ -212,12 +211,9 @@ fn http_answer_to_status<B>(mut resp: http::Response<B>) -> http::Response<B> {
     resp
 }
 
-/// The options every end that opens a tunnel takes (a [`TunnelChannelBuilder`]
-/// and a [`ReverseTunnelServer`]): written once, for types with `opts:
+/// The options every end that opens a tunnel takes (a `TunnelChannelBuilder`
+/// and a `ReverseTunnelServer`): written once, for types with `opts:
 /// Options` and `metadata: http::HeaderMap` fields.
-///
-/// [`TunnelChannelBuilder`]: crate::TunnelChannelBuilder
-/// [`ReverseTunnelServer`]: crate::ReverseTunnelServer
 macro_rules! opening_options {
     () => {
         /// Receive window advertised for each stream (revision one).

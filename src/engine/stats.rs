@@ -1,8 +1,8 @@
 //! Cheap counters for tunnels and for a whole endpoint.
 //!
 //! Every tunnel counts into its own [`Counters`], and into the counters of
-//! the endpoint it belongs to (a [`TunnelLayer`](crate::TunnelLayer), a
-//! [`ReverseTunnelServer`](crate::ReverseTunnelServer)). Counting is a few
+//! the endpoint it belongs to (a `TunnelLayer`, a `ReverseTunnelServer`).
+//! Counting is a few
 //! relaxed atomic additions per frame; reading is a [`Stats`] snapshot.
 
 use std::{

@@ -8,7 +8,7 @@ use http::HeaderMap;
 /// The `grpc-timeout` of a request's headers.
 ///
 /// The one rule the crate applies everywhere a deadline enters it (a call
-/// through a [`TunnelChannel`](crate::TunnelChannel), a tunneled request on
+/// through a `TunnelChannel`, a tunneled request on
 /// a tunnel server, a wait for a reverse tunnel): when the header appears
 /// more than once, the **last** value counts, as in grpc-go's HTTP/2
 /// transport, which lets each occurrence overwrite the previous one. A value
