@@ -208,3 +208,66 @@ async fn client_can_negotiate_revision_zero() {
     })
     .await
 }
+
+/// A call that fails after its response headers (here a response message
+/// over the client's limit) ends its body with trailers carrying the
+/// status, never with a body error: a proxy in front of the channel then
+/// answers its caller with that status instead of resetting the stream.
+#[tokio::test]
+async fn failure_after_headers_ends_the_body_with_trailers() {
+    use http_body_util::BodyExt;
+    use prost::Message;
+    use tower::ServiceExt;
+
+    bounded(async {
+        let server = tonic_server(TunnelLayer::new(), Echo::new()).await;
+        let tunnel = TunnelChannel::builder()
+            .max_message_size(1024)
+            .open(connect(server.addr).await)
+            .await
+            .expect("open");
+        let request = EchoRequest {
+            response_size: 4096,
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let mut body = vec![0u8];
+        body.extend_from_slice(&(request.len() as u32).to_be_bytes());
+        body.extend_from_slice(&request);
+        let req = http::Request::builder()
+            .method("POST")
+            .uri("/grpctunnel.testing.v1.EchoService/Unary")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .expect("request");
+        let resp = tunnel.clone().oneshot(req).await.expect("response headers");
+        assert_eq!(resp.status(), http::StatusCode::OK);
+        assert!(
+            resp.headers().get("grpc-status").is_none(),
+            "not trailers-only"
+        );
+        let mut body = resp.into_body();
+        let mut trailers = None;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.expect("the body never fails");
+            if let Ok(t) = frame.into_trailers() {
+                trailers = Some(t);
+            }
+        }
+        let trailers = trailers.expect("trailers end the body");
+        assert_eq!(
+            trailers.get("grpc-status").and_then(|v| v.to_str().ok()),
+            Some("8"),
+            "RESOURCE_EXHAUSTED: {trailers:?}"
+        );
+        let message = trailers.get("grpc-message").and_then(|v| v.to_str().ok());
+        assert!(
+            message.is_some_and(|m| m.contains("larger than max")),
+            "{trailers:?}"
+        );
+        tunnel.close();
+        server.stop().await;
+    })
+    .await
+}

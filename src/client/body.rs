@@ -26,8 +26,11 @@ use crate::{
 ///
 /// # Errors
 ///
-/// When the call fails locally after its headers (deadline, tunnel gone,
-/// protocol violation), the body yields that [`tonic::Status`] as its error.
+/// The body itself never fails. When the call fails locally after its
+/// headers (deadline, a message over the limit, tunnel gone, protocol
+/// violation), the body ends with trailers carrying that status, as a gRPC
+/// server's response would: tonic reports it as the call's status, and a
+/// proxy forwards it to its caller as a status rather than a reset stream.
 ///
 /// # Cancellation
 ///
@@ -118,9 +121,13 @@ impl http_body::Body for ResponseBody {
                     this.state = State::Done;
                     Ok(Frame::trailers(Self::close_to_trailers(close)))
                 }
+                // A failure after the response headers (a message over the
+                // limit, the tunnel gone) ends the body with trailers that
+                // carry it, as a gRPC server would: a proxy passes it on as
+                // a status instead of resetting its caller's stream.
                 Event::Fail(status) => {
                     this.state = State::Done;
-                    Err(status)
+                    Ok(Frame::trailers(Self::status_to_trailers(&status)))
                 }
             }));
         }
