@@ -179,6 +179,7 @@ pub use info::{Direction, TunnelInfo};
 pub use limits::Limits;
 pub use reverse::{ReverseChannel, ReverseTunnelRegistry, ReverseTunnelServer, TunnelEvent};
 pub use server::{TunnelLayer, TunnelService};
+pub use wire::metadata::BinaryMetadata;
 pub use wire::settings::{
     Revision, DEFAULT_INITIAL_WINDOW_SIZE, DEFAULT_MAX_CONCURRENT_STREAMS,
     DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_METADATA_SIZE, DEFAULT_REVISION_ZERO_BUFFER,

@@ -410,7 +410,10 @@ async fn binary_metadata_travels_raw_in_the_tunnel() {
 #[tokio::test]
 async fn non_utf8_binary_metadata_fails_only_that_call() {
     bounded(async {
-        let (_server, tunnel, mut peer) = negotiated_channel(TunnelChannel::builder(), 65536).await;
+        // A raw peer does not offer base64 binary metadata; with the `Fail`
+        // policy a value it cannot carry fails its call.
+        let builder = TunnelChannel::builder().binary_metadata(grpctunnel::BinaryMetadata::Fail);
+        let (_server, tunnel, mut peer) = negotiated_channel(builder, 65536).await;
         let mut req = plain(1);
         req.metadata_mut().insert_bin(
             "x-bad-bin",

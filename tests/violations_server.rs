@@ -522,7 +522,10 @@ async fn request_metadata_reaches_the_handler_with_raw_binary_values() {
 #[tokio::test]
 async fn binary_response_headers_travel_raw_and_non_utf8_fails_only_that_stream() {
     bounded(async {
-        let server = tonic_server(TunnelLayer::new(), Echo::new()).await;
+        // A raw peer does not offer base64 binary metadata; with the `Fail`
+        // policy a value it cannot carry fails its stream.
+        let layer = TunnelLayer::new().binary_metadata(grpctunnel::BinaryMetadata::Fail);
+        let server = tonic_server(layer, Echo::new()).await;
         let (mut raw, _) = RawClient::negotiated(server.addr).await;
         let entry = |value: &[u8]| grpctunnel_testing::pb::MetadataEntry {
             key: "r-raw-bin".into(),

@@ -14,7 +14,11 @@ use crate::{
     client::call::CallGuard,
     engine::stream::Event,
     pb,
-    wire::{message, metadata, status},
+    wire::{
+        message,
+        metadata::{self, Bin},
+        status,
+    },
 };
 
 /// Response body of a call made through a [`TunnelChannel`](crate::TunnelChannel).
@@ -62,11 +66,11 @@ impl ResponseBody {
     }
 
     /// The HTTP/2 trailers for a `close_stream` (P-63, client side).
-    pub(crate) fn close_to_trailers(close: Option<pb::CloseStream>) -> http::HeaderMap {
+    pub(crate) fn close_to_trailers(close: Option<pb::CloseStream>, bin: Bin) -> http::HeaderMap {
         let mut trailers = http::HeaderMap::new();
         let close = close.unwrap_or_default();
         if let Some(md) = &close.response_trailers {
-            metadata::metadata_to_headers(md, &mut trailers);
+            metadata::metadata_to_headers(md, bin, &mut trailers);
         }
         let status = close.status.unwrap_or_default();
         status::status_to_trailers(&status, &mut trailers);
@@ -118,8 +122,9 @@ impl http_body::Body for ResponseBody {
                 }
                 Event::More(data) => Ok(Frame::data(data)),
                 Event::End(close) => {
+                    let trailers = Self::close_to_trailers(close, guard.bin());
                     this.state = State::Done;
-                    Ok(Frame::trailers(Self::close_to_trailers(close)))
+                    Ok(Frame::trailers(trailers))
                 }
                 // A failure after the response headers (a message over the
                 // limit, the tunnel gone) ends the body with trailers that

@@ -98,6 +98,7 @@ impl TunnelChannelBuilder {
                 gone,
                 dialed.inbound,
                 dialed.negotiated,
+                dialed.bin_base64,
                 self.opts,
                 Direction::Forward,
             )

@@ -20,6 +20,7 @@ use crate::{
     wire::{
         frame,
         message::{MessageSplitter, Piece},
+        metadata::Bin,
     },
 };
 
@@ -41,15 +42,19 @@ pub(crate) fn cancel(stream: &ClientStream) -> bool {
 /// before the stream ended cancels the call (P-61).
 pub(crate) struct CallGuard {
     pub(crate) stream: Arc<ClientStream>,
-    _handle: Arc<Handle>,
+    handle: Arc<Handle>,
 }
 
 impl CallGuard {
     pub(crate) fn new(stream: Arc<ClientStream>, handle: Arc<Handle>) -> Self {
-        Self {
-            stream,
-            _handle: handle,
-        }
+        Self { stream, handle }
+    }
+}
+
+impl CallGuard {
+    /// How the tunnel carries `-bin` metadata.
+    pub(crate) fn bin(&self) -> Bin {
+        self.handle.shared.bin
     }
 }
 
@@ -57,7 +62,7 @@ impl Drop for CallGuard {
     fn drop(&mut self) {
         cancel(&self.stream);
         self.stream.abandon();
-        self._handle.shared.call_done();
+        self.handle.shared.call_done();
     }
 }
 

@@ -171,7 +171,9 @@ impl TunnelChannel {
     {
         let shared = &self.handle.shared;
         let (parts, body) = req.into_parts();
-        let mut headers = metadata::headers_to_metadata(&parts.headers)?;
+        let mut dropped = Vec::new();
+        let mut headers = metadata::headers_to_metadata(&parts.headers, shared.bin, &mut dropped)?;
+        shared.core.meter.metadata_dropped(&dropped);
         let timeout = timeout::grpc_timeout(&parts.headers);
         if let Some(timeout) = timeout {
             headers.md.insert(

@@ -79,13 +79,14 @@ impl Future for ResponseFuture {
         // invariant: checked `Some` just above.
         #[allow(clippy::unwrap_used)]
         let guard = guard_slot.take().unwrap();
+        let bin = guard.bin();
         let resp = match next {
             Next::Headers => {
                 let Poll::Ready(Event::Headers(md)) = guard.stream.poll_event(cx) else {
                     unreachable!("peeked headers")
                 };
                 let mut resp = http::Response::new(ResponseBody::streaming(guard));
-                metadata::metadata_to_headers(&md, resp.headers_mut());
+                metadata::metadata_to_headers(&md, bin, resp.headers_mut());
                 set_content_type(resp.headers_mut());
                 resp
             }
@@ -100,7 +101,7 @@ impl Future for ResponseFuture {
                     unreachable!("peeked end")
                 };
                 let trailers = match event {
-                    Event::End(close) => ResponseBody::close_to_trailers(close),
+                    Event::End(close) => ResponseBody::close_to_trailers(close, bin),
                     Event::Fail(status) => ResponseBody::status_to_trailers(&status),
                     _ => unreachable!("peeked end"),
                 };

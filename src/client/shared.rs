@@ -14,6 +14,7 @@ use crate::{
     pb,
     wire::{
         frame::client_frame,
+        metadata::Bin,
         settings::{Options, Revision},
     },
 };
@@ -48,6 +49,8 @@ pub(crate) struct Shared {
     pub(crate) revision: Revision,
     /// The peer's receive window per stream (from `Settings`).
     pub(crate) send_window: u32,
+    /// How `-bin` metadata crosses this tunnel.
+    pub(crate) bin: Bin,
     pub(crate) direction: Direction,
     /// The tunnel's span, parent of its streams' spans.
     pub(crate) span: tracing::Span,
@@ -67,6 +70,7 @@ impl Shared {
         opts: Options,
         revision: Revision,
         send_window: u32,
+        bin: Bin,
         direction: Direction,
         span: tracing::Span,
     ) -> (
@@ -91,6 +95,7 @@ impl Shared {
             terminal: OnceLock::new(),
             on_close: Mutex::new(None),
             revision,
+            bin,
             send_window,
             direction,
             span,

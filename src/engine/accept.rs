@@ -38,6 +38,8 @@ pub(crate) struct Accepted<C: Opening> {
     pub(crate) inbound: Inbound<C>,
     /// Whether both ends offered negotiation (P-10).
     pub(crate) negotiated: bool,
+    /// Whether both ends carry `-bin` values as base64.
+    pub(crate) bin_base64: bool,
     /// The opening RPC's request headers.
     pub(crate) headers: http::HeaderMap,
     /// The opening RPC's request extensions.
@@ -96,15 +98,19 @@ where
             return ready(Err(tonic::Status::internal("opening RPC served twice")));
         };
         let negotiated = self.opts.advertises() && settings::peer_advertises(&self.headers);
+        let bin_base64 = settings::offers_base64_binary_metadata(&self.headers);
         let (core, writer, gone) = Core::new(Meter::tunnel(Some(self.counters.clone())));
         start(Accepted {
             core,
             gone,
             inbound,
             negotiated,
+            bin_base64,
             headers: std::mem::take(&mut self.headers),
             extensions: std::mem::take(&mut self.extensions),
         });
-        ready(Ok(settings::opening_response(&self.opts, writer)))
+        ready(Ok(settings::opening_response(
+            &self.opts, bin_base64, writer,
+        )))
     }
 }

@@ -51,6 +51,8 @@ pub(crate) const SERVICE: &str = "grpctunnel.v1.TunnelService";
 pub(crate) struct Dialed<In> {
     /// Whether both ends offered negotiation (P-10).
     pub(crate) negotiated: bool,
+    /// Whether the network server agreed to carry `-bin` values as base64.
+    pub(crate) bin_base64: bool,
     /// The peer's frames.
     pub(crate) inbound: Inbound<In>,
     /// The response's extensions.
@@ -84,6 +86,10 @@ where
             http::HeaderValue::from_static(settings::NEGOTIATE_ON),
         );
     }
+    metadata.insert(
+        settings::BINARY_METADATA_HEADER,
+        http::HeaderValue::from_static(settings::BINARY_METADATA_BASE64),
+    );
     let mut req = tonic::Request::new(futures_util::StreamExt::filter_map(writer, |r| {
         std::future::ready(r.ok())
     }));
@@ -106,10 +112,12 @@ where
         .await
         .map_err(Error::closed)?;
     let negotiated = opts.advertises() && settings::peer_advertises(resp.metadata().as_ref());
+    let bin_base64 = settings::offers_base64_binary_metadata(resp.metadata().as_ref());
     let inbound = body.take_response(opts.max_frame_size())?;
     let (_, _, extensions) = resp.into_parts();
     Ok(Dialed {
         negotiated,
+        bin_base64,
         inbound,
         extensions,
     })
@@ -257,6 +265,14 @@ macro_rules! opening_options {
         /// `Revision::Zero` instead does not negotiate at all.
         pub fn disable_flow_control(mut self) -> Self {
             self.opts.disable_flow_control();
+            self
+        }
+
+        /// What happens to a `-bin` metadata value that is not valid UTF-8
+        /// when the peer can only carry raw bytes (the Go reference); see
+        /// [`BinaryMetadata`](crate::BinaryMetadata). Default: `Drop`.
+        pub fn binary_metadata(mut self, policy: crate::BinaryMetadata) -> Self {
+            self.opts.binary_metadata = policy;
             self
         }
 

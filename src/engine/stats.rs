@@ -42,6 +42,9 @@ pub struct Stats {
     pub bytes_received: u64,
     /// Protocol violations by peers (stream-level and tunnel-level).
     pub protocol_errors: u64,
+    /// `-bin` metadata values left out because the peer cannot carry them
+    /// ([`BinaryMetadata::Drop`](crate::BinaryMetadata::Drop)).
+    pub metadata_dropped: u64,
     /// Time streams with data to send spent waiting for flow-control credit,
     /// summed over streams.
     pub flow_control_blocked: Duration,
@@ -59,6 +62,7 @@ impl std::ops::AddAssign for Stats {
         self.bytes_sent += other.bytes_sent;
         self.bytes_received += other.bytes_received;
         self.protocol_errors += other.protocol_errors;
+        self.metadata_dropped += other.metadata_dropped;
         self.flow_control_blocked += other.flow_control_blocked;
     }
 }
@@ -76,7 +80,7 @@ impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "tunnels {}/{} open/total, streams {}/{} open/total, sent {} msgs {} B, received {} msgs {} B, protocol errors {}, blocked on flow control {:?}",
+            "tunnels {}/{} open/total, streams {}/{} open/total, sent {} msgs {} B, received {} msgs {} B, protocol errors {}, metadata dropped {}, blocked on flow control {:?}",
             self.tunnels_open,
             self.tunnels_total,
             self.streams_open,
@@ -86,6 +90,7 @@ impl fmt::Display for Stats {
             self.messages_received,
             self.bytes_received,
             self.protocol_errors,
+            self.metadata_dropped,
             self.flow_control_blocked,
         )
     }
@@ -103,6 +108,7 @@ pub struct Counters {
     bytes_sent: AtomicU64,
     bytes_received: AtomicU64,
     protocol_errors: AtomicU64,
+    metadata_dropped: AtomicU64,
     blocked_nanos: AtomicU64,
 }
 
@@ -119,6 +125,7 @@ impl Counters {
             bytes_sent: self.bytes_sent.load(Relaxed),
             bytes_received: self.bytes_received.load(Relaxed),
             protocol_errors: self.protocol_errors.load(Relaxed),
+            metadata_dropped: self.metadata_dropped.load(Relaxed),
             flow_control_blocked: Duration::from_nanos(self.blocked_nanos.load(Relaxed)),
         }
     }
@@ -204,6 +211,27 @@ impl Meter {
 
     pub(crate) fn protocol_error(&self) {
         both!(self, protocol_errors, fetch_add, 1);
+    }
+
+    /// `-bin` values of these keys were left out (the peer cannot carry
+    /// them): counted, and the first drop of each key in this process is
+    /// logged (a few keys at most, so the log stays bounded).
+    pub(crate) fn metadata_dropped(&self, keys: &[String]) {
+        if keys.is_empty() {
+            return;
+        }
+        both!(self, metadata_dropped, fetch_add, keys.len() as u64);
+        static WARNED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+        let mut warned = WARNED.lock().unwrap_or_else(|p| p.into_inner());
+        for key in keys {
+            if warned.len() < 64 && !warned.contains(key) {
+                warned.push(key.clone());
+                tracing::warn!(
+                    key = %key,
+                    "dropping binary metadata that is not UTF-8: the peer cannot carry it (further drops of this key are only counted in Stats::metadata_dropped)"
+                );
+            }
+        }
     }
 
     pub(crate) fn blocked(&self, d: Duration) {

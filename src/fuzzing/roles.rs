@@ -42,6 +42,7 @@ fn options() -> Options {
         max_concurrent_streams: 8,
         max_metadata_size: 1024,
         revision_zero_buffer: 8192,
+        binary_metadata: crate::BinaryMetadata::Drop,
     }
 }
 
@@ -101,6 +102,7 @@ pub fn server_frames(frames: Vec<pb::ClientToServer>) -> Vec<pb::ServerToClient>
             extensions: http::Extensions::new(),
             metadata: Arc::new(http::HeaderMap::new()),
             direction: Direction::Forward,
+            bin: Default::default(),
         };
         let inbound = futures_util::stream::empty::<Result<pb::ClientToServer, tonic::Status>>();
         let mut tunnel = ServerTunnel::new(cx, core, gone, inbound);
@@ -170,6 +172,7 @@ pub fn client_frames(streams: u8, frames: Vec<pb::ServerToClient>) {
             options(),
             Revision::One,
             4096,
+            Default::default(),
             Direction::Forward,
             tracing::Span::none(),
         );

@@ -11,7 +11,7 @@ use crate::{
     pb,
     wire::{
         message::{start_frames, FrameError, MessageSplitter, Piece, PREFIX_LEN},
-        metadata::{headers_to_metadata, metadata_to_headers},
+        metadata::{headers_to_metadata, metadata_to_headers, Bin, BinaryMetadata},
         reassembly::Reassembly,
         status::{status_from_trailers, status_to_trailers},
         timeout::{encode_grpc_timeout, grpc_timeout},
@@ -206,13 +206,30 @@ fn metadata(input: &mut Input<'_>) {
         };
         headers.append(name, value);
     }
-    let Ok(md) = headers_to_metadata(&headers) else {
-        return;
-    };
-    let mut back = HeaderMap::new();
-    metadata_to_headers(&md, &mut back);
-    let again = headers_to_metadata(&back).expect("converted metadata converts back");
-    assert_eq!(again, md, "metadata does not round-trip");
+    // Each way a tunnel may carry `-bin` values: whatever converts comes
+    // back the same, and base64 carries any bytes.
+    for bin in [
+        Bin::default(),
+        Bin {
+            base64: true,
+            policy: BinaryMetadata::Fail,
+        },
+        Bin {
+            base64: false,
+            policy: BinaryMetadata::Fail,
+        },
+    ] {
+        let mut dropped = Vec::new();
+        let Ok(md) = headers_to_metadata(&headers, bin, &mut dropped) else {
+            continue;
+        };
+        assert!(bin.policy == BinaryMetadata::Drop || dropped.is_empty());
+        let mut back = HeaderMap::new();
+        metadata_to_headers(&md, bin, &mut back);
+        let again = headers_to_metadata(&back, bin, &mut Vec::new())
+            .expect("converted metadata converts back");
+        assert_eq!(again, md, "metadata does not round-trip");
+    }
 }
 
 /// Arbitrary status trailers never panic, and what is read writes back to

@@ -66,11 +66,14 @@ where
                     gone,
                     inbound,
                     negotiated,
+                    bin_base64,
                     headers,
                     extensions,
                 } = tunnel;
+                let direction = Direction::Reverse;
                 let started =
-                    start_client(core, gone, inbound, negotiated, opts, Direction::Reverse).await;
+                    start_client(core, gone, inbound, negotiated, bin_base64, opts, direction)
+                        .await;
                 match started {
                     Ok(channel) => {
                         registry.add(headers, extensions, channel.clone());

@@ -161,6 +161,7 @@ impl ReverseTunnelServer {
                 extensions: dialed.extensions,
                 metadata: Arc::new(metadata),
                 direction: Direction::Reverse,
+                bin: self.opts.bin(dialed.bin_base64),
             };
             trace::record_revision(
                 &tunnel_span,

@@ -22,7 +22,8 @@ use crate::{
     wire::{
         frame,
         message::{MessageSplitter, Piece},
-        metadata, status,
+        metadata::{self, Bin},
+        status,
     },
 };
 
@@ -41,9 +42,14 @@ pub(crate) fn call(dispatch: Dispatch, req: http::Request<RequestBody>) -> Call 
 
 /// Serves one stream to its end, honouring `grpc-timeout` (P-60: an expired
 /// call ends with `DEADLINE_EXCEEDED` and its handler is dropped).
-pub(crate) async fn serve_stream(call: Call, timeout: Option<Duration>, stream: Arc<ServerStream>) {
+pub(crate) async fn serve_stream(
+    call: Call,
+    timeout: Option<Duration>,
+    stream: Arc<ServerStream>,
+    bin: Bin,
+) {
     let status = Deadline {
-        serve: call_and_respond(call, &stream),
+        serve: call_and_respond(call, &stream, bin),
         // Boxed: most calls have no deadline, and a timer is large.
         timer: timeout.map(|t| Box::pin(tokio::time::sleep(t))),
     }
@@ -81,15 +87,19 @@ impl<F: Future<Output = Option<tonic::Status>>> Future for Deadline<F> {
 
 /// Runs the handler; returns a status only if the stream still needs its
 /// `close_stream`.
-async fn call_and_respond(call: Call, stream: &Arc<ServerStream>) -> Option<tonic::Status> {
+async fn call_and_respond(
+    call: Call,
+    stream: &Arc<ServerStream>,
+    bin: Bin,
+) -> Option<tonic::Status> {
     let body = match call.await {
-        Ok(resp) => match start_response(stream, resp) {
+        Ok(resp) => match start_response(stream, resp, bin) {
             Ok(body) => body,
             Err(status) => return status,
         },
         Err(err) => return Some(tonic::Status::from_error(err)),
     };
-    respond(stream, body).await
+    respond(stream, body, bin).await
 }
 
 /// Queues the response headers; hands back the body to move, or the status
@@ -97,6 +107,7 @@ async fn call_and_respond(call: Call, stream: &Arc<ServerStream>) -> Option<toni
 fn start_response(
     stream: &Arc<ServerStream>,
     resp: http::Response<tonic::body::Body>,
+    bin: Bin,
 ) -> Result<tonic::body::Body, Option<tonic::Status>> {
     let (parts, body) = resp.into_parts();
     if parts.status != http::StatusCode::OK {
@@ -106,11 +117,11 @@ fn start_response(
     }
     if let Some(status) = status::status_from_trailers(&parts.headers) {
         // Trailers-only (P-63): empty headers, then close_stream.
-        let trailers = metadata::headers_to_metadata(&parts.headers).unwrap_or_default();
+        let trailers = to_metadata(stream, &parts.headers, bin).unwrap_or_default();
         close(stream, status, trailers);
         return Err(None);
     }
-    let headers = metadata::headers_to_metadata(&parts.headers).map_err(Some)?;
+    let headers = to_metadata(stream, &parts.headers, bin).map_err(Some)?;
     let id = stream.id();
     stream.push_headers_once(|| {
         frame::server_frame(id, pb::server_to_client::Frame::ResponseHeaders(headers))
@@ -119,7 +130,11 @@ fn start_response(
 }
 
 /// Moves the response body into the stream; ends it with the trailers.
-async fn respond(stream: &Arc<ServerStream>, mut body: tonic::body::Body) -> Option<tonic::Status> {
+async fn respond(
+    stream: &Arc<ServerStream>,
+    mut body: tonic::body::Body,
+    bin: Bin,
+) -> Option<tonic::Status> {
     let mut splitter = MessageSplitter::new(u32::MAX as usize);
     loop {
         if !poll_fn(|cx| stream.poll_capacity(cx)).await {
@@ -166,13 +181,26 @@ async fn respond(stream: &Arc<ServerStream>, mut body: tonic::body::Body) -> Opt
                 "handler sent trailers without grpc-status",
             ))
         });
-        let md = match metadata::headers_to_metadata(&trailers) {
+        let md = match to_metadata(stream, &trailers, bin) {
             Ok(md) => md,
             Err(status) => return Some(status),
         };
         close(stream, status, md);
         return None;
     }
+}
+
+/// The handler's headers or trailers as tunnel metadata; `-bin` values the
+/// peer cannot carry are counted when the policy drops them.
+fn to_metadata(
+    stream: &ServerStream,
+    headers: &http::HeaderMap,
+    bin: Bin,
+) -> Result<pb::Metadata, tonic::Status> {
+    let mut dropped = Vec::new();
+    let md = metadata::headers_to_metadata(headers, bin, &mut dropped)?;
+    stream.core().meter.metadata_dropped(&dropped);
+    Ok(md)
 }
 
 fn close(stream: &Arc<ServerStream>, status: tonic_types::Status, trailers: pb::Metadata) {
@@ -208,7 +236,7 @@ mod tests {
         });
         let dispatch = crate::server::dispatch::dispatch::<_, tonic::body::Body, _>(svc);
         let req = http::Request::new(RequestBody::new(stream.clone()));
-        let task = serve_stream(call(dispatch, req), None, stream);
+        let task = serve_stream(call(dispatch, req), None, stream, Bin::default());
         let size = std::mem::size_of_val(&task);
         assert!(size <= 512, "serve_stream's future is {size} bytes");
     }

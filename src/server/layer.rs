@@ -180,6 +180,13 @@ impl TunnelLayer {
         self.update(|c| c.opts.disable_flow_control())
     }
 
+    /// What happens to a `-bin` metadata value that is not valid UTF-8
+    /// when the peer can only carry raw bytes (the Go reference); see
+    /// [`BinaryMetadata`](crate::BinaryMetadata). Default: `Drop`.
+    pub fn binary_metadata(self, policy: crate::BinaryMetadata) -> Self {
+        self.update(|c| c.opts.binary_metadata = policy)
+    }
+
     /// A snapshot of the counters of every tunnel this endpoint served,
     /// forward and reverse. Clones of the layer share them.
     pub fn stats(&self) -> Stats {

@@ -22,7 +22,8 @@ use crate::{
     pb::{self, client_to_server::Frame},
     server::{body::RequestBody, dispatch::Dispatch, handler},
     wire::{
-        frame, metadata,
+        frame,
+        metadata::{self, Bin},
         settings::{Options, Revision},
         timeout,
     },
@@ -39,6 +40,8 @@ pub(crate) struct TunnelContext {
     /// Request headers of the opening RPC.
     pub(crate) metadata: Arc<http::HeaderMap>,
     pub(crate) direction: Direction,
+    /// How `-bin` metadata crosses this tunnel.
+    pub(crate) bin: Bin,
 }
 
 struct Entry {
@@ -375,8 +378,9 @@ where
         );
         let timeout = timeout::grpc_timeout(req.headers());
         let call = handler::call(self.cx.dispatch.clone(), req);
-        let task =
-            tokio::spawn(handler::serve_stream(call, timeout, stream.clone()).instrument(span));
+        let task = tokio::spawn(
+            handler::serve_stream(call, timeout, stream.clone(), self.cx.bin).instrument(span),
+        );
         self.core.meter.stream_opened();
         self.streams.insert(
             id,
@@ -401,7 +405,7 @@ where
         *req.uri_mut() = uri;
         *req.version_mut() = http::Version::HTTP_2;
         let h = req.headers_mut();
-        metadata::metadata_to_headers(&headers, h);
+        metadata::metadata_to_headers(&headers, self.cx.bin, h);
         h.insert(
             http::header::CONTENT_TYPE,
             http::HeaderValue::from_static("application/grpc"),

@@ -108,6 +108,42 @@ const SKIP_INTO_HEADERS: &[&str] = &[
     "host",
 ];
 
+/// What to do with a `-bin` metadata value whose bytes are not valid UTF-8
+/// when the peer can only carry raw bytes in the protocol's `string`s (the
+/// Go reference, P-57).
+///
+/// Between two ends of this crate the question does not arise: they agree
+/// on the opening RPC (header `grpctunnel-binary-metadata: base64`, which
+/// the Go reference ignores) to carry `-bin` values as base64, as HTTP/2
+/// does, so any bytes cross. With a peer that does not agree:
+///
+/// - [`Drop`](Self::Drop) (the default) leaves the value out and the call
+///   goes on. Such values are mostly optional telemetry that arrives on
+///   every call of an instrumented client or server (`grpc-trace-bin` from
+///   OpenCensus/OpenTelemetry tracing, `endpoint-load-metrics-bin` from
+///   ORCA load reports); failing the call would break every traced call.
+///   Each drop is counted (`Stats::metadata_dropped`) and the first drop of
+///   each key is logged with a `warn!` naming it.
+/// - [`Fail`](Self::Fail) fails the call with `INTERNAL`, naming the key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum BinaryMetadata {
+    /// Leave the value out, count it, warn once per key.
+    #[default]
+    Drop,
+    /// Fail the call with `INTERNAL`.
+    Fail,
+}
+
+/// How a tunnel carries `-bin` values in its `Metadata`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Bin {
+    /// Base64 text, as on HTTP/2 (both ends agreed); otherwise raw bytes.
+    pub(crate) base64: bool,
+    /// What happens to a value raw bytes cannot carry.
+    pub(crate) policy: BinaryMetadata,
+}
+
 /// Whether `key` names a binary (`-bin`) metadata entry.
 fn is_bin_key(key: &str) -> bool {
     key.ends_with(BIN_SUFFIX)
@@ -117,17 +153,24 @@ fn is_bin_key(key: &str) -> bool {
 /// metadata.
 ///
 /// Pseudo-headers and the transport and hop-by-hop headers of P-58 are not
-/// copied. Values keep their order per key. `-bin` values are base64-decoded
-/// (padded or not, and several comma-separated values in one header are
-/// split) and carried raw (P-57).
+/// copied. Values keep their order per key. `-bin` values are split at
+/// commas (several values in one header) and checked to be base64 (padded
+/// or not); they are carried as that base64 text when the tunnel agreed to
+/// (`bin.base64`), otherwise decoded and carried raw (P-57). A raw value
+/// that is not valid UTF-8 is, by `bin.policy`, left out with its key
+/// pushed to `dropped`, or an error.
 ///
 /// # Errors
 ///
 /// `INTERNAL`, naming the key, when a value cannot be carried in a proto
-/// `string`: a `-bin` value that is not valid base64 or whose bytes are not
-/// valid UTF-8, or a text value that is not valid UTF-8. Only the call that
-/// carries it should fail (P-57).
-pub(crate) fn headers_to_metadata(headers: &HeaderMap) -> Result<pb::Metadata, tonic::Status> {
+/// `string`: a `-bin` value that is not valid base64, one whose bytes are
+/// not valid UTF-8 under [`BinaryMetadata::Fail`], or a text value that is
+/// not valid UTF-8. Only the call that carries it should fail (P-57).
+pub(crate) fn headers_to_metadata(
+    headers: &HeaderMap,
+    bin: Bin,
+    dropped: &mut Vec<String>,
+) -> Result<pb::Metadata, tonic::Status> {
     let mut md = pb::Metadata::default();
     for key in headers.keys() {
         let name = key.as_str();
@@ -137,7 +180,7 @@ pub(crate) fn headers_to_metadata(headers: &HeaderMap) -> Result<pb::Metadata, t
         let mut values = Vec::new();
         for value in headers.get_all(key) {
             if is_bin_key(name) {
-                decode_bin_value(name, value, &mut values)?;
+                decode_bin_value(name, value, bin, &mut values, dropped)?;
             } else {
                 values.push(text_value(name, value)?);
             }
@@ -149,12 +192,14 @@ pub(crate) fn headers_to_metadata(headers: &HeaderMap) -> Result<pb::Metadata, t
     Ok(md)
 }
 
-/// Decodes one `-bin` header value into raw values, one per comma-separated
-/// part.
+/// Turns one `-bin` header value into tunnel values, one per
+/// comma-separated part: its base64 text, or its raw bytes.
 fn decode_bin_value(
     key: &str,
     value: &HeaderValue,
+    bin: Bin,
     out: &mut Vec<String>,
+    dropped: &mut Vec<String>,
 ) -> Result<(), tonic::Status> {
     for part in value.as_bytes().split(|b| *b == b',') {
         let part = part.trim_ascii();
@@ -164,13 +209,21 @@ fn decode_bin_value(
                 "metadata value of {key:?} is not valid base64: {err}"
             ))
         })?;
-        let text = String::from_utf8(bytes).map_err(|_| {
-            tracing::debug!(key, "binary metadata is not valid UTF-8");
-            tonic::Status::internal(format!(
-                "binary metadata value of {key:?} is not valid UTF-8 and cannot cross a tunnel"
-            ))
-        })?;
-        out.push(text);
+        if bin.base64 {
+            // Checked above: visible ASCII, so valid UTF-8.
+            out.push(String::from_utf8_lossy(part).into_owned());
+            continue;
+        }
+        match String::from_utf8(bytes) {
+            Ok(text) => out.push(text),
+            Err(_) if bin.policy == BinaryMetadata::Drop => dropped.push(key.to_owned()),
+            Err(_) => {
+                tracing::debug!(key, "binary metadata is not valid UTF-8");
+                return Err(tonic::Status::internal(format!(
+                    "binary metadata value of {key:?} is not valid UTF-8 and cannot cross a tunnel to this peer"
+                )));
+            }
+        }
     }
     Ok(())
 }
@@ -202,7 +255,7 @@ const MAX_ENTRIES: usize = 16 * 1024;
 /// kept. `-bin` values are base64-encoded (standard alphabet, no padding).
 /// A key that is not a valid lowercase header name, or a text value that is
 /// not a valid header value, is skipped with a `debug!` event. Never panics.
-pub(crate) fn metadata_to_headers(md: &pb::Metadata, headers: &mut HeaderMap) {
+pub(crate) fn metadata_to_headers(md: &pb::Metadata, bin: Bin, headers: &mut HeaderMap) {
     for (key, values) in &md.md {
         if key.starts_with(':') || SKIP_INTO_HEADERS.contains(&key.as_str()) {
             tracing::debug!(key = %key, "dropping reserved metadata key");
@@ -215,12 +268,22 @@ pub(crate) fn metadata_to_headers(md: &pb::Metadata, headers: &mut HeaderMap) {
                 continue;
             }
         };
-        let bin = is_bin_key(key);
+        let is_bin = is_bin_key(key);
         for value in &values.val {
-            let value = if bin {
-                HeaderValue::from_str(&BASE64.encode(value.as_bytes()))
-            } else {
+            let value = if !is_bin {
                 HeaderValue::from_str(value)
+            } else if bin.base64 {
+                // Already base64 text; checked, so that a peer cannot make
+                // us send a value our caller's gRPC stack cannot decode.
+                match BASE64.decode(value.trim_ascii()) {
+                    Ok(_) => HeaderValue::from_str(value.trim_ascii()),
+                    Err(_) => {
+                        tracing::debug!(key = %key, "skipping binary metadata that is not base64");
+                        continue;
+                    }
+                }
+            } else {
+                HeaderValue::from_str(&BASE64.encode(value.as_bytes()))
             };
             match value {
                 Ok(value) => {
@@ -280,6 +343,66 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// Raw bytes, failing on what they cannot carry: the protocol's own
+    /// mapping (P-57), which most tests check.
+    const RAW: Bin = Bin {
+        base64: false,
+        policy: BinaryMetadata::Fail,
+    };
+
+    fn to_md(h: &HeaderMap) -> Result<pb::Metadata, tonic::Status> {
+        headers_to_metadata(h, RAW, &mut Vec::new())
+    }
+
+    #[test]
+    fn binary_values_cross_as_base64_when_agreed() {
+        let b64 = Bin {
+            base64: true,
+            policy: BinaryMetadata::Fail,
+        };
+        let h = headers(&[("grpc-trace-bin", b"AP/+AA"), ("x-two-bin", b"AQ==, Ag")]);
+        let got = headers_to_metadata(&h, b64, &mut Vec::new()).expect("any bytes cross");
+        assert_eq!(
+            values(&got, "grpc-trace-bin"),
+            Some(&["AP/+AA".to_owned()][..])
+        );
+        assert_eq!(
+            values(&got, "x-two-bin"),
+            Some(&["AQ==".to_owned(), "Ag".to_owned()][..])
+        );
+        let mut back = HeaderMap::new();
+        metadata_to_headers(&got, b64, &mut back);
+        let trace = back.get("grpc-trace-bin").expect("kept");
+        assert_eq!(
+            BASE64.decode(trace.as_bytes()).expect("base64"),
+            [0, 0xff, 0xfe, 0]
+        );
+        // A peer's value that is not base64 is not passed on.
+        let mut bad = HeaderMap::new();
+        metadata_to_headers(&md(&[("x-bad-bin", &["not base64!"])]), b64, &mut bad);
+        assert!(bad.is_empty());
+        // Invalid base64 from the caller still fails its call.
+        let h = headers(&[("x-bad-bin", b"!!")]);
+        assert!(headers_to_metadata(&h, b64, &mut Vec::new()).is_err());
+    }
+
+    #[test]
+    fn non_utf8_binary_values_are_dropped_and_named_by_default() {
+        let drop = Bin::default();
+        assert_eq!(drop.policy, BinaryMetadata::Drop);
+        let h = headers(&[
+            ("grpc-trace-bin", b"AP/+AA"),
+            ("x-ok-bin", b"aGk"),
+            ("x-t", b"1"),
+        ]);
+        let mut dropped = Vec::new();
+        let got = headers_to_metadata(&h, drop, &mut dropped).expect("the call goes on");
+        assert_eq!(dropped, ["grpc-trace-bin"]);
+        assert!(values(&got, "grpc-trace-bin").is_none());
+        assert_eq!(values(&got, "x-ok-bin"), Some(&["hi".to_owned()][..]));
+        assert_eq!(values(&got, "x-t"), Some(&["1".to_owned()][..]));
+    }
+
     fn md(entries: &[(&str, &[&str])]) -> pb::Metadata {
         let mut md = pb::Metadata::default();
         for (k, vs) in entries {
@@ -307,7 +430,7 @@ mod tests {
             ("x-multi", b"two"),
             ("x-multi", b"three"),
         ]);
-        let md = headers_to_metadata(&h).expect("converts");
+        let md = to_md(&h).expect("converts");
         assert_eq!(
             values(&md, "x-multi"),
             Some(&["one".to_owned(), "two".to_owned(), "three".to_owned()][..])
@@ -315,7 +438,7 @@ mod tests {
         assert_eq!(values(&md, "x-other"), Some(&["z".to_owned()][..]));
 
         let mut back = HeaderMap::new();
-        metadata_to_headers(&md, &mut back);
+        metadata_to_headers(&md, RAW, &mut back);
         let got: Vec<_> = back.get_all("x-multi").iter().collect();
         assert_eq!(got, ["one", "two", "three"]);
     }
@@ -328,7 +451,7 @@ mod tests {
             ("x-data-bin", b"aGk"),
             ("x-data-bin", b"YWJj, YQ==,YQ"),
         ]);
-        let md = headers_to_metadata(&h).expect("converts");
+        let md = to_md(&h).expect("converts");
         assert_eq!(
             values(&md, "x-data-bin").expect("present"),
             ["hi", "hi", "abc", "a", "a"]
@@ -338,10 +461,14 @@ mod tests {
     #[test]
     fn bin_values_are_encoded_unpadded() {
         let mut h = HeaderMap::new();
-        metadata_to_headers(&md(&[("x-data-bin", &["hi", "", "\u{1}\u{7f}é"])]), &mut h);
+        metadata_to_headers(
+            &md(&[("x-data-bin", &["hi", "", "\u{1}\u{7f}é"])]),
+            RAW,
+            &mut h,
+        );
         let got: Vec<_> = h.get_all("x-data-bin").iter().collect();
         assert_eq!(got, ["aGk", "", "AX/DqQ"]);
-        let md = headers_to_metadata(&h).expect("converts");
+        let md = to_md(&h).expect("converts");
         assert_eq!(
             values(&md, "x-data-bin").expect("present"),
             ["hi", "", "\u{1}\u{7f}é"]
@@ -352,7 +479,7 @@ mod tests {
     fn bin_value_not_utf8_is_internal() {
         // 0xff 0xfe
         let h = headers(&[("x-raw-bin", b"//4")]);
-        let err = headers_to_metadata(&h).expect_err("not UTF-8");
+        let err = to_md(&h).expect_err("not UTF-8");
         assert_eq!(err.code(), tonic::Code::Internal);
         assert!(err.message().contains("x-raw-bin"), "{}", err.message());
     }
@@ -360,7 +487,7 @@ mod tests {
     #[test]
     fn bin_value_bad_base64_is_internal() {
         let h = headers(&[("x-raw-bin", b"not base64!")]);
-        let err = headers_to_metadata(&h).expect_err("bad base64");
+        let err = to_md(&h).expect_err("bad base64");
         assert_eq!(err.code(), tonic::Code::Internal);
         assert!(err.message().contains("x-raw-bin"), "{}", err.message());
     }
@@ -368,11 +495,11 @@ mod tests {
     #[test]
     fn text_value_utf8_and_non_utf8() {
         let h = headers(&[("x-name", "grüße".as_bytes())]);
-        let md = headers_to_metadata(&h).expect("UTF-8 is fine");
+        let md = to_md(&h).expect("UTF-8 is fine");
         assert_eq!(values(&md, "x-name").expect("present"), ["grüße"]);
 
         let h = headers(&[("x-name", b"\xff\xfe")]);
-        let err = headers_to_metadata(&h).expect_err("not UTF-8");
+        let err = to_md(&h).expect_err("not UTF-8");
         assert_eq!(err.code(), tonic::Code::Internal);
         assert!(err.message().contains("x-name"));
     }
@@ -388,7 +515,7 @@ mod tests {
         }
         h.insert("grpctunnel-negotiate", HeaderValue::from_static("on"));
         h.insert("x-app", HeaderValue::from_static("1"));
-        let md = headers_to_metadata(&h).expect("converts");
+        let md = to_md(&h).expect("converts");
         let mut keys: Vec<_> = md.md.keys().cloned().collect();
         keys.sort();
         assert_eq!(keys, ["grpctunnel-negotiate", "x-app"]);
@@ -403,7 +530,7 @@ mod tests {
         entries.push(("grpc-timeout", &["5S"]));
         entries.push(("x-app", &["1"]));
         let mut h = HeaderMap::new();
-        metadata_to_headers(&md(&entries), &mut h);
+        metadata_to_headers(&md(&entries), RAW, &mut h);
         let mut keys: Vec<_> = h.keys().map(|k| k.as_str().to_owned()).collect();
         keys.sort();
         assert_eq!(keys, ["grpc-timeout", "x-app"]);
@@ -419,6 +546,7 @@ mod tests {
                 ("bad key", &["1"]),
                 ("x-ctl", &["a\nb", "ok", "\u{7f}"]),
             ]),
+            RAW,
             &mut h,
         );
         assert_eq!(h.len(), 1);
@@ -428,7 +556,7 @@ mod tests {
     #[test]
     fn empty_values_list_adds_nothing() {
         let mut h = HeaderMap::new();
-        metadata_to_headers(&md(&[("x-none", &[])]), &mut h);
+        metadata_to_headers(&md(&[("x-none", &[])]), RAW, &mut h);
         assert!(h.is_empty());
     }
 
@@ -464,8 +592,8 @@ mod tests {
         #[test]
         fn metadata_round_trips(md in metadata_strategy()) {
             let mut h = HeaderMap::new();
-            metadata_to_headers(&md, &mut h);
-            let back = headers_to_metadata(&h).expect("round trip");
+            metadata_to_headers(&md, RAW, &mut h);
+            let back = to_md(&h).expect("round trip");
             prop_assert_eq!(back, md);
         }
 
@@ -484,7 +612,7 @@ mod tests {
                     HeaderValue::from_bytes(&v).expect("valid value"),
                 );
             }
-            let _ = headers_to_metadata(&h);
+            let _ = to_md(&h);
         }
     }
 }

@@ -3,12 +3,25 @@
 
 use std::fmt;
 
-use crate::{pb, wire::frame::frame_name};
+use crate::{
+    pb,
+    wire::{
+        frame::frame_name,
+        metadata::{Bin, BinaryMetadata},
+    },
+};
 
 /// Name of the negotiation header of the opening RPC (P-8).
 pub(crate) const NEGOTIATE_HEADER: &str = "grpctunnel-negotiate";
 /// Its only value.
 pub(crate) const NEGOTIATE_ON: &str = "on";
+
+/// The header on which two ends of this crate agree to carry `-bin`
+/// metadata as base64 (the Go reference ignores it, P-57): offered on the
+/// opening RPC's request, echoed on its response.
+pub(crate) const BINARY_METADATA_HEADER: &str = "grpctunnel-binary-metadata";
+/// Its only value.
+pub(crate) const BINARY_METADATA_BASE64: &str = "base64";
 
 /// Default receive window advertised per stream and direction (revision one).
 ///
@@ -95,6 +108,8 @@ pub(crate) struct Options {
     pub(crate) max_metadata_size: usize,
     /// Bytes a revision-zero stream may buffer before reads pause.
     pub(crate) revision_zero_buffer: usize,
+    /// What happens to `-bin` values a peer cannot carry.
+    pub(crate) binary_metadata: BinaryMetadata,
 }
 
 impl Default for Options {
@@ -107,6 +122,7 @@ impl Default for Options {
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
             max_metadata_size: DEFAULT_MAX_METADATA_SIZE,
             revision_zero_buffer: DEFAULT_REVISION_ZERO_BUFFER,
+            binary_metadata: BinaryMetadata::Drop,
         }
     }
 }
@@ -152,8 +168,9 @@ impl Options {
 }
 
 /// The response to an opening RPC: `body`, with the negotiation header when
-/// we offer revision one (P-9: the headers go out at once).
-pub(crate) fn opening_response<T>(opts: &Options, body: T) -> tonic::Response<T> {
+/// we offer revision one (P-9: the headers go out at once), and the binary
+/// metadata header echoed when the network client offered it.
+pub(crate) fn opening_response<T>(opts: &Options, bin_base64: bool, body: T) -> tonic::Response<T> {
     let mut resp = tonic::Response::new(body);
     if opts.advertises() {
         resp.metadata_mut().insert(
@@ -161,7 +178,32 @@ pub(crate) fn opening_response<T>(opts: &Options, body: T) -> tonic::Response<T>
             tonic::metadata::MetadataValue::from_static(NEGOTIATE_ON),
         );
     }
+    if bin_base64 {
+        resp.metadata_mut().insert(
+            BINARY_METADATA_HEADER,
+            tonic::metadata::MetadataValue::from_static(BINARY_METADATA_BASE64),
+        );
+    }
     resp
+}
+
+/// Whether the opening RPC's headers carry `-bin` values as base64: the
+/// request's when the network client offered, the response's when the
+/// network server agreed.
+pub(crate) fn offers_base64_binary_metadata(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(BINARY_METADATA_HEADER)
+        .is_some_and(|v| v.as_bytes() == BINARY_METADATA_BASE64.as_bytes())
+}
+
+impl Options {
+    /// How a tunnel carries `-bin` values, once the ends agreed or not.
+    pub(crate) fn bin(&self, base64: bool) -> Bin {
+        Bin {
+            base64,
+            policy: self.binary_metadata,
+        }
+    }
 }
 
 /// Appends an opening-RPC header given as text.

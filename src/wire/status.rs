@@ -189,7 +189,7 @@ pub(crate) fn http_status_to_grpc(status: http::StatusCode) -> tonic::Status {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::metadata::{headers_to_metadata, test_headers as headers};
+    use crate::wire::metadata::{headers_to_metadata, test_headers as headers, Bin};
     use bytes::Bytes;
     use proptest::prelude::*;
 
@@ -228,7 +228,7 @@ mod tests {
         assert_eq!(status_from_trailers(&trailers), Some(status));
 
         // The metadata part of the trailers carries none of the status keys.
-        let md = headers_to_metadata(&trailers).expect("converts");
+        let md = headers_to_metadata(&trailers, Bin::default(), &mut Vec::new()).expect("converts");
         assert_eq!(md.md.keys().collect::<Vec<_>>(), ["x-app"]);
     }
 
