@@ -25,7 +25,7 @@ use crate::{
         frame,
         metadata::{self, Bin},
         settings::{Options, Revision},
-        timeout,
+        status, timeout,
     },
 };
 
@@ -248,9 +248,7 @@ where
                 entry.task.abort();
                 let stream = entry.inflow.stream();
                 stream.finish();
-                stream.fail(tonic::Status::cancelled(
-                    "stream cancelled by tunnel client",
-                ));
+                stream.fail(status::cancelled("stream cancelled by tunnel client"));
                 self.remove(id);
                 None
             }

@@ -186,6 +186,17 @@ pub(crate) fn http_status_to_grpc(status: http::StatusCode) -> tonic::Status {
     tonic::Status::new(code, format!("HTTP status {status}"))
 }
 
+/// The status of a call its caller cancelled, with an HTTP/2 `CANCEL` in
+/// its source chain: a request body that fails with it makes hyper reset the
+/// stream it feeds with `CANCEL` (hyper looks for an `h2::Reason` in a body
+/// error's sources; without one it resets with `INTERNAL_ERROR`), so a proxy
+/// behind a tunnel endpoint cancels its upstream call as its caller did.
+pub(crate) fn cancelled(message: &'static str) -> tonic::Status {
+    let mut status = tonic::Status::cancelled(message);
+    status.set_source(std::sync::Arc::new(h2::Error::from(h2::Reason::CANCEL)));
+    status
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -302,6 +313,18 @@ mod tests {
         let s = status_from_trailers(&h).expect("status");
         assert_eq!(s.message, "outer");
         assert_eq!(s.details, vec![any_detail("t/x", b"v")]);
+    }
+
+    #[test]
+    fn a_cancelled_status_carries_an_http2_cancel() {
+        use std::error::Error as _;
+        let status = cancelled("stream cancelled by tunnel client");
+        assert_eq!(status.code(), tonic::Code::Cancelled);
+        let reason = status
+            .source()
+            .and_then(|e| e.downcast_ref::<h2::Error>())
+            .and_then(h2::Error::reason);
+        assert_eq!(reason, Some(h2::Reason::CANCEL));
     }
 
     #[test]
