@@ -16,7 +16,7 @@ use crate::{
     pb,
     wire::{
         message,
-        metadata::{self, Bin},
+        metadata::{self, Mapping},
         status,
     },
 };
@@ -66,7 +66,10 @@ impl ResponseBody {
     }
 
     /// The HTTP/2 trailers for a `close_stream` (P-63, client side).
-    pub(crate) fn close_to_trailers(close: Option<pb::CloseStream>, bin: Bin) -> http::HeaderMap {
+    pub(crate) fn close_to_trailers(
+        close: Option<pb::CloseStream>,
+        bin: Mapping,
+    ) -> http::HeaderMap {
         let mut trailers = http::HeaderMap::new();
         let close = close.unwrap_or_default();
         if let Some(md) = &close.response_trailers {

@@ -98,7 +98,7 @@ impl TunnelChannelBuilder {
                 gone,
                 dialed.inbound,
                 dialed.negotiated,
-                dialed.bin_base64,
+                dialed.extended,
                 self.opts,
                 Direction::Forward,
             )

@@ -20,7 +20,7 @@ use crate::{
     wire::{
         frame,
         message::{MessageSplitter, Piece},
-        metadata::Bin,
+        metadata::Mapping,
     },
 };
 
@@ -53,7 +53,7 @@ impl CallGuard {
 
 impl CallGuard {
     /// How the tunnel carries `-bin` metadata.
-    pub(crate) fn bin(&self) -> Bin {
+    pub(crate) fn bin(&self) -> Mapping {
         self.handle.shared.bin
     }
 }

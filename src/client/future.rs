@@ -113,11 +113,13 @@ impl Future for ResponseFuture {
     }
 }
 
+/// `application/grpc`, unless the response carried its own content type
+/// (with a subtype, such as `application/grpc+json`; the extended metadata
+/// mapping lets it cross).
 fn set_content_type(headers: &mut http::HeaderMap) {
-    headers.insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/grpc"),
-    );
+    headers
+        .entry(http::header::CONTENT_TYPE)
+        .or_insert(http::HeaderValue::from_static("application/grpc"));
 }
 
 /// A trailers-only response: the status travels in the headers block.

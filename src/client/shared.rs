@@ -14,7 +14,7 @@ use crate::{
     pb,
     wire::{
         frame::client_frame,
-        metadata::Bin,
+        metadata::Mapping,
         settings::{Options, Revision},
     },
 };
@@ -50,7 +50,7 @@ pub(crate) struct Shared {
     /// The peer's receive window per stream (from `Settings`).
     pub(crate) send_window: u32,
     /// How `-bin` metadata crosses this tunnel.
-    pub(crate) bin: Bin,
+    pub(crate) bin: Mapping,
     pub(crate) direction: Direction,
     /// The tunnel's span, parent of its streams' spans.
     pub(crate) span: tracing::Span,
@@ -70,7 +70,7 @@ impl Shared {
         opts: Options,
         revision: Revision,
         send_window: u32,
-        bin: Bin,
+        bin: Mapping,
         direction: Direction,
         span: tracing::Span,
     ) -> (

@@ -18,14 +18,14 @@ use crate::{
 };
 
 /// Starts the client engine on an opened tunnel: validates `Settings` when
-/// negotiated (P-13, P-14), then spawns the reader. `bin_base64`: both ends
+/// negotiated (P-13, P-14), then spawns the reader. `extended`: both ends
 /// agreed to carry `-bin` metadata as base64.
 pub(crate) async fn start_client<S>(
     core: Arc<Core<pb::ClientToServer>>,
     gone: tokio::sync::mpsc::UnboundedReceiver<i64>,
     mut inbound: S,
     negotiated: bool,
-    bin_base64: bool,
+    extended: bool,
     opts: Options,
     direction: Direction,
 ) -> Result<TunnelChannel, Error>
@@ -64,7 +64,7 @@ where
     let span = tracing::Span::current();
     trace::record_revision(&span, revision);
     debug!(%revision, "tunnel open");
-    let bin = opts.bin(bin_base64);
+    let bin = opts.bin(extended);
     let (shared, register) = Shared::new(core, opts, revision, send_window, bin, direction, span);
     let reader = Reader::new(shared.clone(), inbound, register, gone);
     tokio::spawn(reader.run().in_current_span());

@@ -39,11 +39,13 @@ pub(crate) struct Accepted<C: Opening> {
     /// Whether both ends offered negotiation (P-10).
     pub(crate) negotiated: bool,
     /// Whether both ends carry `-bin` values as base64.
-    pub(crate) bin_base64: bool,
+    pub(crate) extended: bool,
     /// The opening RPC's request headers.
     pub(crate) headers: http::HeaderMap,
     /// The opening RPC's request extensions.
     pub(crate) extensions: http::Extensions,
+    /// The opening RPC's scheme and authority, when its URI has them.
+    pub(crate) authority: Option<(http::uri::Scheme, http::uri::Authority)>,
 }
 
 /// Serves the opening RPC `req` on the network server, handing the tunnel
@@ -61,7 +63,16 @@ where
     S: FnOnce(Accepted<C>) + Send + 'static,
 {
     let (req, inbound) = Inbound::split_request(req, opts.max_frame_size());
+    let authority = req.uri().authority().cloned().map(|authority| {
+        let scheme = req
+            .uri()
+            .scheme()
+            .cloned()
+            .unwrap_or(http::uri::Scheme::HTTP);
+        (scheme, authority)
+    });
     let service = Accept {
+        authority,
         inbound: Some(inbound),
         opts,
         counters,
@@ -76,6 +87,7 @@ where
 }
 
 struct Accept<C, S> {
+    authority: Option<(http::uri::Scheme, http::uri::Authority)>,
     inbound: Option<Inbound<C>>,
     opts: Options,
     counters: Arc<Counters>,
@@ -98,19 +110,18 @@ where
             return ready(Err(tonic::Status::internal("opening RPC served twice")));
         };
         let negotiated = self.opts.advertises() && settings::peer_advertises(&self.headers);
-        let bin_base64 = settings::offers_base64_binary_metadata(&self.headers);
+        let extended = settings::offers_extended_metadata(&self.headers);
         let (core, writer, gone) = Core::new(Meter::tunnel(Some(self.counters.clone())));
         start(Accepted {
             core,
             gone,
             inbound,
             negotiated,
-            bin_base64,
+            extended,
             headers: std::mem::take(&mut self.headers),
             extensions: std::mem::take(&mut self.extensions),
+            authority: self.authority.take(),
         });
-        ready(Ok(settings::opening_response(
-            &self.opts, bin_base64, writer,
-        )))
+        ready(Ok(settings::opening_response(&self.opts, extended, writer)))
     }
 }

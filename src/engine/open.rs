@@ -52,7 +52,7 @@ pub(crate) struct Dialed<In> {
     /// Whether both ends offered negotiation (P-10).
     pub(crate) negotiated: bool,
     /// Whether the network server agreed to carry `-bin` values as base64.
-    pub(crate) bin_base64: bool,
+    pub(crate) extended: bool,
     /// The peer's frames.
     pub(crate) inbound: Inbound<In>,
     /// The response's extensions.
@@ -87,8 +87,8 @@ where
         );
     }
     metadata.insert(
-        settings::BINARY_METADATA_HEADER,
-        http::HeaderValue::from_static(settings::BINARY_METADATA_BASE64),
+        settings::EXTENSIONS_HEADER,
+        http::HeaderValue::from_static(settings::EXTENDED_METADATA),
     );
     let mut req = tonic::Request::new(futures_util::StreamExt::filter_map(writer, |r| {
         std::future::ready(r.ok())
@@ -112,12 +112,12 @@ where
         .await
         .map_err(Error::closed)?;
     let negotiated = opts.advertises() && settings::peer_advertises(resp.metadata().as_ref());
-    let bin_base64 = settings::offers_base64_binary_metadata(resp.metadata().as_ref());
+    let extended = settings::offers_extended_metadata(resp.metadata().as_ref());
     let inbound = body.take_response(opts.max_frame_size())?;
     let (_, _, extensions) = resp.into_parts();
     Ok(Dialed {
         negotiated,
-        bin_base64,
+        extended,
         inbound,
         extensions,
     })

@@ -103,6 +103,7 @@ pub fn server_frames(frames: Vec<pb::ClientToServer>) -> Vec<pb::ServerToClient>
             metadata: Arc::new(http::HeaderMap::new()),
             direction: Direction::Forward,
             bin: Default::default(),
+            authority: None,
         };
         let inbound = futures_util::stream::empty::<Result<pb::ClientToServer, tonic::Status>>();
         let mut tunnel = ServerTunnel::new(cx, core, gone, inbound);

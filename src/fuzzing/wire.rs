@@ -11,7 +11,7 @@ use crate::{
     pb,
     wire::{
         message::{start_frames, FrameError, MessageSplitter, Piece, PREFIX_LEN},
-        metadata::{headers_to_metadata, metadata_to_headers, Bin, BinaryMetadata},
+        metadata::{headers_to_metadata, metadata_to_headers, BinaryMetadata, Mapping},
         reassembly::Reassembly,
         status::{status_from_trailers, status_to_trailers},
         timeout::{encode_grpc_timeout, grpc_timeout},
@@ -209,13 +209,13 @@ fn metadata(input: &mut Input<'_>) {
     // Each way a tunnel may carry `-bin` values: whatever converts comes
     // back the same, and base64 carries any bytes.
     for bin in [
-        Bin::default(),
-        Bin {
-            base64: true,
+        Mapping::default(),
+        Mapping {
+            extended: true,
             policy: BinaryMetadata::Fail,
         },
-        Bin {
-            base64: false,
+        Mapping {
+            extended: false,
             policy: BinaryMetadata::Fail,
         },
     ] {

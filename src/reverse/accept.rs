@@ -66,14 +66,14 @@ where
                     gone,
                     inbound,
                     negotiated,
-                    bin_base64,
+                    extended,
                     headers,
                     extensions,
+                    ..
                 } = tunnel;
                 let direction = Direction::Reverse;
                 let started =
-                    start_client(core, gone, inbound, negotiated, bin_base64, opts, direction)
-                        .await;
+                    start_client(core, gone, inbound, negotiated, extended, opts, direction).await;
                 match started {
                     Ok(channel) => {
                         registry.add(headers, extensions, channel.clone());

@@ -161,7 +161,9 @@ impl ReverseTunnelServer {
                 extensions: dialed.extensions,
                 metadata: Arc::new(metadata),
                 direction: Direction::Reverse,
-                bin: self.opts.bin(dialed.bin_base64),
+                bin: self.opts.bin(dialed.extended),
+                // The agent dialled out: no authority of its own to give.
+                authority: None,
             };
             trace::record_revision(
                 &tunnel_span,

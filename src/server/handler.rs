@@ -22,7 +22,7 @@ use crate::{
     wire::{
         frame,
         message::{MessageSplitter, Piece},
-        metadata::{self, Bin},
+        metadata::{self, Mapping},
         status,
     },
 };
@@ -46,7 +46,7 @@ pub(crate) async fn serve_stream(
     call: Call,
     timeout: Option<Duration>,
     stream: Arc<ServerStream>,
-    bin: Bin,
+    bin: Mapping,
 ) {
     let status = Deadline {
         serve: call_and_respond(call, &stream, bin),
@@ -90,7 +90,7 @@ impl<F: Future<Output = Option<tonic::Status>>> Future for Deadline<F> {
 async fn call_and_respond(
     call: Call,
     stream: &Arc<ServerStream>,
-    bin: Bin,
+    bin: Mapping,
 ) -> Option<tonic::Status> {
     let body = match call.await {
         Ok(resp) => match start_response(stream, resp, bin) {
@@ -107,7 +107,7 @@ async fn call_and_respond(
 fn start_response(
     stream: &Arc<ServerStream>,
     resp: http::Response<tonic::body::Body>,
-    bin: Bin,
+    bin: Mapping,
 ) -> Result<tonic::body::Body, Option<tonic::Status>> {
     let (parts, body) = resp.into_parts();
     if parts.status != http::StatusCode::OK {
@@ -133,7 +133,7 @@ fn start_response(
 async fn respond(
     stream: &Arc<ServerStream>,
     mut body: tonic::body::Body,
-    bin: Bin,
+    bin: Mapping,
 ) -> Option<tonic::Status> {
     let mut splitter = MessageSplitter::new(u32::MAX as usize);
     loop {
@@ -195,7 +195,7 @@ async fn respond(
 fn to_metadata(
     stream: &ServerStream,
     headers: &http::HeaderMap,
-    bin: Bin,
+    bin: Mapping,
 ) -> Result<pb::Metadata, tonic::Status> {
     let mut dropped = Vec::new();
     let md = metadata::headers_to_metadata(headers, bin, &mut dropped)?;
@@ -236,7 +236,7 @@ mod tests {
         });
         let dispatch = crate::server::dispatch::dispatch::<_, tonic::body::Body, _>(svc);
         let req = http::Request::new(RequestBody::new(stream.clone()));
-        let task = serve_stream(call(dispatch, req), None, stream, Bin::default());
+        let task = serve_stream(call(dispatch, req), None, stream, Mapping::default());
         let size = std::mem::size_of_val(&task);
         assert!(size <= 512, "serve_stream's future is {size} bytes");
     }

@@ -51,7 +51,8 @@ pub(crate) fn serve_tunnel(
         extensions: tunnel.extensions,
         metadata: Arc::new(tunnel.headers),
         direction: Direction::Forward,
-        bin: opts.bin(tunnel.bin_base64),
+        bin: opts.bin(tunnel.extended),
+        authority: tunnel.authority,
     };
     let reader = ServerTunnel::new(cx, core.clone(), tunnel.gone, tunnel.inbound)
         .with_shutdown(shutdown, grace);

@@ -23,7 +23,7 @@ use crate::{
     server::{body::RequestBody, dispatch::Dispatch, handler},
     wire::{
         frame,
-        metadata::{self, Bin},
+        metadata::{self, Mapping},
         settings::{Options, Revision},
         status, timeout,
     },
@@ -40,8 +40,11 @@ pub(crate) struct TunnelContext {
     /// Request headers of the opening RPC.
     pub(crate) metadata: Arc<http::HeaderMap>,
     pub(crate) direction: Direction,
-    /// How `-bin` metadata crosses this tunnel.
-    pub(crate) bin: Bin,
+    /// How metadata crosses this tunnel.
+    pub(crate) bin: Mapping,
+    /// Scheme and authority of the opening RPC, given to each tunneled
+    /// request (whose own `:authority` the protocol does not carry).
+    pub(crate) authority: Option<(http::uri::Scheme, http::uri::Authority)>,
 }
 
 struct Entry {
@@ -348,10 +351,11 @@ where
                 tonic::Status::invalid_argument(format!("{name} is not a well-formed method name")),
             );
         }
-        let uri = match http::Uri::builder()
-            .path_and_query(format!("/{name}"))
-            .build()
-        {
+        let mut uri = http::Uri::builder();
+        if let Some((scheme, authority)) = &self.cx.authority {
+            uri = uri.scheme(scheme.clone()).authority(authority.clone());
+        }
+        let uri = match uri.path_and_query(format!("/{name}")).build() {
             Ok(uri) if !name.starts_with('/') && !name.ends_with('/') => uri,
             _ => {
                 return self.reject(
@@ -404,10 +408,10 @@ where
         *req.version_mut() = http::Version::HTTP_2;
         let h = req.headers_mut();
         metadata::metadata_to_headers(&headers, self.cx.bin, h);
-        h.insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/grpc"),
-        );
+        // The caller's content type crossed with the extended mapping (a
+        // subtype such as `application/grpc+json`); otherwise gRPC's own.
+        h.entry(http::header::CONTENT_TYPE)
+            .or_insert(http::HeaderValue::from_static("application/grpc"));
         h.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
         let ext = req.extensions_mut();
         ext.extend(self.cx.extensions.clone());

@@ -113,9 +113,9 @@ const SKIP_INTO_HEADERS: &[&str] = &[
 /// Go reference, P-57).
 ///
 /// Between two ends of this crate the question does not arise: they agree
-/// on the opening RPC (header `grpctunnel-binary-metadata: base64`, which
-/// the Go reference ignores) to carry `-bin` values as base64, as HTTP/2
-/// does, so any bytes cross. With a peer that does not agree:
+/// on the opening RPC (header `grpctunnel-extensions: metadata`, which the
+/// Go reference ignores) to carry `-bin` values as base64, as HTTP/2 does,
+/// so any bytes cross. With a peer that does not agree:
 ///
 /// - [`Drop`](Self::Drop) (the default) leaves the value out and the call
 ///   goes on. Such values are mostly optional telemetry that arrives on
@@ -135,14 +135,23 @@ pub enum BinaryMetadata {
     Fail,
 }
 
-/// How a tunnel carries `-bin` values in its `Metadata`.
+/// How a tunnel maps headers to its `Metadata` and back.
+///
+/// With `extended` (both ends are this crate and agreed on the opening
+/// RPC), `-bin` values travel as their base64 text, so any bytes cross, and
+/// `content-type` (with its subtype, `application/grpc+json`) and
+/// `user-agent` travel too. Otherwise the protocol's own mapping holds:
+/// `-bin` values as raw bytes (P-57), and neither header (P-58).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Bin {
-    /// Base64 text, as on HTTP/2 (both ends agreed); otherwise raw bytes.
-    pub(crate) base64: bool,
+pub(crate) struct Mapping {
+    /// Both ends agreed on the extended mapping.
+    pub(crate) extended: bool,
     /// What happens to a value raw bytes cannot carry.
     pub(crate) policy: BinaryMetadata,
 }
+
+/// Headers the extended mapping carries although P-58 keeps them out.
+const EXTENDED_KEYS: &[&str] = &["content-type", "user-agent"];
 
 /// Whether `key` names a binary (`-bin`) metadata entry.
 fn is_bin_key(key: &str) -> bool {
@@ -153,10 +162,10 @@ fn is_bin_key(key: &str) -> bool {
 /// metadata.
 ///
 /// Pseudo-headers and the transport and hop-by-hop headers of P-58 are not
-/// copied. Values keep their order per key. `-bin` values are split at
+/// copied (the extended mapping keeps `content-type` and `user-agent`). Values keep their order per key. `-bin` values are split at
 /// commas (several values in one header) and checked to be base64 (padded
 /// or not); they are carried as that base64 text when the tunnel agreed to
-/// (`bin.base64`), otherwise decoded and carried raw (P-57). A raw value
+/// (`bin.extended`), otherwise decoded and carried raw (P-57). A raw value
 /// that is not valid UTF-8 is, by `bin.policy`, left out with its key
 /// pushed to `dropped`, or an error.
 ///
@@ -168,13 +177,14 @@ fn is_bin_key(key: &str) -> bool {
 /// not valid UTF-8. Only the call that carries it should fail (P-57).
 pub(crate) fn headers_to_metadata(
     headers: &HeaderMap,
-    bin: Bin,
+    bin: Mapping,
     dropped: &mut Vec<String>,
 ) -> Result<pb::Metadata, tonic::Status> {
     let mut md = pb::Metadata::default();
     for key in headers.keys() {
         let name = key.as_str();
-        if name.starts_with(':') || SKIP_INTO_METADATA.contains(&name) {
+        let carried = bin.extended && EXTENDED_KEYS.contains(&name);
+        if name.starts_with(':') || (SKIP_INTO_METADATA.contains(&name) && !carried) {
             continue;
         }
         let mut values = Vec::new();
@@ -197,7 +207,7 @@ pub(crate) fn headers_to_metadata(
 fn decode_bin_value(
     key: &str,
     value: &HeaderValue,
-    bin: Bin,
+    bin: Mapping,
     out: &mut Vec<String>,
     dropped: &mut Vec<String>,
 ) -> Result<(), tonic::Status> {
@@ -209,7 +219,7 @@ fn decode_bin_value(
                 "metadata value of {key:?} is not valid base64: {err}"
             ))
         })?;
-        if bin.base64 {
+        if bin.extended {
             // Checked above: visible ASCII, so valid UTF-8.
             out.push(String::from_utf8_lossy(part).into_owned());
             continue;
@@ -255,9 +265,10 @@ const MAX_ENTRIES: usize = 16 * 1024;
 /// kept. `-bin` values are base64-encoded (standard alphabet, no padding).
 /// A key that is not a valid lowercase header name, or a text value that is
 /// not a valid header value, is skipped with a `debug!` event. Never panics.
-pub(crate) fn metadata_to_headers(md: &pb::Metadata, bin: Bin, headers: &mut HeaderMap) {
+pub(crate) fn metadata_to_headers(md: &pb::Metadata, bin: Mapping, headers: &mut HeaderMap) {
     for (key, values) in &md.md {
-        if key.starts_with(':') || SKIP_INTO_HEADERS.contains(&key.as_str()) {
+        let carried = bin.extended && EXTENDED_KEYS.contains(&key.as_str());
+        if key.starts_with(':') || (SKIP_INTO_HEADERS.contains(&key.as_str()) && !carried) {
             tracing::debug!(key = %key, "dropping reserved metadata key");
             continue;
         }
@@ -272,7 +283,7 @@ pub(crate) fn metadata_to_headers(md: &pb::Metadata, bin: Bin, headers: &mut Hea
         for value in &values.val {
             let value = if !is_bin {
                 HeaderValue::from_str(value)
-            } else if bin.base64 {
+            } else if bin.extended {
                 // Already base64 text; checked, so that a peer cannot make
                 // us send a value our caller's gRPC stack cannot decode.
                 match BASE64.decode(value.trim_ascii()) {
@@ -345,8 +356,8 @@ mod tests {
 
     /// Raw bytes, failing on what they cannot carry: the protocol's own
     /// mapping (P-57), which most tests check.
-    const RAW: Bin = Bin {
-        base64: false,
+    const RAW: Mapping = Mapping {
+        extended: false,
         policy: BinaryMetadata::Fail,
     };
 
@@ -356,8 +367,8 @@ mod tests {
 
     #[test]
     fn binary_values_cross_as_base64_when_agreed() {
-        let b64 = Bin {
-            base64: true,
+        let b64 = Mapping {
+            extended: true,
             policy: BinaryMetadata::Fail,
         };
         let h = headers(&[("grpc-trace-bin", b"AP/+AA"), ("x-two-bin", b"AQ==, Ag")]);
@@ -388,7 +399,7 @@ mod tests {
 
     #[test]
     fn non_utf8_binary_values_are_dropped_and_named_by_default() {
-        let drop = Bin::default();
+        let drop = Mapping::default();
         assert_eq!(drop.policy, BinaryMetadata::Drop);
         let h = headers(&[
             ("grpc-trace-bin", b"AP/+AA"),

@@ -7,7 +7,7 @@ use crate::{
     pb,
     wire::{
         frame::frame_name,
-        metadata::{Bin, BinaryMetadata},
+        metadata::{BinaryMetadata, Mapping},
     },
 };
 
@@ -16,12 +16,14 @@ pub(crate) const NEGOTIATE_HEADER: &str = "grpctunnel-negotiate";
 /// Its only value.
 pub(crate) const NEGOTIATE_ON: &str = "on";
 
-/// The header on which two ends of this crate agree to carry `-bin`
-/// metadata as base64 (the Go reference ignores it, P-57): offered on the
-/// opening RPC's request, echoed on its response.
-pub(crate) const BINARY_METADATA_HEADER: &str = "grpctunnel-binary-metadata";
-/// Its only value.
-pub(crate) const BINARY_METADATA_BASE64: &str = "base64";
+/// The header on which two ends of this crate agree on extensions the Go
+/// reference does not know (it ignores the header): offered on the opening
+/// RPC's request as a comma-separated list, echoed with what the network
+/// server takes up on its response.
+pub(crate) const EXTENSIONS_HEADER: &str = "grpctunnel-extensions";
+/// The extended metadata mapping: `-bin` values as base64 (any bytes
+/// cross, P-57), `content-type` and `user-agent` carried (P-58).
+pub(crate) const EXTENDED_METADATA: &str = "metadata";
 
 /// Default receive window advertised per stream and direction (revision one).
 ///
@@ -169,8 +171,8 @@ impl Options {
 
 /// The response to an opening RPC: `body`, with the negotiation header when
 /// we offer revision one (P-9: the headers go out at once), and the binary
-/// metadata header echoed when the network client offered it.
-pub(crate) fn opening_response<T>(opts: &Options, bin_base64: bool, body: T) -> tonic::Response<T> {
+/// extensions header echoed when the network client offered one we know.
+pub(crate) fn opening_response<T>(opts: &Options, extended: bool, body: T) -> tonic::Response<T> {
     let mut resp = tonic::Response::new(body);
     if opts.advertises() {
         resp.metadata_mut().insert(
@@ -178,29 +180,32 @@ pub(crate) fn opening_response<T>(opts: &Options, bin_base64: bool, body: T) -> 
             tonic::metadata::MetadataValue::from_static(NEGOTIATE_ON),
         );
     }
-    if bin_base64 {
+    if extended {
         resp.metadata_mut().insert(
-            BINARY_METADATA_HEADER,
-            tonic::metadata::MetadataValue::from_static(BINARY_METADATA_BASE64),
+            EXTENSIONS_HEADER,
+            tonic::metadata::MetadataValue::from_static(EXTENDED_METADATA),
         );
     }
     resp
 }
 
-/// Whether the opening RPC's headers carry `-bin` values as base64: the
-/// request's when the network client offered, the response's when the
-/// network server agreed.
-pub(crate) fn offers_base64_binary_metadata(headers: &http::HeaderMap) -> bool {
-    headers
-        .get(BINARY_METADATA_HEADER)
-        .is_some_and(|v| v.as_bytes() == BINARY_METADATA_BASE64.as_bytes())
+/// Whether the opening RPC's headers list the extended metadata mapping:
+/// the request's when the network client offers it, the response's when
+/// the network server took it up.
+pub(crate) fn offers_extended_metadata(headers: &http::HeaderMap) -> bool {
+    headers.get_all(EXTENSIONS_HEADER).iter().any(|v| {
+        v.as_bytes()
+            .split(|b| *b == b',')
+            .any(|token| token.trim_ascii() == EXTENDED_METADATA.as_bytes())
+    })
 }
 
 impl Options {
-    /// How a tunnel carries `-bin` values, once the ends agreed or not.
-    pub(crate) fn bin(&self, base64: bool) -> Bin {
-        Bin {
-            base64,
+    /// How a tunnel maps metadata, once the ends agreed on the extended
+    /// mapping or not.
+    pub(crate) fn bin(&self, extended: bool) -> Mapping {
+        Mapping {
+            extended,
             policy: self.binary_metadata,
         }
     }

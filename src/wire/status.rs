@@ -200,7 +200,7 @@ pub(crate) fn cancelled(message: &'static str) -> tonic::Status {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::metadata::{headers_to_metadata, test_headers as headers, Bin};
+    use crate::wire::metadata::{headers_to_metadata, test_headers as headers, Mapping};
     use bytes::Bytes;
     use proptest::prelude::*;
 
@@ -239,7 +239,8 @@ mod tests {
         assert_eq!(status_from_trailers(&trailers), Some(status));
 
         // The metadata part of the trailers carries none of the status keys.
-        let md = headers_to_metadata(&trailers, Bin::default(), &mut Vec::new()).expect("converts");
+        let md =
+            headers_to_metadata(&trailers, Mapping::default(), &mut Vec::new()).expect("converts");
         assert_eq!(md.md.keys().collect::<Vec<_>>(), ["x-app"]);
     }
 

@@ -1,8 +1,10 @@
-//! Binary (`-bin`) metadata with arbitrary bytes: two ends of this crate
-//! agree to carry it as base64, so any bytes cross both ways and in both
-//! tunnel directions; with a peer that can only carry raw bytes (the Go
-//! reference, played here by the raw peers) a value that is not UTF-8 is
-//! dropped and counted by default, or fails its call under `Fail`.
+//! The extended metadata mapping two ends of this crate agree on: binary
+//! (`-bin`) metadata with arbitrary bytes crosses both ways and in both
+//! tunnel directions, and so do `content-type` subtypes and `user-agent`;
+//! tunneled requests carry the opening RPC's authority. With a peer that
+//! can only carry raw bytes (the Go reference, played here by the raw
+//! peers) a value that is not UTF-8 is dropped and counted by default, or
+//! fails its call under `Fail`, and the transport headers stay out (P-58).
 
 mod common;
 
@@ -118,9 +120,9 @@ async fn a_raw_peer_gets_the_call_without_the_value_by_default() {
         // The raw peer did not agree to base64 (it does not echo the offer).
         assert_eq!(
             peer.headers
-                .get("grpctunnel-binary-metadata")
+                .get("grpctunnel-extensions")
                 .and_then(|v| v.to_str().ok()),
-            Some("base64"),
+            Some("metadata"),
             "offered on the opening RPC"
         );
         let mut client = EchoServiceClient::new(tunnel.clone());
@@ -133,6 +135,8 @@ async fn a_raw_peer_gets_the_call_without_the_value_by_default() {
         let (id, new, _) = peer.expect_unary().await;
         let md = new.request_headers.expect("request headers").md;
         assert!(!md.contains_key("grpc-trace-bin"), "dropped: {md:?}");
+        // P-58 with a peer that did not agree: no transport headers.
+        assert!(!md.contains_key("user-agent") && !md.contains_key("content-type"));
         assert_eq!(md["x-utf8-bin"].val, ["fine"], "raw, as P-57 says");
         peer.answer(id, &Default::default());
         call.await.expect("task").expect("the call went on");
@@ -150,8 +154,82 @@ async fn the_server_agrees_to_base64_only_when_offered() {
         let server = tonic_server(TunnelLayer::new(), Echo::new()).await;
         // A peer that does not offer (the Go reference) gets no answer to it.
         let raw = RawClient::open(server.addr, true).await;
-        assert!(raw.headers.get("grpctunnel-binary-metadata").is_none());
+        assert!(raw.headers.get("grpctunnel-extensions").is_none());
         drop(raw);
+        server.stop().await;
+    })
+    .await
+}
+
+/// What the inner service saw, sent back in response headers; it answers
+/// in JSON's gRPC subtype.
+async fn report(
+    req: http::Request<tonic::body::Body>,
+) -> Result<http::Response<tonic::body::Body>, std::convert::Infallible> {
+    let seen = |v: Option<&http::HeaderValue>| {
+        v.cloned()
+            .unwrap_or_else(|| http::HeaderValue::from_static("-"))
+    };
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| "-".into());
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+    let body =
+        http_body_util::StreamBody::new(futures_util::stream::iter([Ok::<_, tonic::Status>(
+            http_body::Frame::trailers(trailers),
+        )]));
+    let mut resp = http::Response::new(tonic::body::Body::new(body));
+    let h = resp.headers_mut();
+    h.insert("x-seen-authority", authority.parse().expect("authority"));
+    h.insert("x-seen-user-agent", seen(req.headers().get("user-agent")));
+    h.insert(
+        "x-seen-content-type",
+        seen(req.headers().get("content-type")),
+    );
+    h.insert(
+        "content-type",
+        http::HeaderValue::from_static("application/grpc+json"),
+    );
+    Ok(resp)
+}
+
+#[tokio::test]
+async fn transport_headers_and_the_authority_reach_the_inner_service() {
+    use tower::ServiceExt;
+
+    bounded(async {
+        let layer = TunnelLayer::new().tunnel_service(tower::service_fn(report));
+        let server = tonic_server(layer, Echo::new()).await;
+        let tunnel = forward(server.addr).await;
+        let req = http::Request::builder()
+            .method("POST")
+            .uri("/svc.Json/Call")
+            .header("content-type", "application/grpc+json")
+            .header("user-agent", "probe/1.0")
+            .header("te", "trailers")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .expect("request");
+        let resp = tunnel.clone().oneshot(req).await.expect("response");
+        let h = resp.headers();
+        let text = |k: &str| h.get(k).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        assert_eq!(
+            text("x-seen-authority"),
+            Some(server.addr.to_string()),
+            "{h:?}"
+        );
+        assert_eq!(text("x-seen-user-agent").as_deref(), Some("probe/1.0"));
+        assert_eq!(
+            text("x-seen-content-type").as_deref(),
+            Some("application/grpc+json")
+        );
+        assert_eq!(
+            text("content-type").as_deref(),
+            Some("application/grpc+json")
+        );
+        tunnel.close();
         server.stop().await;
     })
     .await
