@@ -1,0 +1,86 @@
+//! `grpctunnel agent`: dials a hub, opens a reverse tunnel (reopened with
+//! backoff whenever it drops) and forwards every call that arrives through
+//! it to the upstream gRPC server, whatever its service and method: a
+//! transparent proxy, so the upstream may be written in any language.
+
+use clap::Args;
+use grpctunnel::ReverseTunnelServer;
+use tonic::transport::Endpoint;
+
+use crate::{config::read_token, shutdown_signal, Failure};
+
+/// `grpctunnel agent` flags.
+#[derive(Debug, Args)]
+pub(crate) struct AgentArgs {
+    /// The hub to dial, e.g. `http://127.0.0.1:8443`.
+    #[arg(long, env = "GRPCTUNNEL_HUB")]
+    hub: String,
+    /// The key callers use to reach this agent's upstream.
+    #[arg(long, env = "GRPCTUNNEL_KEY")]
+    key: String,
+    /// File holding the bearer token the hub knows this agent by.
+    #[arg(long, env = "GRPCTUNNEL_TOKEN_FILE")]
+    token_file: String,
+    /// The private gRPC server to forward calls to, e.g. `http://127.0.0.1:50051`.
+    #[arg(long, env = "GRPCTUNNEL_UPSTREAM")]
+    upstream: String,
+    /// Request header that names the key (the hub's `--key-header`).
+    #[arg(long, default_value = "grpctunnel-key", env = "GRPCTUNNEL_KEY_HEADER")]
+    key_header: String,
+}
+
+/// Runs the agent until SIGTERM or Ctrl-C.
+pub(crate) async fn run(args: AgentArgs) -> Result<(), Failure> {
+    let token = read_token(&args.token_file)?;
+    let upstream = Endpoint::from_shared(args.upstream.clone())
+        .map_err(|e| Failure::Usage(format!("--upstream {:?}: {e}", args.upstream)))?
+        .connect_lazy();
+    let hub = Endpoint::from_shared(args.hub.clone())
+        .map_err(|e| Failure::Usage(format!("--hub {:?}: {e}", args.hub)))?
+        .connect_lazy();
+    // Every call goes to the upstream as it came: any service, any method.
+    let proxy = tower::service_fn(move |req: http::Request<tonic::body::Body>| {
+        let upstream = upstream.clone();
+        async move { tower::ServiceExt::oneshot(upstream, req).await }
+    });
+    let authorization = format!("Bearer {token}");
+    // `metadata` panics on text that is not a valid header: check first.
+    let valid = http::HeaderName::from_bytes(args.key_header.as_bytes()).is_ok()
+        && http::HeaderValue::from_str(&args.key).is_ok()
+        && http::HeaderValue::from_str(&authorization).is_ok();
+    if !valid {
+        return Err(Failure::Usage(
+            "--key, --key-header or the token is not valid header text".into(),
+        ));
+    }
+    let agent = ReverseTunnelServer::new(proxy)
+        .metadata(&args.key_header.to_ascii_lowercase(), &args.key)
+        .metadata("authorization", &authorization);
+    let connection = agent.keep_connected(hub);
+    let mut state = connection.watch();
+    let key = args.key.clone();
+    let report = async move {
+        let mut connected = false;
+        while state.changed().await.is_ok() {
+            let now = state.borrow().clone();
+            if now.connected != connected {
+                connected = now.connected;
+                if connected {
+                    tracing::info!(key = %key, "tunnel open");
+                } else {
+                    let error = now.last_error.map(|e| e.to_string()).unwrap_or_default();
+                    tracing::warn!(key = %key, %error, "tunnel down; reconnecting");
+                }
+            } else if let Some(err) = &now.last_error {
+                tracing::warn!(key = %key, error = %err, attempts = now.attempts, "cannot open the tunnel; retrying");
+            }
+        }
+    };
+    tokio::select! {
+        () = shutdown_signal() => {}
+        () = report => {}
+    }
+    tracing::info!("stopping");
+    connection.shutdown().await;
+    Ok(())
+}

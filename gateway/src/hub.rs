@@ -1,0 +1,113 @@
+//! `grpctunnel hub`: accepts agents' reverse tunnels and serves plain gRPC
+//! (and forward tunnels) to callers on the same port, routing each call to
+//! an agent by key.
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use clap::Args;
+use grpctunnel::{ReverseTunnelRegistry, TunnelLayer};
+use tokio_util::sync::CancellationToken;
+use tower::Layer;
+
+use crate::{
+    auth::{AgentAuth, AgentTable},
+    config::{read_token, HubConfig},
+    route::RouteByKey,
+    shutdown_signal, Failure,
+};
+
+/// `grpctunnel hub` flags.
+#[derive(Debug, Args)]
+pub(crate) struct HubArgs {
+    /// Address to listen on for agents and callers. Only loopback addresses
+    /// for now: TLS is not there yet, and nothing listens beyond loopback
+    /// without it.
+    #[arg(long, default_value = "127.0.0.1:8443", env = "GRPCTUNNEL_LISTEN")]
+    listen: SocketAddr,
+    /// Config file (TOML): the agents' tokens and the keys each may register.
+    #[arg(long, env = "GRPCTUNNEL_CONFIG")]
+    config: Option<PathBuf>,
+    /// Request header that names the agent a call is for (and the key an
+    /// agent registers).
+    #[arg(long, default_value = "grpctunnel-key", env = "GRPCTUNNEL_KEY_HEADER")]
+    key_header: String,
+    /// How long calls in flight may run after SIGTERM.
+    #[arg(
+        long,
+        default_value = "10",
+        value_name = "SECONDS",
+        env = "GRPCTUNNEL_DRAIN"
+    )]
+    drain: u64,
+}
+
+/// Runs the hub until SIGTERM or Ctrl-C.
+pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
+    if !args.listen.ip().is_loopback() {
+        return Err(Failure::Usage(format!(
+            "refusing to listen on {} without TLS and caller authentication, which this version does not have yet; listen on a loopback address",
+            args.listen
+        )));
+    }
+    let key_header = http::HeaderName::from_bytes(args.key_header.to_ascii_lowercase().as_bytes())
+        .map_err(|e| Failure::Usage(format!("--key-header {:?}: {e}", args.key_header)))?;
+    let config = match &args.config {
+        Some(path) => HubConfig::load(path)?,
+        None => HubConfig::default(),
+    };
+    let mut agents = AgentTable::default();
+    for agent in config.agents {
+        let token = match (agent.token, agent.token_file) {
+            (Some(token), _) => token,
+            (None, Some(file)) => read_token(&file)?,
+            (None, None) => unreachable!("checked by HubConfig::load"),
+        };
+        agents.insert(token, agent.keys);
+    }
+    if agents.is_empty() {
+        return Err(Failure::Usage(
+            "no agent may connect: give a --config with at least one [[agent]] (token and keys)"
+                .into(),
+        ));
+    }
+
+    let header = key_header.clone();
+    let registry = ReverseTunnelRegistry::with_key(move |headers, _| {
+        headers
+            .get(&header)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    });
+    let drain = CancellationToken::new();
+    let tunnels = TunnelLayer::new()
+        .reverse(registry.clone())
+        .shutdown_token(drain.clone())
+        .shutdown_grace(Duration::from_secs(args.drain));
+    let service = AgentAuth::new(
+        tunnels.layer(RouteByKey::new(registry, key_header.clone())),
+        Arc::new(agents),
+        key_header,
+    );
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| Failure::Run(format!("cannot listen on {}: {e}", args.listen)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Failure::Run(format!("listener: {e}")))?;
+    tracing::info!(%addr, "hub listening");
+    // For scripts and tests: the address actually bound (port 0 picks one).
+    println!("LISTENING {addr}");
+    let shutdown = async move {
+        shutdown_signal().await;
+        tracing::info!("draining");
+        drain.cancel();
+    };
+    axum::serve(listener, tower::make::Shared::new(service))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|e| Failure::Run(format!("serving: {e}")))?;
+    tracing::info!("hub stopped");
+    Ok(())
+}

@@ -1,0 +1,120 @@
+//! `grpctunnel`: reach a gRPC server behind NAT through a hub.
+//!
+//! ```text
+//! grpctunnel hub   --listen 127.0.0.1:8443 --config hub.toml
+//! grpctunnel agent --hub http://127.0.0.1:8443 --key plant-7 --token-file token --upstream http://127.0.0.1:50051
+//! grpcurl -plaintext -H 'grpctunnel-key: plant-7' 127.0.0.1:8443 list
+//! ```
+//!
+//! Exit codes: 0 after a clean shutdown, 1 when serving failed, 2 for a
+//! usage or configuration error.
+
+mod agent;
+mod auth;
+mod config;
+mod hub;
+mod route;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Reach a gRPC server behind NAT: an agent next to it dials a hub, and any
+/// gRPC client calls it through the hub by key.
+#[derive(Debug, Parser)]
+#[command(name = "grpctunnel", version, about, long_about = None)]
+struct Cli {
+    /// Log format on stderr (RUST_LOG sets the level; default info).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "GRPCTUNNEL_LOG_FORMAT", global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Accept agents' reverse tunnels and route callers' gRPC calls to them by key.
+    Hub(hub::HubArgs),
+    /// Dial a hub and serve a private gRPC server (any language) through it.
+    Agent(agent::AgentArgs),
+}
+
+/// A failure and the exit code it deserves.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// Bad flags or configuration: exit code 2.
+    Usage(String),
+    /// Serving failed: exit code 1.
+    Run(String),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs(cli.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("grpctunnel: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Hub(args) => hub::run(args).await,
+            Command::Agent(args) => agent::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(text)) => {
+            eprintln!("grpctunnel: {text}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Run(text)) => {
+            eprintln!("grpctunnel: {text}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub(crate) async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,285 @@
+//! The gateway end to end, as real processes on loopback: an upstream gRPC
+//! server (the echo service, in this test process), `grpctunnel agent`
+//! next to it, `grpctunnel hub`, and callers that reach the upstream
+//! through the hub by key.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    process::Stdio,
+    time::{Duration, SystemTime},
+};
+
+use grpctunnel_testing::{
+    pb::{echo_service_client::EchoServiceClient, EchoRequest},
+    Echo,
+};
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+    sync::mpsc,
+};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{service::interceptor::InterceptedService, transport::Channel, Code};
+
+const BIN: &str = env!("CARGO_BIN_EXE_grpctunnel");
+
+/// Bounds a test: a hang fails instead of blocking CI.
+async fn bounded<T>(fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(60), fut)
+        .await
+        .expect("test timed out")
+}
+
+/// A fresh directory under the system's temp dir.
+fn temp_dir() -> PathBuf {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let dir = std::env::temp_dir().join(format!("grpctunnel-e2e-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// The echo service on a free loopback port.
+async fn upstream() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(Echo::new().server())
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    addr
+}
+
+/// A running `grpctunnel` process, killed when dropped; its stderr lines
+/// arrive on `logs`.
+struct Process {
+    child: Child,
+    logs: mpsc::UnboundedReceiver<String>,
+}
+
+impl Process {
+    fn spawn(args: &[&str]) -> Self {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start grpctunnel");
+        let (tx, logs) = mpsc::unbounded_channel();
+        let stderr = child.stderr.take().expect("stderr");
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let _ = tx.send(line);
+            }
+        });
+        Self { child, logs }
+    }
+
+    /// The hub's `LISTENING <addr>` line.
+    async fn listening(&mut self) -> SocketAddr {
+        let stdout = self.child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        while let Some(line) = lines.next_line().await.expect("stdout") {
+            if let Some(addr) = line.strip_prefix("LISTENING ") {
+                return addr.parse().expect("an address");
+            }
+        }
+        panic!("the hub ended without listening");
+    }
+
+    /// Waits for a log line containing `text`; returns it.
+    async fn log_line(&mut self, text: &str) -> String {
+        while let Some(line) = self.logs.recv().await {
+            if line.contains(text) {
+                return line;
+            }
+        }
+        panic!("the process ended without logging {text:?}");
+    }
+
+    /// Sends SIGTERM and returns the exit code.
+    async fn terminate(mut self) -> Option<i32> {
+        let pid = self.child.id().expect("running");
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        self.child.wait().await.expect("exit status").code()
+    }
+}
+
+/// A hub whose config lets `token` register `keys`.
+async fn hub(dir: &std::path::Path, token: &str, keys: &[&str]) -> (Process, SocketAddr) {
+    let token_file = dir.join("hub-agent.token");
+    std::fs::write(&token_file, format!("{token}\n")).expect("token file");
+    let config = dir.join("hub.toml");
+    let keys: Vec<String> = keys.iter().map(|k| format!("{k:?}")).collect();
+    std::fs::write(
+        &config,
+        format!(
+            "[[agent]]\ntoken_file = {:?}\nkeys = [{}]\n",
+            token_file.display().to_string(),
+            keys.join(", ")
+        ),
+    )
+    .expect("config");
+    let config = config.display().to_string();
+    let mut hub = Process::spawn(&["hub", "--listen", "127.0.0.1:0", "--config", &config]);
+    let addr = hub.listening().await;
+    (hub, addr)
+}
+
+fn agent(
+    dir: &std::path::Path,
+    hub: SocketAddr,
+    key: &str,
+    token: &str,
+    upstream: SocketAddr,
+) -> Process {
+    let token_file = dir.join(format!("agent-{key}.token"));
+    std::fs::write(&token_file, token).expect("token file");
+    Process::spawn(&[
+        "agent",
+        "--hub",
+        &format!("http://{hub}"),
+        "--key",
+        key,
+        "--token-file",
+        &token_file.display().to_string(),
+        "--upstream",
+        &format!("http://{upstream}"),
+    ])
+}
+
+/// Adds the routing headers to each call.
+type AddKey =
+    Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>;
+type Caller = EchoServiceClient<InterceptedService<Channel, AddKey>>;
+
+/// A plain gRPC client of the hub, for `key`; `wait` asks calls to wait for
+/// the agent.
+async fn caller(hub: SocketAddr, key: &'static str, wait: bool) -> Caller {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{hub}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect to the hub");
+    let add_key: AddKey = Box::new(move |mut req: tonic::Request<()>| {
+        req.metadata_mut()
+            .insert("grpctunnel-key", key.parse().expect("ascii"));
+        if wait {
+            req.metadata_mut()
+                .insert("grpctunnel-wait", "true".parse().expect("ascii"));
+        }
+        Ok(req)
+    });
+    EchoServiceClient::with_interceptor(channel, add_key)
+}
+
+fn hello(payload: &str) -> tonic::Request<EchoRequest> {
+    let mut req = tonic::Request::new(EchoRequest {
+        payload: payload.as_bytes().to_vec().into(),
+        ..Default::default()
+    });
+    req.set_timeout(Duration::from_secs(20));
+    req
+}
+
+#[tokio::test]
+async fn calls_reach_the_upstream_through_hub_and_agent() {
+    bounded(async {
+        let dir = temp_dir();
+        let upstream = upstream().await;
+        let (hub, addr) = hub(&dir, "s3cret-7", &["plant-7"]).await;
+        let _agent = agent(&dir, addr, "plant-7", "s3cret-7", upstream);
+        // Waits for the agent (an event: its tunnel registering), bounded by
+        // the call's deadline.
+        let mut plant = caller(addr, "plant-7", true).await;
+        let reply = plant.unary(hello("via the hub")).await.expect("unary");
+        assert_eq!(reply.into_inner().payload.as_ref(), b"via the hub");
+
+        let mut stream = plant
+            .server_stream(EchoRequest {
+                repeat: 3,
+                response_size: 100_000,
+                ..Default::default()
+            })
+            .await
+            .expect("server stream")
+            .into_inner();
+        let mut got = 0;
+        while let Some(msg) = stream.message().await.expect("message") {
+            assert_eq!(msg.payload.len(), 100_000);
+            got += 1;
+        }
+        assert_eq!(got, 3);
+
+        // A key nobody registered, without waiting: UNAVAILABLE naming it.
+        let mut nobody = caller(addr, "plant-9", false).await;
+        let err = nobody.unary(hello("x")).await.expect_err("no agent");
+        assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+        assert!(err.message().contains("plant-9"), "{err:?}");
+
+        assert_eq!(hub.terminate().await, Some(0), "clean exit on SIGTERM");
+        let _ = std::fs::remove_dir_all(dir);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_agent_cannot_register_a_key_its_credential_is_not_bound_to() {
+    bounded(async {
+        let dir = temp_dir();
+        let upstream = upstream().await;
+        let (mut hub, addr) = hub(&dir, "s3cret-7", &["plant-7"]).await;
+        // The right token, another key: refused and logged.
+        let _thief = agent(&dir, addr, "plant-8", "s3cret-7", upstream);
+        let line = hub.log_line("agent refused").await;
+        assert!(line.contains("plant-8"), "{line}");
+        // A wrong token: refused too.
+        let _stranger = agent(&dir, addr, "plant-7", "guess", upstream);
+        let line = hub.log_line("unknown or missing bearer token").await;
+        assert!(line.contains("plant-7"), "{line}");
+        // Nothing registered: calls for either key find no agent.
+        for key in ["plant-7", "plant-8"] {
+            let mut client = caller(addr, key, false).await;
+            let err = client.unary(hello("x")).await.expect_err("no agent");
+            assert_eq!(err.code(), Code::Unavailable, "{key}: {err:?}");
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_hub_refuses_to_listen_beyond_loopback_and_needs_agents() {
+    bounded(async {
+        let out = Command::new(BIN)
+            .args(["hub", "--listen", "0.0.0.0:0"])
+            .output()
+            .await
+            .expect("run");
+        assert_eq!(out.status.code(), Some(2));
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(text.contains("without TLS"), "{text}");
+
+        let out = Command::new(BIN)
+            .args(["hub", "--listen", "127.0.0.1:0"])
+            .output()
+            .await
+            .expect("run");
+        assert_eq!(out.status.code(), Some(2));
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(text.contains("no agent may connect"), "{text}");
+    })
+    .await
+}
