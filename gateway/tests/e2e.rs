@@ -283,3 +283,75 @@ async fn the_hub_refuses_to_listen_beyond_loopback_and_needs_agents() {
     })
     .await
 }
+
+#[tokio::test]
+async fn calls_in_flight_fail_unavailable_when_the_agent_is_killed() {
+    bounded(async {
+        let dir = temp_dir();
+        let upstream = upstream().await;
+        let (_hub, addr) = hub(&dir, "s3cret-7", &["plant-7"]).await;
+        let mut agent = agent(&dir, addr, "plant-7", "s3cret-7", upstream);
+        let mut plant = caller(addr, "plant-7", true).await;
+        // A bidi call, in flight: one round trip, the request stream open.
+        let (requests, rx) = tokio::sync::mpsc::channel(4);
+        requests
+            .send(EchoRequest {
+                seq: 1,
+                ..Default::default()
+            })
+            .await
+            .expect("queue");
+        let mut call = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        call.set_timeout(Duration::from_secs(30));
+        let mut responses = plant.bidi(call).await.expect("bidi").into_inner();
+        let first = responses
+            .message()
+            .await
+            .expect("first")
+            .expect("a response");
+        assert_eq!(first.seq, 1);
+
+        agent.child.start_kill().expect("kill -9 the agent");
+        let err = loop {
+            match responses.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the call ended cleanly without its agent"),
+                Err(status) => break status,
+            }
+        };
+        assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+        drop(requests);
+        let _ = std::fs::remove_dir_all(dir);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_agent_reconnects_after_the_hub_restarts() {
+    bounded(async {
+        let dir = temp_dir();
+        let upstream = upstream().await;
+        let (hub1, addr) = hub(&dir, "s3cret-7", &["plant-7"]).await;
+        let _agent = agent(&dir, addr, "plant-7", "s3cret-7", upstream);
+        let mut plant = caller(addr, "plant-7", true).await;
+        plant
+            .unary(hello("before"))
+            .await
+            .expect("before the restart");
+        assert_eq!(hub1.terminate().await, Some(0));
+
+        // The same address again: the agent's next attempt finds it.
+        let config = dir.join("hub.toml").display().to_string();
+        let listen = addr.to_string();
+        let mut hub2 = Process::spawn(&["hub", "--listen", &listen, "--config", &config]);
+        assert_eq!(hub2.listening().await, addr);
+        let mut plant = caller(addr, "plant-7", true).await;
+        let reply = plant
+            .unary(hello("after"))
+            .await
+            .expect("after the restart");
+        assert_eq!(reply.into_inner().payload.as_ref(), b"after");
+        let _ = std::fs::remove_dir_all(dir);
+    })
+    .await
+}
