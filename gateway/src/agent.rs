@@ -27,6 +27,18 @@ pub(crate) struct AgentArgs {
     /// Request header that names the key (the hub's `--key-header`).
     #[arg(long, default_value = "grpctunnel-key", env = "GRPCTUNNEL_KEY_HEADER")]
     key_header: String,
+    /// Only these services (`pkg.Service`) or methods (`pkg.Service/Method`)
+    /// may be called through the hub; others get `PERMISSION_DENIED`.
+    /// Repeat it, or separate with commas. Default: everything.
+    #[arg(long, value_delimiter = ',', env = "GRPCTUNNEL_ALLOW")]
+    allow: Vec<String>,
+}
+
+/// Whether a call to `path` (`/pkg.Service/Method`) is allowed.
+fn allowed(allow: &[String], path: &str) -> bool {
+    let method = path.trim_start_matches('/');
+    let service = method.split('/').next().unwrap_or_default();
+    allow.is_empty() || allow.iter().any(|a| a == method || a == service)
 }
 
 /// Runs the agent until SIGTERM or Ctrl-C.
@@ -39,9 +51,21 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Failure> {
         .map_err(|e| Failure::Usage(format!("--hub {:?}: {e}", args.hub)))?
         .connect_lazy();
     // Every call goes to the upstream as it came: any service, any method.
+    let allow = std::sync::Arc::new(args.allow.clone());
     let proxy = tower::service_fn(move |req: http::Request<tonic::body::Body>| {
         let upstream = upstream.clone();
-        async move { tower::ServiceExt::oneshot(upstream, req).await }
+        let allow = allow.clone();
+        async move {
+            if !allowed(&allow, req.uri().path()) {
+                let path = req.uri().path().to_owned();
+                tracing::warn!(%path, "call refused: not in --allow");
+                return Ok(tonic::Status::permission_denied(format!(
+                    "{path} may not be called through this agent"
+                ))
+                .into_http());
+            }
+            tower::ServiceExt::oneshot(upstream, req).await
+        }
     });
     let authorization = format!("Bearer {token}");
     // `metadata` panics on text that is not a valid header: check first.
@@ -83,4 +107,19 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Failure> {
     tracing::info!("stopping");
     connection.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::allowed;
+
+    #[test]
+    fn allow_list_matches_services_and_methods() {
+        let allow = vec!["a.Svc".to_owned(), "b.Other/Get".to_owned()];
+        assert!(allowed(&allow, "/a.Svc/Anything"));
+        assert!(allowed(&allow, "/b.Other/Get"));
+        assert!(!allowed(&allow, "/b.Other/Put"));
+        assert!(!allowed(&allow, "/a.SvcX/Get"));
+        assert!(allowed(&[], "/any.Thing/At/All"));
+    }
 }

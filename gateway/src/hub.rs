@@ -12,7 +12,7 @@ use tower::Layer;
 use crate::{
     auth::{AgentAuth, AgentTable},
     config::{read_token, HubConfig},
-    route::RouteByKey,
+    route::{Local, RouteByKey},
     shutdown_signal, Failure,
 };
 
@@ -31,6 +31,10 @@ pub(crate) struct HubArgs {
     /// agent registers).
     #[arg(long, default_value = "grpctunnel-key", env = "GRPCTUNNEL_KEY_HEADER")]
     key_header: String,
+    /// Route calls for `<key>.<suffix>` (their `:authority`) to agent
+    /// `<key>` when they carry no key header, e.g. `hub.example`.
+    #[arg(long, env = "GRPCTUNNEL_AUTHORITY_SUFFIX")]
+    authority_suffix: Option<String>,
     /// How long calls in flight may run after SIGTERM.
     #[arg(
         long,
@@ -84,11 +88,15 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
         .reverse(registry.clone())
         .shutdown_token(drain.clone())
         .shutdown_grace(Duration::from_secs(args.drain));
-    let service = AgentAuth::new(
-        tunnels.layer(RouteByKey::new(registry, key_header.clone())),
-        Arc::new(agents),
-        key_header,
-    );
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    let local: Local = tower::util::BoxCloneSyncService::new(tower::ServiceExt::<
+        http::Request<axum::body::Body>,
+    >::map_response(
+        health,
+        |r: http::Response<tonic::body::Body>| r.map(axum::body::Body::new),
+    ));
+    let route = RouteByKey::new(registry, key_header.clone(), args.authority_suffix, local);
+    let service = AgentAuth::new(tunnels.layer(route), Arc::new(agents), key_header);
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -102,6 +110,9 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
     let shutdown = async move {
         shutdown_signal().await;
         tracing::info!("draining");
+        health_reporter
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
         drain.cancel();
     };
     axum::serve(listener, tower::make::Shared::new(service))

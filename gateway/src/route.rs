@@ -1,8 +1,10 @@
 //! Routing a caller's gRPC call to an agent by key: the key comes from a
-//! request header (`grpctunnel-key` unless configured); with
-//! `grpctunnel-wait: true` a call waits, up to its own deadline, for an
-//! agent of that key to connect. Several agents with one key share the
-//! calls (the registry picks per call).
+//! request header (`grpctunnel-key` unless configured), or else from the
+//! `:authority` (`plant-7.hub.example` with `--authority-suffix
+//! hub.example`); with `grpctunnel-wait: true` a call waits, up to its own
+//! deadline, for an agent of that key to connect. Several agents with one
+//! key share the calls (the registry picks per call). A call with no key
+//! to `grpc.health.v1.Health` is the hub's own health service.
 
 use std::{
     convert::Infallible,
@@ -18,22 +20,65 @@ use tower::{Service, ServiceExt};
 /// Header that asks a call to wait for its agent.
 pub(crate) const WAIT_HEADER: &str = "grpctunnel-wait";
 
+/// The hub's own services (health), for calls that name no agent.
+pub(crate) type Local =
+    tower::util::BoxCloneSyncService<http::Request<Body>, http::Response<Body>, Infallible>;
+
 /// The hub's service for every call that is not a tunnel of its own.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct RouteByKey {
     registry: ReverseTunnelRegistry<String>,
     key_header: http::HeaderName,
+    /// `.hub.example`: `plant-7.hub.example` routes to key `plant-7`.
+    authority_suffix: Option<String>,
+    local: Local,
+}
+
+impl std::fmt::Debug for RouteByKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteByKey")
+            .field("key_header", &self.key_header)
+            .field("authority_suffix", &self.authority_suffix)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RouteByKey {
     pub(crate) fn new(
         registry: ReverseTunnelRegistry<String>,
         key_header: http::HeaderName,
+        authority_suffix: Option<String>,
+        local: Local,
     ) -> Self {
+        let authority_suffix = authority_suffix.map(|s| format!(".{}", s.trim_start_matches('.')));
         Self {
             registry,
             key_header,
+            authority_suffix,
+            local,
         }
+    }
+
+    /// The key a call names: its key header, or the first label of its
+    /// authority under the configured suffix.
+    fn key(&self, req: &http::Request<Body>) -> Option<String> {
+        if let Some(key) = req
+            .headers()
+            .get(&self.key_header)
+            .and_then(|v| v.to_str().ok())
+        {
+            return (!key.is_empty()).then(|| key.to_owned());
+        }
+        let suffix = self.authority_suffix.as_deref()?;
+        let host = match req.uri().host() {
+            Some(host) => host.to_owned(),
+            None => {
+                let host = req.headers().get(http::header::HOST)?.to_str().ok()?;
+                host.split(':').next().unwrap_or_default().to_owned()
+            }
+        };
+        let key = host.to_ascii_lowercase().strip_suffix(suffix)?.to_owned();
+        (!key.is_empty() && !key.contains('.')).then_some(key)
     }
 }
 
@@ -53,13 +98,11 @@ impl Service<http::Request<Body>> for RouteByKey {
     }
 
     fn call(&mut self, mut req: http::Request<Body>) -> BoxFuture {
-        let Some(key) = req
-            .headers()
-            .get(&self.key_header)
-            .and_then(|v| v.to_str().ok())
-            .filter(|k| !k.is_empty())
-            .map(str::to_owned)
-        else {
+        let Some(key) = self.key(&req) else {
+            if req.uri().path().starts_with("/grpc.health.v1.Health/") {
+                let local = self.local.clone();
+                return Box::pin(local.oneshot(req));
+            }
             return answer(tonic::Status::invalid_argument(format!(
                 "missing {} header: which agent should answer?",
                 self.key_header

@@ -119,6 +119,16 @@ impl Process {
 
 /// A hub whose config lets `token` register `keys`.
 async fn hub(dir: &std::path::Path, token: &str, keys: &[&str]) -> (Process, SocketAddr) {
+    hub_with(dir, token, keys, &[]).await
+}
+
+/// [`hub`] with more flags.
+async fn hub_with(
+    dir: &std::path::Path,
+    token: &str,
+    keys: &[&str],
+    extra: &[&str],
+) -> (Process, SocketAddr) {
     let token_file = dir.join("hub-agent.token");
     std::fs::write(&token_file, format!("{token}\n")).expect("token file");
     let config = dir.join("hub.toml");
@@ -133,7 +143,9 @@ async fn hub(dir: &std::path::Path, token: &str, keys: &[&str]) -> (Process, Soc
     )
     .expect("config");
     let config = config.display().to_string();
-    let mut hub = Process::spawn(&["hub", "--listen", "127.0.0.1:0", "--config", &config]);
+    let mut args = vec!["hub", "--listen", "127.0.0.1:0", "--config", &config];
+    args.extend_from_slice(extra);
+    let mut hub = Process::spawn(&args);
     let addr = hub.listening().await;
     (hub, addr)
 }
@@ -145,19 +157,36 @@ fn agent(
     token: &str,
     upstream: SocketAddr,
 ) -> Process {
+    agent_with(dir, hub, key, token, upstream, &[])
+}
+
+/// [`agent`] with more flags.
+fn agent_with(
+    dir: &std::path::Path,
+    hub: SocketAddr,
+    key: &str,
+    token: &str,
+    upstream: SocketAddr,
+    extra: &[&str],
+) -> Process {
     let token_file = dir.join(format!("agent-{key}.token"));
     std::fs::write(&token_file, token).expect("token file");
-    Process::spawn(&[
+    let hub = format!("http://{hub}");
+    let token_file = token_file.display().to_string();
+    let upstream = format!("http://{upstream}");
+    let mut args = vec![
         "agent",
         "--hub",
-        &format!("http://{hub}"),
+        &hub,
         "--key",
         key,
         "--token-file",
-        &token_file.display().to_string(),
+        &token_file,
         "--upstream",
-        &format!("http://{upstream}"),
-    ])
+        &upstream,
+    ];
+    args.extend_from_slice(extra);
+    Process::spawn(&args)
 }
 
 /// Adds the routing headers to each call.
@@ -351,6 +380,74 @@ async fn an_agent_reconnects_after_the_hub_restarts() {
             .await
             .expect("after the restart");
         assert_eq!(reply.into_inner().payload.as_ref(), b"after");
+        let _ = std::fs::remove_dir_all(dir);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn health_authority_routing_and_an_agents_allow_list() {
+    bounded(async {
+        let dir = temp_dir();
+        let upstream = upstream().await;
+        let (_hub, addr) = hub_with(
+            &dir,
+            "s3cret-7",
+            &["plant-7"],
+            &["--authority-suffix", "hub.example"],
+        )
+        .await;
+        let _agent = agent_with(
+            &dir,
+            addr,
+            "plant-7",
+            "s3cret-7",
+            upstream,
+            &["--allow", "grpctunnel.testing.v1.EchoService/Unary"],
+        );
+
+        // The hub's own health service answers calls that name no agent.
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect");
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+        let status = health
+            .check(tonic_health::pb::HealthCheckRequest::default())
+            .await
+            .expect("health")
+            .into_inner()
+            .status;
+        assert_eq!(
+            status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        );
+
+        // Allowed method, through the key header (waiting for the agent).
+        let mut plant = caller(addr, "plant-7", true).await;
+        plant.unary(hello("allowed")).await.expect("allowed");
+        // A method the agent does not allow. Through a tunnel a
+        // trailers-only answer arrives as empty headers and a status (P-63),
+        // so a streaming call sees it on its first read.
+        let err = match plant.server_stream(EchoRequest::default()).await {
+            Err(status) => status,
+            Ok(resp) => resp.into_inner().message().await.expect_err("not allowed"),
+        };
+        assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+
+        // The same agent by authority: plant-7.hub.example, no key header.
+        let by_name = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("endpoint")
+            .origin("http://plant-7.hub.example".parse().expect("uri"))
+            .connect()
+            .await
+            .expect("connect");
+        let reply = EchoServiceClient::new(by_name)
+            .unary(hello("by authority"))
+            .await
+            .expect("routed by authority");
+        assert_eq!(reply.into_inner().payload.as_ref(), b"by authority");
         let _ = std::fs::remove_dir_all(dir);
     })
     .await
