@@ -48,6 +48,7 @@ impl AgentTable {
             .and_then(|v| v.strip_prefix("Bearer "));
         let Some(keys) = token.and_then(|t| self.keys_by_token.get(t)) else {
             tracing::warn!(key, "agent refused: unknown or missing bearer token");
+            crate::metrics::auth_failure("unknown_token");
             return Err(tonic::Status::unauthenticated(
                 "unknown or missing bearer token",
             ));
@@ -57,6 +58,7 @@ impl AgentTable {
                 key,
                 "agent refused: its credential is not bound to this key"
             );
+            crate::metrics::auth_failure("key_not_bound");
             return Err(tonic::Status::permission_denied(format!(
                 "this credential may not register key {key:?}"
             )));

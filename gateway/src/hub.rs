@@ -2,7 +2,15 @@
 //! (and forward tunnels) to callers on the same port, routing each call to
 //! an agent by key.
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use clap::Args;
 use grpctunnel::{ReverseTunnelRegistry, TunnelLayer};
@@ -12,6 +20,7 @@ use tower::Layer;
 use crate::{
     auth::{AgentAuth, AgentTable},
     config::{read_token, HubConfig},
+    metrics,
     route::{Local, RouteByKey},
     shutdown_signal, Failure,
 };
@@ -35,6 +44,10 @@ pub(crate) struct HubArgs {
     /// `<key>` when they carry no key header, e.g. `hub.example`.
     #[arg(long, env = "GRPCTUNNEL_AUTHORITY_SUFFIX")]
     authority_suffix: Option<String>,
+    /// Admin address for Prometheus `/metrics` and `/healthz` (loopback
+    /// only; none by default).
+    #[arg(long, env = "GRPCTUNNEL_ADMIN")]
+    admin: Option<SocketAddr>,
     /// How long calls in flight may run after SIGTERM.
     #[arg(
         long,
@@ -95,9 +108,32 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
         health,
         |r: http::Response<tonic::body::Body>| r.map(axum::body::Body::new),
     ));
+    let admin_registry = registry.clone();
     let route = RouteByKey::new(registry, key_header.clone(), args.authority_suffix, local);
     let service = AgentAuth::new(tunnels.layer(route), Arc::new(agents), key_header);
 
+    let metrics_handle = metrics::install()?;
+    let draining = Arc::new(AtomicBool::new(false));
+    let stopped = CancellationToken::new();
+    if let Some(admin) = args.admin {
+        metrics::check_admin(admin)?;
+        let listener = tokio::net::TcpListener::bind(admin)
+            .await
+            .map_err(|e| Failure::Run(format!("cannot listen on {admin}: {e}")))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Failure::Run(format!("admin listener: {e}")))?;
+        tracing::info!(%addr, "admin port listening");
+        println!("ADMIN {addr}");
+        let stop = stopped.clone().cancelled_owned();
+        tokio::spawn(metrics::serve_admin(
+            listener,
+            metrics_handle,
+            admin_registry,
+            draining.clone(),
+            stop,
+        ));
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| Failure::Run(format!("cannot listen on {}: {e}", args.listen)))?;
@@ -107,9 +143,11 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
     tracing::info!(%addr, "hub listening");
     // For scripts and tests: the address actually bound (port 0 picks one).
     println!("LISTENING {addr}");
+    let drain_flag = draining.clone();
     let shutdown = async move {
         shutdown_signal().await;
         tracing::info!("draining");
+        drain_flag.store(true, Ordering::Relaxed);
         health_reporter
             .set_service_status("", tonic_health::ServingStatus::NotServing)
             .await;
@@ -119,6 +157,7 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(|e| Failure::Run(format!("serving: {e}")))?;
+    stopped.cancel();
     tracing::info!("hub stopped");
     Ok(())
 }

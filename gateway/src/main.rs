@@ -13,6 +13,7 @@ mod agent;
 mod auth;
 mod config;
 mod hub;
+mod metrics;
 mod route;
 
 use std::process::ExitCode;

@@ -15,6 +15,8 @@ use std::{
 
 use axum::body::Body;
 use grpctunnel::ReverseTunnelRegistry;
+
+use crate::metrics::{code_of, CallRecord, Recorded};
 use tower::{Service, ServiceExt};
 
 /// Header that asks a call to wait for its agent.
@@ -112,18 +114,30 @@ impl Service<http::Request<Body>> for RouteByKey {
             .headers_mut()
             .remove(WAIT_HEADER)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
+        let mut record = CallRecord::start(&key);
         if !wait && self.registry.tunnels_for(key.as_str()).is_empty() {
-            return answer(tonic::Status::unavailable(format!(
-                "no agent connected for key {key:?}"
-            )));
+            let status = tonic::Status::unavailable(format!("no agent connected for key {key:?}"));
+            record.finish(&(status.code() as i32).to_string());
+            return answer(status);
         }
         let channel = self.registry.get(key.as_str()).wait_for_ready(wait);
         Box::pin(async move {
             match channel.oneshot(req).await {
-                Ok(resp) => Ok(resp.map(Body::new)),
-                Err(err) => Ok(
-                    tonic::Status::unavailable(format!("agent for key {key:?}: {err}")).into_http(),
-                ),
+                Ok(resp) => {
+                    if let Some(code) = code_of(resp.headers()) {
+                        // Trailers-only: the call is over.
+                        record.finish(&code);
+                        return Ok(resp.map(Body::new));
+                    }
+                    Ok(resp.map(|body| Body::new(Recorded::new(Body::new(body), record))))
+                }
+                Err(err) => {
+                    record.finish(&(tonic::Code::Unavailable as i32).to_string());
+                    Ok(
+                        tonic::Status::unavailable(format!("agent for key {key:?}: {err}"))
+                            .into_http(),
+                    )
+                }
             }
         })
     }

@@ -60,6 +60,7 @@ async fn upstream() -> SocketAddr {
 struct Process {
     child: Child,
     logs: mpsc::UnboundedReceiver<String>,
+    admin: Option<SocketAddr>,
 }
 
 impl Process {
@@ -80,14 +81,22 @@ impl Process {
                 let _ = tx.send(line);
             }
         });
-        Self { child, logs }
+        Self {
+            child,
+            logs,
+            admin: None,
+        }
     }
 
-    /// The hub's `LISTENING <addr>` line.
+    /// The hub's `LISTENING <addr>` line (after `ADMIN <addr>`, if any,
+    /// which is kept in `admin`).
     async fn listening(&mut self) -> SocketAddr {
         let stdout = self.child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
         while let Some(line) = lines.next_line().await.expect("stdout") {
+            if let Some(addr) = line.strip_prefix("ADMIN ") {
+                self.admin = Some(addr.parse().expect("an address"));
+            }
             if let Some(addr) = line.strip_prefix("LISTENING ") {
                 return addr.parse().expect("an address");
             }
@@ -169,7 +178,10 @@ fn agent_with(
     upstream: SocketAddr,
     extra: &[&str],
 ) -> Process {
-    let token_file = dir.join(format!("agent-{key}.token"));
+    // One file per agent: two agents of one key may hold different tokens.
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let token_file = dir.join(format!("agent-{key}-{n}.token"));
     std::fs::write(&token_file, token).expect("token file");
     let hub = format!("http://{hub}");
     let token_file = token_file.display().to_string();
@@ -448,6 +460,73 @@ async fn health_authority_routing_and_an_agents_allow_list() {
             .await
             .expect("routed by authority");
         assert_eq!(reply.into_inner().payload.as_ref(), b"by authority");
+        let _ = std::fs::remove_dir_all(dir);
+    })
+    .await
+}
+
+/// A one-shot HTTP/1.1 GET; returns the status line and the body.
+async fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let req = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
+    conn.write_all(req.as_bytes()).await.expect("write");
+    let mut text = String::new();
+    conn.read_to_string(&mut text).await.expect("read");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a response");
+    (
+        head.lines().next().unwrap_or_default().to_owned(),
+        body.to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn metrics_and_healthz_on_the_admin_port() {
+    bounded(async {
+        let dir = temp_dir();
+        let upstream = upstream().await;
+        let (hub, addr) =
+            hub_with(&dir, "s3cret-7", &["plant-7"], &["--admin", "127.0.0.1:0"]).await;
+        let admin = hub.admin.expect("the admin port");
+        let _agent = agent(&dir, addr, "plant-7", "s3cret-7", upstream);
+        let _stranger = agent(&dir, addr, "plant-7", "guess", upstream);
+        let mut plant = caller(addr, "plant-7", true).await;
+        for _ in 0..3 {
+            plant.unary(hello("counted")).await.expect("call");
+        }
+        let mut nobody = caller(addr, "plant-9", false).await;
+        nobody.unary(hello("x")).await.expect_err("no agent");
+
+        let (status, body) = http_get(admin, "/healthz").await;
+        assert!(status.contains("200"), "{status}");
+        assert_eq!(body.trim(), "ok");
+        let (status, body) = http_get(admin, "/metrics").await;
+        assert!(status.contains("200"), "{status}");
+        let line = |prefix: &str| {
+            body.lines()
+                .find(|l| l.starts_with(prefix))
+                .unwrap_or_else(|| panic!("no {prefix} in:\n{body}"))
+                .to_owned()
+        };
+        assert!(
+            line("grpctunnel_calls_total{key=\"plant-7\",code=\"0\"}").ends_with(" 3"),
+            "{body}"
+        );
+        assert!(
+            line("grpctunnel_calls_total{key=\"plant-9\",code=\"14\"}").ends_with(" 1"),
+            "{body}"
+        );
+        assert!(
+            line("grpctunnel_agents_connected").ends_with(" 1"),
+            "{body}"
+        );
+        assert!(
+            line("grpctunnel_tunnels{key=\"plant-7\"}").ends_with(" 1"),
+            "{body}"
+        );
+        line("grpctunnel_call_duration_seconds");
+        line("grpctunnel_agent_auth_failures_total{reason=\"unknown_token\"}");
+        drop(hub);
         let _ = std::fs::remove_dir_all(dir);
     })
     .await

@@ -1,0 +1,193 @@
+//! The hub's operations surface: Prometheus `/metrics` and `/healthz` on
+//! an admin port, and the metrics the hub records.
+//!
+//! | Metric | Kind | Labels |
+//! |---|---|---|
+//! | `grpctunnel_agents_connected` | gauge | |
+//! | `grpctunnel_tunnels` | gauge | `key` |
+//! | `grpctunnel_calls_total` | counter | `key`, `code` |
+//! | `grpctunnel_call_duration_seconds` | histogram | `key` |
+//! | `grpctunnel_agent_auth_failures_total` | counter | `reason` |
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use axum::{body::Body, routing::get, Router};
+use bytes::Bytes;
+use grpctunnel::ReverseTunnelRegistry;
+use http_body::Frame;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use pin_project_lite::pin_project;
+
+use crate::Failure;
+
+/// Installs the Prometheus recorder for this process.
+pub(crate) fn install() -> Result<PrometheusHandle, Failure> {
+    PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| Failure::Run(format!("metrics: {e}")))
+}
+
+/// Serves `/metrics` and `/healthz` on `listener` until `stop` resolves.
+pub(crate) async fn serve_admin(
+    listener: tokio::net::TcpListener,
+    handle: PrometheusHandle,
+    registry: ReverseTunnelRegistry<String>,
+    draining: Arc<AtomicBool>,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), Failure> {
+    let metrics = move || {
+        let handle = handle.clone();
+        let registry = registry.clone();
+        async move {
+            record_tunnels(&registry);
+            handle.render()
+        }
+    };
+    let healthz = move || {
+        let draining = draining.clone();
+        async move {
+            if draining.load(Ordering::Relaxed) {
+                (http::StatusCode::SERVICE_UNAVAILABLE, "draining")
+            } else {
+                (http::StatusCode::OK, "ok")
+            }
+        }
+    };
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await
+        .map_err(|e| Failure::Run(format!("admin port: {e}")))
+}
+
+/// Admin addresses follow the hub's rule: loopback only for now.
+pub(crate) fn check_admin(addr: SocketAddr) -> Result<(), Failure> {
+    if addr.ip().is_loopback() {
+        Ok(())
+    } else {
+        Err(Failure::Usage(format!(
+            "refusing to serve the admin port on {addr}: it has no authentication; use a loopback address"
+        )))
+    }
+}
+
+/// The tunnel gauges, from the registry at scrape time.
+fn record_tunnels(registry: &ReverseTunnelRegistry<String>) {
+    let tunnels = registry.tunnels();
+    metrics::gauge!("grpctunnel_agents_connected").set(tunnels.len() as f64);
+    let mut by_key: HashMap<&str, usize> = HashMap::new();
+    for t in &tunnels {
+        *by_key.entry(t.key().as_str()).or_default() += 1;
+    }
+    for (key, n) in by_key {
+        metrics::gauge!("grpctunnel_tunnels", "key" => key.to_owned()).set(n as f64);
+    }
+}
+
+/// Counts an agent refused at authentication.
+pub(crate) fn auth_failure(reason: &'static str) {
+    metrics::counter!("grpctunnel_agent_auth_failures_total", "reason" => reason).increment(1);
+}
+
+/// Records a call's outcome once: its gRPC status code and duration.
+#[derive(Debug)]
+pub(crate) struct CallRecord {
+    key: String,
+    start: Instant,
+    done: bool,
+}
+
+impl CallRecord {
+    pub(crate) fn start(key: &str) -> Self {
+        Self {
+            key: key.to_owned(),
+            start: Instant::now(),
+            done: false,
+        }
+    }
+
+    /// The call ended with `code` (a gRPC status code, or a word).
+    pub(crate) fn finish(&mut self, code: &str) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        let key = self.key.clone();
+        metrics::counter!("grpctunnel_calls_total", "key" => key.clone(), "code" => code.to_owned())
+            .increment(1);
+        metrics::histogram!("grpctunnel_call_duration_seconds", "key" => key)
+            .record(self.start.elapsed().as_secs_f64());
+    }
+}
+
+impl Drop for CallRecord {
+    fn drop(&mut self) {
+        // Dropped before its end: the caller went away.
+        self.finish("cancelled");
+    }
+}
+
+/// The status code of a trailers (or trailers-only headers) block.
+pub(crate) fn code_of(headers: &http::HeaderMap) -> Option<String> {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+pin_project! {
+    /// A response body that records its call when its trailers pass.
+    pub(crate) struct Recorded {
+        #[pin]
+        inner: Body,
+        record: CallRecord,
+    }
+}
+
+impl Recorded {
+    pub(crate) fn new(inner: Body, record: CallRecord) -> Self {
+        Self { inner, record }
+    }
+}
+
+impl http_body::Body for Recorded {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.project();
+        let frame = std::task::ready!(this.inner.poll_frame(cx));
+        match &frame {
+            Some(Ok(f)) => {
+                if let Some(code) = f.trailers_ref().and_then(code_of) {
+                    this.record.finish(&code);
+                }
+            }
+            Some(Err(_)) => this.record.finish("error"),
+            None => this.record.finish("no-status"),
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
