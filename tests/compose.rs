@@ -117,16 +117,21 @@ async fn auth_layer_rejects_tunnel_and_identity_reaches_tunneled_handlers() {
     .await
 }
 
+/// An axum router with a plain HTTP route next to the echo gRPC service.
+fn echo_router() -> axum::Router {
+    axum::Router::new()
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .route_service(
+            "/grpctunnel.testing.v1.EchoService/{*method}",
+            Echo::new().server(),
+        )
+}
+
 #[tokio::test]
 async fn axum_router_serves_tunnels_next_to_plain_http() {
     bounded(async {
         let (listener, addr) = listener().await;
-        let router = axum::Router::new()
-            .route("/healthz", axum::routing::get(|| async { "ok" }))
-            .route_service(
-                "/grpctunnel.testing.v1.EchoService/{*method}",
-                Echo::new().server(),
-            );
+        let router = echo_router();
         // The layer wraps the whole router and answers in axum's body type:
         // no conversion layer.
         let app = TunnelLayer::new().layer(router);
@@ -176,12 +181,7 @@ async fn axum_router_serves_tunnels_next_to_plain_http() {
 async fn axum_router_layer_serves_tunnels_with_the_router_as_tunnel_service() {
     bounded(async {
         let (listener, addr) = listener().await;
-        let router = axum::Router::new()
-            .route("/healthz", axum::routing::get(|| async { "ok" }))
-            .route_service(
-                "/grpctunnel.testing.v1.EchoService/{*method}",
-                Echo::new().server(),
-            );
+        let router = echo_router();
         // `Router::layer` wraps each route, and the fallback, on its own:
         // the fallback's copy answers `OpenTunnel`, and tunneled calls go to
         // the whole router, given as the tunnel service.

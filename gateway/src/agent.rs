@@ -27,6 +27,10 @@ pub(crate) struct AgentArgs {
     /// Request header that names the key (the hub's `--key-header`).
     #[arg(long, default_value = "grpctunnel-key", env = "GRPCTUNNEL_KEY_HEADER")]
     key_header: String,
+    /// Largest message, in bytes, the tunnel carries either way (the hub
+    /// needs the same).
+    #[arg(long, default_value_t = grpctunnel::DEFAULT_MAX_MESSAGE_SIZE, env = "GRPCTUNNEL_MAX_MESSAGE_SIZE")]
+    max_message_size: usize,
     /// Only these services (`pkg.Service`) or methods (`pkg.Service/Method`)
     /// may be called through the hub; others get `PERMISSION_DENIED`.
     /// Repeat it, or separate with commas. Default: everything.
@@ -78,6 +82,7 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Failure> {
         ));
     }
     let agent = ReverseTunnelServer::new(proxy)
+        .max_message_size(args.max_message_size)
         .metadata(&args.key_header.to_ascii_lowercase(), &args.key)
         .metadata("authorization", &authorization);
     let connection = agent.keep_connected(hub);

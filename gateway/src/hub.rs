@@ -48,6 +48,10 @@ pub(crate) struct HubArgs {
     /// only; none by default).
     #[arg(long, env = "GRPCTUNNEL_ADMIN")]
     admin: Option<SocketAddr>,
+    /// Largest message, in bytes, a tunnel carries either way (callers'
+    /// requests to agents, their answers). The agents need the same.
+    #[arg(long, default_value_t = grpctunnel::DEFAULT_MAX_MESSAGE_SIZE, env = "GRPCTUNNEL_MAX_MESSAGE_SIZE")]
+    max_message_size: usize,
     /// How long calls in flight may run after SIGTERM.
     #[arg(
         long,
@@ -98,6 +102,7 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
     });
     let drain = CancellationToken::new();
     let tunnels = TunnelLayer::new()
+        .max_message_size(args.max_message_size)
         .reverse(registry.clone())
         .shutdown_token(drain.clone())
         .shutdown_grace(Duration::from_secs(args.drain));

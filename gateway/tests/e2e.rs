@@ -531,3 +531,28 @@ async fn metrics_and_healthz_on_the_admin_port() {
     })
     .await
 }
+
+#[tokio::test]
+async fn a_10_mib_message_crosses_when_configured_end_to_end() {
+    bounded(async {
+        let dir = temp_dir();
+        let upstream = upstream().await;
+        let size = ["--max-message-size", "16777216"];
+        let (_hub, addr) = hub_with(&dir, "s3cret-7", &["plant-7"], &size).await;
+        let _agent = agent_with(&dir, addr, "plant-7", "s3cret-7", upstream, &size);
+        let mut plant = caller(addr, "plant-7", true)
+            .await
+            .max_decoding_message_size(16 << 20)
+            .max_encoding_message_size(16 << 20);
+        let big = vec![7u8; 10 << 20];
+        let mut req = tonic::Request::new(EchoRequest {
+            payload: big.clone().into(),
+            ..Default::default()
+        });
+        req.set_timeout(Duration::from_secs(30));
+        let reply = plant.unary(req).await.expect("10 MiB each way");
+        assert_eq!(reply.into_inner().payload.as_ref(), big.as_slice());
+        let _ = std::fs::remove_dir_all(dir);
+    })
+    .await
+}
