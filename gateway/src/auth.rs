@@ -1,8 +1,15 @@
-//! Agent authentication on the hub: an agent opens `OpenReverseTunnel` with
-//! `authorization: Bearer <token>` and its key in the key header; the token
-//! must be known and bound to that key. A refused claim never reaches the
-//! registry: it fails with `UNAUTHENTICATED` (unknown token) or
-//! `PERMISSION_DENIED` (a key the token is not bound to), and is logged.
+//! Authentication on the hub, by bearer token (`authorization: Bearer
+//! <token>`), each token bound to keys:
+//!
+//! - an agent opening `OpenReverseTunnel` must present a token bound to the
+//!   key it claims in the key header; a refused claim never reaches the
+//!   registry;
+//! - when the config lists callers, a call (or a caller's `OpenTunnel`,
+//!   whose tunneled calls then carry the caller's identity) must present a
+//!   token bound to the key it calls.
+//!
+//! Unknown tokens get `UNAUTHENTICATED`, keys a token is not bound to
+//! `PERMISSION_DENIED`; both are logged and counted.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -14,23 +21,59 @@ use std::{
 use axum::body::Body;
 use tower::Service;
 
-/// Tokens and the keys each may register.
+/// Tokens and the keys each may use.
 #[derive(Debug, Default)]
-pub(crate) struct AgentTable {
-    keys_by_token: HashMap<String, HashSet<String>>,
+pub(crate) struct Credentials {
+    keys_by_token: HashMap<String, Arc<HashSet<String>>>,
 }
 
-impl AgentTable {
+/// The keys an authenticated caller may use (a request extension; a forward
+/// tunnel copies it into every call it carries).
+#[derive(Debug, Clone)]
+pub(crate) struct CallerKeys(Arc<HashSet<String>>);
+
+impl CallerKeys {
+    fn allows(&self, key: &str) -> bool {
+        self.0.contains(key) || self.0.contains("*")
+    }
+}
+
+impl Credentials {
     pub(crate) fn insert(&mut self, token: String, keys: impl IntoIterator<Item = String>) {
-        self.keys_by_token.entry(token).or_default().extend(keys);
+        let entry = self.keys_by_token.entry(token).or_default();
+        Arc::make_mut(entry).extend(keys);
     }
 
     pub(crate) fn is_empty(&self) -> bool {
         self.keys_by_token.is_empty()
     }
 
-    /// Whether the opening RPC's credential may register the key it claims.
-    fn check(
+    /// The keys of the request's bearer token; an unknown or missing token
+    /// is `UNAUTHENTICATED`, logged with `what` it was for, and counted.
+    fn keys(
+        &self,
+        headers: &http::HeaderMap,
+        who: &'static str,
+        what: &str,
+    ) -> Result<CallerKeys, tonic::Status> {
+        let token = headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match token.and_then(|t| self.keys_by_token.get(t)) {
+            Some(keys) => Ok(CallerKeys(keys.clone())),
+            None => {
+                tracing::warn!(who, what, "{who} refused: unknown or missing bearer token");
+                crate::metrics::auth_failure(who, "unknown_token");
+                Err(tonic::Status::unauthenticated(
+                    "unknown or missing bearer token",
+                ))
+            }
+        }
+    }
+
+    /// Whether an agent's opening RPC may register the key it claims.
+    fn check_agent(
         &self,
         headers: &http::HeaderMap,
         key_header: &http::HeaderName,
@@ -42,52 +85,76 @@ impl AgentTable {
             .ok_or_else(|| {
                 tonic::Status::invalid_argument(format!("missing {key_header} header"))
             })?;
-        let token = headers
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        let Some(keys) = token.and_then(|t| self.keys_by_token.get(t)) else {
-            tracing::warn!(key, "agent refused: unknown or missing bearer token");
-            crate::metrics::auth_failure("unknown_token");
-            return Err(tonic::Status::unauthenticated(
-                "unknown or missing bearer token",
-            ));
-        };
-        if !keys.contains(key) {
+        let keys = self.keys(headers, "agent", key)?;
+        if !keys.0.contains(key) {
             tracing::warn!(
                 key,
                 "agent refused: its credential is not bound to this key"
             );
-            crate::metrics::auth_failure("key_not_bound");
+            crate::metrics::auth_failure("agent", "key_not_bound");
             return Err(tonic::Status::permission_denied(format!(
                 "this credential may not register key {key:?}"
             )));
         }
         Ok(())
     }
+
+    /// Whether a call may reach `key`: by the identity its forward tunnel
+    /// carries, or else by its own bearer token.
+    pub(crate) fn check_call(
+        &self,
+        headers: &http::HeaderMap,
+        extensions: &http::Extensions,
+        key: &str,
+    ) -> Result<(), tonic::Status> {
+        let keys = match extensions.get::<CallerKeys>() {
+            Some(keys) => keys.clone(),
+            None => self.keys(headers, "caller", key)?,
+        };
+        if keys.allows(key) {
+            return Ok(());
+        }
+        tracing::warn!(
+            key,
+            "call refused: the caller's credential is not bound to this key"
+        );
+        crate::metrics::auth_failure("caller", "key_not_bound");
+        Err(tonic::Status::permission_denied(format!(
+            "this credential may not call key {key:?}"
+        )))
+    }
 }
 
-/// Checks agents' credentials in front of the tunnel service.
+/// Checks credentials on the opening RPCs, in front of the tunnel service.
 #[derive(Debug, Clone)]
-pub(crate) struct AgentAuth<S> {
+pub(crate) struct Auth<S> {
     inner: S,
-    agents: Arc<AgentTable>,
+    agents: Arc<Credentials>,
+    /// `None`: callers need no credential.
+    callers: Option<Arc<Credentials>>,
     key_header: http::HeaderName,
 }
 
-impl<S> AgentAuth<S> {
-    pub(crate) fn new(inner: S, agents: Arc<AgentTable>, key_header: http::HeaderName) -> Self {
+impl<S> Auth<S> {
+    pub(crate) fn new(
+        inner: S,
+        agents: Arc<Credentials>,
+        callers: Option<Arc<Credentials>>,
+        key_header: http::HeaderName,
+    ) -> Self {
         Self {
             inner,
             agents,
+            callers,
             key_header,
         }
     }
 }
 
 const OPEN_REVERSE_TUNNEL: &str = "/grpctunnel.v1.TunnelService/OpenReverseTunnel";
+const OPEN_TUNNEL: &str = "/grpctunnel.v1.TunnelService/OpenTunnel";
 
-impl<S> Service<http::Request<Body>> for AgentAuth<S>
+impl<S> Service<http::Request<Body>> for Auth<S>
 where
     S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>,
     S::Future: Send + 'static,
@@ -103,14 +170,30 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        if req.uri().path() == OPEN_REVERSE_TUNNEL {
-            if let Err(status) = self.agents.check(req.headers(), &self.key_header) {
-                return futures_util::future::Either::Left(std::future::ready(Ok(
-                    status.into_http()
-                )));
+    fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
+        let refused = match req.uri().path() {
+            OPEN_REVERSE_TUNNEL => self
+                .agents
+                .check_agent(req.headers(), &self.key_header)
+                .err(),
+            OPEN_TUNNEL => match &self.callers {
+                // The caller's keys ride along with each tunneled call.
+                Some(callers) => match callers.keys(req.headers(), "caller", "a forward tunnel") {
+                    Ok(keys) => {
+                        req.extensions_mut().insert(keys);
+                        None
+                    }
+                    Err(status) => Some(status),
+                },
+                None => None,
+            },
+            _ => None,
+        };
+        match refused {
+            Some(status) => {
+                futures_util::future::Either::Left(std::future::ready(Ok(status.into_http())))
             }
+            None => futures_util::future::Either::Right(self.inner.call(req)),
         }
-        futures_util::future::Either::Right(self.inner.call(req))
     }
 }

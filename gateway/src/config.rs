@@ -1,10 +1,16 @@
 //! The hub's configuration file (TOML): which agents may connect, each
-//! bound to the keys it may register.
+//! bound to the keys it may register, and which callers may call, each
+//! limited to keys.
 //!
 //! ```toml
 //! [[agent]]
 //! token_file = "/etc/grpctunnel/plant-7.token"   # or: token = "..."
 //! keys = ["plant-7"]
+//!
+//! # Optional: with no [[caller]], calls need no credential.
+//! [[caller]]
+//! token = "..."
+//! keys = ["plant-7", "plant-8"]                  # "*": any key
 //! ```
 
 use std::path::Path;
@@ -19,19 +25,35 @@ use crate::Failure;
 pub(crate) struct HubConfig {
     /// Agents allowed to connect.
     #[serde(default, rename = "agent")]
-    pub(crate) agents: Vec<AgentEntry>,
+    pub(crate) agents: Vec<Credential>,
+    /// Callers allowed to call (none: any caller).
+    #[serde(default, rename = "caller")]
+    pub(crate) callers: Vec<Credential>,
 }
 
-/// One agent credential and the keys it may register.
+/// One bearer token and the keys it may use.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct AgentEntry {
+pub(crate) struct Credential {
     /// The bearer token, inline.
     pub(crate) token: Option<String>,
     /// A file holding the bearer token (surrounding whitespace ignored).
     pub(crate) token_file: Option<String>,
-    /// Keys this credential may register.
+    /// Keys this credential may use; `*` is any key (callers only).
     pub(crate) keys: Vec<String>,
+}
+
+impl Credential {
+    /// The token, read from its file if need be.
+    pub(crate) fn token(&self) -> Result<String, Failure> {
+        match (&self.token, &self.token_file) {
+            (Some(token), None) => Ok(token.clone()),
+            (None, Some(file)) => read_token(file),
+            _ => Err(Failure::Usage(
+                "a credential needs exactly one of token and token_file".into(),
+            )),
+        }
+    }
 }
 
 impl HubConfig {
@@ -41,21 +63,35 @@ impl HubConfig {
             .map_err(|e| Failure::Usage(format!("cannot read config {}: {e}", path.display())))?;
         let config: Self = toml::from_str(&text)
             .map_err(|e| Failure::Usage(format!("config {}: {e}", path.display())))?;
-        for (i, agent) in config.agents.iter().enumerate() {
-            if agent.token.is_some() == agent.token_file.is_some() {
+        let all = config.agents.iter().map(|c| ("agent", c));
+        for (i, (what, credential)) in all
+            .chain(config.callers.iter().map(|c| ("caller", c)))
+            .enumerate()
+        {
+            if credential.token.is_some() == credential.token_file.is_some() {
                 return Err(Failure::Usage(format!(
-                    "config {}: agent {} needs exactly one of token and token_file",
+                    "config {}: {what} credential {} needs exactly one of token and token_file",
                     path.display(),
                     i + 1
                 )));
             }
-            if agent.keys.is_empty() {
+            if credential.keys.is_empty() {
                 return Err(Failure::Usage(format!(
-                    "config {}: agent {} may register no key",
+                    "config {}: {what} credential {} may use no key",
                     path.display(),
                     i + 1
                 )));
             }
+        }
+        if config
+            .agents
+            .iter()
+            .any(|a| a.keys.iter().any(|k| k == "*"))
+        {
+            return Err(Failure::Usage(format!(
+                "config {}: an agent must name the keys it registers (\"*\" is for callers)",
+                path.display()
+            )));
         }
         Ok(config)
     }

@@ -18,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 use tower::Layer;
 
 use crate::{
-    auth::{AgentAuth, AgentTable},
-    config::{read_token, HubConfig},
+    auth::{Auth, Credentials},
+    config::HubConfig,
     metrics,
     route::{Local, RouteByKey},
     shutdown_signal, Failure,
@@ -76,14 +76,9 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
         Some(path) => HubConfig::load(path)?,
         None => HubConfig::default(),
     };
-    let mut agents = AgentTable::default();
-    for agent in config.agents {
-        let token = match (agent.token, agent.token_file) {
-            (Some(token), _) => token,
-            (None, Some(file)) => read_token(&file)?,
-            (None, None) => unreachable!("checked by HubConfig::load"),
-        };
-        agents.insert(token, agent.keys);
+    let mut agents = Credentials::default();
+    for agent in &config.agents {
+        agents.insert(agent.token()?, agent.keys.iter().cloned());
     }
     if agents.is_empty() {
         return Err(Failure::Usage(
@@ -91,6 +86,11 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
                 .into(),
         ));
     }
+    let mut callers = Credentials::default();
+    for caller in &config.callers {
+        callers.insert(caller.token()?, caller.keys.iter().cloned());
+    }
+    let callers = (!callers.is_empty()).then(|| Arc::new(callers));
 
     let header = key_header.clone();
     let registry = ReverseTunnelRegistry::with_key(move |headers, _| {
@@ -114,8 +114,14 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
         |r: http::Response<tonic::body::Body>| r.map(axum::body::Body::new),
     ));
     let admin_registry = registry.clone();
-    let route = RouteByKey::new(registry, key_header.clone(), args.authority_suffix, local);
-    let service = AgentAuth::new(tunnels.layer(route), Arc::new(agents), key_header);
+    let route = RouteByKey::new(
+        registry,
+        key_header.clone(),
+        args.authority_suffix,
+        local,
+        callers.clone(),
+    );
+    let service = Auth::new(tunnels.layer(route), Arc::new(agents), callers, key_header);
 
     let metrics_handle = metrics::install()?;
     let draining = Arc::new(AtomicBool::new(false));

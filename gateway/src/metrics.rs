@@ -7,7 +7,7 @@
 //! | `grpctunnel_tunnels` | gauge | `key` |
 //! | `grpctunnel_calls_total` | counter | `key`, `code` |
 //! | `grpctunnel_call_duration_seconds` | histogram | `key` |
-//! | `grpctunnel_agent_auth_failures_total` | counter | `reason` |
+//! | `grpctunnel_auth_failures_total` | counter | `who` (agent, caller), `reason` |
 
 use std::{
     collections::HashMap,
@@ -96,9 +96,10 @@ fn record_tunnels(registry: &ReverseTunnelRegistry<String>) {
     }
 }
 
-/// Counts an agent refused at authentication.
-pub(crate) fn auth_failure(reason: &'static str) {
-    metrics::counter!("grpctunnel_agent_auth_failures_total", "reason" => reason).increment(1);
+/// Counts a refused credential: `who` is `agent` or `caller`.
+pub(crate) fn auth_failure(who: &'static str, reason: &'static str) {
+    metrics::counter!("grpctunnel_auth_failures_total", "who" => who, "reason" => reason)
+        .increment(1);
 }
 
 /// Records a call's outcome once: its gRPC status code and duration.

@@ -10,13 +10,17 @@ use std::{
     convert::Infallible,
     future::Future,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
 };
 
 use axum::body::Body;
 use grpctunnel::ReverseTunnelRegistry;
 
-use crate::metrics::{code_of, CallRecord, Recorded};
+use crate::{
+    auth::Credentials,
+    metrics::{code_of, CallRecord, Recorded},
+};
 use tower::{Service, ServiceExt};
 
 /// Header that asks a call to wait for its agent.
@@ -34,6 +38,8 @@ pub(crate) struct RouteByKey {
     /// `.hub.example`: `plant-7.hub.example` routes to key `plant-7`.
     authority_suffix: Option<String>,
     local: Local,
+    /// When set, calls must present a caller credential bound to the key.
+    callers: Option<Arc<Credentials>>,
 }
 
 impl std::fmt::Debug for RouteByKey {
@@ -51,6 +57,7 @@ impl RouteByKey {
         key_header: http::HeaderName,
         authority_suffix: Option<String>,
         local: Local,
+        callers: Option<Arc<Credentials>>,
     ) -> Self {
         let authority_suffix = authority_suffix.map(|s| format!(".{}", s.trim_start_matches('.')));
         Self {
@@ -58,6 +65,7 @@ impl RouteByKey {
             key_header,
             authority_suffix,
             local,
+            callers,
         }
     }
 
@@ -110,6 +118,11 @@ impl Service<http::Request<Body>> for RouteByKey {
                 self.key_header
             )));
         };
+        if let Some(callers) = &self.callers {
+            if let Err(status) = callers.check_call(req.headers(), req.extensions(), &key) {
+                return answer(status);
+            }
+        }
         let wait = req
             .headers_mut()
             .remove(WAIT_HEADER)

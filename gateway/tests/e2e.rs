@@ -138,6 +138,17 @@ async fn hub_with(
     keys: &[&str],
     extra: &[&str],
 ) -> (Process, SocketAddr) {
+    hub_full(dir, token, keys, "", extra).await
+}
+
+/// [`hub`] with more config (appended to the agent's) and more flags.
+async fn hub_full(
+    dir: &std::path::Path,
+    token: &str,
+    keys: &[&str],
+    more_config: &str,
+    extra: &[&str],
+) -> (Process, SocketAddr) {
     let token_file = dir.join("hub-agent.token");
     std::fs::write(&token_file, format!("{token}\n")).expect("token file");
     let config = dir.join("hub.toml");
@@ -145,7 +156,7 @@ async fn hub_with(
     std::fs::write(
         &config,
         format!(
-            "[[agent]]\ntoken_file = {:?}\nkeys = [{}]\n",
+            "[[agent]]\ntoken_file = {:?}\nkeys = [{}]\n{more_config}",
             token_file.display().to_string(),
             keys.join(", ")
         ),
@@ -525,7 +536,7 @@ async fn metrics_and_healthz_on_the_admin_port() {
             "{body}"
         );
         line("grpctunnel_call_duration_seconds");
-        line("grpctunnel_agent_auth_failures_total{reason=\"unknown_token\"}");
+        line("grpctunnel_auth_failures_total{who=\"agent\",reason=\"unknown_token\"}");
         drop(hub);
         let _ = std::fs::remove_dir_all(dir);
     })
@@ -552,6 +563,92 @@ async fn a_10_mib_message_crosses_when_configured_end_to_end() {
         req.set_timeout(Duration::from_secs(30));
         let reply = plant.unary(req).await.expect("10 MiB each way");
         assert_eq!(reply.into_inner().payload.as_ref(), big.as_slice());
+        let _ = std::fs::remove_dir_all(dir);
+    })
+    .await
+}
+
+/// Adds `authorization: Bearer <token>` to the calls of a client.
+fn with_token<T>(mut req: tonic::Request<T>, token: &str) -> tonic::Request<T> {
+    let value = format!("Bearer {token}").parse().expect("ascii");
+    req.metadata_mut().insert("authorization", value);
+    req
+}
+
+#[tokio::test]
+async fn callers_authenticate_and_are_limited_to_their_keys() {
+    bounded(async {
+        let dir = temp_dir();
+        let upstream = upstream().await;
+        let callers = "[[caller]]\ntoken = \"c-7\"\nkeys = [\"plant-7\"]\n";
+        let (_hub, addr) = hub_full(&dir, "s3cret-7", &["plant-7", "plant-8"], callers, &[]).await;
+        let _agent7 = agent(&dir, addr, "plant-7", "s3cret-7", upstream);
+
+        let mut plant7 = caller(addr, "plant-7", true).await;
+        let err = plant7
+            .unary(hello("anonymous"))
+            .await
+            .expect_err("no token");
+        assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+        let err = plant7
+            .unary(with_token(hello("x"), "wrong"))
+            .await
+            .expect_err("unknown token");
+        assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+        plant7
+            .unary(with_token(hello("mine"), "c-7"))
+            .await
+            .expect("a key the caller may call");
+        let mut plant8 = caller(addr, "plant-8", false).await;
+        let err = plant8
+            .unary(with_token(hello("theirs"), "c-7"))
+            .await
+            .expect_err("not this caller's key");
+        assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+
+        // A forward tunnel to the hub authenticates once, when it opens; the
+        // calls it carries are routed, and limited, the same way.
+        let transport = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect");
+        let refused = grpctunnel::TunnelChannel::builder()
+            .open(transport.clone())
+            .await
+            .expect_err("no token");
+        assert_eq!(
+            refused.status().map(tonic::Status::code),
+            Some(Code::Unauthenticated)
+        );
+        let tunnel = grpctunnel::TunnelChannel::builder()
+            .metadata("authorization", "Bearer c-7")
+            .open(transport)
+            .await
+            .expect("open a tunnel to the hub");
+        let add_key: AddKey = Box::new(|mut req: tonic::Request<()>| {
+            req.metadata_mut()
+                .insert("grpctunnel-key", "plant-7".parse().expect("ascii"));
+            Ok(req)
+        });
+        let mut through = EchoServiceClient::with_interceptor(tunnel.clone(), add_key);
+        let reply = through
+            .unary(hello("tunneled"))
+            .await
+            .expect("tunneled call");
+        assert_eq!(reply.into_inner().payload.as_ref(), b"tunneled");
+        let add_other: AddKey = Box::new(|mut req: tonic::Request<()>| {
+            req.metadata_mut()
+                .insert("grpctunnel-key", "plant-8".parse().expect("ascii"));
+            Ok(req)
+        });
+        let mut other = EchoServiceClient::with_interceptor(tunnel.clone(), add_other);
+        let err = other
+            .unary(hello("x"))
+            .await
+            .expect_err("not this caller's key");
+        assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+        tunnel.close();
         let _ = std::fs::remove_dir_all(dir);
     })
     .await
