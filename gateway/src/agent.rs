@@ -12,9 +12,13 @@ use crate::{config::read_token, shutdown_signal, Failure};
 /// `grpctunnel agent` flags.
 #[derive(Debug, Args)]
 pub(crate) struct AgentArgs {
-    /// The hub to dial, e.g. `http://127.0.0.1:8443`.
+    /// The hub to dial: `https://hub.example:8443`, or `http://` on loopback.
     #[arg(long, env = "GRPCTUNNEL_HUB")]
     hub: String,
+    /// CA certificate (PEM) that signed the hub's certificate; without it an
+    /// `https://` hub is checked against the system's roots.
+    #[arg(long, env = "GRPCTUNNEL_CA_FILE")]
+    ca_file: Option<String>,
     /// The key callers use to reach this agent's upstream.
     #[arg(long, env = "GRPCTUNNEL_KEY")]
     key: String,
@@ -51,9 +55,7 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Failure> {
     let upstream = Endpoint::from_shared(args.upstream.clone())
         .map_err(|e| Failure::Usage(format!("--upstream {:?}: {e}", args.upstream)))?
         .connect_lazy();
-    let hub = Endpoint::from_shared(args.hub.clone())
-        .map_err(|e| Failure::Usage(format!("--hub {:?}: {e}", args.hub)))?
-        .connect_lazy();
+    let hub = hub_endpoint(&args)?.connect_lazy();
     // Every call goes to the upstream as it came: any service, any method.
     let allow = std::sync::Arc::new(args.allow.clone());
     let proxy = tower::service_fn(move |req: http::Request<tonic::body::Body>| {
@@ -112,6 +114,43 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Failure> {
     tracing::info!("stopping");
     connection.shutdown().await;
     Ok(())
+}
+
+/// The hub's endpoint: TLS for `https://` (the hub's CA, or the system's
+/// roots); plaintext `http://` only to a loopback hub.
+fn hub_endpoint(args: &AgentArgs) -> Result<Endpoint, Failure> {
+    let endpoint = Endpoint::from_shared(args.hub.clone())
+        .map_err(|e| Failure::Usage(format!("--hub {:?}: {e}", args.hub)))?;
+    let uri = endpoint.uri().clone();
+    if uri.scheme_str() != Some("https") {
+        let loopback = match uri.host() {
+            Some("localhost") => true,
+            Some(host) => host
+                .trim_matches(|c| c == '[' || c == ']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback()),
+            None => false,
+        };
+        if !loopback {
+            return Err(Failure::Usage(format!(
+                "refusing to send the token to {} in the clear: use https://",
+                args.hub
+            )));
+        }
+        return Ok(endpoint);
+    }
+    let mut tls = tonic::transport::ClientTlsConfig::new();
+    tls = match &args.ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .map_err(|e| Failure::Usage(format!("cannot read --ca-file {path}: {e}")))?;
+            tls.ca_certificate(tonic::transport::Certificate::from_pem(pem))
+        }
+        None => tls.with_native_roots(),
+    };
+    endpoint
+        .tls_config(tls)
+        .map_err(|e| Failure::Usage(format!("TLS: {e}")))
 }
 
 #[cfg(test)]

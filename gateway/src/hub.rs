@@ -28,9 +28,9 @@ use crate::{
 /// `grpctunnel hub` flags.
 #[derive(Debug, Args)]
 pub(crate) struct HubArgs {
-    /// Address to listen on for agents and callers. Only loopback addresses
-    /// for now: TLS is not there yet, and nothing listens beyond loopback
-    /// without it.
+    /// Address to listen on for agents and callers. Beyond loopback the hub
+    /// needs TLS (`--tls-cert`, `--tls-key`) and caller credentials
+    /// (`[[caller]]` in the config): nothing listens there unauthenticated.
     #[arg(long, default_value = "127.0.0.1:8443", env = "GRPCTUNNEL_LISTEN")]
     listen: SocketAddr,
     /// Config file (TOML): the agents' tokens and the keys each may register.
@@ -44,6 +44,12 @@ pub(crate) struct HubArgs {
     /// `<key>` when they carry no key header, e.g. `hub.example`.
     #[arg(long, env = "GRPCTUNNEL_AUTHORITY_SUFFIX")]
     authority_suffix: Option<String>,
+    /// TLS certificate chain (PEM) of the hub.
+    #[arg(long, requires = "tls_key", env = "GRPCTUNNEL_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) of the hub.
+    #[arg(long, requires = "tls_cert", env = "GRPCTUNNEL_TLS_KEY")]
+    tls_key: Option<PathBuf>,
     /// Admin address for Prometheus `/metrics` and `/healthz` (loopback
     /// only; none by default).
     #[arg(long, env = "GRPCTUNNEL_ADMIN")]
@@ -64,12 +70,7 @@ pub(crate) struct HubArgs {
 
 /// Runs the hub until SIGTERM or Ctrl-C.
 pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
-    if !args.listen.ip().is_loopback() {
-        return Err(Failure::Usage(format!(
-            "refusing to listen on {} without TLS and caller authentication, which this version does not have yet; listen on a loopback address",
-            args.listen
-        )));
-    }
+    let tls = tls_config(&args)?;
     let key_header = http::HeaderName::from_bytes(args.key_header.to_ascii_lowercase().as_bytes())
         .map_err(|e| Failure::Usage(format!("--key-header {:?}: {e}", args.key_header)))?;
     let config = match &args.config {
@@ -91,6 +92,12 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
         callers.insert(caller.token()?, caller.keys.iter().cloned());
     }
     let callers = (!callers.is_empty()).then(|| Arc::new(callers));
+    if !args.listen.ip().is_loopback() && (tls.is_none() || callers.is_none()) {
+        return Err(Failure::Usage(format!(
+            "refusing to listen on {} without TLS (--tls-cert, --tls-key) and caller credentials ([[caller]] in the config); or listen on a loopback address",
+            args.listen
+        )));
+    }
 
     let header = key_header.clone();
     let registry = ReverseTunnelRegistry::with_key(move |headers, _| {
@@ -164,11 +171,39 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
             .await;
         drain.cancel();
     };
-    axum::serve(listener, tower::make::Shared::new(service))
-        .with_graceful_shutdown(shutdown)
+    // tonic's server: HTTP/2, TLS (rustls) when configured, graceful
+    // shutdown; the hub's stack is its only route.
+    let routes = tonic::service::Routes::from(axum::Router::new().fallback_service(service));
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        server = server
+            .tls_config(tls)
+            .map_err(|e| Failure::Usage(format!("TLS: {e}")))?;
+    }
+    server
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener),
+            shutdown,
+        )
         .await
         .map_err(|e| Failure::Run(format!("serving: {e}")))?;
     stopped.cancel();
     tracing::info!("hub stopped");
     Ok(())
+}
+
+/// The hub's TLS identity, when `--tls-cert` and `--tls-key` are given.
+fn tls_config(args: &HubArgs) -> Result<Option<tonic::transport::ServerTlsConfig>, Failure> {
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    let read = |path: &PathBuf| {
+        std::fs::read(path)
+            .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", path.display())))
+    };
+    let identity = tonic::transport::Identity::from_pem(read(cert)?, read(key)?);
+    Ok(Some(
+        tonic::transport::ServerTlsConfig::new().identity(identity),
+    ))
 }

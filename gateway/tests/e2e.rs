@@ -315,14 +315,34 @@ async fn an_agent_cannot_register_a_key_its_credential_is_not_bound_to() {
 #[tokio::test]
 async fn the_hub_refuses_to_listen_beyond_loopback_and_needs_agents() {
     bounded(async {
+        let dir = temp_dir();
+        let config = dir.join("hub.toml");
+        std::fs::write(&config, "[[agent]]\ntoken = \"t\"\nkeys = [\"k\"]\n").expect("config");
+        let config = config.display().to_string();
+        // Beyond loopback: refused without TLS and caller credentials (it
+        // never binds, so no traffic leaves loopback).
         let out = Command::new(BIN)
-            .args(["hub", "--listen", "0.0.0.0:0"])
+            .args(["hub", "--listen", "0.0.0.0:0", "--config", &config])
             .output()
             .await
             .expect("run");
         assert_eq!(out.status.code(), Some(2));
         let text = String::from_utf8_lossy(&out.stderr);
         assert!(text.contains("without TLS"), "{text}");
+        // An agent will not send its token in the clear beyond loopback.
+        let token = dir.join("agent.token");
+        std::fs::write(&token, "t").expect("token");
+        let out = Command::new(BIN)
+            .args(["agent", "--hub", "http://hub.example:8443", "--key", "k"])
+            .args(["--token-file", &token.display().to_string()])
+            .args(["--upstream", "http://127.0.0.1:1"])
+            .output()
+            .await
+            .expect("run");
+        assert_eq!(out.status.code(), Some(2));
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(text.contains("in the clear"), "{text}");
+        let _ = std::fs::remove_dir_all(dir);
 
         let out = Command::new(BIN)
             .args(["hub", "--listen", "127.0.0.1:0"])
@@ -649,6 +669,92 @@ async fn callers_authenticate_and_are_limited_to_their_keys() {
             .expect_err("not this caller's key");
         assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
         tunnel.close();
+        let _ = std::fs::remove_dir_all(dir);
+    })
+    .await
+}
+
+/// A CA, and a certificate it signed for `localhost` and 127.0.0.1; PEM
+/// files in `dir`: (ca.pem, hub.pem, hub.key).
+fn certificates(dir: &std::path::Path) -> (String, String, String) {
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let ca = ca_params.self_signed(&ca_key).expect("CA");
+    let hub_params =
+        rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .expect("params");
+    let hub_key = rcgen::KeyPair::generate().expect("key");
+    let hub = hub_params
+        .signed_by(&hub_key, &ca, &ca_key)
+        .expect("hub certificate");
+    let write = |name: &str, pem: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).expect("pem");
+        path.display().to_string()
+    };
+    (
+        write("ca.pem", ca.pem()),
+        write("hub.pem", hub.pem()),
+        write("hub.key", hub_key.serialize_pem()),
+    )
+}
+
+#[tokio::test]
+async fn agents_and_callers_reach_a_tls_hub() {
+    bounded(async {
+        let dir = temp_dir();
+        let upstream = upstream().await;
+        let (ca, cert, key) = certificates(&dir);
+        let tls = ["--tls-cert", cert.as_str(), "--tls-key", key.as_str()];
+        let (_hub, addr) = hub_with(&dir, "s3cret-7", &["plant-7"], &tls).await;
+        let hub_url = format!("https://127.0.0.1:{}", addr.port());
+        let token = dir.join("agent.token");
+        std::fs::write(&token, "s3cret-7").expect("token");
+        let _agent = Process::spawn(&[
+            "agent",
+            "--hub",
+            &hub_url,
+            "--ca-file",
+            &ca,
+            "--key",
+            "plant-7",
+            "--token-file",
+            &token.display().to_string(),
+            "--upstream",
+            &format!("http://{upstream}"),
+        ]);
+        let pem = std::fs::read(&ca).expect("ca");
+        let channel = tonic::transport::Endpoint::from_shared(hub_url)
+            .expect("endpoint")
+            .tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+            )
+            .expect("tls")
+            .connect()
+            .await
+            .expect("TLS to the hub");
+        let add_key: AddKey = Box::new(|mut req: tonic::Request<()>| {
+            req.metadata_mut()
+                .insert("grpctunnel-key", "plant-7".parse().expect("ascii"));
+            req.metadata_mut()
+                .insert("grpctunnel-wait", "true".parse().expect("ascii"));
+            Ok(req)
+        });
+        let mut plant = EchoServiceClient::with_interceptor(channel, add_key);
+        let reply = plant.unary(hello("over TLS")).await.expect("call over TLS");
+        assert_eq!(reply.into_inner().payload.as_ref(), b"over TLS");
+
+        // Plaintext to the TLS port fails: nothing is served in the clear.
+        let plain = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("endpoint")
+            .connect()
+            .await;
+        if let Ok(plain) = plain {
+            let mut client = EchoServiceClient::new(plain);
+            assert!(client.unary(hello("x")).await.is_err());
+        }
         let _ = std::fs::remove_dir_all(dir);
     })
     .await
