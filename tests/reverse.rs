@@ -434,3 +434,75 @@ async fn keep_connected_reconnects_after_the_server_restarts() {
     })
     .await
 }
+
+/// Calls go to the agent with the fewest calls in flight (ties round-robin,
+/// as `round_robin_spreads_calls_evenly` shows): with a slow call on one
+/// agent, the next calls all go to the other.
+#[tokio::test]
+async fn calls_go_to_the_least_loaded_agent_of_a_key() {
+    bounded(async {
+        let registry = keyed_registry();
+        let (listener, addr) = listener().await;
+        let hub = hub_on(listener, TunnelLayer::new().reverse(registry.clone())).await;
+        let mut agents = Vec::new();
+        for name in ["a", "b"] {
+            let transport = connect(addr).await;
+            agents.push(agent(name, "k").keep_connected(transport));
+        }
+        for agent in &agents {
+            agent.wait_until(|s| s.connected).await;
+        }
+        poll_until(Duration::from_secs(10), || {
+            registry.tunnels_for("k").len() == 2
+        })
+        .await;
+        let mut client = EchoServiceClient::new(registry.get("k"));
+        let mut slow = client.clone();
+        let busy = tokio::spawn(async move {
+            let resp = slow
+                .unary(EchoRequest {
+                    sleep_ms: 2_000,
+                    ..Default::default()
+                })
+                .await;
+            resp.map(|r| {
+                r.metadata()
+                    .get("x-agent")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            })
+        });
+        // The slow call is in flight once one tunnel counts it.
+        let loaded = poll_until(Duration::from_secs(10), || {
+            registry
+                .tunnels_for("k")
+                .iter()
+                .any(|t| t.channel().active_calls() == 1)
+        })
+        .await;
+        assert!(loaded, "the slow call never started");
+        let loaded_tunnels = registry
+            .tunnels_for("k")
+            .iter()
+            .filter(|t| t.channel().active_calls() == 1)
+            .count();
+        assert_eq!(loaded_tunnels, 1);
+        let mut answered = std::collections::HashSet::new();
+        for _ in 0..4 {
+            answered.insert(answered_by(&mut client).await);
+        }
+        assert_eq!(
+            answered.len(),
+            1,
+            "all quick calls on the idle agent: {answered:?}"
+        );
+        // The slow call ends on its own (and on the other agent).
+        let slow_agent = busy.await.expect("task").expect("slow call");
+        assert!(slow_agent.is_some() && !answered.contains(&slow_agent.unwrap_or_default()));
+        for agent in agents {
+            agent.shutdown().await;
+        }
+        hub.stop().await;
+    })
+    .await
+}

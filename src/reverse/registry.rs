@@ -85,14 +85,43 @@ impl<K> Default for Pool<K> {
     }
 }
 
+/// Pools up to this size are scanned whole when picking.
+const SCAN_ALL: usize = 8;
+
+/// A cheap, well-spread function of the pick counter (splitmix64's finish).
+fn spread(n: usize) -> usize {
+    let mut z = (n as u64).wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (z ^ (z >> 31)) as usize
+}
+
 impl<K> Pool<K> {
+    /// The tunnel with the fewest calls in flight, ties going round-robin:
+    /// every tunnel of a small pool is looked at, two of a large one (the
+    /// round-robin one and one spread from it: "the power of two choices").
     fn pick(&mut self) -> Option<ReverseTunnel<K>> {
-        if self.tunnels.is_empty() {
+        let n = self.tunnels.len();
+        if n == 0 {
             return None;
         }
-        let i = self.next % self.tunnels.len();
+        let start = self.next % n;
         self.next = self.next.wrapping_add(1);
-        Some(self.tunnels[i].clone())
+        let load = |i: usize| self.tunnels[i].inner.channel.active_calls();
+        let best = if n <= SCAN_ALL {
+            (0..n)
+                .map(|k| (start + k) % n)
+                .min_by_key(|&i| load(i))
+                .unwrap_or(start)
+        } else {
+            let other = (start + 1 + spread(self.next) % (n - 1)) % n;
+            if load(other) < load(start) {
+                other
+            } else {
+                start
+            }
+        };
+        Some(self.tunnels[best].clone())
     }
 
     fn remove(&mut self, id: u64) {
@@ -360,7 +389,7 @@ where
         }
     }
 
-    /// Picks the next tunnel of a pool, round-robin.
+    /// Picks a tunnel of a pool: the least loaded, ties round-robin.
     pub(crate) fn pick<Q>(&self, key: Option<&Q>) -> Option<ReverseTunnel<K>>
     where
         K: Borrow<Q>,
