@@ -506,3 +506,52 @@ async fn calls_go_to_the_least_loaded_agent_of_a_key() {
     })
     .await
 }
+
+/// A drain that waits for a call ends as soon as that call is cancelled by
+/// its caller (it waited out the whole grace before: only the end of a
+/// stream's own response was counted).
+#[tokio::test]
+async fn an_agent_drain_ends_when_its_last_call_is_cancelled() {
+    bounded(async {
+        let registry = keyed_registry();
+        let (listener, addr) = listener().await;
+        let hub = hub_on(listener, TunnelLayer::new().reverse(registry.clone())).await;
+        // A grace far beyond the test's own bound: waiting it out fails.
+        let agent = agent("a", "k").shutdown_grace(Duration::from_secs(3600));
+        let connection = agent.keep_connected(connect(addr).await);
+        connection.wait_until(|s| s.connected).await;
+        registry.wait_for(Some(&"k".to_owned())).await;
+        let mut client = EchoServiceClient::new(registry.get("k"));
+        let slow = tokio::spawn(async move {
+            client
+                .unary(EchoRequest {
+                    sleep_ms: 3_600_000,
+                    ..Default::default()
+                })
+                .await
+        });
+        let started = poll_until(Duration::from_secs(10), || {
+            registry
+                .tunnels_for("k")
+                .iter()
+                .any(|t| t.channel().active_calls() == 1)
+        })
+        .await;
+        assert!(started, "the slow call never started");
+        let stopping = tokio::spawn(async move { connection.shutdown().await });
+        // Once the agent drains it refuses new calls: then cancel the one
+        // it waits for.
+        let mut probe = EchoServiceClient::new(registry.get("k"));
+        loop {
+            match probe.unary(EchoRequest::default()).await {
+                Err(status) if status.message().contains("shutting down") => break,
+                _ => tokio::task::yield_now().await,
+            }
+        }
+        slow.abort();
+        let state = stopping.await.expect("shutdown task");
+        assert!(state.stopped, "{state:?}");
+        hub.stop().await;
+    })
+    .await
+}

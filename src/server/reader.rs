@@ -190,6 +190,11 @@ where
                             debug!(error = %text, "protocol error");
                             return Ending::Protocol(text);
                         }
+                        // A `cancel` (or a violation) may have ended the
+                        // last stream a drain waits for.
+                        if self.draining() && self.streams.is_empty() {
+                            return Ending::Drained;
+                        }
                     }
                     Some(Err(status)) => {
                         debug!(code = ?status.code(), error = %status.message(), "tunnel broken");
