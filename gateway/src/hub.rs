@@ -127,6 +127,7 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
         args.authority_suffix,
         local,
         callers.clone(),
+        args.max_message_size,
     );
     let service = Auth::new(tunnels.layer(route), Arc::new(agents), callers, key_header);
 

@@ -11,6 +11,7 @@
 
 mod agent;
 mod auth;
+mod compression;
 mod config;
 mod hub;
 mod metrics;

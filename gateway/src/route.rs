@@ -19,6 +19,7 @@ use grpctunnel::ReverseTunnelRegistry;
 
 use crate::{
     auth::Credentials,
+    compression::inflate_request,
     metrics::{code_of, CallRecord, Recorded},
 };
 use tower::{Service, ServiceExt};
@@ -40,6 +41,8 @@ pub(crate) struct RouteByKey {
     local: Local,
     /// When set, calls must present a caller credential bound to the key.
     callers: Option<Arc<Credentials>>,
+    /// Largest message; compressed ones are inflated up to it.
+    max_message_size: usize,
 }
 
 impl std::fmt::Debug for RouteByKey {
@@ -58,6 +61,7 @@ impl RouteByKey {
         authority_suffix: Option<String>,
         local: Local,
         callers: Option<Arc<Credentials>>,
+        max_message_size: usize,
     ) -> Self {
         let authority_suffix = authority_suffix.map(|s| format!(".{}", s.trim_start_matches('.')));
         Self {
@@ -66,6 +70,7 @@ impl RouteByKey {
             authority_suffix,
             local,
             callers,
+            max_message_size,
         }
     }
 
@@ -128,6 +133,14 @@ impl Service<http::Request<Body>> for RouteByKey {
             .remove(WAIT_HEADER)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
         let mut record = CallRecord::start(&key);
+        // A tunnel carries no compressed message: inflate gzip here.
+        let req = match inflate_request(req, self.max_message_size) {
+            Ok(req) => req,
+            Err(status) => {
+                record.finish(&(status.code() as i32).to_string());
+                return answer(status);
+            }
+        };
         if !wait && self.registry.tunnels_for(key.as_str()).is_empty() {
             let status = tonic::Status::unavailable(format!("no agent connected for key {key:?}"));
             record.finish(&(status.code() as i32).to_string());

@@ -759,3 +759,35 @@ async fn agents_and_callers_reach_a_tls_hub() {
     })
     .await
 }
+
+#[tokio::test]
+async fn gzip_compressed_calls_cross_the_gateway() {
+    use tonic::codec::CompressionEncoding;
+
+    bounded(async {
+        let dir = temp_dir();
+        let upstream = upstream().await;
+        let (_hub, addr) = hub(&dir, "s3cret-7", &["plant-7"]).await;
+        let _agent = agent(&dir, addr, "plant-7", "s3cret-7", upstream);
+        let mut plant = caller(addr, "plant-7", true)
+            .await
+            .send_compressed(CompressionEncoding::Gzip)
+            .accept_compressed(CompressionEncoding::Gzip);
+        // Compressible, and large enough that gzip matters.
+        let payload = "gzip through a tunnel ".repeat(10_000);
+        let reply = plant.unary(hello(&payload)).await.expect("a gzip call");
+        assert_eq!(reply.into_inner().payload.as_ref(), payload.as_bytes());
+        // Client streaming: several compressed messages in one body.
+        let requests = tokio_stream::iter((0..5).map(|i| EchoRequest {
+            payload: format!("part {i} ").repeat(1000).into_bytes().into(),
+            ..Default::default()
+        }));
+        let reply = plant
+            .client_stream(tonic::Request::new(requests))
+            .await
+            .expect("a gzip client stream");
+        assert!(!reply.into_inner().payload.is_empty());
+        let _ = std::fs::remove_dir_all(dir);
+    })
+    .await
+}

@@ -1,0 +1,188 @@
+//! Compression at the edge. A tunnel carries only uncompressed messages
+//! (P-65), so the hub inflates what a caller compressed with gzip before
+//! the call enters a tunnel, checking each inflated message against the
+//! message limit (no zip bombs). Another encoding is refused with
+//! `UNIMPLEMENTED` naming it. Responses travel uncompressed: the caller's
+//! `grpc-accept-encoding` does not cross a tunnel, so the upstream never
+//! compresses toward it.
+
+use std::{
+    io::Read,
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use axum::body::Body;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http_body::Frame;
+use pin_project_lite::pin_project;
+
+/// gRPC's message prefix: compressed flag and length.
+const PREFIX: usize = 5;
+
+/// The request, with a gzip-compressed body inflated on the way.
+///
+/// # Errors
+///
+/// `UNIMPLEMENTED` for an encoding other than `identity` and `gzip`.
+pub(crate) fn inflate_request(
+    mut req: http::Request<Body>,
+    max_message_size: usize,
+) -> Result<http::Request<Body>, tonic::Status> {
+    let encoding = req
+        .headers()
+        .get("grpc-encoding")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    match encoding.as_deref() {
+        None | Some("identity") => Ok(req),
+        Some("gzip") => {
+            req.headers_mut().remove("grpc-encoding");
+            Ok(req.map(|body| {
+                Body::new(Inflated {
+                    inner: body,
+                    buf: BytesMut::new(),
+                    max: max_message_size,
+                })
+            }))
+        }
+        Some(other) => Err(tonic::Status::unimplemented(format!(
+            "grpc-encoding {other:?} cannot cross a tunnel: send identity or gzip"
+        ))),
+    }
+}
+
+pin_project! {
+    /// A gRPC request body whose compressed messages come out inflated.
+    struct Inflated {
+        #[pin]
+        inner: Body,
+        buf: BytesMut,
+        max: usize,
+    }
+}
+
+/// The next whole message in `buf`, inflated and reframed; `None` until
+/// one is complete.
+fn next_message(buf: &mut BytesMut, max: usize) -> Result<Option<Bytes>, tonic::Status> {
+    if buf.len() < PREFIX {
+        return Ok(None);
+    }
+    let compressed = buf[0] != 0;
+    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+    if len > max {
+        return Err(tonic::Status::resource_exhausted(format!(
+            "compressed message larger than max ({len} vs. {max})"
+        )));
+    }
+    if buf.len() < PREFIX + len {
+        return Ok(None);
+    }
+    let mut frame = buf.split_to(PREFIX + len);
+    if !compressed {
+        return Ok(Some(frame.freeze()));
+    }
+    frame.advance(PREFIX);
+    let mut inflated = Vec::new();
+    let read = flate2::read::GzDecoder::new(&frame[..])
+        .take(max as u64 + 1)
+        .read_to_end(&mut inflated)
+        .map_err(|e| tonic::Status::internal(format!("gzip message does not inflate: {e}")))?;
+    if read > max {
+        return Err(tonic::Status::resource_exhausted(format!(
+            "inflated message larger than max ({max})"
+        )));
+    }
+    let mut out = BytesMut::with_capacity(PREFIX + inflated.len());
+    out.put_u8(0);
+    out.put_u32(inflated.len() as u32);
+    out.put_slice(&inflated);
+    Ok(Some(out.freeze()))
+}
+
+impl http_body::Body for Inflated {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
+        let mut this = self.project();
+        loop {
+            if let Some(message) = next_message(this.buf, *this.max)? {
+                return Poll::Ready(Some(Ok(Frame::data(message))));
+            }
+            match std::task::ready!(this.inner.as_mut().poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => this.buf.extend_from_slice(&data),
+                    Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                },
+                Some(Err(e)) => return Poll::Ready(Some(Err(tonic::Status::from_error(e.into())))),
+                None if this.buf.is_empty() => return Poll::Ready(None),
+                None => {
+                    return Poll::Ready(Some(Err(tonic::Status::internal(
+                        "request body ended inside a message",
+                    ))))
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        enc.write_all(data).expect("gzip");
+        enc.finish().expect("gzip")
+    }
+
+    fn framed(flag: u8, msg: &[u8]) -> BytesMut {
+        let mut b = BytesMut::new();
+        b.put_u8(flag);
+        b.put_u32(msg.len() as u32);
+        b.put_slice(msg);
+        b
+    }
+
+    #[test]
+    fn compressed_messages_come_out_inflated_and_plain_ones_as_they_are() {
+        let mut buf = framed(1, &gzip(b"hello"));
+        buf.extend_from_slice(&framed(0, b"plain"));
+        buf.extend_from_slice(&framed(1, &gzip(b"wor")));
+        let first = next_message(&mut buf, 100).expect("ok").expect("whole");
+        assert_eq!(&first[..], &framed(0, b"hello")[..]);
+        let second = next_message(&mut buf, 100).expect("ok").expect("whole");
+        assert_eq!(&second[..], &framed(0, b"plain")[..]);
+        // Not all there yet: wait for more.
+        let mut partial = buf.split_to(7);
+        assert!(next_message(&mut partial, 100).expect("ok").is_none());
+    }
+
+    #[test]
+    fn a_message_that_inflates_past_the_limit_is_refused() {
+        let bomb = gzip(&vec![0u8; 1 << 20]);
+        let mut buf = framed(1, &bomb);
+        let err = next_message(&mut buf, 1000).expect_err("too large");
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+        let mut junk = framed(1, b"not gzip");
+        assert_eq!(
+            next_message(&mut junk, 1000).expect_err("junk").code(),
+            tonic::Code::Internal
+        );
+    }
+
+    #[test]
+    fn other_encodings_are_refused_by_name() {
+        let req = http::Request::builder()
+            .header("grpc-encoding", "zstd")
+            .body(Body::empty())
+            .expect("request");
+        let err = inflate_request(req, 100).expect_err("zstd");
+        assert_eq!(err.code(), tonic::Code::Unimplemented);
+        assert!(err.message().contains("zstd"));
+    }
+}
