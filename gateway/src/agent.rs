@@ -12,9 +12,14 @@ use crate::{config::read_token, shutdown_signal, Failure};
 /// `grpctunnel agent` flags.
 #[derive(Debug, Args)]
 pub(crate) struct AgentArgs {
-    /// The hub to dial: `https://hub.example:8443`, or `http://` on loopback.
-    #[arg(long, env = "GRPCTUNNEL_HUB")]
-    hub: String,
+    /// The hub to dial: `https://hub.example:8443`, or `http://` on
+    /// loopback. Repeat it (or separate with commas) to stay connected to
+    /// several hubs at once.
+    #[arg(long, required = true, value_delimiter = ',', env = "GRPCTUNNEL_HUB")]
+    hub: Vec<String>,
+    /// Tunnels to keep open to each hub (calls are shared among them).
+    #[arg(long, default_value_t = 1, env = "GRPCTUNNEL_TUNNELS")]
+    tunnels: usize,
     /// CA certificate (PEM) that signed the hub's certificate; without it an
     /// `https://` hub is checked against the system's roots.
     #[arg(long, env = "GRPCTUNNEL_CA_FILE")]
@@ -55,7 +60,16 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Failure> {
     let upstream = Endpoint::from_shared(args.upstream.clone())
         .map_err(|e| Failure::Usage(format!("--upstream {:?}: {e}", args.upstream)))?
         .connect_lazy();
-    let hub = hub_endpoint(&args)?.connect_lazy();
+    let mut hubs = Vec::new();
+    for hub in &args.hub {
+        hubs.push((
+            hub.clone(),
+            hub_endpoint(hub, args.ca_file.as_deref())?.connect_lazy(),
+        ));
+    }
+    if args.tunnels == 0 {
+        return Err(Failure::Usage("--tunnels must be at least 1".into()));
+    }
     // Every call goes to the upstream as it came: any service, any method.
     let allow = std::sync::Arc::new(args.allow.clone());
     let proxy = tower::service_fn(move |req: http::Request<tonic::body::Body>| {
@@ -87,40 +101,54 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Failure> {
         .max_message_size(args.max_message_size)
         .metadata(&args.key_header.to_ascii_lowercase(), &args.key)
         .metadata("authorization", &authorization);
-    let connection = agent.keep_connected(hub);
-    let mut state = connection.watch();
-    let key = args.key.clone();
-    let report = async move {
-        let mut connected = false;
-        while state.changed().await.is_ok() {
-            let now = state.borrow().clone();
-            if now.connected != connected {
-                connected = now.connected;
-                if connected {
-                    tracing::info!(key = %key, "tunnel open");
-                } else {
-                    let error = now.last_error.map(|e| e.to_string()).unwrap_or_default();
-                    tracing::warn!(key = %key, %error, "tunnel down; reconnecting");
-                }
-            } else if let Some(err) = &now.last_error {
-                tracing::warn!(key = %key, error = %err, attempts = now.attempts, "cannot open the tunnel; retrying");
-            }
+    // Each tunnel to each hub is kept open on its own; each logs its
+    // state changes.
+    let mut connections = Vec::new();
+    let mut reports = tokio::task::JoinSet::new();
+    for (hub, endpoint) in hubs {
+        for _ in 0..args.tunnels {
+            let connection = agent.keep_connected(endpoint.clone());
+            reports.spawn(report(connection.watch(), args.key.clone(), hub.clone()));
+            connections.push(connection);
         }
-    };
-    tokio::select! {
-        () = shutdown_signal() => {}
-        () = report => {}
     }
+    shutdown_signal().await;
     tracing::info!("stopping");
-    connection.shutdown().await;
+    for connection in connections {
+        connection.shutdown().await;
+    }
+    reports.abort_all();
     Ok(())
+}
+
+/// Logs a tunnel's state changes.
+async fn report(
+    mut state: tokio::sync::watch::Receiver<grpctunnel::reverse::ConnectionState>,
+    key: String,
+    hub: String,
+) {
+    let mut connected = false;
+    while state.changed().await.is_ok() {
+        let now = state.borrow().clone();
+        if now.connected != connected {
+            connected = now.connected;
+            if connected {
+                tracing::info!(%key, %hub, "tunnel open");
+            } else {
+                let error = now.last_error.map(|e| e.to_string()).unwrap_or_default();
+                tracing::warn!(%key, %hub, %error, "tunnel down; reconnecting");
+            }
+        } else if let Some(err) = &now.last_error {
+            tracing::warn!(%key, %hub, error = %err, attempts = now.attempts, "cannot open the tunnel; retrying");
+        }
+    }
 }
 
 /// The hub's endpoint: TLS for `https://` (the hub's CA, or the system's
 /// roots); plaintext `http://` only to a loopback hub.
-fn hub_endpoint(args: &AgentArgs) -> Result<Endpoint, Failure> {
-    let endpoint = Endpoint::from_shared(args.hub.clone())
-        .map_err(|e| Failure::Usage(format!("--hub {:?}: {e}", args.hub)))?;
+fn hub_endpoint(hub: &str, ca_file: Option<&str>) -> Result<Endpoint, Failure> {
+    let endpoint = Endpoint::from_shared(hub.to_owned())
+        .map_err(|e| Failure::Usage(format!("--hub {hub:?}: {e}")))?;
     let uri = endpoint.uri().clone();
     if uri.scheme_str() != Some("https") {
         let loopback = match uri.host() {
@@ -133,14 +161,13 @@ fn hub_endpoint(args: &AgentArgs) -> Result<Endpoint, Failure> {
         };
         if !loopback {
             return Err(Failure::Usage(format!(
-                "refusing to send the token to {} in the clear: use https://",
-                args.hub
+                "refusing to send the token to {hub} in the clear: use https://"
             )));
         }
         return Ok(endpoint);
     }
     let mut tls = tonic::transport::ClientTlsConfig::new();
-    tls = match &args.ca_file {
+    tls = match ca_file {
         Some(path) => {
             let pem = std::fs::read(path)
                 .map_err(|e| Failure::Usage(format!("cannot read --ca-file {path}: {e}")))?;

@@ -791,3 +791,41 @@ async fn gzip_compressed_calls_cross_the_gateway() {
     })
     .await
 }
+
+#[tokio::test]
+async fn an_agent_serves_several_hubs_with_several_tunnels() {
+    bounded(async {
+        let dir_a = temp_dir();
+        let dir_b = temp_dir();
+        let upstream = upstream().await;
+        let (hub_a, addr_a) = hub(&dir_a, "s3cret-7", &["plant-7"]).await;
+        let (_hub_b, addr_b) = hub(&dir_b, "s3cret-7", &["plant-7"]).await;
+        // `agent_with` names hub B; hub A comes second.
+        let hub_a_url = format!("http://{addr_a}");
+        let _agent = agent_with(
+            &dir_a,
+            addr_b,
+            "plant-7",
+            "s3cret-7",
+            upstream,
+            &["--hub", &hub_a_url, "--tunnels", "2"],
+        );
+        for addr in [addr_a, addr_b] {
+            let mut plant = caller(addr, "plant-7", true).await;
+            plant
+                .unary(hello("either hub"))
+                .await
+                .expect("through each hub");
+        }
+        // One hub goes away: the other still reaches the agent.
+        assert_eq!(hub_a.terminate().await, Some(0));
+        let mut plant = caller(addr_b, "plant-7", true).await;
+        plant
+            .unary(hello("still there"))
+            .await
+            .expect("through the other hub");
+        let _ = std::fs::remove_dir_all(dir_a);
+        let _ = std::fs::remove_dir_all(dir_b);
+    })
+    .await
+}
