@@ -30,9 +30,14 @@ pub(crate) struct AgentArgs {
     /// File holding the bearer token the hub knows this agent by.
     #[arg(long, env = "GRPCTUNNEL_TOKEN_FILE")]
     token_file: String,
-    /// The private gRPC server to forward calls to, e.g. `http://127.0.0.1:50051`.
+    /// The private gRPC server to forward calls to, e.g.
+    /// `http://127.0.0.1:50051`, or `https://` for TLS.
     #[arg(long, env = "GRPCTUNNEL_UPSTREAM")]
     upstream: String,
+    /// CA certificate (PEM) of an `https://` upstream; without it the
+    /// system's roots are used.
+    #[arg(long, env = "GRPCTUNNEL_UPSTREAM_CA_FILE")]
+    upstream_ca_file: Option<String>,
     /// Request header that names the key (the hub's `--key-header`).
     #[arg(long, default_value = "grpctunnel-key", env = "GRPCTUNNEL_KEY_HEADER")]
     key_header: String,
@@ -58,8 +63,17 @@ fn allowed(allow: &[String], path: &str) -> bool {
 pub(crate) async fn run(args: AgentArgs) -> Result<(), Failure> {
     let token = read_token(&args.token_file)?;
     let upstream = Endpoint::from_shared(args.upstream.clone())
-        .map_err(|e| Failure::Usage(format!("--upstream {:?}: {e}", args.upstream)))?
-        .connect_lazy();
+        .map_err(|e| Failure::Usage(format!("--upstream {:?}: {e}", args.upstream)))?;
+    let upstream = if upstream.uri().scheme_str() == Some("https") {
+        with_tls(
+            upstream,
+            args.upstream_ca_file.as_deref(),
+            "--upstream-ca-file",
+        )?
+    } else {
+        upstream
+    }
+    .connect_lazy();
     let mut hubs = Vec::new();
     for hub in &args.hub {
         hubs.push((
@@ -166,11 +180,17 @@ fn hub_endpoint(hub: &str, ca_file: Option<&str>) -> Result<Endpoint, Failure> {
         }
         return Ok(endpoint);
     }
-    let mut tls = tonic::transport::ClientTlsConfig::new();
-    tls = match ca_file {
+    with_tls(endpoint, ca_file, "--ca-file")
+}
+
+/// `endpoint` over TLS, trusting the CA in `ca_file` (named by `flag` in
+/// errors) or the system's roots.
+fn with_tls(endpoint: Endpoint, ca_file: Option<&str>, flag: &str) -> Result<Endpoint, Failure> {
+    let tls = tonic::transport::ClientTlsConfig::new();
+    let tls = match ca_file {
         Some(path) => {
             let pem = std::fs::read(path)
-                .map_err(|e| Failure::Usage(format!("cannot read --ca-file {path}: {e}")))?;
+                .map_err(|e| Failure::Usage(format!("cannot read {flag} {path}: {e}")))?;
             tls.ca_certificate(tonic::transport::Certificate::from_pem(pem))
         }
         None => tls.with_native_roots(),

@@ -701,11 +701,26 @@ fn certificates(dir: &std::path::Path) -> (String, String, String) {
 }
 
 #[tokio::test]
-async fn agents_and_callers_reach_a_tls_hub() {
+async fn tls_from_caller_to_hub_and_from_agent_to_hub_and_upstream() {
     bounded(async {
         let dir = temp_dir();
-        let upstream = upstream().await;
         let (ca, cert, key) = certificates(&dir);
+        // The upstream speaks TLS too (the same CA signed its certificate).
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let upstream = listener.local_addr().expect("addr");
+        let identity = tonic::transport::Identity::from_pem(
+            std::fs::read(&cert).expect("cert"),
+            std::fs::read(&key).expect("key"),
+        );
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+                .expect("upstream TLS")
+                .add_service(Echo::new().server())
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
         let tls = ["--tls-cert", cert.as_str(), "--tls-key", key.as_str()];
         let (_hub, addr) = hub_with(&dir, "s3cret-7", &["plant-7"], &tls).await;
         let hub_url = format!("https://127.0.0.1:{}", addr.port());
@@ -722,7 +737,9 @@ async fn agents_and_callers_reach_a_tls_hub() {
             "--token-file",
             &token.display().to_string(),
             "--upstream",
-            &format!("http://{upstream}"),
+            &format!("https://127.0.0.1:{}", upstream.port()),
+            "--upstream-ca-file",
+            &ca,
         ]);
         let pem = std::fs::read(&ca).expect("ca");
         let channel = tonic::transport::Endpoint::from_shared(hub_url)
