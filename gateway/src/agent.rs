@@ -135,6 +135,25 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// An error with its sources ("tunnel closed: too many reverse tunnels ..."):
+/// the hub's reason is in the status it answered with.
+fn describe(err: &grpctunnel::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        let part = match cause.downcast_ref::<tonic::Status>() {
+            Some(status) => format!("{:?}: {}", status.code(), status.message()),
+            None => cause.to_string(),
+        };
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// Logs a tunnel's state changes.
 async fn report(
     mut state: tokio::sync::watch::Receiver<grpctunnel::reverse::ConnectionState>,
@@ -149,11 +168,12 @@ async fn report(
             if connected {
                 tracing::info!(%key, %hub, "tunnel open");
             } else {
-                let error = now.last_error.map(|e| e.to_string()).unwrap_or_default();
+                let error = now.last_error.as_ref().map(describe).unwrap_or_default();
                 tracing::warn!(%key, %hub, %error, "tunnel down; reconnecting");
             }
         } else if let Some(err) = &now.last_error {
-            tracing::warn!(%key, %hub, error = %err, attempts = now.attempts, "cannot open the tunnel; retrying");
+            let error = describe(err);
+            tracing::warn!(%key, %hub, %error, attempts = now.attempts, "cannot open the tunnel; retrying");
         }
     }
 }

@@ -58,6 +58,13 @@ pub(crate) struct HubArgs {
     /// requests to agents, their answers). The agents need the same.
     #[arg(long, default_value_t = grpctunnel::DEFAULT_MAX_MESSAGE_SIZE, env = "GRPCTUNNEL_MAX_MESSAGE_SIZE")]
     max_message_size: usize,
+    /// Most agent tunnels open at once; more are refused with
+    /// `RESOURCE_EXHAUSTED`.
+    #[arg(long, default_value_t = grpctunnel::reverse::DEFAULT_MAX_REVERSE_TUNNELS, env = "GRPCTUNNEL_MAX_TUNNELS")]
+    max_tunnels: usize,
+    /// Most agent tunnels open at once for one key.
+    #[arg(long, default_value_t = grpctunnel::reverse::DEFAULT_MAX_REVERSE_TUNNELS_PER_KEY, env = "GRPCTUNNEL_MAX_TUNNELS_PER_KEY")]
+    max_tunnels_per_key: usize,
     /// How long calls in flight may run after SIGTERM.
     #[arg(
         long,
@@ -106,7 +113,8 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_owned()
-    });
+    })
+    .with_limits(args.max_tunnels, args.max_tunnels_per_key);
     let drain = CancellationToken::new();
     let tunnels = TunnelLayer::new()
         .max_message_size(args.max_message_size)

@@ -846,3 +846,34 @@ async fn an_agent_serves_several_hubs_with_several_tunnels() {
     })
     .await
 }
+
+#[tokio::test]
+async fn the_hub_limits_tunnels_per_key() {
+    bounded(async {
+        let dir = temp_dir();
+        let upstream = upstream().await;
+        let (_hub, addr) = hub_with(
+            &dir,
+            "s3cret-7",
+            &["plant-7"],
+            &["--max-tunnels-per-key", "1"],
+        )
+        .await;
+        let _first = agent(&dir, addr, "plant-7", "s3cret-7", upstream);
+        let mut plant = caller(addr, "plant-7", true).await;
+        plant.unary(hello("first")).await.expect("the first agent");
+        // A second tunnel for the key is refused (and retried by its agent).
+        let mut second = agent(&dir, addr, "plant-7", "s3cret-7", upstream);
+        let line = second.log_line("cannot open the tunnel").await;
+        assert!(
+            line.contains("too many reverse tunnels for this key"),
+            "{line}"
+        );
+        plant
+            .unary(hello("still"))
+            .await
+            .expect("the first agent still serves");
+        let _ = std::fs::remove_dir_all(dir);
+    })
+    .await
+}
