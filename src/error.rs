@@ -74,6 +74,20 @@ impl Error {
         self.kind == Kind::Protocol
     }
 
+    /// How a protocol error ends the opening RPC when we answer it (P-22):
+    /// `UNKNOWN` with the violation's text; `None` for other errors.
+    pub(crate) fn protocol_status(&self) -> Option<tonic::Status> {
+        if self.kind != Kind::Protocol {
+            return None;
+        }
+        let text = self
+            .source
+            .as_ref()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        Some(tonic::Status::unknown(text))
+    }
+
     /// Opening the tunnel or negotiating its revision failed.
     pub fn is_negotiation(&self) -> bool {
         self.kind == Kind::Negotiation

@@ -555,3 +555,51 @@ async fn an_agent_drain_ends_when_its_last_call_is_cancelled() {
     })
     .await
 }
+
+/// A fake agent breaks the protocol on a reverse tunnel: the hub, its
+/// tunnel client, ends the opening RPC with UNKNOWN and the violation's
+/// text (P-22), as the Go reference does, not with OK.
+#[tokio::test]
+async fn a_protocol_error_ends_a_reverse_tunnel_with_unknown_and_its_text() {
+    use grpctunnel::pb::{
+        self, server_to_client::Frame, tunnel_service_client::TunnelServiceClient,
+    };
+
+    bounded(async {
+        let registry = keyed_registry();
+        let (listener, addr) = listener().await;
+        let hub = hub_on(listener, TunnelLayer::new().reverse(registry.clone())).await;
+        let (frames, rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut req = tonic::Request::new(tokio_stream::wrappers::UnboundedReceiverStream::new(rx));
+        req.metadata_mut()
+            .insert("x-agent-key", "fake".parse().expect("ascii"));
+        let resp = TunnelServiceClient::new(connect(addr).await)
+            .open_reverse_tunnel(req)
+            .await
+            .expect("opened");
+        // No negotiation (revision zero); a frame for a stream the hub
+        // never created is fatal (P-23).
+        frames
+            .send(pb::ServerToClient {
+                stream_id: 5,
+                frame: Some(Frame::ResponseHeaders(pb::Metadata::default())),
+            })
+            .expect("queued");
+        let mut answers = resp.into_inner();
+        let status = loop {
+            match answers.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the opening RPC ended with OK"),
+                Err(status) => break status,
+            }
+        };
+        assert_eq!(status.code(), Code::Unknown, "{status:?}");
+        assert_eq!(
+            status.message(),
+            "received frame for stream ID 5: stream never created"
+        );
+        drop(frames);
+        hub.stop().await;
+    })
+    .await
+}

@@ -219,8 +219,10 @@ where
             self.shared.core.meter.stream_closed();
         }
         self.shared.core.meter.tunnel_closed();
-        // Forward: half-closes the opening RPC; reverse: ends its response.
-        self.shared.core.finish(None);
+        // Forward: half-closes the opening RPC; reverse: ends its response,
+        // with UNKNOWN and the violation's text after a protocol error, as
+        // the Go reference does (P-22).
+        self.shared.core.finish(reason.protocol_status());
         if reason.is_closed() && reason.status().is_none() {
             // Closed locally: let the peer end the opening RPC, within a
             // bound. Once it has, it saw our end: the tunnel is flushed.

@@ -49,7 +49,8 @@ where
         match settings::accept_settings(first, &opts) {
             Ok(chosen) => chosen,
             Err(text) => {
-                core.finish(None);
+                // P-22: a reverse tunnel's response ends UNKNOWN with it.
+                core.finish(Some(tonic::Status::unknown(text.clone())));
                 core.meter.protocol_error();
                 core.meter.tunnel_closed();
                 return Err(Error::protocol(text));
