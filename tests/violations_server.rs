@@ -606,3 +606,36 @@ async fn undecodable_frame_fails_the_opening_rpc() {
     })
     .await
 }
+
+/// A trailers-only answer whose trailers cannot cross (a text value that
+/// is not UTF-8) fails its stream with INTERNAL naming the key (P-57,
+/// P-63); the trailers were dropped silently, keeping the handler's code.
+#[tokio::test]
+async fn trailers_only_answer_with_trailers_that_cannot_cross_fails_internal() {
+    bounded(async {
+        let trailers_only = tower::service_fn(|_req: http::Request<tonic::body::Body>| async {
+            let mut resp = http::Response::new(tonic::body::Body::empty());
+            let h = resp.headers_mut();
+            h.insert(
+                "content-type",
+                http::HeaderValue::from_static("application/grpc"),
+            );
+            h.insert("grpc-status", http::HeaderValue::from_static("9"));
+            h.insert(
+                "x-bad",
+                http::HeaderValue::from_bytes(&[0xff, 0xfe]).expect("obs-text"),
+            );
+            Ok::<_, std::convert::Infallible>(resp)
+        });
+        let layer = TunnelLayer::new().tunnel_service(trailers_only);
+        let server = tonic_server(layer, Echo::new()).await;
+        let (mut raw, _) = RawClient::negotiated(server.addr).await;
+        raw.send(1, new_stream(UNARY, 1));
+        raw.send(1, C2S::HalfClose(()));
+        let frames = raw.until_close(1).await;
+        let (code, message) = close_status(frames.last().expect("close")).expect("a status");
+        assert_eq!(code, Code::Internal as i32, "{frames:?}");
+        assert!(message.contains("x-bad"), "{message}");
+    })
+    .await
+}

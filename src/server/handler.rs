@@ -116,8 +116,9 @@ fn start_response(
         return Err(Some(status::http_status_to_grpc(parts.status)));
     }
     if let Some(status) = status::status_from_trailers(&parts.headers) {
-        // Trailers-only (P-63): empty headers, then close_stream.
-        let trailers = to_metadata(stream, &parts.headers, bin).unwrap_or_default();
+        // Trailers-only (P-63): empty headers, then close_stream. Trailers
+        // that cannot cross fail the stream instead (P-57), never silently.
+        let trailers = to_metadata(stream, &parts.headers, bin).map_err(Some)?;
         close(stream, status, trailers);
         return Err(None);
     }
