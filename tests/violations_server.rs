@@ -639,3 +639,30 @@ async fn trailers_only_answer_with_trailers_that_cannot_cross_fails_internal() {
     })
     .await
 }
+
+/// P-5: a revision-zero stream cannot carry a message of 2^31 bytes or
+/// more (the Go reference's limit there), so the tunnel server refuses to
+/// send one with RESOURCE_EXHAUSTED; revision one carries up to 2^32 - 1.
+#[tokio::test]
+async fn revision_zero_streams_refuse_to_send_messages_of_2_gib() {
+    bounded(async {
+        // A handler that starts a 2 GiB message: just its prefix, then ends.
+        let huge = tower::service_fn(|_req: http::Request<tonic::body::Body>| async {
+            let body = http_body_util::Full::new(Bytes::from_static(&[0, 0x80, 0, 0, 0]));
+            let mut resp = http::Response::new(tonic::body::Body::new(body));
+            resp.headers_mut()
+                .insert("content-type", http::HeaderValue::from_static("application/grpc"));
+            Ok::<_, std::convert::Infallible>(resp)
+        });
+        let server = tonic_server(TunnelLayer::new().tunnel_service(huge), Echo::new()).await;
+        let (mut raw, _) = RawClient::negotiated(server.addr).await;
+        for (id, revision, want) in [(1, 0, Code::ResourceExhausted), (3, 1, Code::Internal)] {
+            raw.send(id, new_stream(UNARY, revision));
+            raw.send(id, C2S::HalfClose(()));
+            let frames = raw.until_close(id).await;
+            let (code, message) = close_status(frames.last().expect("close")).expect("a status");
+            assert_eq!(code, want as i32, "revision {revision}: {message}");
+        }
+    })
+    .await
+}

@@ -40,16 +40,40 @@ pub(crate) fn call(dispatch: Dispatch, req: http::Request<RequestBody>) -> Call 
     Box::pin(dispatch.oneshot(req))
 }
 
+/// How a stream's answer goes out.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Outgoing {
+    /// How metadata crosses the tunnel.
+    pub(crate) bin: Mapping,
+    /// Largest message sent: what the stream's revision can carry (P-5:
+    /// 2^31 - 1 bytes on revision zero, 2^32 - 1 on revision one).
+    pub(crate) max_message_size: usize,
+}
+
+impl Outgoing {
+    pub(crate) fn new(bin: Mapping, revision: crate::wire::settings::Revision) -> Self {
+        let max_message_size = if revision.is_flow_controlled() {
+            u32::MAX as usize
+        } else {
+            i32::MAX as usize
+        };
+        Self {
+            bin,
+            max_message_size,
+        }
+    }
+}
+
 /// Serves one stream to its end, honouring `grpc-timeout` (P-60: an expired
 /// call ends with `DEADLINE_EXCEEDED` and its handler is dropped).
 pub(crate) async fn serve_stream(
     call: Call,
     timeout: Option<Duration>,
     stream: Arc<ServerStream>,
-    bin: Mapping,
+    out: Outgoing,
 ) {
     let status = Deadline {
-        serve: call_and_respond(call, &stream, bin),
+        serve: call_and_respond(call, &stream, out),
         // Boxed: most calls have no deadline, and a timer is large.
         timer: timeout.map(|t| Box::pin(tokio::time::sleep(t))),
     }
@@ -90,16 +114,16 @@ impl<F: Future<Output = Option<tonic::Status>>> Future for Deadline<F> {
 async fn call_and_respond(
     call: Call,
     stream: &Arc<ServerStream>,
-    bin: Mapping,
+    out: Outgoing,
 ) -> Option<tonic::Status> {
     let body = match call.await {
-        Ok(resp) => match start_response(stream, resp, bin) {
+        Ok(resp) => match start_response(stream, resp, out.bin) {
             Ok(body) => body,
             Err(status) => return status,
         },
         Err(err) => return Some(tonic::Status::from_error(err)),
     };
-    respond(stream, body, bin).await
+    respond(stream, body, out).await
 }
 
 /// Queues the response headers; hands back the body to move, or the status
@@ -134,9 +158,10 @@ fn start_response(
 async fn respond(
     stream: &Arc<ServerStream>,
     mut body: tonic::body::Body,
-    bin: Mapping,
+    out: Outgoing,
 ) -> Option<tonic::Status> {
-    let mut splitter = MessageSplitter::new(u32::MAX as usize);
+    let bin = out.bin;
+    let mut splitter = MessageSplitter::new(out.max_message_size);
     loop {
         if !poll_fn(|cx| stream.poll_capacity(cx)).await {
             // The stream ended (cancelled, or failed by the reader).
@@ -237,7 +262,8 @@ mod tests {
         });
         let dispatch = crate::server::dispatch::dispatch::<_, tonic::body::Body, _>(svc);
         let req = http::Request::new(RequestBody::new(stream.clone()));
-        let task = serve_stream(call(dispatch, req), None, stream, Mapping::default());
+        let out = Outgoing::new(Mapping::default(), crate::wire::settings::Revision::One);
+        let task = serve_stream(call(dispatch, req), None, stream, out);
         let size = std::mem::size_of_val(&task);
         assert!(size <= 512, "serve_stream's future is {size} bytes");
     }

@@ -386,7 +386,13 @@ where
         let timeout = timeout::grpc_timeout(req.headers());
         let call = handler::call(self.cx.dispatch.clone(), req);
         let task = tokio::spawn(
-            handler::serve_stream(call, timeout, stream.clone(), self.cx.bin).instrument(span),
+            handler::serve_stream(
+                call,
+                timeout,
+                stream.clone(),
+                handler::Outgoing::new(self.cx.bin, revision),
+            )
+            .instrument(span),
         );
         self.core.meter.stream_opened();
         self.streams.insert(
