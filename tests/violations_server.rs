@@ -650,8 +650,10 @@ async fn revision_zero_streams_refuse_to_send_messages_of_2_gib() {
         let huge = tower::service_fn(|_req: http::Request<tonic::body::Body>| async {
             let body = http_body_util::Full::new(Bytes::from_static(&[0, 0x80, 0, 0, 0]));
             let mut resp = http::Response::new(tonic::body::Body::new(body));
-            resp.headers_mut()
-                .insert("content-type", http::HeaderValue::from_static("application/grpc"));
+            resp.headers_mut().insert(
+                "content-type",
+                http::HeaderValue::from_static("application/grpc"),
+            );
             Ok::<_, std::convert::Infallible>(resp)
         });
         let server = tonic_server(TunnelLayer::new().tunnel_service(huge), Echo::new()).await;
