@@ -27,9 +27,21 @@ pub(crate) struct AgentArgs {
     /// The key callers use to reach this agent's upstream.
     #[arg(long, env = "GRPCTUNNEL_KEY")]
     key: String,
-    /// File holding the bearer token the hub knows this agent by.
-    #[arg(long, env = "GRPCTUNNEL_TOKEN_FILE")]
-    token_file: String,
+    /// File holding the bearer token the hub knows this agent by (or use a
+    /// client certificate: `--tls-cert`, `--tls-key`).
+    #[arg(
+        long,
+        required_unless_present = "tls_cert",
+        env = "GRPCTUNNEL_TOKEN_FILE"
+    )]
+    token_file: Option<String>,
+    /// Client certificate (PEM) to present to an `https://` hub (mTLS); the
+    /// hub binds its SHA-256 to keys.
+    #[arg(long, requires = "tls_key", env = "GRPCTUNNEL_TLS_CERT")]
+    tls_cert: Option<String>,
+    /// Private key (PEM) of `--tls-cert`.
+    #[arg(long, requires = "tls_cert", env = "GRPCTUNNEL_TLS_KEY")]
+    tls_key: Option<String>,
     /// The private gRPC server to forward calls to, e.g.
     /// `http://127.0.0.1:50051`, or `https://` for TLS.
     #[arg(long, env = "GRPCTUNNEL_UPSTREAM")]
@@ -61,7 +73,19 @@ fn allowed(allow: &[String], path: &str) -> bool {
 
 /// Runs the agent until SIGTERM or Ctrl-C.
 pub(crate) async fn run(args: AgentArgs) -> Result<(), Failure> {
-    let token = read_token(&args.token_file)?;
+    let token = args.token_file.as_deref().map(read_token).transpose()?;
+    let identity = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let read = |path: &str| {
+                std::fs::read(path).map_err(|e| Failure::Usage(format!("cannot read {path}: {e}")))
+            };
+            Some(tonic::transport::Identity::from_pem(
+                read(cert)?,
+                read(key)?,
+            ))
+        }
+        _ => None,
+    };
     let upstream = Endpoint::from_shared(args.upstream.clone())
         .map_err(|e| Failure::Usage(format!("--upstream {:?}: {e}", args.upstream)))?;
     let upstream = if upstream.uri().scheme_str() == Some("https") {
@@ -69,6 +93,7 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Failure> {
             upstream,
             args.upstream_ca_file.as_deref(),
             "--upstream-ca-file",
+            None,
         )?
     } else {
         upstream
@@ -78,7 +103,7 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Failure> {
     for hub in &args.hub {
         hubs.push((
             hub.clone(),
-            hub_endpoint(hub, args.ca_file.as_deref())?.connect_lazy(),
+            hub_endpoint(hub, args.ca_file.as_deref(), identity.clone())?.connect_lazy(),
         ));
     }
     if args.tunnels == 0 {
@@ -101,20 +126,24 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Failure> {
             tower::ServiceExt::oneshot(upstream, req).await
         }
     });
-    let authorization = format!("Bearer {token}");
+    let authorization = token.map(|token| format!("Bearer {token}"));
     // `metadata` panics on text that is not a valid header: check first.
     let valid = http::HeaderName::from_bytes(args.key_header.as_bytes()).is_ok()
         && http::HeaderValue::from_str(&args.key).is_ok()
-        && http::HeaderValue::from_str(&authorization).is_ok();
+        && authorization
+            .as_deref()
+            .is_none_or(|a| http::HeaderValue::from_str(a).is_ok());
     if !valid {
         return Err(Failure::Usage(
             "--key, --key-header or the token is not valid header text".into(),
         ));
     }
-    let agent = ReverseTunnelServer::new(proxy)
+    let mut agent = ReverseTunnelServer::new(proxy)
         .max_message_size(args.max_message_size)
-        .metadata(&args.key_header.to_ascii_lowercase(), &args.key)
-        .metadata("authorization", &authorization);
+        .metadata(&args.key_header.to_ascii_lowercase(), &args.key);
+    if let Some(authorization) = &authorization {
+        agent = agent.metadata("authorization", authorization);
+    }
     // Each tunnel to each hub is kept open on its own; each logs its
     // state changes.
     let mut connections = Vec::new();
@@ -180,7 +209,11 @@ async fn report(
 
 /// The hub's endpoint: TLS for `https://` (the hub's CA, or the system's
 /// roots); plaintext `http://` only to a loopback hub.
-fn hub_endpoint(hub: &str, ca_file: Option<&str>) -> Result<Endpoint, Failure> {
+fn hub_endpoint(
+    hub: &str,
+    ca_file: Option<&str>,
+    identity: Option<tonic::transport::Identity>,
+) -> Result<Endpoint, Failure> {
     let endpoint = Endpoint::from_shared(hub.to_owned())
         .map_err(|e| Failure::Usage(format!("--hub {hub:?}: {e}")))?;
     let uri = endpoint.uri().clone();
@@ -200,13 +233,21 @@ fn hub_endpoint(hub: &str, ca_file: Option<&str>) -> Result<Endpoint, Failure> {
         }
         return Ok(endpoint);
     }
-    with_tls(endpoint, ca_file, "--ca-file")
+    with_tls(endpoint, ca_file, "--ca-file", identity)
 }
 
 /// `endpoint` over TLS, trusting the CA in `ca_file` (named by `flag` in
 /// errors) or the system's roots.
-fn with_tls(endpoint: Endpoint, ca_file: Option<&str>, flag: &str) -> Result<Endpoint, Failure> {
-    let tls = tonic::transport::ClientTlsConfig::new();
+fn with_tls(
+    endpoint: Endpoint,
+    ca_file: Option<&str>,
+    flag: &str,
+    identity: Option<tonic::transport::Identity>,
+) -> Result<Endpoint, Failure> {
+    let mut tls = tonic::transport::ClientTlsConfig::new();
+    if let Some(identity) = identity {
+        tls = tls.identity(identity);
+    }
     let tls = match ca_file {
         Some(path) => {
             let pem = std::fs::read(path)

@@ -25,6 +25,8 @@ use tower::Service;
 #[derive(Debug, Default)]
 pub(crate) struct Credentials {
     keys_by_token: HashMap<String, Arc<HashSet<String>>>,
+    /// By the SHA-256 (lowercase hex) of a client certificate's DER.
+    keys_by_cert: HashMap<String, Arc<HashSet<String>>>,
 }
 
 /// The keys an authenticated caller may use (a request extension; a forward
@@ -44,8 +46,38 @@ impl Credentials {
         Arc::make_mut(entry).extend(keys);
     }
 
+    pub(crate) fn insert_cert(&mut self, sha256: &str, keys: impl IntoIterator<Item = String>) {
+        let entry = self
+            .keys_by_cert
+            .entry(sha256.trim().to_ascii_lowercase().replace(':', ""))
+            .or_default();
+        Arc::make_mut(entry).extend(keys);
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
-        self.keys_by_token.is_empty()
+        self.keys_by_token.is_empty() && self.keys_by_cert.is_empty()
+    }
+
+    pub(crate) fn has_certs(&self) -> bool {
+        !self.keys_by_cert.is_empty()
+    }
+
+    /// The keys of the client certificate the connection presented (mTLS).
+    fn cert_keys(&self, extensions: &http::Extensions) -> Option<CallerKeys> {
+        use sha2::Digest;
+        let info =
+            extensions.get::<tonic::transport::server::TlsConnectInfo<
+                tonic::transport::server::TcpConnectInfo,
+            >>()?;
+        let certs = info.peer_certs()?;
+        let leaf = certs.first()?;
+        let sha: String = sha2::Sha256::digest(leaf.as_ref())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        self.keys_by_cert
+            .get(&sha)
+            .map(|keys| CallerKeys(keys.clone()))
     }
 
     /// The keys of the request's bearer token; an unknown or missing token
@@ -76,6 +108,7 @@ impl Credentials {
     fn check_agent(
         &self,
         headers: &http::HeaderMap,
+        extensions: &http::Extensions,
         key_header: &http::HeaderName,
     ) -> Result<(), tonic::Status> {
         let key = headers
@@ -85,7 +118,10 @@ impl Credentials {
             .ok_or_else(|| {
                 tonic::Status::invalid_argument(format!("missing {key_header} header"))
             })?;
-        let keys = self.keys(headers, "agent", key)?;
+        let keys = match self.cert_keys(extensions) {
+            Some(keys) => keys,
+            None => self.keys(headers, "agent", key)?,
+        };
         if !keys.0.contains(key) {
             tracing::warn!(
                 key,
@@ -174,7 +210,7 @@ where
         let refused = match req.uri().path() {
             OPEN_REVERSE_TUNNEL => self
                 .agents
-                .check_agent(req.headers(), &self.key_header)
+                .check_agent(req.headers(), req.extensions(), &self.key_header)
                 .err(),
             OPEN_TUNNEL => match &self.callers {
                 // The caller's keys ride along with each tunneled call.

@@ -31,10 +31,13 @@ pub(crate) struct HubConfig {
     pub(crate) callers: Vec<Credential>,
 }
 
-/// One bearer token and the keys it may use.
+/// One credential (a bearer token, or for agents a client certificate's
+/// SHA-256) and the keys it may use.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Credential {
+    /// SHA-256 (hex) of a client certificate's DER (mTLS; agents only).
+    pub(crate) cert_sha256: Option<String>,
     /// The bearer token, inline.
     pub(crate) token: Option<String>,
     /// A file holding the bearer token (surrounding whitespace ignored).
@@ -44,14 +47,12 @@ pub(crate) struct Credential {
 }
 
 impl Credential {
-    /// The token, read from its file if need be.
-    pub(crate) fn token(&self) -> Result<String, Failure> {
+    /// The token, read from its file if need be; `None` for a certificate.
+    pub(crate) fn token(&self) -> Result<Option<String>, Failure> {
         match (&self.token, &self.token_file) {
-            (Some(token), None) => Ok(token.clone()),
-            (None, Some(file)) => read_token(file),
-            _ => Err(Failure::Usage(
-                "a credential needs exactly one of token and token_file".into(),
-            )),
+            (Some(token), None) => Ok(Some(token.clone())),
+            (None, Some(file)) => read_token(file).map(Some),
+            _ => Ok(None),
         }
     }
 }
@@ -68,11 +69,22 @@ impl HubConfig {
             .chain(config.callers.iter().map(|c| ("caller", c)))
             .enumerate()
         {
-            if credential.token.is_some() == credential.token_file.is_some() {
+            let given = [
+                credential.token.is_some(),
+                credential.token_file.is_some(),
+                credential.cert_sha256.is_some(),
+            ];
+            if given.iter().filter(|g| **g).count() != 1 {
                 return Err(Failure::Usage(format!(
-                    "config {}: {what} credential {} needs exactly one of token and token_file",
+                    "config {}: {what} credential {} needs exactly one of token, token_file and cert_sha256",
                     path.display(),
                     i + 1
+                )));
+            }
+            if what == "caller" && credential.cert_sha256.is_some() {
+                return Err(Failure::Usage(format!(
+                    "config {}: cert_sha256 is for agents (callers use tokens)",
+                    path.display()
                 )));
             }
             if credential.keys.is_empty() {

@@ -50,6 +50,10 @@ pub(crate) struct HubArgs {
     /// TLS private key (PEM) of the hub.
     #[arg(long, requires = "tls_cert", env = "GRPCTUNNEL_TLS_KEY")]
     tls_key: Option<PathBuf>,
+    /// CA (PEM) of agents' client certificates: clients may then present a
+    /// certificate (mTLS), which `cert_sha256` in hub.toml binds to keys.
+    #[arg(long, requires = "tls_cert", env = "GRPCTUNNEL_CLIENT_CA")]
+    client_ca: Option<PathBuf>,
     /// Admin address for Prometheus `/metrics` and `/healthz` (loopback
     /// only; none by default).
     #[arg(long, env = "GRPCTUNNEL_ADMIN")]
@@ -86,7 +90,16 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
     };
     let mut agents = Credentials::default();
     for agent in &config.agents {
-        agents.insert(agent.token()?, agent.keys.iter().cloned());
+        match (agent.token()?, &agent.cert_sha256) {
+            (Some(token), _) => agents.insert(token, agent.keys.iter().cloned()),
+            (None, Some(sha)) => agents.insert_cert(sha, agent.keys.iter().cloned()),
+            (None, None) => unreachable!("checked by HubConfig::load"),
+        }
+    }
+    if agents.has_certs() && args.client_ca.is_none() {
+        return Err(Failure::Usage(
+            "agents bound to client certificates need --client-ca (mTLS)".into(),
+        ));
     }
     if agents.is_empty() {
         return Err(Failure::Usage(
@@ -96,7 +109,9 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
     }
     let mut callers = Credentials::default();
     for caller in &config.callers {
-        callers.insert(caller.token()?, caller.keys.iter().cloned());
+        if let Some(token) = caller.token()? {
+            callers.insert(token, caller.keys.iter().cloned());
+        }
     }
     let callers = (!callers.is_empty()).then(|| Arc::new(callers));
     if !args.listen.ip().is_loopback() && (tls.is_none() || callers.is_none()) {
@@ -212,7 +227,12 @@ fn tls_config(args: &HubArgs) -> Result<Option<tonic::transport::ServerTlsConfig
             .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", path.display())))
     };
     let identity = tonic::transport::Identity::from_pem(read(cert)?, read(key)?);
-    Ok(Some(
-        tonic::transport::ServerTlsConfig::new().identity(identity),
-    ))
+    let mut tls = tonic::transport::ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = &args.client_ca {
+        // Optional: callers and token agents connect without a certificate.
+        tls = tls
+            .client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?))
+            .client_auth_optional(true);
+    }
+    Ok(Some(tls))
 }

@@ -674,37 +674,63 @@ async fn callers_authenticate_and_are_limited_to_their_keys() {
     .await
 }
 
-/// A CA, and a certificate it signed for `localhost` and 127.0.0.1; PEM
-/// files in `dir`: (ca.pem, hub.pem, hub.key).
-fn certificates(dir: &std::path::Path) -> (String, String, String) {
+/// Certificates for the TLS tests, as PEM files in a test's directory.
+struct Certs {
+    ca: String,
+    hub_cert: String,
+    hub_key: String,
+    /// A client certificate for an agent (mTLS), and its SHA-256 (hex).
+    agent_cert: String,
+    agent_key: String,
+    agent_sha256: String,
+}
+
+/// A CA; a certificate it signed for `localhost` and 127.0.0.1 (the hub,
+/// or an upstream); and an agent's client certificate it signed.
+fn certificates(dir: &std::path::Path) -> Certs {
+    use sha2::Digest;
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     let ca_key = rcgen::KeyPair::generate().expect("key");
     let ca = ca_params.self_signed(&ca_key).expect("CA");
-    let hub_params =
-        rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-            .expect("params");
-    let hub_key = rcgen::KeyPair::generate().expect("key");
-    let hub = hub_params
-        .signed_by(&hub_key, &ca, &ca_key)
-        .expect("hub certificate");
+    let sign = |names: Vec<String>| {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(names)
+            .expect("params")
+            .signed_by(&key, &ca, &ca_key)
+            .expect("certificate");
+        (cert, key)
+    };
+    let (hub, hub_key) = sign(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]);
+    let (agent, agent_key) = sign(vec!["agent".to_owned()]);
     let write = |name: &str, pem: String| {
         let path = dir.join(name);
         std::fs::write(&path, pem).expect("pem");
         path.display().to_string()
     };
-    (
-        write("ca.pem", ca.pem()),
-        write("hub.pem", hub.pem()),
-        write("hub.key", hub_key.serialize_pem()),
-    )
+    Certs {
+        ca: write("ca.pem", ca.pem()),
+        hub_cert: write("hub.pem", hub.pem()),
+        hub_key: write("hub.key", hub_key.serialize_pem()),
+        agent_cert: write("agent.pem", agent.pem()),
+        agent_key: write("agent.key", agent_key.serialize_pem()),
+        agent_sha256: sha2::Sha256::digest(agent.der())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+    }
 }
 
 #[tokio::test]
 async fn tls_from_caller_to_hub_and_from_agent_to_hub_and_upstream() {
     bounded(async {
         let dir = temp_dir();
-        let (ca, cert, key) = certificates(&dir);
+        let Certs {
+            ca,
+            hub_cert: cert,
+            hub_key: key,
+            ..
+        } = certificates(&dir);
         // The upstream speaks TLS too (the same CA signed its certificate).
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -873,6 +899,80 @@ async fn the_hub_limits_tunnels_per_key() {
             .unary(hello("still"))
             .await
             .expect("the first agent still serves");
+        let _ = std::fs::remove_dir_all(dir);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_agent_authenticates_with_a_client_certificate() {
+    bounded(async {
+        let dir = temp_dir();
+        let upstream = upstream().await;
+        let certs = certificates(&dir);
+        let (ca_pem, cert, key, sha) = (
+            certs.ca.clone(),
+            certs.hub_cert.clone(),
+            certs.hub_key.clone(),
+            certs.agent_sha256.clone(),
+        );
+        let (agent_pem, agent_key_pem) = (certs.agent_cert.clone(), certs.agent_key.clone());
+        let more = format!("[[agent]]\ncert_sha256 = {sha:?}\nkeys = [\"plant-9\"]\n");
+        let tls = [
+            "--tls-cert",
+            cert.as_str(),
+            "--tls-key",
+            key.as_str(),
+            "--client-ca",
+            ca_pem.as_str(),
+        ];
+        let (mut hub, addr) = hub_full(&dir, "s3cret-7", &["plant-7"], &more, &tls).await;
+        let hub_url = format!("https://127.0.0.1:{}", addr.port());
+        let spawn_cert_agent = |key: &str| {
+            Process::spawn(&[
+                "agent",
+                "--hub",
+                &hub_url,
+                "--ca-file",
+                &ca_pem,
+                "--tls-cert",
+                &agent_pem,
+                "--tls-key",
+                &agent_key_pem,
+                "--key",
+                key,
+                "--upstream",
+                &format!("http://{upstream}"),
+            ])
+        };
+        let _agent = spawn_cert_agent("plant-9");
+        let channel = tonic::transport::Endpoint::from_shared(hub_url.clone())
+            .expect("endpoint")
+            .tls_config(tonic::transport::ClientTlsConfig::new().ca_certificate(
+                tonic::transport::Certificate::from_pem(std::fs::read(&ca_pem).expect("ca")),
+            ))
+            .expect("tls")
+            .connect()
+            .await
+            .expect("TLS to the hub, no client certificate");
+        let add_key: AddKey = Box::new(|mut req: tonic::Request<()>| {
+            req.metadata_mut()
+                .insert("grpctunnel-key", "plant-9".parse().expect("ascii"));
+            req.metadata_mut()
+                .insert("grpctunnel-wait", "true".parse().expect("ascii"));
+            Ok(req)
+        });
+        let mut plant = EchoServiceClient::with_interceptor(channel, add_key);
+        let reply = plant
+            .unary(hello("by certificate"))
+            .await
+            .expect("cert agent");
+        assert_eq!(reply.into_inner().payload.as_ref(), b"by certificate");
+
+        // The same certificate cannot register a key it is not bound to.
+        let _thief = spawn_cert_agent("plant-7");
+        let line = hub.log_line("agent refused").await;
+        assert!(line.contains("plant-7"), "{line}");
         let _ = std::fs::remove_dir_all(dir);
     })
     .await
