@@ -2,9 +2,8 @@
 //! (P-65), so the hub inflates what a caller compressed with gzip before
 //! the call enters a tunnel, checking each inflated message against the
 //! message limit (no zip bombs). Another encoding is refused with
-//! `UNIMPLEMENTED` naming it. Responses travel uncompressed: the caller's
-//! `grpc-accept-encoding` does not cross a tunnel, so the upstream never
-//! compresses toward it.
+//! `UNIMPLEMENTED` naming it. Toward a caller that accepts gzip
+//! (`grpc-accept-encoding`), the hub compresses the response's messages.
 
 use std::{
     io::Read,
@@ -129,6 +128,98 @@ impl http_body::Body for Inflated {
     }
 }
 
+/// Whether the caller accepts gzip-compressed responses.
+pub(crate) fn accepts_gzip(headers: &http::HeaderMap) -> bool {
+    headers.get_all("grpc-accept-encoding").iter().any(|v| {
+        v.as_bytes()
+            .split(|b| *b == b',')
+            .any(|e| e.trim_ascii() == b"gzip")
+    })
+}
+
+/// The response with its messages gzip-compressed (and `grpc-encoding:
+/// gzip`), unless it is trailers-only or already encoded.
+pub(crate) fn deflate_response(mut resp: http::Response<Body>) -> http::Response<Body> {
+    let headers = resp.headers();
+    if headers.contains_key("grpc-status") || headers.contains_key("grpc-encoding") {
+        return resp;
+    }
+    resp.headers_mut()
+        .insert("grpc-encoding", http::HeaderValue::from_static("gzip"));
+    resp.map(|body| {
+        Body::new(Deflated {
+            inner: body,
+            buf: BytesMut::new(),
+        })
+    })
+}
+
+pin_project! {
+    /// A gRPC response body whose messages come out gzip-compressed.
+    struct Deflated {
+        #[pin]
+        inner: Body,
+        buf: BytesMut,
+    }
+}
+
+/// The next whole message in `buf`, compressed and reframed.
+fn next_compressed(buf: &mut BytesMut) -> Result<Option<Bytes>, tonic::Status> {
+    use std::io::Write;
+    if buf.len() < PREFIX {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+    if buf.len() < PREFIX + len {
+        return Ok(None);
+    }
+    let mut frame = buf.split_to(PREFIX + len);
+    if frame[0] != 0 {
+        return Ok(Some(frame.freeze()));
+    }
+    frame.advance(PREFIX);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let compressed = gz
+        .write_all(&frame)
+        .and_then(|()| gz.finish())
+        .map_err(|e| tonic::Status::internal(format!("gzip: {e}")))?;
+    let mut out = BytesMut::with_capacity(PREFIX + compressed.len());
+    out.put_u8(1);
+    out.put_u32(compressed.len() as u32);
+    out.put_slice(&compressed);
+    Ok(Some(out.freeze()))
+}
+
+impl http_body::Body for Deflated {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
+        let mut this = self.project();
+        loop {
+            if let Some(message) = next_compressed(this.buf)? {
+                return Poll::Ready(Some(Ok(Frame::data(message))));
+            }
+            match std::task::ready!(this.inner.as_mut().poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => this.buf.extend_from_slice(&data),
+                    Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                },
+                Some(Err(e)) => return Poll::Ready(Some(Err(tonic::Status::from_error(e.into())))),
+                None if this.buf.is_empty() => return Poll::Ready(None),
+                None => {
+                    return Poll::Ready(Some(Err(tonic::Status::internal(
+                        "response body ended inside a message",
+                    ))))
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,6 +264,22 @@ mod tests {
             next_message(&mut junk, 1000).expect_err("junk").code(),
             tonic::Code::Internal
         );
+    }
+
+    #[test]
+    fn responses_are_compressed_and_inflate_back() {
+        let mut buf = framed(0, b"a response message");
+        let out = next_compressed(&mut buf).expect("ok").expect("whole");
+        assert_eq!(out[0], 1, "flagged compressed");
+        let mut back = BytesMut::from(&out[..]);
+        let plain = next_message(&mut back, 100).expect("ok").expect("whole");
+        assert_eq!(&plain[..], &framed(0, b"a response message")[..]);
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            "grpc-accept-encoding",
+            http::HeaderValue::from_static("identity, gzip"),
+        );
+        assert!(accepts_gzip(&h));
     }
 
     #[test]

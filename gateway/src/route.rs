@@ -19,7 +19,7 @@ use grpctunnel::ReverseTunnelRegistry;
 
 use crate::{
     auth::Credentials,
-    compression::inflate_request,
+    compression::{accepts_gzip, deflate_response, inflate_request},
     metrics::{code_of, CallRecord, Recorded},
 };
 use tower::{Service, ServiceExt};
@@ -146,6 +146,7 @@ impl Service<http::Request<Body>> for RouteByKey {
             record.finish(&(status.code() as i32).to_string());
             return answer(status);
         }
+        let gzip = accepts_gzip(req.headers());
         let channel = self.registry.get(key.as_str()).wait_for_ready(wait);
         Box::pin(async move {
             match channel.oneshot(req).await {
@@ -155,7 +156,8 @@ impl Service<http::Request<Body>> for RouteByKey {
                         record.finish(&code);
                         return Ok(resp.map(Body::new));
                     }
-                    Ok(resp.map(|body| Body::new(Recorded::new(Body::new(body), record))))
+                    let resp = resp.map(|body| Body::new(Recorded::new(Body::new(body), record)));
+                    Ok(if gzip { deflate_response(resp) } else { resp })
                 }
                 Err(err) => {
                     record.finish(&(tonic::Code::Unavailable as i32).to_string());

@@ -819,6 +819,14 @@ async fn gzip_compressed_calls_cross_the_gateway() {
         // Compressible, and large enough that gzip matters.
         let payload = "gzip through a tunnel ".repeat(10_000);
         let reply = plant.unary(hello(&payload)).await.expect("a gzip call");
+        // The hub compressed the answer for a caller that accepts gzip.
+        assert_eq!(
+            reply
+                .metadata()
+                .get("grpc-encoding")
+                .and_then(|v| v.to_str().ok()),
+            Some("gzip")
+        );
         assert_eq!(reply.into_inner().payload.as_ref(), payload.as_bytes());
         // Client streaming: several compressed messages in one body.
         let requests = tokio_stream::iter((0..5).map(|i| EchoRequest {
