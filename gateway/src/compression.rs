@@ -36,13 +36,7 @@ pub(crate) fn inflate_request(
         None | Some("identity") => Ok(req),
         Some("gzip") => {
             req.headers_mut().remove("grpc-encoding");
-            Ok(req.map(|body| {
-                Body::new(Inflated {
-                    inner: body,
-                    buf: BytesMut::new(),
-                    max: max_message_size,
-                })
-            }))
+            Ok(req.map(|body| Body::new(Reframed::new(body, max_message_size, inflate))))
         }
         Some(other) => Err(tonic::Status::unimplemented(format!(
             "grpc-encoding {other:?} cannot cross a tunnel: send identity or gzip"
@@ -50,19 +44,10 @@ pub(crate) fn inflate_request(
     }
 }
 
-pin_project! {
-    /// A gRPC request body whose compressed messages come out inflated.
-    struct Inflated {
-        #[pin]
-        inner: Body,
-        buf: BytesMut,
-        max: usize,
-    }
-}
-
-/// The next whole message in `buf`, inflated and reframed; `None` until
-/// one is complete.
-fn next_message(buf: &mut BytesMut, max: usize) -> Result<Option<Bytes>, tonic::Status> {
+/// Cuts the next whole message out of `buf`: its compressed flag and its
+/// bytes; `None` until one is complete. A length over `max` is refused
+/// before the message arrives.
+fn take_message(buf: &mut BytesMut, max: usize) -> Result<Option<(bool, BytesMut)>, tonic::Status> {
     if buf.len() < PREFIX {
         return Ok(None);
     }
@@ -70,19 +55,34 @@ fn next_message(buf: &mut BytesMut, max: usize) -> Result<Option<Bytes>, tonic::
     let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
     if len > max {
         return Err(tonic::Status::resource_exhausted(format!(
-            "compressed message larger than max ({len} vs. {max})"
+            "message larger than max ({len} vs. {max})"
         )));
     }
     if buf.len() < PREFIX + len {
         return Ok(None);
     }
-    let mut frame = buf.split_to(PREFIX + len);
+    let mut message = buf.split_to(PREFIX + len);
+    message.advance(PREFIX);
+    Ok(Some((compressed, message)))
+}
+
+/// A message behind gRPC's prefix.
+fn framed(compressed: bool, message: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(PREFIX + message.len());
+    out.put_u8(u8::from(compressed));
+    out.put_u32(message.len() as u32);
+    out.put_slice(message);
+    out.freeze()
+}
+
+/// Inflates a gzip message (at most `max` bytes once inflated); a plain one
+/// passes as it is.
+fn inflate(compressed: bool, message: BytesMut, max: usize) -> Result<Bytes, tonic::Status> {
     if !compressed {
-        return Ok(Some(frame.freeze()));
+        return Ok(framed(false, &message));
     }
-    frame.advance(PREFIX);
     let mut inflated = Vec::new();
-    let read = flate2::read::GzDecoder::new(&frame[..])
+    let read = flate2::read::GzDecoder::new(&message[..])
         .take(max as u64 + 1)
         .read_to_end(&mut inflated)
         .map_err(|e| tonic::Status::internal(format!("gzip message does not inflate: {e}")))?;
@@ -91,41 +91,21 @@ fn next_message(buf: &mut BytesMut, max: usize) -> Result<Option<Bytes>, tonic::
             "inflated message larger than max ({max})"
         )));
     }
-    let mut out = BytesMut::with_capacity(PREFIX + inflated.len());
-    out.put_u8(0);
-    out.put_u32(inflated.len() as u32);
-    out.put_slice(&inflated);
-    Ok(Some(out.freeze()))
+    Ok(framed(false, &inflated))
 }
 
-impl http_body::Body for Inflated {
-    type Data = Bytes;
-    type Error = tonic::Status;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
-        let mut this = self.project();
-        loop {
-            if let Some(message) = next_message(this.buf, *this.max)? {
-                return Poll::Ready(Some(Ok(Frame::data(message))));
-            }
-            match std::task::ready!(this.inner.as_mut().poll_frame(cx)) {
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => this.buf.extend_from_slice(&data),
-                    Err(frame) => return Poll::Ready(Some(Ok(frame))),
-                },
-                Some(Err(e)) => return Poll::Ready(Some(Err(tonic::Status::from_error(e.into())))),
-                None if this.buf.is_empty() => return Poll::Ready(None),
-                None => {
-                    return Poll::Ready(Some(Err(tonic::Status::internal(
-                        "request body ended inside a message",
-                    ))))
-                }
-            }
-        }
+/// Compresses a plain message with gzip; a compressed one passes as it is.
+fn deflate(compressed: bool, message: BytesMut, _max: usize) -> Result<Bytes, tonic::Status> {
+    use std::io::Write;
+    if compressed {
+        return Ok(framed(true, &message));
     }
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let out = gz
+        .write_all(&message)
+        .and_then(|()| gz.finish())
+        .map_err(|e| tonic::Status::internal(format!("gzip: {e}")))?;
+    Ok(framed(true, &out))
 }
 
 /// Whether the caller accepts gzip-compressed responses.
@@ -146,51 +126,36 @@ pub(crate) fn deflate_response(mut resp: http::Response<Body>) -> http::Response
     }
     resp.headers_mut()
         .insert("grpc-encoding", http::HeaderValue::from_static("gzip"));
-    resp.map(|body| {
-        Body::new(Deflated {
-            inner: body,
-            buf: BytesMut::new(),
-        })
-    })
+    resp.map(|body| Body::new(Reframed::new(body, u32::MAX as usize, deflate)))
 }
 
+/// What a [`Reframed`] body does to each message.
+type Transform = fn(bool, BytesMut, usize) -> Result<Bytes, tonic::Status>;
+
 pin_project! {
-    /// A gRPC response body whose messages come out gzip-compressed.
-    struct Deflated {
+    /// A gRPC body whose messages pass through a transform (inflate or
+    /// deflate); trailers pass as they are.
+    struct Reframed {
         #[pin]
         inner: Body,
         buf: BytesMut,
+        max: usize,
+        transform: Transform,
     }
 }
 
-/// The next whole message in `buf`, compressed and reframed.
-fn next_compressed(buf: &mut BytesMut) -> Result<Option<Bytes>, tonic::Status> {
-    use std::io::Write;
-    if buf.len() < PREFIX {
-        return Ok(None);
+impl Reframed {
+    fn new(inner: Body, max: usize, transform: Transform) -> Self {
+        Self {
+            inner,
+            buf: BytesMut::new(),
+            max,
+            transform,
+        }
     }
-    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-    if buf.len() < PREFIX + len {
-        return Ok(None);
-    }
-    let mut frame = buf.split_to(PREFIX + len);
-    if frame[0] != 0 {
-        return Ok(Some(frame.freeze()));
-    }
-    frame.advance(PREFIX);
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    let compressed = gz
-        .write_all(&frame)
-        .and_then(|()| gz.finish())
-        .map_err(|e| tonic::Status::internal(format!("gzip: {e}")))?;
-    let mut out = BytesMut::with_capacity(PREFIX + compressed.len());
-    out.put_u8(1);
-    out.put_u32(compressed.len() as u32);
-    out.put_slice(&compressed);
-    Ok(Some(out.freeze()))
 }
 
-impl http_body::Body for Deflated {
+impl http_body::Body for Reframed {
     type Data = Bytes;
     type Error = tonic::Status;
 
@@ -200,7 +165,8 @@ impl http_body::Body for Deflated {
     ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
         let mut this = self.project();
         loop {
-            if let Some(message) = next_compressed(this.buf)? {
+            if let Some((compressed, message)) = take_message(this.buf, *this.max)? {
+                let message = (this.transform)(compressed, message, *this.max)?;
                 return Poll::Ready(Some(Ok(Frame::data(message))));
             }
             match std::task::ready!(this.inner.as_mut().poll_frame(cx)) {
@@ -212,7 +178,7 @@ impl http_body::Body for Deflated {
                 None if this.buf.is_empty() => return Poll::Ready(None),
                 None => {
                     return Poll::Ready(Some(Err(tonic::Status::internal(
-                        "response body ended inside a message",
+                        "body ended inside a message",
                     ))))
                 }
             }
@@ -231,49 +197,52 @@ mod tests {
         enc.finish().expect("gzip")
     }
 
-    fn framed(flag: u8, msg: &[u8]) -> BytesMut {
-        let mut b = BytesMut::new();
-        b.put_u8(flag);
-        b.put_u32(msg.len() as u32);
-        b.put_slice(msg);
-        b
+    /// One step of a body: the next whole message, transformed.
+    fn next(buf: &mut BytesMut, max: usize, f: Transform) -> Result<Option<Bytes>, tonic::Status> {
+        take_message(buf, max)?
+            .map(|(c, m)| f(c, m, max))
+            .transpose()
+    }
+
+    fn wire(compressed: bool, msg: &[u8]) -> BytesMut {
+        BytesMut::from(&framed(compressed, msg)[..])
     }
 
     #[test]
     fn compressed_messages_come_out_inflated_and_plain_ones_as_they_are() {
-        let mut buf = framed(1, &gzip(b"hello"));
-        buf.extend_from_slice(&framed(0, b"plain"));
-        buf.extend_from_slice(&framed(1, &gzip(b"wor")));
-        let first = next_message(&mut buf, 100).expect("ok").expect("whole");
-        assert_eq!(&first[..], &framed(0, b"hello")[..]);
-        let second = next_message(&mut buf, 100).expect("ok").expect("whole");
-        assert_eq!(&second[..], &framed(0, b"plain")[..]);
+        let mut buf = wire(true, &gzip(b"hello"));
+        buf.extend_from_slice(&wire(false, b"plain"));
+        buf.extend_from_slice(&wire(true, &gzip(b"wor")));
+        let first = next(&mut buf, 100, inflate).expect("ok").expect("whole");
+        assert_eq!(&first[..], &wire(false, b"hello")[..]);
+        let second = next(&mut buf, 100, inflate).expect("ok").expect("whole");
+        assert_eq!(&second[..], &wire(false, b"plain")[..]);
         // Not all there yet: wait for more.
         let mut partial = buf.split_to(7);
-        assert!(next_message(&mut partial, 100).expect("ok").is_none());
+        assert!(next(&mut partial, 100, inflate).expect("ok").is_none());
     }
 
     #[test]
     fn a_message_that_inflates_past_the_limit_is_refused() {
         let bomb = gzip(&vec![0u8; 1 << 20]);
-        let mut buf = framed(1, &bomb);
-        let err = next_message(&mut buf, 1000).expect_err("too large");
+        let mut buf = wire(true, &bomb);
+        let err = next(&mut buf, 1000, inflate).expect_err("too large");
         assert_eq!(err.code(), tonic::Code::ResourceExhausted);
-        let mut junk = framed(1, b"not gzip");
+        let mut junk = wire(true, b"not gzip");
         assert_eq!(
-            next_message(&mut junk, 1000).expect_err("junk").code(),
+            next(&mut junk, 1000, inflate).expect_err("junk").code(),
             tonic::Code::Internal
         );
     }
 
     #[test]
     fn responses_are_compressed_and_inflate_back() {
-        let mut buf = framed(0, b"a response message");
-        let out = next_compressed(&mut buf).expect("ok").expect("whole");
+        let mut buf = wire(false, b"a response message");
+        let out = next(&mut buf, 100, deflate).expect("ok").expect("whole");
         assert_eq!(out[0], 1, "flagged compressed");
         let mut back = BytesMut::from(&out[..]);
-        let plain = next_message(&mut back, 100).expect("ok").expect("whole");
-        assert_eq!(&plain[..], &framed(0, b"a response message")[..]);
+        let plain = next(&mut back, 100, inflate).expect("ok").expect("whole");
+        assert_eq!(&plain[..], &wire(false, b"a response message")[..]);
         let mut h = http::HeaderMap::new();
         h.insert(
             "grpc-accept-encoding",
