@@ -1,0 +1,316 @@
+//! What the gateway's end-to-end tests share: real `grpctunnel` hub and
+//! agent processes on loopback, an upstream gRPC server (the echo service)
+//! in the test process, callers, and test certificates.
+#![allow(dead_code)] // each test file uses part of it
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    process::Stdio,
+    time::{Duration, SystemTime},
+};
+
+use grpctunnel_testing::{
+    pb::{echo_service_client::EchoServiceClient, EchoRequest},
+    Echo,
+};
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+    sync::mpsc,
+};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{service::interceptor::InterceptedService, transport::Channel};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_grpctunnel");
+
+/// Bounds a test: a hang fails instead of blocking CI.
+pub async fn bounded<T>(fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(60), fut)
+        .await
+        .expect("test timed out")
+}
+
+/// A fresh directory under the system's temp dir.
+pub fn temp_dir() -> PathBuf {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let dir = std::env::temp_dir().join(format!("grpctunnel-e2e-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// The echo service on a free loopback port.
+pub async fn upstream() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(Echo::new().server())
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    addr
+}
+
+/// A running `grpctunnel` process, killed when dropped; its stderr lines
+/// arrive on `logs`.
+pub struct Process {
+    pub child: Child,
+    pub logs: mpsc::UnboundedReceiver<String>,
+    pub admin: Option<SocketAddr>,
+}
+
+impl Process {
+    pub fn spawn(args: &[&str]) -> Self {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start grpctunnel");
+        let (tx, logs) = mpsc::unbounded_channel();
+        let stderr = child.stderr.take().expect("stderr");
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let _ = tx.send(line);
+            }
+        });
+        Self {
+            child,
+            logs,
+            admin: None,
+        }
+    }
+
+    /// The hub's `LISTENING <addr>` line (after `ADMIN <addr>`, if any,
+    /// which is kept in `admin`).
+    pub async fn listening(&mut self) -> SocketAddr {
+        let stdout = self.child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        while let Some(line) = lines.next_line().await.expect("stdout") {
+            if let Some(addr) = line.strip_prefix("ADMIN ") {
+                self.admin = Some(addr.parse().expect("an address"));
+            }
+            if let Some(addr) = line.strip_prefix("LISTENING ") {
+                return addr.parse().expect("an address");
+            }
+        }
+        panic!("the hub ended without listening");
+    }
+
+    /// Waits for a log line containing `text`; returns it.
+    pub async fn log_line(&mut self, text: &str) -> String {
+        while let Some(line) = self.logs.recv().await {
+            if line.contains(text) {
+                return line;
+            }
+        }
+        panic!("the process ended without logging {text:?}");
+    }
+
+    /// Sends SIGTERM and returns the exit code.
+    pub async fn terminate(mut self) -> Option<i32> {
+        let pid = self.child.id().expect("running");
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        self.child.wait().await.expect("exit status").code()
+    }
+}
+
+/// A hub whose config lets `token` register `keys`.
+pub async fn hub(dir: &std::path::Path, token: &str, keys: &[&str]) -> (Process, SocketAddr) {
+    hub_with(dir, token, keys, &[]).await
+}
+
+/// [`hub`] with more flags.
+pub async fn hub_with(
+    dir: &std::path::Path,
+    token: &str,
+    keys: &[&str],
+    extra: &[&str],
+) -> (Process, SocketAddr) {
+    hub_full(dir, token, keys, "", extra).await
+}
+
+/// [`hub`] with more config (appended to the agent's) and more flags.
+pub async fn hub_full(
+    dir: &std::path::Path,
+    token: &str,
+    keys: &[&str],
+    more_config: &str,
+    extra: &[&str],
+) -> (Process, SocketAddr) {
+    let token_file = dir.join("hub-agent.token");
+    std::fs::write(&token_file, format!("{token}\n")).expect("token file");
+    let config = dir.join("hub.toml");
+    let keys: Vec<String> = keys.iter().map(|k| format!("{k:?}")).collect();
+    std::fs::write(
+        &config,
+        format!(
+            "[[agent]]\ntoken_file = {:?}\nkeys = [{}]\n{more_config}",
+            token_file.display().to_string(),
+            keys.join(", ")
+        ),
+    )
+    .expect("config");
+    let config = config.display().to_string();
+    let mut args = vec!["hub", "--listen", "127.0.0.1:0", "--config", &config];
+    args.extend_from_slice(extra);
+    let mut hub = Process::spawn(&args);
+    let addr = hub.listening().await;
+    (hub, addr)
+}
+
+pub fn agent(
+    dir: &std::path::Path,
+    hub: SocketAddr,
+    key: &str,
+    token: &str,
+    upstream: SocketAddr,
+) -> Process {
+    agent_with(dir, hub, key, token, upstream, &[])
+}
+
+/// [`agent`] with more flags.
+pub fn agent_with(
+    dir: &std::path::Path,
+    hub: SocketAddr,
+    key: &str,
+    token: &str,
+    upstream: SocketAddr,
+    extra: &[&str],
+) -> Process {
+    // One file per agent: two agents of one key may hold different tokens.
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let token_file = dir.join(format!("agent-{key}-{n}.token"));
+    std::fs::write(&token_file, token).expect("token file");
+    let hub = format!("http://{hub}");
+    let token_file = token_file.display().to_string();
+    let upstream = format!("http://{upstream}");
+    let mut args = vec![
+        "agent",
+        "--hub",
+        &hub,
+        "--key",
+        key,
+        "--token-file",
+        &token_file,
+        "--upstream",
+        &upstream,
+    ];
+    args.extend_from_slice(extra);
+    Process::spawn(&args)
+}
+
+/// Adds the routing headers to each call.
+pub type AddKey =
+    Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>;
+pub type Caller = EchoServiceClient<InterceptedService<Channel, AddKey>>;
+
+/// A plain gRPC client of the hub, for `key`; `wait` asks calls to wait for
+/// the agent.
+pub async fn caller(hub: SocketAddr, key: &'static str, wait: bool) -> Caller {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{hub}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect to the hub");
+    let add_key: AddKey = Box::new(move |mut req: tonic::Request<()>| {
+        req.metadata_mut()
+            .insert("grpctunnel-key", key.parse().expect("ascii"));
+        if wait {
+            req.metadata_mut()
+                .insert("grpctunnel-wait", "true".parse().expect("ascii"));
+        }
+        Ok(req)
+    });
+    EchoServiceClient::with_interceptor(channel, add_key)
+}
+
+pub fn hello(payload: &str) -> tonic::Request<EchoRequest> {
+    let mut req = tonic::Request::new(EchoRequest {
+        payload: payload.as_bytes().to_vec().into(),
+        ..Default::default()
+    });
+    req.set_timeout(Duration::from_secs(20));
+    req
+}
+
+/// A one-shot HTTP/1.1 GET; returns the status line and the body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let req = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
+    conn.write_all(req.as_bytes()).await.expect("write");
+    let mut text = String::new();
+    conn.read_to_string(&mut text).await.expect("read");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a response");
+    (
+        head.lines().next().unwrap_or_default().to_owned(),
+        body.to_owned(),
+    )
+}
+
+/// Adds `authorization: Bearer <token>` to the calls of a client.
+pub fn with_token<T>(mut req: tonic::Request<T>, token: &str) -> tonic::Request<T> {
+    let value = format!("Bearer {token}").parse().expect("ascii");
+    req.metadata_mut().insert("authorization", value);
+    req
+}
+
+/// Certificates for the TLS tests, as PEM files in a test's directory.
+pub struct Certs {
+    pub ca: String,
+    pub hub_cert: String,
+    pub hub_key: String,
+    /// A client certificate for an agent (mTLS), and its SHA-256 (hex).
+    pub agent_cert: String,
+    pub agent_key: String,
+    pub agent_sha256: String,
+}
+
+/// A CA; a certificate it signed for `localhost` and 127.0.0.1 (the hub,
+/// or an upstream); and an agent's client certificate it signed.
+pub fn certificates(dir: &std::path::Path) -> Certs {
+    use sha2::Digest;
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let ca = ca_params.self_signed(&ca_key).expect("CA");
+    let sign = |names: Vec<String>| {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(names)
+            .expect("params")
+            .signed_by(&key, &ca, &ca_key)
+            .expect("certificate");
+        (cert, key)
+    };
+    let (hub, hub_key) = sign(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]);
+    let (agent, agent_key) = sign(vec!["agent".to_owned()]);
+    let write = |name: &str, pem: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).expect("pem");
+        path.display().to_string()
+    };
+    Certs {
+        ca: write("ca.pem", ca.pem()),
+        hub_cert: write("hub.pem", hub.pem()),
+        hub_key: write("hub.key", hub_key.serialize_pem()),
+        agent_cert: write("agent.pem", agent.pem()),
+        agent_key: write("agent.key", agent_key.serialize_pem()),
+        agent_sha256: sha2::Sha256::digest(agent.der())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+    }
+}

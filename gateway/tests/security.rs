@@ -1,0 +1,347 @@
+//! The gateway's credentials and TLS: agents and callers authenticate and
+//! reach only their keys, nothing listens beyond loopback unauthenticated,
+//! TLS and mTLS on every hop.
+
+mod common;
+
+use common::*;
+
+use grpctunnel_testing::{pb::echo_service_client::EchoServiceClient, Echo};
+use tokio::process::Command;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::Code;
+
+#[tokio::test]
+async fn an_agent_cannot_register_a_key_its_credential_is_not_bound_to() {
+    bounded(async {
+        let dir = temp_dir();
+        let upstream = upstream().await;
+        let (mut hub, addr) = hub(&dir, "s3cret-7", &["plant-7"]).await;
+        // The right token, another key: refused and logged.
+        let _thief = agent(&dir, addr, "plant-8", "s3cret-7", upstream);
+        let line = hub.log_line("agent refused").await;
+        assert!(line.contains("plant-8"), "{line}");
+        // A wrong token: refused too.
+        let _stranger = agent(&dir, addr, "plant-7", "guess", upstream);
+        let line = hub.log_line("unknown or missing bearer token").await;
+        assert!(line.contains("plant-7"), "{line}");
+        // Nothing registered: calls for either key find no agent.
+        for key in ["plant-7", "plant-8"] {
+            let mut client = caller(addr, key, false).await;
+            let err = client.unary(hello("x")).await.expect_err("no agent");
+            assert_eq!(err.code(), Code::Unavailable, "{key}: {err:?}");
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_hub_refuses_to_listen_beyond_loopback_and_needs_agents() {
+    bounded(async {
+        let dir = temp_dir();
+        let config = dir.join("hub.toml");
+        std::fs::write(&config, "[[agent]]\ntoken = \"t\"\nkeys = [\"k\"]\n").expect("config");
+        let config = config.display().to_string();
+        // Beyond loopback: refused without TLS and caller credentials (it
+        // never binds, so no traffic leaves loopback).
+        let out = Command::new(BIN)
+            .args(["hub", "--listen", "0.0.0.0:0", "--config", &config])
+            .output()
+            .await
+            .expect("run");
+        assert_eq!(out.status.code(), Some(2));
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(text.contains("without TLS"), "{text}");
+        // An agent will not send its token in the clear beyond loopback.
+        let token = dir.join("agent.token");
+        std::fs::write(&token, "t").expect("token");
+        let out = Command::new(BIN)
+            .args(["agent", "--hub", "http://hub.example:8443", "--key", "k"])
+            .args(["--token-file", &token.display().to_string()])
+            .args(["--upstream", "http://127.0.0.1:1"])
+            .output()
+            .await
+            .expect("run");
+        assert_eq!(out.status.code(), Some(2));
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(text.contains("in the clear"), "{text}");
+        let _ = std::fs::remove_dir_all(dir);
+
+        let out = Command::new(BIN)
+            .args(["hub", "--listen", "127.0.0.1:0"])
+            .output()
+            .await
+            .expect("run");
+        assert_eq!(out.status.code(), Some(2));
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(text.contains("no agent may connect"), "{text}");
+    })
+    .await
+}
+
+#[tokio::test]
+async fn callers_authenticate_and_are_limited_to_their_keys() {
+    bounded(async {
+        let dir = temp_dir();
+        let upstream = upstream().await;
+        let callers = "[[caller]]\ntoken = \"c-7\"\nkeys = [\"plant-7\"]\n";
+        let (_hub, addr) = hub_full(&dir, "s3cret-7", &["plant-7", "plant-8"], callers, &[]).await;
+        let _agent7 = agent(&dir, addr, "plant-7", "s3cret-7", upstream);
+
+        let mut plant7 = caller(addr, "plant-7", true).await;
+        let err = plant7
+            .unary(hello("anonymous"))
+            .await
+            .expect_err("no token");
+        assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+        let err = plant7
+            .unary(with_token(hello("x"), "wrong"))
+            .await
+            .expect_err("unknown token");
+        assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+        plant7
+            .unary(with_token(hello("mine"), "c-7"))
+            .await
+            .expect("a key the caller may call");
+        let mut plant8 = caller(addr, "plant-8", false).await;
+        let err = plant8
+            .unary(with_token(hello("theirs"), "c-7"))
+            .await
+            .expect_err("not this caller's key");
+        assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+
+        // A forward tunnel to the hub authenticates once, when it opens; the
+        // calls it carries are routed, and limited, the same way.
+        let transport = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect");
+        let refused = grpctunnel::TunnelChannel::builder()
+            .open(transport.clone())
+            .await
+            .expect_err("no token");
+        assert_eq!(
+            refused.status().map(tonic::Status::code),
+            Some(Code::Unauthenticated)
+        );
+        let tunnel = grpctunnel::TunnelChannel::builder()
+            .metadata("authorization", "Bearer c-7")
+            .open(transport)
+            .await
+            .expect("open a tunnel to the hub");
+        let add_key: AddKey = Box::new(|mut req: tonic::Request<()>| {
+            req.metadata_mut()
+                .insert("grpctunnel-key", "plant-7".parse().expect("ascii"));
+            Ok(req)
+        });
+        let mut through = EchoServiceClient::with_interceptor(tunnel.clone(), add_key);
+        let reply = through
+            .unary(hello("tunneled"))
+            .await
+            .expect("tunneled call");
+        assert_eq!(reply.into_inner().payload.as_ref(), b"tunneled");
+        let add_other: AddKey = Box::new(|mut req: tonic::Request<()>| {
+            req.metadata_mut()
+                .insert("grpctunnel-key", "plant-8".parse().expect("ascii"));
+            Ok(req)
+        });
+        let mut other = EchoServiceClient::with_interceptor(tunnel.clone(), add_other);
+        let err = other
+            .unary(hello("x"))
+            .await
+            .expect_err("not this caller's key");
+        assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+        tunnel.close();
+        let _ = std::fs::remove_dir_all(dir);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn tls_from_caller_to_hub_and_from_agent_to_hub_and_upstream() {
+    bounded(async {
+        let dir = temp_dir();
+        let Certs {
+            ca,
+            hub_cert: cert,
+            hub_key: key,
+            ..
+        } = certificates(&dir);
+        // The upstream speaks TLS too (the same CA signed its certificate).
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let upstream = listener.local_addr().expect("addr");
+        let identity = tonic::transport::Identity::from_pem(
+            std::fs::read(&cert).expect("cert"),
+            std::fs::read(&key).expect("key"),
+        );
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+                .expect("upstream TLS")
+                .add_service(Echo::new().server())
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        let tls = ["--tls-cert", cert.as_str(), "--tls-key", key.as_str()];
+        let (_hub, addr) = hub_with(&dir, "s3cret-7", &["plant-7"], &tls).await;
+        let hub_url = format!("https://127.0.0.1:{}", addr.port());
+        let token = dir.join("agent.token");
+        std::fs::write(&token, "s3cret-7").expect("token");
+        let _agent = Process::spawn(&[
+            "agent",
+            "--hub",
+            &hub_url,
+            "--ca-file",
+            &ca,
+            "--key",
+            "plant-7",
+            "--token-file",
+            &token.display().to_string(),
+            "--upstream",
+            &format!("https://127.0.0.1:{}", upstream.port()),
+            "--upstream-ca-file",
+            &ca,
+        ]);
+        let pem = std::fs::read(&ca).expect("ca");
+        let channel = tonic::transport::Endpoint::from_shared(hub_url)
+            .expect("endpoint")
+            .tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+            )
+            .expect("tls")
+            .connect()
+            .await
+            .expect("TLS to the hub");
+        let add_key: AddKey = Box::new(|mut req: tonic::Request<()>| {
+            req.metadata_mut()
+                .insert("grpctunnel-key", "plant-7".parse().expect("ascii"));
+            req.metadata_mut()
+                .insert("grpctunnel-wait", "true".parse().expect("ascii"));
+            Ok(req)
+        });
+        let mut plant = EchoServiceClient::with_interceptor(channel, add_key);
+        let reply = plant.unary(hello("over TLS")).await.expect("call over TLS");
+        assert_eq!(reply.into_inner().payload.as_ref(), b"over TLS");
+
+        // Plaintext to the TLS port fails: nothing is served in the clear.
+        let plain = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("endpoint")
+            .connect()
+            .await;
+        if let Ok(plain) = plain {
+            let mut client = EchoServiceClient::new(plain);
+            assert!(client.unary(hello("x")).await.is_err());
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_hub_limits_tunnels_per_key() {
+    bounded(async {
+        let dir = temp_dir();
+        let upstream = upstream().await;
+        let (_hub, addr) = hub_with(
+            &dir,
+            "s3cret-7",
+            &["plant-7"],
+            &["--max-tunnels-per-key", "1"],
+        )
+        .await;
+        let _first = agent(&dir, addr, "plant-7", "s3cret-7", upstream);
+        let mut plant = caller(addr, "plant-7", true).await;
+        plant.unary(hello("first")).await.expect("the first agent");
+        // A second tunnel for the key is refused (and retried by its agent).
+        let mut second = agent(&dir, addr, "plant-7", "s3cret-7", upstream);
+        let line = second.log_line("cannot open the tunnel").await;
+        assert!(
+            line.contains("too many reverse tunnels for this key"),
+            "{line}"
+        );
+        plant
+            .unary(hello("still"))
+            .await
+            .expect("the first agent still serves");
+        let _ = std::fs::remove_dir_all(dir);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_agent_authenticates_with_a_client_certificate() {
+    bounded(async {
+        let dir = temp_dir();
+        let upstream = upstream().await;
+        let certs = certificates(&dir);
+        let (ca_pem, cert, key, sha) = (
+            certs.ca.clone(),
+            certs.hub_cert.clone(),
+            certs.hub_key.clone(),
+            certs.agent_sha256.clone(),
+        );
+        let (agent_pem, agent_key_pem) = (certs.agent_cert.clone(), certs.agent_key.clone());
+        let more = format!("[[agent]]\ncert_sha256 = {sha:?}\nkeys = [\"plant-9\"]\n");
+        let tls = [
+            "--tls-cert",
+            cert.as_str(),
+            "--tls-key",
+            key.as_str(),
+            "--client-ca",
+            ca_pem.as_str(),
+        ];
+        let (mut hub, addr) = hub_full(&dir, "s3cret-7", &["plant-7"], &more, &tls).await;
+        let hub_url = format!("https://127.0.0.1:{}", addr.port());
+        let spawn_cert_agent = |key: &str| {
+            Process::spawn(&[
+                "agent",
+                "--hub",
+                &hub_url,
+                "--ca-file",
+                &ca_pem,
+                "--tls-cert",
+                &agent_pem,
+                "--tls-key",
+                &agent_key_pem,
+                "--key",
+                key,
+                "--upstream",
+                &format!("http://{upstream}"),
+            ])
+        };
+        let _agent = spawn_cert_agent("plant-9");
+        let channel = tonic::transport::Endpoint::from_shared(hub_url.clone())
+            .expect("endpoint")
+            .tls_config(tonic::transport::ClientTlsConfig::new().ca_certificate(
+                tonic::transport::Certificate::from_pem(std::fs::read(&ca_pem).expect("ca")),
+            ))
+            .expect("tls")
+            .connect()
+            .await
+            .expect("TLS to the hub, no client certificate");
+        let add_key: AddKey = Box::new(|mut req: tonic::Request<()>| {
+            req.metadata_mut()
+                .insert("grpctunnel-key", "plant-9".parse().expect("ascii"));
+            req.metadata_mut()
+                .insert("grpctunnel-wait", "true".parse().expect("ascii"));
+            Ok(req)
+        });
+        let mut plant = EchoServiceClient::with_interceptor(channel, add_key);
+        let reply = plant
+            .unary(hello("by certificate"))
+            .await
+            .expect("cert agent");
+        assert_eq!(reply.into_inner().payload.as_ref(), b"by certificate");
+
+        // The same certificate cannot register a key it is not bound to.
+        let _thief = spawn_cert_agent("plant-7");
+        let line = hub.log_line("agent refused").await;
+        assert!(line.contains("plant-7"), "{line}");
+        let _ = std::fs::remove_dir_all(dir);
+    })
+    .await
+}
