@@ -7,7 +7,7 @@ use clap::Args;
 use grpctunnel::ReverseTunnelServer;
 use tonic::transport::Endpoint;
 
-use crate::{config::read_token, shutdown_signal, Failure};
+use crate::{compression::inflate_response, config::read_token, shutdown_signal, Failure};
 
 /// `grpctunnel agent` flags.
 #[derive(Debug, Args)]
@@ -50,6 +50,12 @@ pub(crate) struct AgentArgs {
     /// system's roots are used.
     #[arg(long, env = "GRPCTUNNEL_UPSTREAM_CA_FILE")]
     upstream_ca_file: Option<String>,
+    /// Ask the upstream for gzip-compressed responses (for an upstream across
+    /// a slow link). The agent inflates them before they enter the tunnel,
+    /// which carries no compressed message; the hub compresses again toward
+    /// callers that accept gzip. A gzip response is inflated either way.
+    #[arg(long, env = "GRPCTUNNEL_UPSTREAM_ACCEPT_GZIP")]
+    upstream_accept_gzip: bool,
     /// Request header that names the key (the hub's `--key-header`).
     #[arg(long, default_value = "grpctunnel-key", env = "GRPCTUNNEL_KEY_HEADER")]
     key_header: String,
@@ -111,9 +117,17 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Failure> {
     }
     // Every call goes to the upstream as it came: any service, any method.
     let allow = std::sync::Arc::new(args.allow.clone());
-    let proxy = tower::service_fn(move |req: http::Request<tonic::body::Body>| {
+    let max_message_size = args.max_message_size;
+    let accept = http::HeaderValue::from_static(if args.upstream_accept_gzip {
+        "gzip"
+    } else {
+        "identity"
+    });
+    let proxy = tower::service_fn(move |mut req: http::Request<tonic::body::Body>| {
         let upstream = upstream.clone();
         let allow = allow.clone();
+        req.headers_mut()
+            .insert("grpc-accept-encoding", accept.clone());
         async move {
             if !allowed(&allow, req.uri().path()) {
                 let path = req.uri().path().to_owned();
@@ -123,7 +137,8 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Failure> {
                 ))
                 .into_http());
             }
-            tower::ServiceExt::oneshot(upstream, req).await
+            let resp = tower::ServiceExt::oneshot(upstream, req).await?;
+            Ok::<_, tonic::transport::Error>(inflate_response(resp, max_message_size))
         }
     });
     let authorization = token.map(|token| format!("Bearer {token}"));

@@ -1,9 +1,11 @@
 //! Compression at the edge. A tunnel carries only uncompressed messages
 //! (P-65), so the hub inflates what a caller compressed with gzip before
-//! the call enters a tunnel, checking each inflated message against the
-//! message limit (no zip bombs). Another encoding is refused with
-//! `UNIMPLEMENTED` naming it. Toward a caller that accepts gzip
-//! (`grpc-accept-encoding`), the hub compresses the response's messages.
+//! the call enters a tunnel, and the agent inflates what the upstream
+//! compressed before the response enters it, checking each inflated message
+//! against the message limit (no zip bombs). Another encoding is refused
+//! with `UNIMPLEMENTED` (from a caller) or `INTERNAL` (from an upstream),
+//! naming it. Toward a caller that accepts gzip (`grpc-accept-encoding`),
+//! the hub compresses the response's messages.
 
 use std::{
     io::Read,
@@ -41,6 +43,29 @@ pub(crate) fn inflate_request(
         Some(other) => Err(tonic::Status::unimplemented(format!(
             "grpc-encoding {other:?} cannot cross a tunnel: send identity or gzip"
         ))),
+    }
+}
+
+/// The upstream's response, with gzip-compressed messages inflated (each
+/// at most `max_message_size`), for the agent.
+pub(crate) fn inflate_response(
+    mut resp: http::Response<tonic::body::Body>,
+    max_message_size: usize,
+) -> http::Response<tonic::body::Body> {
+    let encoding = resp
+        .headers()
+        .get("grpc-encoding")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    match encoding.as_deref() {
+        None | Some("identity") => resp,
+        Some("gzip") => {
+            resp.headers_mut().remove("grpc-encoding");
+            resp.map(|body| tonic::body::Body::new(Reframed::new(body, max_message_size, inflate)))
+        }
+        Some(other) => tonic::Status::internal(format!(
+            "the upstream answered with grpc-encoding {other:?}, which cannot cross a tunnel"
+        ))
+        .into_http(),
     }
 }
 
@@ -135,17 +160,17 @@ type Transform = fn(bool, BytesMut, usize) -> Result<Bytes, tonic::Status>;
 pin_project! {
     /// A gRPC body whose messages pass through a transform (inflate or
     /// deflate); trailers pass as they are.
-    struct Reframed {
+    struct Reframed<B> {
         #[pin]
-        inner: Body,
+        inner: B,
         buf: BytesMut,
         max: usize,
         transform: Transform,
     }
 }
 
-impl Reframed {
-    fn new(inner: Body, max: usize, transform: Transform) -> Self {
+impl<B> Reframed<B> {
+    fn new(inner: B, max: usize, transform: Transform) -> Self {
         Self {
             inner,
             buf: BytesMut::new(),
@@ -155,7 +180,11 @@ impl Reframed {
     }
 }
 
-impl http_body::Body for Reframed {
+impl<B> http_body::Body for Reframed<B>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     type Data = Bytes;
     type Error = tonic::Status;
 

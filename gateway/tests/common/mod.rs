@@ -3,6 +3,8 @@
 //! in the test process, callers, and test certificates.
 #![allow(dead_code)] // each test file uses part of it
 
+pub mod go_programs;
+
 use std::{
     net::SocketAddr,
     path::PathBuf,
@@ -279,8 +281,8 @@ pub struct Certs {
     pub agent_sha256: String,
 }
 
-/// A CA; a certificate it signed for `localhost` and 127.0.0.1 (the hub,
-/// or an upstream); and an agent's client certificate it signed.
+/// A CA; a certificate it signed for `localhost`, 127.0.0.1 and
+/// `*.hub.test` (the hub, or an upstream); and an agent's client certificate it signed.
 pub fn certificates(dir: &std::path::Path) -> Certs {
     use sha2::Digest;
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
@@ -295,7 +297,12 @@ pub fn certificates(dir: &std::path::Path) -> Certs {
             .expect("certificate");
         (cert, key)
     };
-    let (hub, hub_key) = sign(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]);
+    // `*.hub.test`: callers that route by `:authority` (`<key>.hub.test`).
+    let (hub, hub_key) = sign(vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "*.hub.test".to_owned(),
+    ]);
     let (agent, agent_key) = sign(vec!["agent".to_owned()]);
     let write = |name: &str, pem: String| {
         let path = dir.join(name);

@@ -1,0 +1,75 @@
+//! The Go programs of the end-to-end tests, built once per test binary from
+//! the Go module proxy (module `gateway/tests/go`): grpc-go v1.85.0's
+//! interop client and server, grpcurl, and two small programs of ours
+//! (`upstream`: the interop TestService with reflection and gzip responses;
+//! `gzipcall`: gzip-compressed calls).
+//!
+//! Without `go` the tests that need them print why and pass, except under
+//! `CI=true`, where a missing toolchain or a failed build is a failure.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::OnceLock,
+};
+
+/// The built programs.
+pub struct GoPrograms {
+    dir: PathBuf,
+}
+
+impl GoPrograms {
+    /// The path of one built program: `client`, `server`, `grpcurl`,
+    /// `upstream` or `gzipcall`.
+    pub fn bin(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+
+/// The programs, or `None` (with the reason printed) when Go is missing and
+/// this is not CI.
+pub fn go_programs() -> Option<GoPrograms> {
+    match BUILT.get_or_init(build) {
+        Ok(dir) => Some(GoPrograms { dir: dir.clone() }),
+        Err(reason) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("Go programs unavailable under CI=true: {reason}")
+        }
+        Err(reason) => {
+            println!("SKIP: Go programs unavailable: {reason}");
+            None
+        }
+    }
+}
+
+fn build() -> Result<PathBuf, String> {
+    let module = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/go");
+    // One directory per test binary: test binaries run one after another,
+    // but never share a half-written executable.
+    let exe = std::env::current_exe().map_err(|e| format!("current exe: {e}"))?;
+    let name = exe
+        .file_stem()
+        .map_or_else(|| "e2e".into(), |s| s.to_string_lossy().into_owned());
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("go-{name}"));
+    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let status = std::process::Command::new("go")
+        .args(["build", "-o"])
+        .arg(format!("{}/", out.display()))
+        .args([
+            "google.golang.org/grpc/interop/client",
+            "google.golang.org/grpc/interop/server",
+            "github.com/fullstorydev/grpcurl/cmd/grpcurl",
+            "./cmd/upstream",
+            "./cmd/gzipcall",
+        ])
+        .current_dir(&module)
+        .status()
+        .map_err(|e| format!("cannot run `go` ({e}); is Go on PATH?"))?;
+    if !status.success() {
+        return Err(format!(
+            "`go build` in {} failed: {status}",
+            module.display()
+        ));
+    }
+    Ok(out)
+}
