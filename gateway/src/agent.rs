@@ -12,6 +12,11 @@ use crate::{compression::inflate_response, config::read_token, shutdown_signal, 
 /// `grpctunnel agent` flags.
 #[derive(Debug, Args)]
 pub(crate) struct AgentArgs {
+    /// Config file (TOML) setting any of these flags, in snake_case
+    /// (`key = "plant-7"`, `hub = ["https://a:8443"]`). Flags and
+    /// variables win over it.
+    #[arg(long, env = "GRPCTUNNEL_CONFIG")]
+    config: Option<std::path::PathBuf>,
     /// The hub to dial: `https://hub.example:8443`, or `http://` on
     /// loopback. Repeat it (or separate with commas) to stay connected to
     /// several hubs at once.

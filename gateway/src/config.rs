@@ -1,8 +1,11 @@
 //! The hub's configuration file (TOML): which agents may connect, each
 //! bound to the keys it may register, and which callers may call, each
-//! limited to keys.
+//! limited to keys. The same file may set any of the hub's flags as
+//! top-level keys (see `settings.rs`).
 //!
 //! ```toml
+//! listen = "0.0.0.0:8443"
+//!
 //! [[agent]]
 //! token_file = "/etc/grpctunnel/plant-7.token"   # or: token = "..."
 //! keys = ["plant-7"]
@@ -19,9 +22,9 @@ use serde::Deserialize;
 
 use crate::Failure;
 
-/// The hub's configuration file.
+/// The hub's configuration file: its credential tables (other top-level
+/// keys are settings, checked by `settings.rs`).
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(crate) struct HubConfig {
     /// Agents allowed to connect.
     #[serde(default, rename = "agent")]

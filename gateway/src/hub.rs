@@ -33,7 +33,9 @@ pub(crate) struct HubArgs {
     /// (`[[caller]]` in the config): nothing listens there unauthenticated.
     #[arg(long, default_value = "127.0.0.1:8443", env = "GRPCTUNNEL_LISTEN")]
     listen: SocketAddr,
-    /// Config file (TOML): the agents' tokens and the keys each may register.
+    /// Config file (TOML): the agents' and callers' credentials and the keys
+    /// each may use; any flag may be set there too, in snake_case
+    /// (`max_message_size = 10485760`). Flags and variables win over it.
     #[arg(long, env = "GRPCTUNNEL_CONFIG")]
     config: Option<PathBuf>,
     /// Request header that names the agent a call is for (and the key an

@@ -16,6 +16,7 @@ mod config;
 mod hub;
 mod metrics;
 mod route;
+mod settings;
 
 use std::process::ExitCode;
 
@@ -57,7 +58,13 @@ pub(crate) enum Failure {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // Before any thread: the config file's settings become variables.
+    if let Err(Failure::Usage(text) | Failure::Run(text)) = settings::apply_config_file(&args) {
+        eprintln!("grpctunnel: {text}");
+        return ExitCode::from(2);
+    }
+    let cli = Cli::parse_from(args);
     init_logs(cli.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -88,8 +95,10 @@ fn main() -> ExitCode {
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only on a terminal: a log file or collector gets plain text.
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => logs.init(),
