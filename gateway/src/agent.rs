@@ -7,7 +7,12 @@ use clap::Args;
 use grpctunnel::ReverseTunnelServer;
 use tonic::transport::Endpoint;
 
-use crate::{compression::inflate_response, config::read_token, shutdown_signal, Failure};
+use crate::{
+    compression::inflate_response,
+    config::read_token,
+    limit::{CallLimit, Held},
+    shutdown_signal, Failure,
+};
 
 /// `grpctunnel agent` flags.
 #[derive(Debug, Args)]
@@ -61,6 +66,11 @@ pub(crate) struct AgentArgs {
     /// callers that accept gzip. A gzip response is inflated either way.
     #[arg(long, env = "GRPCTUNNEL_UPSTREAM_ACCEPT_GZIP")]
     upstream_accept_gzip: bool,
+    /// Most calls in flight at once through this agent; more are refused
+    /// with `RESOURCE_EXHAUSTED` before they reach the upstream. Default:
+    /// no limit.
+    #[arg(long, env = "GRPCTUNNEL_MAX_CALLS")]
+    max_calls: Option<usize>,
     /// Request header that names the key (the hub's `--key-header`).
     #[arg(long, default_value = "grpctunnel-key", env = "GRPCTUNNEL_KEY_HEADER")]
     key_header: String,
@@ -128,9 +138,11 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Failure> {
     } else {
         "identity"
     });
+    let limit = CallLimit::new(args.max_calls);
     let proxy = tower::service_fn(move |mut req: http::Request<tonic::body::Body>| {
         let upstream = upstream.clone();
         let allow = allow.clone();
+        let permit = limit.acquire();
         req.headers_mut()
             .insert("grpc-accept-encoding", accept.clone());
         async move {
@@ -142,8 +154,15 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Failure> {
                 ))
                 .into_http());
             }
+            let permit = match permit {
+                Ok(permit) => permit,
+                Err(status) => return Ok(status.into_http()),
+            };
             let resp = tower::ServiceExt::oneshot(upstream, req).await?;
-            Ok::<_, tonic::transport::Error>(inflate_response(resp, max_message_size))
+            let resp = inflate_response(resp, max_message_size);
+            Ok::<_, tonic::transport::Error>(
+                resp.map(|body| tonic::body::Body::new(Held::new(body, permit))),
+            )
         }
     });
     let authorization = token.map(|token| format!("Bearer {token}"));

@@ -1,15 +1,17 @@
-//! Authentication on the hub, by bearer token (`authorization: Bearer
-//! <token>`), each token bound to keys:
+//! Authentication on the hub, by client certificate (mTLS, its SHA-256) or
+//! bearer token (`authorization: Bearer <token>`), each bound to keys:
 //!
-//! - an agent opening `OpenReverseTunnel` must present a token bound to the
-//!   key it claims in the key header; a refused claim never reaches the
-//!   registry;
+//! - an agent opening `OpenReverseTunnel` must present a credential bound
+//!   to the key it claims in the key header; a refused claim never reaches
+//!   the registry;
 //! - when the config lists callers, a call (or a caller's `OpenTunnel`,
 //!   whose tunneled calls then carry the caller's identity) must present a
-//!   token bound to the key it calls.
+//!   credential bound to the key it calls, and stay within the caller's
+//!   limit of calls in flight (`max_calls`).
 //!
-//! Unknown tokens get `UNAUTHENTICATED`, keys a token is not bound to
-//! `PERMISSION_DENIED`; both are logged and counted.
+//! Unknown credentials get `UNAUTHENTICATED`, keys a credential is not
+//! bound to `PERMISSION_DENIED`, calls beyond a caller's limit
+//! `RESOURCE_EXHAUSTED`; all are logged and counted.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -21,49 +23,73 @@ use std::{
 use axum::body::Body;
 use tower::Service;
 
-/// Tokens and the keys each may use.
+/// Tokens and certificates, and what each may do.
 #[derive(Debug, Default)]
 pub(crate) struct Credentials {
-    keys_by_token: HashMap<String, Arc<HashSet<String>>>,
+    by_token: HashMap<String, Arc<Grant>>,
     /// By the SHA-256 (lowercase hex) of a client certificate's DER.
-    keys_by_cert: HashMap<String, Arc<HashSet<String>>>,
+    by_cert: HashMap<String, Arc<Grant>>,
 }
 
-/// The keys an authenticated caller may use (a request extension; a forward
+/// What one credential may do: the keys it may use and, for a caller, how
+/// many calls it may have in flight at once.
+#[derive(Debug, Default)]
+pub(crate) struct Grant {
+    keys: HashSet<String>,
+    /// Permits for the caller's calls in flight; `None`: no limit.
+    calls: Option<(Arc<tokio::sync::Semaphore>, usize)>,
+}
+
+impl Grant {
+    /// A grant of `keys`, with at most `max_calls` calls in flight.
+    pub(crate) fn new(keys: impl IntoIterator<Item = String>, max_calls: Option<usize>) -> Self {
+        Self {
+            keys: keys.into_iter().collect(),
+            calls: max_calls.map(|n| (Arc::new(tokio::sync::Semaphore::new(n)), n)),
+        }
+    }
+}
+
+/// The grant of an authenticated caller (a request extension; a forward
 /// tunnel copies it into every call it carries).
 #[derive(Debug, Clone)]
-pub(crate) struct CallerKeys(Arc<HashSet<String>>);
+pub(crate) struct CallerKeys(Arc<Grant>);
 
 impl CallerKeys {
     fn allows(&self, key: &str) -> bool {
-        self.0.contains(key) || self.0.contains("*")
+        self.0.keys.contains(key) || self.0.keys.contains("*")
     }
 }
 
+/// A caller's call in flight, counted against its limit until dropped.
+#[derive(Debug)]
+pub(crate) struct CallPermit(#[allow(dead_code)] Option<tokio::sync::OwnedSemaphorePermit>);
+
 impl Credentials {
-    pub(crate) fn insert(&mut self, token: String, keys: impl IntoIterator<Item = String>) {
-        let entry = self.keys_by_token.entry(token).or_default();
-        Arc::make_mut(entry).extend(keys);
+    /// Grants `grant` to the bearer token `token` (a token listed twice
+    /// gets the later grant).
+    pub(crate) fn insert(&mut self, token: String, grant: Grant) {
+        self.by_token.insert(token, Arc::new(grant));
     }
 
-    pub(crate) fn insert_cert(&mut self, sha256: &str, keys: impl IntoIterator<Item = String>) {
-        let entry = self
-            .keys_by_cert
-            .entry(sha256.trim().to_ascii_lowercase().replace(':', ""))
-            .or_default();
-        Arc::make_mut(entry).extend(keys);
+    /// Grants `grant` to the client certificate whose SHA-256 is `sha256`.
+    pub(crate) fn insert_cert(&mut self, sha256: &str, grant: Grant) {
+        self.by_cert.insert(
+            sha256.trim().to_ascii_lowercase().replace(':', ""),
+            Arc::new(grant),
+        );
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.keys_by_token.is_empty() && self.keys_by_cert.is_empty()
+        self.by_token.is_empty() && self.by_cert.is_empty()
     }
 
     pub(crate) fn has_certs(&self) -> bool {
-        !self.keys_by_cert.is_empty()
+        !self.by_cert.is_empty()
     }
 
-    /// The keys of the client certificate the connection presented (mTLS).
-    fn cert_keys(&self, extensions: &http::Extensions) -> Option<CallerKeys> {
+    /// The grant of the client certificate the connection presented (mTLS).
+    fn cert_grant(&self, extensions: &http::Extensions) -> Option<CallerKeys> {
         use sha2::Digest;
         let info =
             extensions.get::<tonic::transport::server::TlsConnectInfo<
@@ -75,30 +101,33 @@ impl Credentials {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
-        self.keys_by_cert
-            .get(&sha)
-            .map(|keys| CallerKeys(keys.clone()))
+        self.by_cert.get(&sha).map(|g| CallerKeys(g.clone()))
     }
 
-    /// The keys of the request's bearer token; an unknown or missing token
-    /// is `UNAUTHENTICATED`, logged with `what` it was for, and counted.
-    fn keys(
+    /// The grant of the request's client certificate, or else of its
+    /// bearer token; neither known is `UNAUTHENTICATED`, logged with `what`
+    /// it was for, and counted.
+    fn grant(
         &self,
         headers: &http::HeaderMap,
+        extensions: &http::Extensions,
         who: &'static str,
         what: &str,
     ) -> Result<CallerKeys, tonic::Status> {
+        if let Some(grant) = self.cert_grant(extensions) {
+            return Ok(grant);
+        }
         let token = headers
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        match token.and_then(|t| self.keys_by_token.get(t)) {
-            Some(keys) => Ok(CallerKeys(keys.clone())),
+        match token.and_then(|t| self.by_token.get(t)) {
+            Some(grant) => Ok(CallerKeys(grant.clone())),
             None => {
-                tracing::warn!(who, what, "{who} refused: unknown or missing bearer token");
+                tracing::warn!(who, what, "{who} refused: unknown or missing credential");
                 crate::metrics::auth_failure(who, "unknown_token");
                 Err(tonic::Status::unauthenticated(
-                    "unknown or missing bearer token",
+                    "unknown or missing credential (bearer token or client certificate)",
                 ))
             }
         }
@@ -118,11 +147,8 @@ impl Credentials {
             .ok_or_else(|| {
                 tonic::Status::invalid_argument(format!("missing {key_header} header"))
             })?;
-        let keys = match self.cert_keys(extensions) {
-            Some(keys) => keys,
-            None => self.keys(headers, "agent", key)?,
-        };
-        if !keys.0.contains(key) {
+        let grant = self.grant(headers, extensions, "agent", key)?;
+        if !grant.0.keys.contains(key) {
             tracing::warn!(
                 key,
                 "agent refused: its credential is not bound to this key"
@@ -135,29 +161,47 @@ impl Credentials {
         Ok(())
     }
 
-    /// Whether a call may reach `key`: by the identity its forward tunnel
-    /// carries, or else by its own bearer token.
+    /// Whether a call may reach `key`, by the identity its forward tunnel
+    /// carries or else its own credential, and within its caller's limit of
+    /// calls in flight (`RESOURCE_EXHAUSTED` beyond it). The permit counts
+    /// the call until dropped.
     pub(crate) fn check_call(
         &self,
         headers: &http::HeaderMap,
         extensions: &http::Extensions,
         key: &str,
-    ) -> Result<(), tonic::Status> {
-        let keys = match extensions.get::<CallerKeys>() {
-            Some(keys) => keys.clone(),
-            None => self.keys(headers, "caller", key)?,
+    ) -> Result<CallPermit, tonic::Status> {
+        let grant = match extensions.get::<CallerKeys>() {
+            Some(grant) => grant.clone(),
+            None => self.grant(headers, extensions, "caller", key)?,
         };
-        if keys.allows(key) {
-            return Ok(());
+        if !grant.allows(key) {
+            tracing::warn!(
+                key,
+                "call refused: the caller's credential is not bound to this key"
+            );
+            crate::metrics::auth_failure("caller", "key_not_bound");
+            return Err(tonic::Status::permission_denied(format!(
+                "this credential may not call key {key:?}"
+            )));
         }
-        tracing::warn!(
-            key,
-            "call refused: the caller's credential is not bound to this key"
-        );
-        crate::metrics::auth_failure("caller", "key_not_bound");
-        Err(tonic::Status::permission_denied(format!(
-            "this credential may not call key {key:?}"
-        )))
+        let Some((calls, max)) = &grant.0.calls else {
+            return Ok(CallPermit(None));
+        };
+        match calls.clone().try_acquire_owned() {
+            Ok(permit) => Ok(CallPermit(Some(permit))),
+            Err(_) => {
+                tracing::warn!(
+                    key,
+                    max,
+                    "call refused: the caller has its most calls in flight"
+                );
+                crate::metrics::auth_failure("caller", "too_many_calls");
+                Err(tonic::Status::resource_exhausted(format!(
+                    "this caller already has {max} calls in flight (its max_calls)"
+                )))
+            }
+        }
     }
 }
 
@@ -214,7 +258,12 @@ where
                 .err(),
             OPEN_TUNNEL => match &self.callers {
                 // The caller's keys ride along with each tunneled call.
-                Some(callers) => match callers.keys(req.headers(), "caller", "a forward tunnel") {
+                Some(callers) => match callers.grant(
+                    req.headers(),
+                    req.extensions(),
+                    "caller",
+                    "a forward tunnel",
+                ) {
                     Ok(keys) => {
                         req.extensions_mut().insert(keys);
                         None

@@ -12,8 +12,9 @@
 //!
 //! # Optional: with no [[caller]], calls need no credential.
 //! [[caller]]
-//! token = "..."
+//! token = "..."                                  # or: token_file, cert_sha256 (mTLS)
 //! keys = ["plant-7", "plant-8"]                  # "*": any key
+//! max_calls = 100                                # calls in flight at once
 //! ```
 
 use std::path::Path;
@@ -47,6 +48,9 @@ pub(crate) struct Credential {
     pub(crate) token_file: Option<String>,
     /// Keys this credential may use; `*` is any key (callers only).
     pub(crate) keys: Vec<String>,
+    /// Most calls in flight at once for this caller (default: the hub's
+    /// `--max-calls-per-caller`).
+    pub(crate) max_calls: Option<usize>,
 }
 
 impl Credential {
@@ -84,9 +88,9 @@ impl HubConfig {
                     i + 1
                 )));
             }
-            if what == "caller" && credential.cert_sha256.is_some() {
+            if what == "agent" && credential.max_calls.is_some() {
                 return Err(Failure::Usage(format!(
-                    "config {}: cert_sha256 is for agents (callers use tokens)",
+                    "config {}: max_calls is for callers (an agent limits its own calls with --max-calls)",
                     path.display()
                 )));
             }

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tower::Layer;
 
 use crate::{
-    auth::{Auth, Credentials},
+    auth::{Auth, Credentials, Grant},
     config::HubConfig,
     metrics,
     route::{Local, RouteByKey},
@@ -52,8 +52,9 @@ pub(crate) struct HubArgs {
     /// TLS private key (PEM) of the hub.
     #[arg(long, requires = "tls_cert", env = "GRPCTUNNEL_TLS_KEY")]
     tls_key: Option<PathBuf>,
-    /// CA (PEM) of agents' client certificates: clients may then present a
-    /// certificate (mTLS), which `cert_sha256` in hub.toml binds to keys.
+    /// CA (PEM) of agents' and callers' client certificates: clients may
+    /// then present a certificate (mTLS), which `cert_sha256` in hub.toml
+    /// binds to keys.
     #[arg(long, requires = "tls_cert", env = "GRPCTUNNEL_CLIENT_CA")]
     client_ca: Option<PathBuf>,
     /// Admin address for Prometheus `/metrics` and `/healthz` (loopback
@@ -71,6 +72,11 @@ pub(crate) struct HubArgs {
     /// Most agent tunnels open at once for one key.
     #[arg(long, default_value_t = grpctunnel::reverse::DEFAULT_MAX_REVERSE_TUNNELS_PER_KEY, env = "GRPCTUNNEL_MAX_TUNNELS_PER_KEY")]
     max_tunnels_per_key: usize,
+    /// Most calls in flight at once for each caller credential (`max_calls`
+    /// in its `[[caller]]` wins); more are refused with
+    /// `RESOURCE_EXHAUSTED`. Default: no limit.
+    #[arg(long, env = "GRPCTUNNEL_MAX_CALLS_PER_CALLER")]
+    max_calls_per_caller: Option<usize>,
     /// How long calls in flight may run after SIGTERM.
     #[arg(
         long,
@@ -90,17 +96,23 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
         Some(path) => HubConfig::load(path)?,
         None => HubConfig::default(),
     };
-    let mut agents = Credentials::default();
-    for agent in &config.agents {
-        match (agent.token()?, &agent.cert_sha256) {
-            (Some(token), _) => agents.insert(token, agent.keys.iter().cloned()),
-            (None, Some(sha)) => agents.insert_cert(sha, agent.keys.iter().cloned()),
-            (None, None) => unreachable!("checked by HubConfig::load"),
+    let credentials = |list: &[crate::config::Credential], max_calls: Option<usize>| {
+        let mut out = Credentials::default();
+        for c in list {
+            let grant = Grant::new(c.keys.iter().cloned(), c.max_calls.or(max_calls));
+            match (c.token()?, &c.cert_sha256) {
+                (Some(token), _) => out.insert(token, grant),
+                (None, Some(sha)) => out.insert_cert(sha, grant),
+                (None, None) => unreachable!("checked by HubConfig::load"),
+            }
         }
-    }
-    if agents.has_certs() && args.client_ca.is_none() {
+        Ok::<_, Failure>(out)
+    };
+    let agents = credentials(&config.agents, None)?;
+    let callers = credentials(&config.callers, args.max_calls_per_caller)?;
+    if (agents.has_certs() || callers.has_certs()) && args.client_ca.is_none() {
         return Err(Failure::Usage(
-            "agents bound to client certificates need --client-ca (mTLS)".into(),
+            "credentials bound to client certificates need --client-ca (mTLS)".into(),
         ));
     }
     if agents.is_empty() {
@@ -108,12 +120,6 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
             "no agent may connect: give a --config with at least one [[agent]] (token and keys)"
                 .into(),
         ));
-    }
-    let mut callers = Credentials::default();
-    for caller in &config.callers {
-        if let Some(token) = caller.token()? {
-            callers.insert(token, caller.keys.iter().cloned());
-        }
     }
     let callers = (!callers.is_empty()).then(|| Arc::new(callers));
     if !args.listen.ip().is_loopback() && (tls.is_none() || callers.is_none()) {
@@ -188,6 +194,8 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
     // For scripts and tests: the address actually bound (port 0 picks one).
     println!("LISTENING {addr}");
     let drain_flag = draining.clone();
+    let signalled = CancellationToken::new();
+    let on_signal = signalled.clone();
     let shutdown = async move {
         shutdown_signal().await;
         tracing::info!("draining");
@@ -195,6 +203,7 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
         health_reporter
             .set_service_status("", tonic_health::ServingStatus::NotServing)
             .await;
+        on_signal.cancel();
         drain.cancel();
     };
     // tonic's server: HTTP/2, TLS (rustls) when configured, graceful
@@ -206,14 +215,21 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
             .tls_config(tls)
             .map_err(|e| Failure::Usage(format!("TLS: {e}")))?;
     }
-    server
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener),
-            shutdown,
-        )
-        .await
-        .map_err(|e| Failure::Run(format!("serving: {e}")))?;
+    let serving = server.add_routes(routes).serve_with_incoming_shutdown(
+        tonic::transport::server::TcpIncoming::from(listener),
+        shutdown,
+    );
+    // Tunnels end within --drain of the signal; a call that holds the
+    // connection otherwise (a health watch) does not hold the hub past it.
+    let bound = Duration::from_secs(args.drain) + Duration::from_secs(1);
+    let deadline = async move {
+        signalled.cancelled().await;
+        tokio::time::sleep(bound).await;
+    };
+    tokio::select! {
+        served = serving => served.map_err(|e| Failure::Run(format!("serving: {e}")))?,
+        () = deadline => tracing::warn!("drain bound reached: closing the connections still open"),
+    }
     stopped.cancel();
     tracing::info!("hub stopped");
     Ok(())

@@ -5,9 +5,15 @@
 //! |---|---|---|
 //! | `grpctunnel_agents_connected` | gauge | |
 //! | `grpctunnel_tunnels` | gauge | `key` |
-//! | `grpctunnel_calls_total` | counter | `key`, `code` |
-//! | `grpctunnel_call_duration_seconds` | histogram | `key` |
+//! | `grpctunnel_calls_total` | counter | `key`, `method`, `code` |
+//! | `grpctunnel_call_duration_seconds` | histogram | `key`, `method` |
+//! | `grpctunnel_received_bytes_total` | counter | `key` (request bytes from callers, as sent) |
+//! | `grpctunnel_sent_bytes_total` | counter | `key` (response bytes to callers, as sent) |
 //! | `grpctunnel_auth_failures_total` | counter | `who` (agent, caller), `reason` |
+//!
+//! `method` is the call's path (`/pkg.Service/Method`); a path that is not
+//! of that form, or longer than 128 bytes, is counted as `other`, so a
+//! caller cannot grow the label set without bound by inventing junk paths.
 
 use std::{
     collections::HashMap,
@@ -102,19 +108,43 @@ pub(crate) fn auth_failure(who: &'static str, reason: &'static str) {
         .increment(1);
 }
 
-/// Records a call's outcome once: its gRPC status code and duration.
+/// The `method` label of a call's path.
+fn method_label(path: &str) -> String {
+    let well_formed = path.len() <= 128
+        && path.starts_with('/')
+        && path[1..].split('/').count() == 2
+        && path[1..].split('/').all(|part| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_')
+        });
+    if well_formed {
+        path.to_owned()
+    } else {
+        "other".to_owned()
+    }
+}
+
+/// Records a call's outcome once: its gRPC status code and duration. It
+/// holds the caller's permit for the call (its limit of calls in flight)
+/// until then.
 #[derive(Debug)]
 pub(crate) struct CallRecord {
     key: String,
+    method: String,
     start: Instant,
+    permit: Option<crate::auth::CallPermit>,
     done: bool,
 }
 
 impl CallRecord {
-    pub(crate) fn start(key: &str) -> Self {
+    pub(crate) fn start(key: &str, path: &str, permit: Option<crate::auth::CallPermit>) -> Self {
         Self {
             key: key.to_owned(),
+            method: method_label(path),
             start: Instant::now(),
+            permit,
             done: false,
         }
     }
@@ -124,11 +154,18 @@ impl CallRecord {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
-        let key = self.key.clone();
-        metrics::counter!("grpctunnel_calls_total", "key" => key.clone(), "code" => code.to_owned())
+        self.permit = None;
+        let (key, method) = (self.key.clone(), self.method.clone());
+        metrics::counter!("grpctunnel_calls_total", "key" => key.clone(), "method" => method.clone(), "code" => code.to_owned())
             .increment(1);
-        metrics::histogram!("grpctunnel_call_duration_seconds", "key" => key)
+        metrics::histogram!("grpctunnel_call_duration_seconds", "key" => key, "method" => method)
             .record(self.start.elapsed().as_secs_f64());
+    }
+
+    /// Counts `n` response bytes sent to the caller.
+    fn sent(&self, n: usize) {
+        metrics::counter!("grpctunnel_sent_bytes_total", "key" => self.key.clone())
+            .increment(n as u64);
     }
 }
 
@@ -174,6 +211,9 @@ impl http_body::Body for Recorded {
         let frame = std::task::ready!(this.inner.poll_frame(cx));
         match &frame {
             Some(Ok(f)) => {
+                if let Some(data) = f.data_ref() {
+                    this.record.sent(data.len());
+                }
                 if let Some(code) = f.trailers_ref().and_then(code_of) {
                     this.record.finish(&code);
                 }
@@ -190,5 +230,71 @@ impl http_body::Body for Recorded {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+pin_project! {
+    /// A request body that counts the bytes it passes.
+    pub(crate) struct Counted {
+        #[pin]
+        inner: Body,
+        counter: metrics::Counter,
+    }
+}
+
+impl Counted {
+    /// Counts a caller's request bytes for `key`.
+    pub(crate) fn received(inner: Body, key: &str) -> Self {
+        Self {
+            inner,
+            counter: metrics::counter!("grpctunnel_received_bytes_total", "key" => key.to_owned()),
+        }
+    }
+}
+
+impl http_body::Body for Counted {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.project();
+        let frame = std::task::ready!(this.inner.poll_frame(cx));
+        if let Some(Ok(Some(data))) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
+            this.counter.increment(data.len() as u64);
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::method_label;
+
+    #[test]
+    fn only_well_formed_paths_become_method_labels() {
+        assert_eq!(
+            method_label("/grpc.testing.TestService/UnaryCall"),
+            "/grpc.testing.TestService/UnaryCall"
+        );
+        for junk in [
+            "/a/b/c",
+            "nope",
+            "/svc/",
+            "/a b/c",
+            &format!("/a/{}", "x".repeat(200)),
+        ] {
+            assert_eq!(method_label(junk), "other", "{junk}");
+        }
     }
 }

@@ -20,7 +20,7 @@ use grpctunnel::ReverseTunnelRegistry;
 use crate::{
     auth::Credentials,
     compression::{accepts_gzip, deflate_response, inflate_request},
-    metrics::{code_of, CallRecord, Recorded},
+    metrics::{code_of, CallRecord, Counted, Recorded},
 };
 use tower::{Service, ServiceExt};
 
@@ -123,16 +123,19 @@ impl Service<http::Request<Body>> for RouteByKey {
                 self.key_header
             )));
         };
-        if let Some(callers) = &self.callers {
-            if let Err(status) = callers.check_call(req.headers(), req.extensions(), &key) {
-                return answer(status);
-            }
-        }
+        let permit = match &self.callers {
+            Some(callers) => match callers.check_call(req.headers(), req.extensions(), &key) {
+                Ok(permit) => Some(permit),
+                Err(status) => return answer(status),
+            },
+            None => None,
+        };
         let wait = req
             .headers_mut()
             .remove(WAIT_HEADER)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
-        let mut record = CallRecord::start(&key);
+        let mut record = CallRecord::start(&key, req.uri().path(), permit);
+        let req = req.map(|body| Body::new(Counted::received(body, &key)));
         // A tunnel carries no compressed message: inflate gzip here.
         let req = match inflate_request(req, self.max_message_size) {
             Ok(req) => req,
@@ -156,8 +159,9 @@ impl Service<http::Request<Body>> for RouteByKey {
                         record.finish(&code);
                         return Ok(resp.map(Body::new));
                     }
-                    let resp = resp.map(|body| Body::new(Recorded::new(Body::new(body), record)));
-                    Ok(if gzip { deflate_response(resp) } else { resp })
+                    let resp = resp.map(Body::new);
+                    let resp = if gzip { deflate_response(resp) } else { resp };
+                    Ok(resp.map(|body| Body::new(Recorded::new(body, record))))
                 }
                 Err(err) => {
                     record.finish(&(tonic::Code::Unavailable as i32).to_string());

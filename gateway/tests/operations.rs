@@ -1,9 +1,12 @@
 //! The gateway's operations surface: Prometheus metrics and the health
-//! endpoint after real calls.
+//! endpoint after real calls, graceful shutdown, config files, limits of
+//! calls in flight.
 
 mod common;
 
 use common::*;
+use grpctunnel_testing::pb::EchoRequest;
+use tonic::Code;
 
 #[tokio::test]
 async fn metrics_and_healthz_on_the_admin_port() {
@@ -33,14 +36,37 @@ async fn metrics_and_healthz_on_the_admin_port() {
                 .unwrap_or_else(|| panic!("no {prefix} in:\n{body}"))
                 .to_owned()
         };
+        let unary = "method=\"/grpctunnel.testing.v1.EchoService/Unary\"";
         assert!(
-            line("grpctunnel_calls_total{key=\"plant-7\",code=\"0\"}").ends_with(" 3"),
+            line(&format!(
+                "grpctunnel_calls_total{{key=\"plant-7\",{unary},code=\"0\"}}"
+            ))
+            .ends_with(" 3"),
             "{body}"
         );
         assert!(
-            line("grpctunnel_calls_total{key=\"plant-9\",code=\"14\"}").ends_with(" 1"),
+            line(&format!(
+                "grpctunnel_calls_total{{key=\"plant-9\",{unary},code=\"14\"}}"
+            ))
+            .ends_with(" 1"),
             "{body}"
         );
+        // Each call's request and response crossed: some bytes each way.
+        for counter in ["received", "sent"] {
+            let text = line(&format!(
+                "grpctunnel_{counter}_bytes_total{{key=\"plant-7\"}}"
+            ));
+            let bytes: f64 = text
+                .rsplit(' ')
+                .next()
+                .unwrap_or_default()
+                .parse()
+                .expect("a number");
+            assert!(bytes >= 3.0 * "counted".len() as f64, "{text}");
+        }
+        line(&format!(
+            "grpctunnel_call_duration_seconds_count{{key=\"plant-7\",{unary}}} 3"
+        ));
         assert!(
             line("grpctunnel_agents_connected").ends_with(" 1"),
             "{body}"
@@ -52,6 +78,142 @@ async fn metrics_and_healthz_on_the_admin_port() {
         line("grpctunnel_call_duration_seconds");
         line("grpctunnel_auth_failures_total{who=\"agent\",reason=\"unknown_token\"}");
         drop(hub);
+        let _ = std::fs::remove_dir_all(dir);
+    })
+    .await
+}
+
+/// SIGTERM: the hub stops taking calls but lets those in flight finish, up
+/// to `--drain`; one that would outlast it is cut, and the hub exits 0.
+#[tokio::test]
+async fn sigterm_drains_calls_in_flight_within_the_bound() {
+    bounded(async {
+        let dir = temp_dir();
+        let upstream = upstream().await;
+        let (hub, addr) = hub_with(&dir, "s3cret-7", &["plant-7"], &["--drain", "3"]).await;
+        let _agent = agent(&dir, addr, "plant-7", "s3cret-7", upstream);
+        let mut plant = caller(addr, "plant-7", true).await;
+        let (finishing, mut finishing_responses) = bidi_in_flight(&mut plant).await;
+        let (lingering, mut lingering_responses) = bidi_in_flight(&mut plant).await;
+
+        hub.signal_term();
+        // The call in flight goes on: one more round trip, then its end.
+        finishing
+            .send(EchoRequest {
+                seq: 2,
+                ..Default::default()
+            })
+            .await
+            .expect("send after SIGTERM");
+        let second = finishing_responses
+            .message()
+            .await
+            .expect("a round trip while draining")
+            .expect("a response");
+        assert_eq!(second.seq, 2);
+        drop(finishing);
+        assert!(
+            finishing_responses
+                .message()
+                .await
+                .expect("a clean end")
+                .is_none(),
+            "the drained call ends with OK"
+        );
+
+        // The other never half-closes: cut at the bound, not left hanging.
+        let cut = loop {
+            match lingering_responses.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the lingering call ended cleanly"),
+                Err(status) => break status,
+            }
+        };
+        assert!(
+            matches!(cut.code(), Code::Unavailable | Code::Cancelled),
+            "{cut:?}"
+        );
+        drop(lingering);
+        let mut hub = hub;
+        let status = hub.child.wait().await.expect("the hub exits");
+        assert_eq!(status.code(), Some(0));
+        let _ = std::fs::remove_dir_all(dir);
+    })
+    .await
+}
+
+/// An agent configured by file alone (`--config`), its settings as the
+/// flags' snake_case names; a flag on the command line wins over the file.
+#[tokio::test]
+async fn an_agent_runs_from_its_config_file() {
+    bounded(async {
+        let dir = temp_dir();
+        let upstream = upstream().await;
+        let (_hub, addr) = hub(&dir, "s3cret-7", &["plant-7"]).await;
+        let token = dir.join("agent.token");
+        std::fs::write(&token, "s3cret-7").expect("token");
+        let config = dir.join("agent.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "hub = [\"http://{addr}\"]\nkey = \"plant-7\"\ntoken_file = {:?}\nupstream = \"http://{upstream}\"\ntunnels = 0\n",
+                token.display().to_string()
+            ),
+        )
+        .expect("config");
+        let config = config.display().to_string();
+        // `tunnels = 0` is refused: the file is read ...
+        let mut refused = Process::spawn(&["agent", "--config", &config]);
+        let code = refused.child.wait().await.expect("exit").code();
+        assert_eq!(code, Some(2), "a bad setting in the file is a usage error");
+        // ... and a flag overrides it.
+        let mut agent = Process::spawn(&["agent", "--config", &config, "--tunnels", "1"]);
+        agent.log_line("tunnel open").await;
+        let mut plant = caller(addr, "plant-7", false).await;
+        let reply = plant.unary(hello("from a file")).await.expect("call");
+        assert_eq!(reply.into_inner().payload.as_ref(), b"from a file");
+        let _ = std::fs::remove_dir_all(dir);
+    })
+    .await
+}
+
+/// Limits of calls in flight: a caller's `max_calls` at the hub, and an
+/// agent's `--max-calls`. The call beyond either is `RESOURCE_EXHAUSTED`;
+/// once a call ends its place is free again.
+#[tokio::test]
+async fn callers_and_agents_limit_their_calls_in_flight() {
+    bounded(async {
+        let dir = temp_dir();
+        let upstream = upstream().await;
+        let callers = "[[caller]]\ntoken = \"one-at-a-time\"\nkeys = [\"*\"]\nmax_calls = 1\n\n[[caller]]\ntoken = \"unlimited\"\nkeys = [\"*\"]\n";
+        let (_hub, addr) = hub_full(&dir, "s3cret-7", &["plant-7", "plant-8"], callers, &[]).await;
+        let mut agent7 = agent(&dir, addr, "plant-7", "s3cret-7", upstream);
+        let mut agent8 = agent_with(&dir, addr, "plant-8", "s3cret-7", upstream, &["--max-calls", "2"]);
+        agent7.log_line("tunnel open").await;
+        agent8.log_line("tunnel open").await;
+
+        // The caller's limit, at the hub.
+        let mut one = caller_with_token(addr, "plant-7", "one-at-a-time").await;
+        let (held, responses) = bidi_in_flight(&mut one).await;
+        let err = one.unary(hello("second")).await.expect_err("over max_calls");
+        assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+        assert!(err.message().contains("max_calls"), "{err:?}");
+        // A clean end: the hub frees the place as the trailers pass, so
+        // the next call finds it free.
+        drop(held);
+        let mut responses = responses;
+        assert!(responses.message().await.expect("a clean end").is_none());
+        let reply = one.unary(hello("again")).await.expect("the place is free");
+        assert_eq!(reply.into_inner().payload.as_ref(), b"again");
+
+        // The agent's limit: two in flight, the third refused by the agent.
+        let mut many = caller_with_token(addr, "plant-8", "unlimited").await;
+        let first = bidi_in_flight(&mut many).await;
+        let second = bidi_in_flight(&mut many).await;
+        let err = many.unary(hello("third")).await.expect_err("over --max-calls");
+        assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+        assert!(err.message().contains("--max-calls"), "{err:?}");
+        drop((first, second));
         let _ = std::fs::remove_dir_all(dir);
     })
     .await

@@ -23,7 +23,7 @@ async fn an_agent_cannot_register_a_key_its_credential_is_not_bound_to() {
         assert!(line.contains("plant-8"), "{line}");
         // A wrong token: refused too.
         let _stranger = agent(&dir, addr, "plant-7", "guess", upstream);
-        let line = hub.log_line("unknown or missing bearer token").await;
+        let line = hub.log_line("unknown or missing credential").await;
         assert!(line.contains("plant-7"), "{line}");
         // Nothing registered: calls for either key find no agent.
         for key in ["plant-7", "plant-8"] {
@@ -341,6 +341,96 @@ async fn an_agent_authenticates_with_a_client_certificate() {
         let _thief = spawn_cert_agent("plant-7");
         let line = hub.log_line("agent refused").await;
         assert!(line.contains("plant-7"), "{line}");
+        let _ = std::fs::remove_dir_all(dir);
+    })
+    .await
+}
+
+/// Callers authenticate with a client certificate (mTLS) bound to keys:
+/// the certificate reaches its key, not another; without a certificate or
+/// token a call is refused.
+#[tokio::test]
+async fn callers_authenticate_with_a_client_certificate() {
+    bounded(async {
+        let dir = temp_dir();
+        let upstream = upstream().await;
+        let certs = certificates(&dir);
+        let more = format!(
+            "[[caller]]\ncert_sha256 = {:?}\nkeys = [\"plant-7\"]\n",
+            certs.caller_sha256
+        );
+        let tls = [
+            "--tls-cert",
+            certs.hub_cert.as_str(),
+            "--tls-key",
+            certs.hub_key.as_str(),
+            "--client-ca",
+            certs.ca.as_str(),
+        ];
+        let (_hub, addr) = hub_full(&dir, "s3cret-7", &["plant-7", "plant-8"], &more, &tls).await;
+        let hub_url = format!("https://127.0.0.1:{}", addr.port());
+        let token = dir.join("agent.token");
+        std::fs::write(&token, "s3cret-7").expect("token");
+        let mut agents = Vec::new();
+        for key in ["plant-7", "plant-8"] {
+            let mut agent = Process::spawn(&[
+                "agent",
+                "--hub",
+                &hub_url,
+                "--ca-file",
+                &certs.ca,
+                "--key",
+                key,
+                "--token-file",
+                &token.display().to_string(),
+                "--upstream",
+                &format!("http://{upstream}"),
+            ]);
+            agent.log_line("tunnel open").await;
+            agents.push(agent);
+        }
+        let ca = tonic::transport::Certificate::from_pem(std::fs::read(&certs.ca).expect("ca"));
+        let connect = |identity: Option<tonic::transport::Identity>| {
+            let mut tls = tonic::transport::ClientTlsConfig::new().ca_certificate(ca.clone());
+            if let Some(identity) = identity {
+                tls = tls.identity(identity);
+            }
+            let endpoint = tonic::transport::Endpoint::from_shared(hub_url.clone())
+                .expect("endpoint")
+                .tls_config(tls)
+                .expect("tls");
+            async move { endpoint.connect().await.expect("TLS to the hub") }
+        };
+        let for_key = |channel, key: &'static str| {
+            let add_key: AddKey = Box::new(move |mut req: tonic::Request<()>| {
+                req.metadata_mut()
+                    .insert("grpctunnel-key", key.parse().expect("ascii"));
+                Ok(req)
+            });
+            EchoServiceClient::with_interceptor(channel, add_key)
+        };
+        let identity = tonic::transport::Identity::from_pem(
+            std::fs::read(&certs.caller_cert).expect("cert"),
+            std::fs::read(&certs.caller_key).expect("key"),
+        );
+        let with_cert = connect(Some(identity)).await;
+        let reply = for_key(with_cert.clone(), "plant-7")
+            .unary(hello("by certificate"))
+            .await
+            .expect("the certificate's key");
+        assert_eq!(reply.into_inner().payload.as_ref(), b"by certificate");
+        let err = for_key(with_cert, "plant-8")
+            .unary(hello("x"))
+            .await
+            .expect_err("a key the certificate is not bound to");
+        assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+
+        let anonymous = connect(None).await;
+        let err = for_key(anonymous, "plant-7")
+            .unary(hello("x"))
+            .await
+            .expect_err("no credential");
+        assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
         let _ = std::fs::remove_dir_all(dir);
     })
     .await

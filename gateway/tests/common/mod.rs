@@ -118,13 +118,18 @@ impl Process {
 
     /// Sends SIGTERM and returns the exit code.
     pub async fn terminate(mut self) -> Option<i32> {
+        self.signal_term();
+        self.child.wait().await.expect("exit status").code()
+    }
+
+    /// Sends SIGTERM, without waiting.
+    pub fn signal_term(&self) {
         let pid = self.child.id().expect("running");
         let status = std::process::Command::new("kill")
             .args(["-TERM", &pid.to_string()])
             .status()
             .expect("kill");
         assert!(status.success());
-        self.child.wait().await.expect("exit status").code()
     }
 }
 
@@ -239,6 +244,21 @@ pub async fn caller(hub: SocketAddr, key: &'static str, wait: bool) -> Caller {
     EchoServiceClient::with_interceptor(channel, add_key)
 }
 
+/// A plain gRPC client of the hub for `key`, presenting `token`.
+pub async fn caller_with_token(hub: SocketAddr, key: &'static str, token: &'static str) -> Caller {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{hub}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect to the hub");
+    let add: AddKey = Box::new(move |mut req: tonic::Request<()>| {
+        req.metadata_mut()
+            .insert("grpctunnel-key", key.parse().expect("ascii"));
+        Ok(with_token(req, token))
+    });
+    EchoServiceClient::with_interceptor(channel, add)
+}
+
 pub fn hello(payload: &str) -> tonic::Request<EchoRequest> {
     let mut req = tonic::Request::new(EchoRequest {
         payload: payload.as_bytes().to_vec().into(),
@@ -279,10 +299,15 @@ pub struct Certs {
     pub agent_cert: String,
     pub agent_key: String,
     pub agent_sha256: String,
+    /// A client certificate for a caller (mTLS), and its SHA-256 (hex).
+    pub caller_cert: String,
+    pub caller_key: String,
+    pub caller_sha256: String,
 }
 
 /// A CA; a certificate it signed for `localhost`, 127.0.0.1 and
-/// `*.hub.test` (the hub, or an upstream); and an agent's client certificate it signed.
+/// `*.hub.test` (the hub, or an upstream); and client certificates it
+/// signed for an agent and a caller.
 pub fn certificates(dir: &std::path::Path) -> Certs {
     use sha2::Digest;
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
@@ -304,6 +329,13 @@ pub fn certificates(dir: &std::path::Path) -> Certs {
         "*.hub.test".to_owned(),
     ]);
     let (agent, agent_key) = sign(vec!["agent".to_owned()]);
+    let (caller, caller_key) = sign(vec!["caller".to_owned()]);
+    let sha256 = |der: &[u8]| -> String {
+        sha2::Sha256::digest(der)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
     let write = |name: &str, pem: String| {
         let path = dir.join(name);
         std::fs::write(&path, pem).expect("pem");
@@ -315,9 +347,37 @@ pub fn certificates(dir: &std::path::Path) -> Certs {
         hub_key: write("hub.key", hub_key.serialize_pem()),
         agent_cert: write("agent.pem", agent.pem()),
         agent_key: write("agent.key", agent_key.serialize_pem()),
-        agent_sha256: sha2::Sha256::digest(agent.der())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect(),
+        agent_sha256: sha256(agent.der()),
+        caller_cert: write("caller.pem", caller.pem()),
+        caller_key: write("caller.key", caller_key.serialize_pem()),
+        caller_sha256: sha256(caller.der()),
     }
+}
+
+/// A bidi echo call in flight through `caller`, after one round trip: its
+/// request sender (drop it to half-close) and its responses.
+pub async fn bidi_in_flight(
+    caller: &mut Caller,
+) -> (
+    tokio::sync::mpsc::Sender<EchoRequest>,
+    tonic::Streaming<grpctunnel_testing::pb::EchoResponse>,
+) {
+    let (requests, rx) = tokio::sync::mpsc::channel(4);
+    requests
+        .send(EchoRequest {
+            seq: 1,
+            ..Default::default()
+        })
+        .await
+        .expect("queue");
+    let mut call = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    call.set_timeout(Duration::from_secs(30));
+    let mut responses = caller.bidi(call).await.expect("bidi").into_inner();
+    let first = responses
+        .message()
+        .await
+        .expect("first response")
+        .expect("a response");
+    assert_eq!(first.seq, 1);
+    (requests, responses)
 }
