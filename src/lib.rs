@@ -170,6 +170,18 @@ mod info;
 mod limits;
 pub mod reverse;
 pub mod server;
+
+/// Several replicas, one key space (feature `cluster`): a registry that
+/// joins a [`Cluster`](cluster::Cluster) publishes its keys in a shared
+/// [`Directory`](cluster::Directory) and relays calls for keys other
+/// replicas hold. How it works: the docs of
+/// [`ReverseTunnelRegistry::cluster`].
+#[cfg(feature = "cluster")]
+pub mod cluster {
+    #[cfg(feature = "redis")]
+    pub use crate::reverse::cluster::RedisDirectory;
+    pub use crate::reverse::cluster::{Cluster, Directory, DirectoryFuture, Entry, DEFAULT_TTL};
+}
 mod wire;
 
 pub use client::{TunnelChannel, TunnelChannelBuilder};

@@ -28,7 +28,8 @@ fn layer(module: &str) -> Option<u8> {
         "engine" | "info" | "limits" => 1,
         "client" => 2,
         "server" => 3,
-        "reverse" => 4,
+        // `cluster` is lib.rs's public face of `reverse::cluster`.
+        "reverse" | "cluster" => 4,
         "lib" | "fuzzing" => 5,
         _ => return None,
     })
@@ -106,6 +107,7 @@ fn root_names(lib: &str) -> HashMap<String, String> {
         let Some(path) = stmt.trim().strip_prefix("pub use ") else {
             continue;
         };
+        let path = path.strip_prefix("crate::").unwrap_or(path);
         let module = first_segment(path);
         for name in path.split(|c: char| !(c.is_alphanumeric() || c == '_')) {
             if !name.is_empty() && name != module {

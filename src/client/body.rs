@@ -48,6 +48,10 @@ enum State {
         guard: CallGuard,
         pending: Option<Bytes>,
     },
+    /// The body of a call another replica of a cluster answered; a failure
+    /// of its transport ends it with trailers carrying the status.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    Relayed(tonic::body::Body),
     Done,
 }
 
@@ -63,6 +67,14 @@ impl ResponseBody {
 
     pub(crate) fn empty() -> Self {
         Self { state: State::Done }
+    }
+
+    /// The body of a response relayed from another replica.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) fn relayed(body: tonic::body::Body) -> Self {
+        Self {
+            state: State::Relayed(body),
+        }
     }
 
     /// The HTTP/2 trailers for a `close_stream` (P-63, client side).
@@ -104,6 +116,27 @@ impl http_body::Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
+        if let State::Relayed(body) = &mut this.state {
+            let frame = std::task::ready!(Pin::new(body).poll_frame(cx));
+            return Poll::Ready(match frame {
+                Some(Ok(frame)) => Some(Ok(frame)),
+                // A gRPC status comes in trailers: an error here is the
+                // connection to the replica failing, so the call's agent is
+                // unreachable now.
+                Some(Err(status)) => {
+                    this.state = State::Done;
+                    let status = tonic::Status::unavailable(format!(
+                        "the replica serving this call is gone: {}",
+                        status.message()
+                    ));
+                    Some(Ok(Frame::trailers(Self::status_to_trailers(&status))))
+                }
+                None => {
+                    this.state = State::Done;
+                    None
+                }
+            });
+        }
         let State::Streaming { guard, pending } = &mut this.state else {
             return Poll::Ready(None);
         };
@@ -142,7 +175,11 @@ impl http_body::Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self.state, State::Done)
+        match &self.state {
+            State::Done => true,
+            State::Relayed(body) => http_body::Body::is_end_stream(body),
+            State::Streaming { .. } => false,
+        }
     }
 
     fn size_hint(&self) -> SizeHint {

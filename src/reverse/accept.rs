@@ -17,7 +17,7 @@ use crate::{
     info::Direction,
     pb,
     reverse::ReverseTunnelRegistry,
-    server::{ReverseAcceptor, TunnelLayer},
+    server::{RelayFuture, ReverseAcceptor, TunnelLayer},
     wire::settings::Options,
 };
 
@@ -40,6 +40,21 @@ impl<K> ReverseAcceptor for Acceptor<K>
 where
     K: Clone + Eq + Hash + Send + Sync + 'static,
 {
+    fn relay(&self, req: http::Request<tonic::body::Body>) -> RelayFuture {
+        #[cfg(feature = "cluster")]
+        return Box::pin(crate::reverse::cluster::receive(self.0.clone(), req));
+        #[cfg(not(feature = "cluster"))]
+        {
+            drop(req);
+            Box::pin(std::future::ready(
+                tonic::Status::unauthenticated(
+                    "relayed call refused: this server is not in a cluster",
+                )
+                .into_http(),
+            ))
+        }
+    }
+
     fn admit(
         &self,
         headers: &http::HeaderMap,

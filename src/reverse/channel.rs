@@ -164,6 +164,14 @@ where
             self.last.record(tunnel.id(), &channel);
             return ReverseResponseFuture::call(channel.call(req));
         }
+        #[cfg(feature = "cluster")]
+        if let (Some(_), Some(key)) = (self.registry.cluster_link(), &self.key) {
+            let (registry, key, wait) = (self.registry.clone(), key.clone(), self.wait);
+            let req = req.map(tonic::body::Body::new);
+            return ReverseResponseFuture::wait(Box::pin(crate::reverse::cluster::forward(
+                registry, key, req, wait,
+            )));
+        }
         if !self.wait {
             return ReverseResponseFuture::call(ResponseFuture::failed(
                 tonic::Status::unavailable("no channels ready"),

@@ -10,6 +10,8 @@
 
 mod accept;
 mod channel;
+#[cfg(feature = "cluster")]
+pub(crate) mod cluster;
 mod keep;
 mod registry;
 mod serve;

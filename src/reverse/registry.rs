@@ -58,6 +58,9 @@ impl<K> Clone for ReverseTunnelRegistry<K> {
 
 pub(crate) struct Inner<K> {
     key_fn: Box<KeyFn<K>>,
+    /// The cluster this registry's keys are shared with.
+    #[cfg(feature = "cluster")]
+    cluster: std::sync::OnceLock<crate::reverse::cluster::ClusterLink<K>>,
     max_tunnels: usize,
     max_per_key: usize,
     state: Mutex<State<K>>,
@@ -269,6 +272,8 @@ where
         Self {
             inner: Arc::new(Inner {
                 key_fn: Box::new(key),
+                #[cfg(feature = "cluster")]
+                cluster: std::sync::OnceLock::new(),
                 max_tunnels: DEFAULT_MAX_REVERSE_TUNNELS,
                 max_per_key: DEFAULT_MAX_REVERSE_TUNNELS_PER_KEY,
                 state: Mutex::new(State {
@@ -389,6 +394,18 @@ where
         }
     }
 
+    /// Resolves when a tunnel is added (after it was created, enabled).
+    #[cfg(feature = "cluster")]
+    pub(crate) fn added(&self) -> tokio::sync::futures::Notified<'_> {
+        self.inner.added.notified()
+    }
+
+    /// The cluster this registry belongs to, if any.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn cluster_link(&self) -> Option<&crate::reverse::cluster::ClusterLink<K>> {
+        self.inner.cluster.get()
+    }
+
     /// Picks a tunnel of a pool: the least loaded, ties round-robin.
     pub(crate) fn pick<Q>(&self, key: Option<&Q>) -> Option<ReverseTunnel<K>>
     where
@@ -439,12 +456,14 @@ where
                 return;
             }
             state.all.tunnels.push(tunnel.clone());
-            state
-                .by_key
-                .entry(key)
-                .or_default()
-                .tunnels
-                .push(tunnel.clone());
+            let pool = state.by_key.entry(key).or_default();
+            pool.tunnels.push(tunnel.clone());
+            #[cfg(feature = "cluster")]
+            if pool.tunnels.len() == 1 {
+                if let Some(link) = self.inner.cluster.get() {
+                    link.update(tunnel.key(), true);
+                }
+            }
         }
         debug!(tunnel = tunnel.id(), "reverse tunnel registered");
         let _ = self.inner.events.send(TunnelEvent::Opened(tunnel.clone()));
@@ -469,11 +488,61 @@ where
                 pool.remove(id);
                 if pool.tunnels.is_empty() {
                     state.by_key.remove(key);
+                    #[cfg(feature = "cluster")]
+                    if let Some(link) = self.inner.cluster.get() {
+                        link.update(key, false);
+                    }
                 }
             }
         }
         debug!(tunnel = id, "reverse tunnel unregistered");
         let _ = self.inner.events.send(TunnelEvent::Closed(tunnel.clone()));
+    }
+}
+
+#[cfg(feature = "cluster")]
+impl<K> Inner<K> {
+    /// This replica's directory entries: each key with its calls in flight.
+    pub(crate) fn entries(&self, replica: &str) -> Vec<crate::reverse::cluster::Entry> {
+        let Some(link) = self.cluster.get() else {
+            return Vec::new();
+        };
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state
+            .by_key
+            .iter()
+            .map(|(key, pool)| crate::reverse::cluster::Entry {
+                key: (link.name)(key).to_owned(),
+                replica: replica.to_owned(),
+                load: pool
+                    .tunnels
+                    .iter()
+                    .map(|t| t.inner.channel.active_calls() as u64)
+                    .sum(),
+            })
+            .collect()
+    }
+}
+
+#[cfg(feature = "cluster")]
+impl ReverseTunnelRegistry<String> {
+    /// Shares this registry's keys with the other replicas of `cluster`:
+    /// publishes them in its directory, and relays a call for a key that
+    /// no local tunnel serves to a replica that holds it (see
+    /// [`cluster`](crate::cluster)). Needs a Tokio runtime; the
+    /// registry's publishing stops when it is dropped.
+    ///
+    /// # Panics
+    ///
+    /// If the registry is in a cluster already.
+    #[track_caller]
+    pub fn cluster(self, cluster: crate::cluster::Cluster) -> Self {
+        let weak = Arc::downgrade(&self.inner);
+        let link = crate::reverse::cluster::link(cluster, String::as_str, str::to_owned, weak);
+        if self.inner.cluster.set(link).is_err() {
+            panic!("the registry is in a cluster already");
+        }
+        self
     }
 }
 

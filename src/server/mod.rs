@@ -39,5 +39,7 @@ mod service;
 pub use body::{RequestBody, TunnelBody};
 pub use future::ResponseFuture;
 pub use layer::{TunnelLayer, DEFAULT_MAX_TUNNELS, DEFAULT_SHUTDOWN_GRACE};
-pub(crate) use reverse_acceptor::ReverseAcceptor;
+#[cfg(feature = "cluster")]
+pub(crate) use reverse_acceptor::RELAY_KEY_HEADER;
+pub(crate) use reverse_acceptor::{RelayFuture, ReverseAcceptor, RELAY_SECRET_HEADER};
 pub use service::{TunnelService, Unimplemented};

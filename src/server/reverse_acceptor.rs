@@ -3,11 +3,24 @@
 //! it holds a [`ReverseAcceptor`] (the `reverse` module's registry is one),
 //! so the server never depends on how reverse tunnels are kept.
 
-use std::time::Duration;
+use std::{future::Future, pin::Pin, time::Duration};
 
 use tokio_util::sync::CancellationToken;
 
 use crate::{engine::accept::Accepted, pb, wire::settings::Options};
+
+/// Header of a call one replica of a cluster relays to another: the
+/// cluster's shared secret. A request carrying it goes to the acceptor's
+/// [`relay`](ReverseAcceptor::relay), never to the inner service.
+pub(crate) const RELAY_SECRET_HEADER: &str = "grpctunnel-relay-secret";
+
+/// Header of a relayed call: the key whose tunnels serve it.
+#[cfg(feature = "cluster")]
+pub(crate) const RELAY_KEY_HEADER: &str = "grpctunnel-relay-key";
+
+/// The response of a relayed call.
+pub(crate) type RelayFuture =
+    Pin<Box<dyn Future<Output = http::Response<tonic::body::Body>> + Send>>;
 
 /// Takes the reverse tunnels a network server accepts.
 pub(crate) trait ReverseAcceptor: Send + Sync + 'static {
@@ -29,4 +42,9 @@ pub(crate) trait ReverseAcceptor: Send + Sync + 'static {
         shutdown: CancellationToken,
         grace: Duration,
     );
+
+    /// Serves a call another replica relayed here (it carries
+    /// [`RELAY_SECRET_HEADER`]): checks it and sends it through a local
+    /// tunnel; the answer is the call's response, a refusal a status.
+    fn relay(&self, req: http::Request<tonic::body::Body>) -> RelayFuture;
 }

@@ -16,7 +16,7 @@ use crate::{
     pb,
     server::{
         dispatch::dispatch, future::ResponseFuture, layer::Config, open::serve_tunnel, RequestBody,
-        TunnelBody,
+        TunnelBody, RELAY_SECRET_HEADER,
     },
 };
 
@@ -90,6 +90,14 @@ where
             )));
         }
         let config = &self.config;
+        // A call relayed by another replica of a cluster: the reverse
+        // acceptor checks and serves it; it never reaches the inner service.
+        if let Some(acceptor) = &config.reverse {
+            if req.headers().contains_key(RELAY_SECRET_HEADER) {
+                let relayed = acceptor.relay(req.map(tonic::body::Body::new));
+                return ResponseFuture::tunnel(relayed);
+            }
+        }
         match req.uri().path() {
             OPEN_TUNNEL => {
                 let dispatch = match &config.tunnel_service {

@@ -1,0 +1,259 @@
+//! Several replicas, one key space: a [`Cluster`] links a registry to a
+//! shared [`Directory`] so that a call for a key held by another replica is
+//! relayed there.
+//!
+//! - Each replica publishes the keys of its reverse tunnels in the
+//!   directory, with its advertised address and load, as leases it renews
+//!   every third of their time to live: when the replica dies, or loses
+//!   the directory, its entries expire; when the directory comes back, the
+//!   next renewal publishes them again.
+//! - A call through [`ReverseTunnelRegistry::get`] uses a local tunnel of
+//!   the key when there is one; otherwise it looks the key up and relays
+//!   the call to the least-loaded replica that holds it, over a pooled
+//!   HTTP/2 connection per replica, as a plain gRPC call: deadline
+//!   (`grpc-timeout`, less the time already spent), cancellation, metadata,
+//!   trailers and status pass as they are. A replica it cannot reach is
+//!   skipped for the next one.
+//! - A relayed call carries the cluster's shared secret
+//!   (`grpctunnel-relay-secret`) and its key (`grpctunnel-relay-key`). The
+//!   receiving replica refuses it without the right secret
+//!   (`UNAUTHENTICATED`), and serves it from its own tunnels only, never
+//!   relaying it again: a relay loop cannot happen.
+//! - A waiting call (`wait_for_ready`) also wakes when another replica
+//!   publishes the key.
+
+mod directory;
+#[cfg(feature = "redis")]
+mod redis;
+mod relay;
+
+use std::{
+    fmt,
+    sync::{Arc, Mutex, Weak},
+    time::Duration,
+};
+
+use tokio::sync::{broadcast, mpsc};
+use tonic::transport::{Channel, Endpoint};
+use tracing::warn;
+
+pub use directory::{Directory, DirectoryFuture, Entry};
+#[cfg(feature = "redis")]
+pub use redis::RedisDirectory;
+pub(crate) use relay::{forward, receive};
+
+use crate::{error::BoxError, reverse::registry::Inner};
+
+/// Default time to live of a replica's directory entries.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
+
+type Connect = dyn Fn(&str) -> Result<Endpoint, BoxError> + Send + Sync;
+
+/// A registry's membership in a cluster of replicas sharing one key space;
+/// give it to [`ReverseTunnelRegistry::cluster`](crate::ReverseTunnelRegistry::cluster).
+///
+/// ```no_run
+/// # #[cfg(feature = "redis")]
+/// # async fn run() -> Result<(), grpctunnel::BoxError> {
+/// use grpctunnel::{cluster::{Cluster, RedisDirectory}, ReverseTunnelRegistry};
+///
+/// let directory = RedisDirectory::open("redis://127.0.0.1:6379")?;
+/// let cluster = Cluster::new(directory, "http://10.0.0.5:8443", "a shared secret");
+/// let registry = ReverseTunnelRegistry::with_key(|headers, _| {
+///     headers.get("x-agent").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned()
+/// })
+/// .cluster(cluster);
+/// // Calls for any key, on any replica:
+/// let channel = registry.get("agent-7");
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Cluster {
+    pub(crate) inner: Arc<ClusterInner>,
+}
+
+pub(crate) struct ClusterInner {
+    pub(crate) directory: Arc<dyn Directory>,
+    pub(crate) advertise: String,
+    pub(crate) secret: String,
+    pub(crate) ttl: Duration,
+    connect: Box<Connect>,
+    /// One connection per replica, made on first use.
+    peers: Mutex<std::collections::HashMap<String, Channel>>,
+    /// Keys other replicas published, for waiting calls.
+    pub(crate) published: broadcast::Sender<String>,
+}
+
+impl Cluster {
+    /// This replica's membership in the cluster kept in `directory`:
+    /// `advertise` is the URL other replicas dial to reach it
+    /// (`http://10.0.0.5:8443`, or `https://` with
+    /// [`connect_with`](Self::connect_with)), `secret` the shared secret
+    /// every replica presents on relayed calls.
+    pub fn new(
+        directory: impl Directory,
+        advertise: impl Into<String>,
+        secret: impl Into<String>,
+    ) -> Self {
+        let (published, _) = broadcast::channel(1024);
+        Self {
+            inner: Arc::new(ClusterInner {
+                directory: Arc::new(directory),
+                advertise: advertise.into(),
+                secret: secret.into(),
+                ttl: DEFAULT_TTL,
+                connect: Box::new(|url| Ok(Endpoint::from_shared(url.to_owned())?)),
+                peers: Mutex::default(),
+                published,
+            }),
+        }
+    }
+
+    /// Time to live of this replica's entries (default [`DEFAULT_TTL`]):
+    /// how long a dead replica's keys may still be looked up. Entries are
+    /// renewed every third of it.
+    ///
+    /// # Panics
+    ///
+    /// If the cluster was cloned already.
+    #[track_caller]
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.inner_mut().ttl = ttl;
+        self
+    }
+
+    /// How to dial another replica from its advertised URL (TLS settings,
+    /// timeouts); default: `Endpoint::from_shared(url)`.
+    ///
+    /// # Panics
+    ///
+    /// If the cluster was cloned already.
+    #[track_caller]
+    pub fn connect_with(
+        mut self,
+        connect: impl Fn(&str) -> Result<Endpoint, BoxError> + Send + Sync + 'static,
+    ) -> Self {
+        self.inner_mut().connect = Box::new(connect);
+        self
+    }
+
+    /// This replica's advertised URL.
+    pub fn advertise(&self) -> &str {
+        &self.inner.advertise
+    }
+
+    #[track_caller]
+    fn inner_mut(&mut self) -> &mut ClusterInner {
+        Arc::get_mut(&mut self.inner).expect("configure the cluster before cloning it")
+    }
+}
+
+impl ClusterInner {
+    /// The pooled connection to `replica`.
+    pub(crate) fn peer(&self, replica: &str) -> Result<Channel, BoxError> {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(channel) = peers.get(replica) {
+            return Ok(channel.clone());
+        }
+        let channel = (self.connect)(replica)?.connect_lazy();
+        peers.insert(replica.to_owned(), channel.clone());
+        Ok(channel)
+    }
+}
+
+impl fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cluster")
+            .field("advertise", &self.inner.advertise)
+            .field("ttl", &self.inner.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A registry's link to its cluster.
+pub(crate) struct ClusterLink<K> {
+    pub(crate) cluster: Cluster,
+    /// A key's name in the directory, and back.
+    pub(crate) name: fn(&K) -> &str,
+    pub(crate) from: fn(&str) -> K,
+    /// Keys whose first tunnel opened (`true`) or last closed, in order.
+    updates: mpsc::UnboundedSender<(String, bool)>,
+}
+
+impl<K> ClusterLink<K> {
+    /// Publishes (`present`) or withdraws a key soon, in the order of the
+    /// registry's changes.
+    pub(crate) fn update(&self, key: &K, present: bool) {
+        let _ = self.updates.send(((self.name)(key).to_owned(), present));
+    }
+}
+
+/// Links a registry to `cluster` and keeps its keys published: at once
+/// when a key's first tunnel opens or its last closes, and all of them
+/// every third of the TTL, until the registry is dropped. Also feeds keys
+/// other replicas publish to waiting calls. Needs a Tokio runtime.
+pub(crate) fn link<K>(
+    cluster: Cluster,
+    name: fn(&K) -> &str,
+    from: fn(&str) -> K,
+    registry: Weak<Inner<K>>,
+) -> ClusterLink<K>
+where
+    K: Clone + Eq + std::hash::Hash + Send + Sync + 'static,
+{
+    let (updates, mut queued) = mpsc::unbounded_channel::<(String, bool)>();
+    let feed = cluster.inner.clone();
+    tokio::spawn(async move {
+        use futures_util::StreamExt;
+        let mut keys = feed.directory.published();
+        while let Some(key) = keys.next().await {
+            let _ = feed.published.send(key);
+        }
+    });
+    let inner = cluster.inner.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(inner.ttl / 3);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        loop {
+            let result = tokio::select! {
+                update = queued.recv() => match update {
+                    // The registry is gone.
+                    None => return,
+                    Some((key, true)) => {
+                        let entry = Entry { key, replica: inner.advertise.clone(), load: 0 };
+                        inner.directory.publish(vec![entry], inner.ttl).await
+                    }
+                    Some((key, false)) => inner.directory.withdraw(&key, &inner.advertise).await,
+                },
+                _ = tick.tick() => {
+                    let Some(registry) = registry.upgrade() else { return };
+                    let entries = registry.entries(&inner.advertise);
+                    drop(registry);
+                    if entries.is_empty() {
+                        continue;
+                    }
+                    inner.directory.publish(entries, inner.ttl).await
+                }
+            };
+            match result {
+                Ok(()) if failing => {
+                    failing = false;
+                    tracing::info!("cluster directory reachable again");
+                }
+                Ok(()) => {}
+                Err(err) if !failing => {
+                    failing = true;
+                    warn!(error = %err, "cannot update the cluster directory; local tunnels still serve, retrying at the next renewal");
+                }
+                Err(_) => {}
+            }
+        }
+    });
+    ClusterLink {
+        cluster,
+        name,
+        from,
+        updates,
+    }
+}

@@ -1,0 +1,227 @@
+//! [`RedisDirectory`]: the cluster directory on Redis or Valkey.
+//!
+//! Each key is a hash, `<prefix>key:<key>`, with one field per replica
+//! holding it: `<expiry in ms, store clock>:<load>`. Scripts read the
+//! store's own clock (`TIME`), so replicas' clocks never matter: publishing
+//! writes the field and keeps the hash alive for the TTL; a lookup returns
+//! the fields not yet expired and deletes the others. A replica that stops
+//! renewing its fields is gone from lookups within the TTL, and the hash
+//! itself expires once no replica renews it. A field that is new (or was
+//! expired) is announced on the channel `<prefix>published`.
+
+use std::{
+    pin::Pin,
+    sync::{Arc, Weak},
+    time::Duration,
+};
+
+use futures_core::Stream;
+use futures_util::StreamExt;
+use redis::{aio::ConnectionManager, AsyncCommands, Script};
+use tokio::sync::broadcast;
+use tokio_stream::wrappers::BroadcastStream;
+
+use crate::{
+    error::BoxError,
+    reverse::cluster::{Directory, DirectoryFuture, Entry},
+};
+
+/// ARGV: replica, ttl (ms), channel, loads..., names...
+const PUBLISH: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[2])
+local n = #KEYS
+for i, k in ipairs(KEYS) do
+  local old = redis.call('HGET', k, ARGV[1])
+  local fresh = false
+  if old then
+    local sep = string.find(old, ':', 1, true)
+    fresh = sep and tonumber(string.sub(old, 1, sep - 1)) > now
+  end
+  redis.call('HSET', k, ARGV[1], (now + ttl) .. ':' .. ARGV[3 + i])
+  if redis.call('PTTL', k) < ttl then
+    redis.call('PEXPIRE', k, ttl)
+  end
+  if not fresh then
+    redis.call('PUBLISH', ARGV[3], ARGV[3 + n + i])
+  end
+end
+return n
+";
+
+const LOOKUP: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local all = redis.call('HGETALL', KEYS[1])
+local out = {}
+for i = 1, #all, 2 do
+  local v = all[i + 1]
+  local sep = string.find(v, ':', 1, true)
+  if sep and tonumber(string.sub(v, 1, sep - 1)) > now then
+    table.insert(out, all[i])
+    table.insert(out, string.sub(v, sep + 1))
+  else
+    redis.call('HDEL', KEYS[1], all[i])
+  end
+end
+return out
+";
+
+/// A cluster [`Directory`] on Redis or Valkey (feature `redis`).
+///
+/// Connections are made on first use and remade after a failure (the
+/// `redis` crate's `ConnectionManager`), so a replica starts, and serves
+/// its own tunnels, while the store is down; its operations then fail
+/// fast until the store is back.
+#[derive(Clone)]
+pub struct RedisDirectory {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    conn: ConnectionManager,
+    prefix: String,
+    publish: Script,
+    lookup: Script,
+    published: broadcast::Sender<String>,
+}
+
+impl RedisDirectory {
+    /// A directory in the store at `url` (`redis://host:6379`,
+    /// `redis://:password@host:6379/0`), keys under the prefix
+    /// `grpctunnel:`. Needs a Tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// If `url` is not a Redis URL.
+    pub fn open(url: &str) -> Result<Self, BoxError> {
+        Self::with_prefix(url, "grpctunnel:")
+    }
+
+    /// [`open`](Self::open) with keys under `prefix` (several clusters may
+    /// share one store).
+    ///
+    /// # Errors
+    ///
+    /// If `url` is not a Redis URL.
+    pub fn with_prefix(url: &str, prefix: &str) -> Result<Self, BoxError> {
+        let client = redis::Client::open(url)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(1));
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
+        let (published, _) = broadcast::channel(1024);
+        let inner = Arc::new(Shared {
+            conn,
+            prefix: prefix.to_owned(),
+            publish: Script::new(PUBLISH),
+            lookup: Script::new(LOOKUP),
+            published,
+        });
+        let channel = format!("{prefix}published");
+        tokio::spawn(listen(client, channel, Arc::downgrade(&inner)));
+        Ok(Self { inner })
+    }
+
+    fn hash(&self, key: &str) -> String {
+        format!("{}key:{key}", self.inner.prefix)
+    }
+}
+
+/// Forwards the announcements of new keys, resubscribing after the store
+/// comes back (tried every second while it is away), until the directory
+/// is dropped.
+async fn listen(client: redis::Client, channel: String, directory: Weak<Shared>) {
+    loop {
+        if directory.strong_count() == 0 {
+            return;
+        }
+        if let Ok(mut pubsub) = client.get_async_pubsub().await {
+            if pubsub.subscribe(&channel).await.is_ok() {
+                let mut messages = pubsub.on_message();
+                while let Some(msg) = messages.next().await {
+                    let Some(shared) = directory.upgrade() else {
+                        return;
+                    };
+                    if let Ok(key) = msg.get_payload::<String>() {
+                        let _ = shared.published.send(key);
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+impl Directory for RedisDirectory {
+    fn publish(&self, entries: Vec<Entry>, ttl: Duration) -> DirectoryFuture<'_, ()> {
+        Box::pin(async move {
+            let Some(first) = entries.first() else {
+                return Ok(());
+            };
+            let mut invocation = self.inner.publish.prepare_invoke();
+            invocation
+                .arg(&first.replica)
+                .arg(ttl.as_millis() as u64)
+                .arg(format!("{}published", self.inner.prefix));
+            for entry in &entries {
+                invocation.key(self.hash(&entry.key)).arg(entry.load);
+            }
+            for entry in &entries {
+                invocation.arg(&entry.key);
+            }
+            let mut conn = self.inner.conn.clone();
+            let _: i64 = invocation.invoke_async(&mut conn).await?;
+            Ok(())
+        })
+    }
+
+    fn withdraw<'a>(&'a self, key: &'a str, replica: &'a str) -> DirectoryFuture<'a, ()> {
+        Box::pin(async move {
+            let mut conn = self.inner.conn.clone();
+            let _: i64 = conn.hdel(self.hash(key), replica).await?;
+            Ok(())
+        })
+    }
+
+    fn lookup<'a>(&'a self, key: &'a str) -> DirectoryFuture<'a, Vec<Entry>> {
+        Box::pin(async move {
+            let mut conn = self.inner.conn.clone();
+            let flat: Vec<String> = self
+                .inner
+                .lookup
+                .key(self.hash(key))
+                .invoke_async(&mut conn)
+                .await?;
+            Ok(flat
+                .chunks(2)
+                .filter_map(|pair| match pair {
+                    [replica, load] => Some(Entry {
+                        key: key.to_owned(),
+                        replica: replica.clone(),
+                        load: load.parse().unwrap_or(0),
+                    }),
+                    _ => None,
+                })
+                .collect())
+        })
+    }
+
+    fn published(&self) -> Pin<Box<dyn Stream<Item = String> + Send>> {
+        Box::pin(
+            BroadcastStream::new(self.inner.published.subscribe())
+                .filter_map(|k| std::future::ready(k.ok())),
+        )
+    }
+}
+
+impl std::fmt::Debug for RedisDirectory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisDirectory")
+            .field("prefix", &self.inner.prefix)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,303 @@
+//! Relaying a call to the replica that holds its key, and serving a call
+//! another replica relayed.
+
+use std::{
+    hash::Hash,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use tower::ServiceExt;
+use tower_service::Service;
+use tracing::{debug, warn};
+
+use crate::{
+    client::{ResponseBody, ResponseFuture},
+    error::Error,
+    reverse::ReverseTunnelRegistry,
+    server::{RELAY_KEY_HEADER, RELAY_SECRET_HEADER},
+    wire::timeout,
+};
+
+/// How long a replica may take to accept a connection before the next one
+/// that holds the key is tried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+type Response = Result<http::Response<ResponseBody>, Error>;
+
+fn failed(status: tonic::Status) -> ResponseFuture {
+    ResponseFuture::failed(status)
+}
+
+/// A call for `key`, which no local tunnel serves now: relays it to the
+/// least-loaded replica that holds the key; with `wait`, waits (up to the
+/// call's deadline) for a local tunnel or a replica to have the key.
+pub(crate) async fn forward<K>(
+    registry: ReverseTunnelRegistry<K>,
+    key: K,
+    req: http::Request<tonic::body::Body>,
+    wait: bool,
+) -> Response
+where
+    K: Clone + Eq + Hash + Send + Sync + 'static,
+{
+    let Some(link) = registry.cluster_link() else {
+        return failed(tonic::Status::unavailable("no channels ready")).await;
+    };
+    let cluster = link.cluster.inner.clone();
+    let name = (link.name)(&key).to_owned();
+    let deadline = timeout::grpc_timeout(req.headers()).map(|t| Instant::now() + t);
+    let mut req = Some(req);
+    loop {
+        // Wake on a local tunnel or a replica publishing the key; subscribed
+        // before looking, so neither is missed.
+        let mut published = cluster.published.subscribe();
+        let added = registry.added();
+        tokio::pin!(added);
+        added.as_mut().enable();
+
+        if let Some(tunnel) = registry.pick(Some(&key)) {
+            let req = req.take().expect("sent once");
+            let mut channel = tunnel.channel();
+            return channel.call(req).await;
+        }
+        let mut entries = match cluster.directory.lookup(&name).await {
+            Ok(entries) => entries,
+            Err(err) => {
+                return failed(tonic::Status::unavailable(format!(
+                "no tunnel for key {name:?} here, and the cluster directory is unavailable: {err}"
+            )))
+                .await
+            }
+        };
+        entries.retain(|e| e.replica != cluster.advertise);
+        entries.sort_by_key(|e| e.load);
+        // The body goes out with the first replica that takes it; one that
+        // fails before reading it (connection refused: a dead replica
+        // whose entry has not expired yet) leaves it for the next.
+        let (mut parts, body) = req.take().expect("sent once").into_parts();
+        if let Some(deadline) = deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let value = format!("{}m", left.as_millis().max(1));
+            parts.headers.insert(
+                "grpc-timeout",
+                http::HeaderValue::from_str(&value).expect("digits"),
+            );
+        }
+        let (Ok(secret), Ok(key_value)) = (
+            http::HeaderValue::from_str(&cluster.secret),
+            http::HeaderValue::from_str(&name),
+        ) else {
+            return failed(tonic::Status::internal(
+                "the cluster secret or the key is not valid header text",
+            ))
+            .await;
+        };
+        parts.headers.insert(RELAY_SECRET_HEADER, secret);
+        parts.headers.insert(RELAY_KEY_HEADER, key_value);
+        let body = Lent::new(body);
+        for entry in entries {
+            let Ok(mut peer) = cluster.peer(&entry.replica) else {
+                warn!(replica = %entry.replica, "cannot dial a replica's advertised address");
+                continue;
+            };
+            if tokio::time::timeout(CONNECT_TIMEOUT, peer.ready())
+                .await
+                .map_or(true, |ready| ready.is_err())
+            {
+                debug!(replica = %entry.replica, key = %name, "replica unreachable; trying the next");
+                continue;
+            }
+            let req = http::Request::from_parts(parts.clone(), tonic::body::Body::new(body.lend()));
+            match peer.call(req).await {
+                Ok(resp) => return Ok(resp.map(ResponseBody::relayed)),
+                Err(err) if body.is_home() => {
+                    debug!(replica = %entry.replica, key = %name, error = %err, "replica unreachable; trying the next");
+                }
+                Err(err) => {
+                    return failed(tonic::Status::unavailable(format!(
+                        "replica {} holding key {name:?}: {err}",
+                        entry.replica
+                    )))
+                    .await
+                }
+            }
+        }
+        let Some(body) = body.take_back() else {
+            return failed(tonic::Status::unavailable(format!(
+                "the replicas holding key {name:?} cannot be reached"
+            )))
+            .await;
+        };
+        req = Some(http::Request::from_parts(parts, body));
+        if !wait {
+            return failed(tonic::Status::unavailable(format!(
+                "no tunnel for key {name:?} on any replica"
+            )))
+            .await;
+        }
+        let wake = async {
+            loop {
+                match published.recv().await {
+                    Ok(k) if k == name => return,
+                    Ok(_) => {}
+                    // Missed some: look again.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+                    // No feed: the local tunnel wakes us, or the deadline.
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                        std::future::pending::<()>().await
+                    }
+                }
+            }
+        };
+        let woken = async {
+            tokio::select! {
+                () = wake => {}
+                () = added.as_mut() => {}
+            }
+        };
+        match deadline {
+            None => woken.await,
+            Some(deadline) => {
+                if tokio::time::timeout_at(deadline.into(), woken)
+                    .await
+                    .is_err()
+                {
+                    return failed(tonic::Status::deadline_exceeded(
+                        "context deadline exceeded while waiting for a tunnel",
+                    ))
+                    .await;
+                }
+            }
+        }
+    }
+}
+
+/// A call another replica relayed here: checked against the cluster's
+/// secret, then served by a local tunnel of its key only (never relayed
+/// again, so relays cannot loop).
+pub(crate) async fn receive<K>(
+    registry: ReverseTunnelRegistry<K>,
+    mut req: http::Request<tonic::body::Body>,
+) -> http::Response<tonic::body::Body>
+where
+    K: Clone + Eq + Hash + Send + Sync + 'static,
+{
+    let refuse = |status: tonic::Status| status.into_http::<tonic::body::Body>();
+    let Some(link) = registry.cluster_link() else {
+        return refuse(tonic::Status::unauthenticated(
+            "relayed call refused: this server is not in a cluster",
+        ));
+    };
+    let headers = req.headers_mut();
+    let secret = headers.remove(RELAY_SECRET_HEADER);
+    let key = headers.remove(RELAY_KEY_HEADER);
+    let matches = secret
+        .is_some_and(|s| constant_time_eq(s.as_bytes(), link.cluster.inner.secret.as_bytes()));
+    if !matches {
+        warn!("relayed call refused: wrong cluster secret");
+        return refuse(tonic::Status::unauthenticated(
+            "relayed call refused: wrong cluster secret",
+        ));
+    }
+    let Some(name) = key.as_ref().and_then(|k| k.to_str().ok()) else {
+        return refuse(tonic::Status::invalid_argument(format!(
+            "relayed call without {RELAY_KEY_HEADER}"
+        )));
+    };
+    let key = (link.from)(name);
+    let Some(tunnel) = registry.pick(Some(&key)) else {
+        return refuse(tonic::Status::unavailable(format!(
+            "no tunnel for key {name:?} on this replica (any more)"
+        )));
+    };
+    let mut channel = tunnel.channel();
+    match channel.call(req).await {
+        Ok(resp) => resp.map(tonic::body::Body::new),
+        Err(err) => refuse(err.to_status()),
+    }
+}
+
+/// Compares secrets in time independent of where they differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A request body lent to one attempt at a time: the attempt that first
+/// reads it keeps it; until then it can be taken back for another.
+struct Lent {
+    slot: Arc<Mutex<Option<tonic::body::Body>>>,
+}
+
+impl Lent {
+    fn new(body: tonic::body::Body) -> Self {
+        Self {
+            slot: Arc::new(Mutex::new(Some(body))),
+        }
+    }
+
+    /// A body for one attempt.
+    fn lend(&self) -> Borrowed {
+        Borrowed {
+            slot: self.slot.clone(),
+            body: None,
+        }
+    }
+
+    /// Whether no attempt has read the body yet.
+    fn is_home(&self) -> bool {
+        self.slot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    fn take_back(self) -> Option<tonic::body::Body> {
+        self.slot.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+/// The body of one attempt: takes the request body on its first read.
+struct Borrowed {
+    slot: Arc<Mutex<Option<tonic::body::Body>>>,
+    body: Option<tonic::body::Body>,
+}
+
+impl http_body::Body for Borrowed {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, tonic::Status>>> {
+        if self.body.is_none() {
+            let taken = self.slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+            match taken {
+                Some(body) => self.body = Some(body),
+                None => {
+                    return Poll::Ready(Some(Err(tonic::Status::internal(
+                        "request body taken by another attempt",
+                    ))))
+                }
+            }
+        }
+        let body = self.body.as_mut().expect("taken above");
+        Pin::new(body).poll_frame(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+    }
+}
