@@ -77,6 +77,33 @@ pub(crate) struct HubArgs {
     /// `RESOURCE_EXHAUSTED`. Default: no limit.
     #[arg(long, env = "GRPCTUNNEL_MAX_CALLS_PER_CALLER")]
     max_calls_per_caller: Option<usize>,
+    /// Share one key space with other hubs through this Redis/Valkey store
+    /// (`redis://host:6379`): any hub then routes any key, relaying a call
+    /// to the hub its agent is connected to. Needs `--advertise` and
+    /// `--cluster-secret-file`.
+    #[arg(long, requires_all = ["advertise", "cluster_secret_file"], env = "GRPCTUNNEL_CLUSTER")]
+    cluster: Option<String>,
+    /// The URL other hubs dial to relay calls to this one
+    /// (`https://hub-2.internal:8443`).
+    #[arg(long, env = "GRPCTUNNEL_ADVERTISE")]
+    advertise: Option<String>,
+    /// File holding the secret every hub of the cluster presents on relayed
+    /// calls (a hub refuses a relayed call without it).
+    #[arg(long, env = "GRPCTUNNEL_CLUSTER_SECRET_FILE")]
+    cluster_secret_file: Option<String>,
+    /// How long, in seconds, the store keeps a dead hub's keys: the longest
+    /// a key stays unreachable after its hub dies.
+    #[arg(
+        long,
+        default_value = "10",
+        value_name = "SECONDS",
+        env = "GRPCTUNNEL_CLUSTER_TTL"
+    )]
+    cluster_ttl: f64,
+    /// CA certificate (PEM) of the other hubs' certificates, for an
+    /// `https://` `--advertise`; without it the system's roots are used.
+    #[arg(long, env = "GRPCTUNNEL_CLUSTER_CA")]
+    cluster_ca: Option<PathBuf>,
     /// How long calls in flight may run after SIGTERM.
     #[arg(
         long,
@@ -138,8 +165,16 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
             .to_owned()
     })
     .with_limits(args.max_tunnels, args.max_tunnels_per_key);
+    let clustered = args.cluster.is_some();
+    let registry = match cluster(&args)? {
+        Some(cluster) => registry.cluster(cluster),
+        None => registry,
+    };
     let drain = CancellationToken::new();
+    // The layer's own cap counts agents' tunnels and callers' forward
+    // tunnels: room for --max-tunnels agents plus as many callers.
     let tunnels = TunnelLayer::new()
+        .max_tunnels((args.max_tunnels as u64).saturating_mul(2))
         .max_message_size(args.max_message_size)
         .reverse(registry.clone())
         .shutdown_token(drain.clone())
@@ -159,6 +194,7 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
         local,
         callers.clone(),
         args.max_message_size,
+        clustered,
     );
     let service = Auth::new(tunnels.layer(route), Arc::new(agents), callers, key_header);
 
@@ -233,6 +269,55 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
     stopped.cancel();
     tracing::info!("hub stopped");
     Ok(())
+}
+
+/// The cluster this hub joins, with `--cluster`.
+fn cluster(args: &HubArgs) -> Result<Option<grpctunnel::cluster::Cluster>, Failure> {
+    let (Some(url), Some(advertise), Some(secret)) =
+        (&args.cluster, &args.advertise, &args.cluster_secret_file)
+    else {
+        return Ok(None);
+    };
+    let secret = crate::config::read_token(secret)?;
+    if http::HeaderValue::from_str(&secret).is_err() {
+        return Err(Failure::Usage(
+            "the cluster secret is not valid header text".into(),
+        ));
+    }
+    if !(advertise.starts_with("http://") || advertise.starts_with("https://")) {
+        return Err(Failure::Usage(format!(
+            "--advertise {advertise:?}: give a URL, http:// or https://"
+        )));
+    }
+    if !(args.cluster_ttl.is_finite() && args.cluster_ttl >= 0.3) {
+        return Err(Failure::Usage("--cluster-ttl: at least 0.3 seconds".into()));
+    }
+    let directory = grpctunnel::cluster::RedisDirectory::open(url)
+        .map_err(|e| Failure::Usage(format!("--cluster {url:?}: {e}")))?;
+    let ca = match &args.cluster_ca {
+        Some(path) => Some(
+            std::fs::read(path)
+                .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", path.display())))?,
+        ),
+        None => None,
+    };
+    tracing::info!(store = %url, %advertise, "joining the cluster");
+    let cluster = grpctunnel::cluster::Cluster::new(directory, advertise.clone(), secret)
+        .ttl(Duration::from_secs_f64(args.cluster_ttl))
+        .connect_with(move |url| {
+            let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())?
+                .connect_timeout(Duration::from_secs(2));
+            if !url.starts_with("https://") {
+                return Ok(endpoint);
+            }
+            let tls = match &ca {
+                Some(pem) => tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+                None => tonic::transport::ClientTlsConfig::new().with_native_roots(),
+            };
+            Ok(endpoint.tls_config(tls)?)
+        });
+    Ok(Some(cluster))
 }
 
 /// The hub's TLS identity, when `--tls-cert` and `--tls-key` are given.

@@ -43,6 +43,8 @@ pub(crate) struct RouteByKey {
     callers: Option<Arc<Credentials>>,
     /// Largest message; compressed ones are inflated up to it.
     max_message_size: usize,
+    /// In a cluster, a key with no local agent may be on another hub.
+    clustered: bool,
 }
 
 impl std::fmt::Debug for RouteByKey {
@@ -62,6 +64,7 @@ impl RouteByKey {
         local: Local,
         callers: Option<Arc<Credentials>>,
         max_message_size: usize,
+        clustered: bool,
     ) -> Self {
         let authority_suffix = authority_suffix.map(|s| format!(".{}", s.trim_start_matches('.')));
         Self {
@@ -71,6 +74,7 @@ impl RouteByKey {
             local,
             callers,
             max_message_size,
+            clustered,
         }
     }
 
@@ -144,7 +148,7 @@ impl Service<http::Request<Body>> for RouteByKey {
                 return answer(status);
             }
         };
-        if !wait && self.registry.tunnels_for(key.as_str()).is_empty() {
+        if !wait && !self.clustered && self.registry.tunnels_for(key.as_str()).is_empty() {
             let status = tonic::Status::unavailable(format!("no agent connected for key {key:?}"));
             record.finish(&(status.code() as i32).to_string());
             return answer(status);

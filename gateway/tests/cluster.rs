@@ -1,0 +1,401 @@
+//! Several hubs, one key space, on a real Redis: real hub and agent
+//! processes, a real `redis-server` (see `common/store.rs`).
+
+mod common;
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use common::{store::Store, *};
+use grpctunnel_testing::pb::EchoRequest;
+use tonic::Code;
+
+const SECRET: &str = "cluster-s3cret";
+const TOKEN: &str = "s3cret-7";
+
+/// A free loopback port, for a hub that must advertise its address.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// The hubs' shared config (agents' token bound to `keys`) and secret.
+fn cluster_files(dir: &std::path::Path, keys: &[String]) -> (String, String) {
+    let keys: Vec<String> = keys.iter().map(|k| format!("{k:?}")).collect();
+    let config = dir.join("hub.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[agent]]\ntoken = {TOKEN:?}\nkeys = [{}]\n",
+            keys.join(", ")
+        ),
+    )
+    .expect("config");
+    let secret = dir.join("cluster.secret");
+    std::fs::write(&secret, SECRET).expect("secret");
+    (config.display().to_string(), secret.display().to_string())
+}
+
+/// A hub of the cluster in `store`, on a port of its own.
+async fn cluster_hub(files: &(String, String), store: &str, port: u16) -> (Process, SocketAddr) {
+    let listen = format!("127.0.0.1:{port}");
+    let advertise = format!("http://{listen}");
+    let mut hub = Process::spawn(&[
+        "hub",
+        "--listen",
+        &listen,
+        "--config",
+        &files.0,
+        "--cluster",
+        store,
+        "--advertise",
+        &advertise,
+        "--cluster-secret-file",
+        &files.1,
+        "--cluster-ttl",
+        "2",
+    ]);
+    let addr = hub.listening().await;
+    (hub, addr)
+}
+
+/// An agent of `key` connected to each of `hubs`, once all its tunnels
+/// are open.
+async fn cluster_agent(
+    dir: &std::path::Path,
+    hubs: &[SocketAddr],
+    key: &str,
+    upstream: SocketAddr,
+) -> Process {
+    let list: Vec<String> = hubs.iter().map(|h| format!("http://{h}")).collect();
+    let token = dir.join(format!("agent-{key}.token"));
+    std::fs::write(&token, TOKEN).expect("token");
+    let mut agent = Process::spawn(&[
+        "agent",
+        "--hub",
+        &list.join(","),
+        "--key",
+        key,
+        "--token-file",
+        &token.display().to_string(),
+        "--upstream",
+        &format!("http://{upstream}"),
+    ]);
+    for _ in hubs {
+        agent.log_line("tunnel open").await;
+    }
+    agent
+}
+
+/// Every call kind for `key` through `hub`; the first failure, if any.
+/// The calls wait for the key (`grpctunnel-wait`): a hub publishes a new
+/// key a moment after its agent's tunnel opens.
+async fn four_kinds(hub: SocketAddr, key: &'static str) -> Result<(), String> {
+    let mut c = caller(hub, key, true).await;
+    let fail = |kind: &str| {
+        let kind = kind.to_owned();
+        move |s: tonic::Status| format!("{key} via {hub}: {kind}: {s:?}")
+    };
+    let reply = c.unary(hello(key)).await.map_err(fail("unary"))?;
+    if reply.into_inner().payload.as_ref() != key.as_bytes() {
+        return Err(format!("{key} via {hub}: unary: wrong payload"));
+    }
+    let req = EchoRequest {
+        payload: key.as_bytes().to_vec().into(),
+        repeat: 3,
+        ..Default::default()
+    };
+    let mut stream = c
+        .server_stream(req)
+        .await
+        .map_err(fail("server stream"))?
+        .into_inner();
+    let mut n = 0;
+    while stream
+        .message()
+        .await
+        .map_err(fail("server stream"))?
+        .is_some()
+    {
+        n += 1;
+    }
+    if n != 3 {
+        return Err(format!("{key} via {hub}: server stream: {n} of 3"));
+    }
+    let requests = (1..=3).map(|seq| EchoRequest {
+        seq,
+        ..Default::default()
+    });
+    let reply = c
+        .client_stream(tokio_stream::iter(requests.clone()))
+        .await
+        .map_err(fail("client stream"))?;
+    if reply.into_inner().seq != 3 {
+        return Err(format!("{key} via {hub}: client stream: not the last"));
+    }
+    let mut responses = c
+        .bidi(tokio_stream::iter(requests))
+        .await
+        .map_err(fail("bidi"))?
+        .into_inner();
+    let mut n = 0;
+    while responses.message().await.map_err(fail("bidi"))?.is_some() {
+        n += 1;
+    }
+    if n != 3 {
+        return Err(format!("{key} via {hub}: bidi: {n} of 3"));
+    }
+    Ok(())
+}
+
+fn keys(n: usize) -> Vec<&'static str> {
+    (0..n)
+        .map(|i| &*Box::leak(format!("plant-{i}").into_boxed_str()))
+        .collect()
+}
+
+/// Every key through every hub, all four call kinds; returns the failures.
+async fn every_key_everywhere(hubs: &[SocketAddr], keys: &[&'static str]) -> Vec<String> {
+    let mut calls = tokio::task::JoinSet::new();
+    for &hub in hubs {
+        for &key in keys {
+            calls.spawn(four_kinds(hub, key));
+        }
+    }
+    let mut failures = Vec::new();
+    while let Some(done) = calls.join_next().await {
+        if let Err(e) = done.expect("no panic") {
+            failures.push(e);
+        }
+    }
+    failures
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hubs_thirty_agents_every_key_from_every_hub() {
+    let Some(store) = Store::start().await else {
+        return;
+    };
+    tokio::time::timeout(Duration::from_secs(240), async {
+        let dir = temp_dir();
+        let upstream = upstream().await;
+        let keys = keys(30);
+        let owned: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+        let files = cluster_files(&dir, &owned);
+        let mut hubs = Vec::new();
+        for _ in 0..3 {
+            hubs.push(cluster_hub(&files, &store.url(), free_port()).await);
+        }
+        let addrs: Vec<SocketAddr> = hubs.iter().map(|h| h.1).collect();
+        // Agent i on hub i % 3 only: two hubs in three reach it by relay.
+        let mut agents = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            agents.push(cluster_agent(&dir, &[addrs[i % 3]], key, upstream).await);
+        }
+        let failures = every_key_everywhere(&addrs, &keys).await;
+        println!(
+            "{} calls ({} hubs x {} keys x 4 kinds), {} failed",
+            addrs.len() * keys.len() * 4,
+            addrs.len(),
+            keys.len(),
+            failures.len()
+        );
+        assert!(failures.is_empty(), "{failures:#?}");
+
+        // Agents gone, entries gone: nothing left in the store.
+        for agent in agents {
+            let mut agent = agent;
+            agent.child.start_kill().expect("kill");
+            agent.child.wait().await.expect("gone");
+        }
+        let left = async {
+            loop {
+                let n = store
+                    .cli(&["--scan", "--pattern", "grpctunnel:key:*"])
+                    .await;
+                if n.is_empty() {
+                    return;
+                }
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), left)
+            .await
+            .expect("every directory entry withdrawn");
+        drop(hubs);
+        let _ = std::fs::remove_dir_all(dir);
+    })
+    .await
+    .expect("test timed out");
+    store.kill().await;
+}
+
+/// Kill -9 a hub: calls relayed through it fail `UNAVAILABLE` at once; its
+/// agents, also connected to another hub, stay reachable from every
+/// remaining hub (the dead hub's entries are skipped, then expire). (A
+/// caller connected to the dead hub itself sees its own gRPC library's
+/// connection error.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_hub_fails_over_to_the_others() {
+    let Some(store) = Store::start().await else {
+        return;
+    };
+    tokio::time::timeout(Duration::from_secs(180), async {
+        let dir = temp_dir();
+        let upstream = upstream().await;
+        let keys = keys(6);
+        let mut owned: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+        owned.push("solo".to_owned());
+        let files = cluster_files(&dir, &owned);
+        let mut hubs = Vec::new();
+        for _ in 0..3 {
+            hubs.push(cluster_hub(&files, &store.url(), free_port()).await);
+        }
+        let addrs: Vec<SocketAddr> = hubs.iter().map(|h| h.1).collect();
+        let mut agents = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            let two = [addrs[i % 3], addrs[(i + 1) % 3]];
+            agents.push(cluster_agent(&dir, &two, key, upstream).await);
+        }
+        let _solo = cluster_agent(&dir, &[addrs[0]], "solo", upstream).await;
+        assert!(every_key_everywhere(&addrs, &keys).await.is_empty());
+
+        // A call in flight through hub 1, relayed to hub 0, when 0 dies.
+        let mut relayed = caller(addrs[1], "solo", false).await;
+        let (requests, mut responses) = bidi_in_flight(&mut relayed).await;
+        let (mut dead, _) = hubs.remove(0);
+        dead.child.start_kill().expect("kill -9 a hub");
+        let killed = Instant::now();
+        let err = loop {
+            match responses.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the call ended cleanly through a dead hub"),
+                Err(status) => break status,
+            }
+        };
+        assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+        drop(requests);
+
+        let alive = &addrs[1..];
+        let failures = every_key_everywhere(alive, &keys).await;
+        println!(
+            "every key reachable from the other hubs {:?} after the kill; failures: {}",
+            killed.elapsed(),
+            failures.len()
+        );
+        assert!(failures.is_empty(), "{failures:#?}");
+        drop(agents);
+        let _ = std::fs::remove_dir_all(dir);
+    })
+    .await
+    .expect("test timed out");
+    store.kill().await;
+}
+
+/// A relayed call from outside the cluster (no or a wrong secret) is
+/// refused; a relayed call for a key the hub does not hold is not relayed
+/// again (no loops), even though another hub holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_relays_are_refused_and_relays_never_loop() {
+    let Some(store) = Store::start().await else {
+        return;
+    };
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let dir = temp_dir();
+        let upstream = upstream().await;
+        let files = cluster_files(&dir, &["plant-0".to_owned()]);
+        let (_a, a) = cluster_hub(&files, &store.url(), free_port()).await;
+        let (_b, b) = cluster_hub(&files, &store.url(), free_port()).await;
+        let _agent = cluster_agent(&dir, &[b], "plant-0", upstream).await;
+        // Through hub a, relayed to b: works.
+        four_kinds(a, "plant-0").await.expect("relayed");
+
+        let relayed = |secret: &'static str| {
+            let mut req = hello("forged");
+            req.metadata_mut()
+                .insert("grpctunnel-relay-secret", secret.parse().expect("ascii"));
+            req.metadata_mut()
+                .insert("grpctunnel-relay-key", "plant-0".parse().expect("ascii"));
+            req
+        };
+        let mut plain = caller(a, "plant-0", false).await;
+        let err = plain
+            .unary(relayed("guessed"))
+            .await
+            .expect_err("a wrong secret");
+        assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+        // The right secret at a hub that does not hold the key: served
+        // from its own tunnels only, so it fails instead of hopping on.
+        let err = plain
+            .unary(relayed(SECRET))
+            .await
+            .expect_err("not relayed twice");
+        assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+        assert!(err.message().contains("on this replica"), "{err:?}");
+        // At the hub that holds it, the same relayed call is served.
+        let mut at_b = caller(b, "plant-0", false).await;
+        let reply = at_b.unary(relayed(SECRET)).await.expect("served at b");
+        assert_eq!(reply.into_inner().payload.as_ref(), b"forged");
+        let _ = std::fs::remove_dir_all(dir);
+    })
+    .await
+    .expect("test timed out");
+    store.kill().await;
+}
+
+/// The store goes away: each hub still serves its own agents, a relayed
+/// key fails `UNAVAILABLE` naming the directory; the store comes back
+/// empty: hubs republish their keys, relayed calls resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hubs_republish_after_the_store_restarts() {
+    let Some(store) = Store::start().await else {
+        return;
+    };
+    let port = store.port;
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let dir = temp_dir();
+        let upstream = upstream().await;
+        let files = cluster_files(&dir, &["plant-0".to_owned()]);
+        let (_a, a) = cluster_hub(&files, &store.url(), free_port()).await;
+        let (_b, b) = cluster_hub(&files, &store.url(), free_port()).await;
+        let _agent = cluster_agent(&dir, &[b], "plant-0", upstream).await;
+        four_kinds(a, "plant-0").await.expect("relayed");
+
+        store.kill().await;
+        four_kinds(b, "plant-0")
+            .await
+            .expect("local keys work without the store");
+        let mut via_a = caller(a, "plant-0", false).await;
+        let err = via_a.unary(hello("x")).await.expect_err("no directory");
+        assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+        assert!(err.message().contains("directory"), "{err:?}");
+
+        let store = Store::start_on(port).await.expect("the store again");
+        let back = Instant::now();
+        let resumed = async {
+            loop {
+                // Retried on each answer: the hubs republish within a
+                // third of the TTL (2 s).
+                if via_a.unary(hello("again")).await.is_ok() {
+                    return;
+                }
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(15), resumed)
+            .await
+            .expect("relayed calls resume");
+        println!(
+            "relayed calls resumed {:?} after the store came back",
+            back.elapsed()
+        );
+        store.kill().await;
+        let _ = std::fs::remove_dir_all(dir);
+    })
+    .await
+    .expect("test timed out");
+}

@@ -1,0 +1,87 @@
+//! A real Redis server for the cluster tests: started on a free loopback
+//! port in a temp dir, stopped when dropped. Without `redis-server` the
+//! tests print why and pass, except under `CI=true`, where `.ci/run`
+//! installs it and a missing server is a failure.
+
+use std::{path::PathBuf, process::Stdio};
+
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+};
+
+/// A running `redis-server`.
+pub struct Store {
+    child: Child,
+    pub port: u16,
+    dir: PathBuf,
+}
+
+impl Store {
+    /// Starts one, or `None` (with the reason printed) outside CI when
+    /// `redis-server` is missing.
+    pub async fn start() -> Option<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        Self::start_on(port).await
+    }
+
+    /// Starts one on `port` (a restart reuses its port).
+    pub async fn start_on(port: u16) -> Option<Self> {
+        let dir = super::temp_dir();
+        let spawned = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn();
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
+                panic!("redis-server unavailable under CI=true: {e}")
+            }
+            Err(e) => {
+                println!("SKIP: redis-server unavailable ({e}); install it (apt-get install redis-server)");
+                return None;
+            }
+        };
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        super::bounded(async {
+            while let Some(line) = lines.next_line().await.expect("stdout") {
+                if line.contains("Ready to accept connections") {
+                    return;
+                }
+            }
+            panic!("redis-server ended before it was ready");
+        })
+        .await;
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Some(Self { child, port, dir })
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops it at once (SIGKILL) and waits for its end.
+    pub async fn kill(mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+
+    /// Runs `redis-cli` against it; returns its output.
+    pub async fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .await
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
