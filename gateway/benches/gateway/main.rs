@@ -1,0 +1,333 @@
+//! `cargo bench -p grpctunnel-gateway --bench gateway`: what the gateway
+//! (`grpctunnel hub` + `grpctunnel agent`) costs a gRPC caller, against
+//! direct tonic measured in the same run, and what an idle agent costs the
+//! hub in memory.
+//!
+//! Setups (see `setups.rs`), all on loopback, one upstream echo server
+//! (`grpctunnel_testing::Echo`, a child process) shared by both:
+//!
+//! - `direct`: a tonic `Channel` to the upstream;
+//! - `gateway`: the same kind of `Channel` to a hub process, calls carrying
+//!   `grpctunnel-key: bench`; an agent process holds the reverse tunnel for
+//!   that key and forwards every call to the upstream. Hub and agent are
+//!   the real binary (`CARGO_BIN_EXE_grpctunnel`) with default settings.
+//!
+//! Workloads (see `workloads.rs`; the same as `benches/tunnel`'s
+//! `unary_seq`, `unary_conc` and `stream_1m`), run by this process:
+//! sequential 100 B unary calls (p50, p99); 64 concurrent callers of 100 B
+//! unary calls on one channel (calls/s over 2 s after 0.25 s); one server
+//! stream of 1 MiB messages read as fast as possible (MB/s).
+//!
+//! Memory (see `agents.rs`): a fresh hub's `VmRSS` before and after 10,000
+//! idle agents (each its own TCP connection and reverse tunnel, run in
+//! this process with the crate's `ReverseTunnelServer`) have connected,
+//! divided by 10,000.
+//!
+//! Repetitions (3) are the outer loop, so that a noisy moment hurts both
+//! setups alike; the table shows the median of the repetitions, their
+//! min..max and the ratio of the medians to direct tonic, then the
+//! targets, met or not. Progress goes to stderr, the table to stdout.
+//! `--help` lists the options; `--quick` is a smoke run.
+
+#[path = "../../../benches/tunnel/config.rs"]
+mod config;
+#[path = "../../../benches/tunnel/memory.rs"]
+mod memory;
+// Shared with the tunnel bench, which uses more of it.
+#[allow(dead_code)]
+#[path = "../../../benches/tunnel/proc.rs"]
+mod proc;
+#[path = "../../../benches/tunnel/stats.rs"]
+mod stats;
+
+mod agents;
+mod cli;
+mod report;
+mod setups;
+mod workloads;
+
+use std::{
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use cli::{Options, Role};
+use report::Results;
+use setups::Scratch;
+use workloads::Chan;
+
+/// How long a stopped upstream may take to exit.
+const STOP_LIMIT: Duration = Duration::from_secs(5);
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match cli::parse(args) {
+        Ok(Role::Orchestrate(opts)) => orchestrate(opts),
+        Ok(Role::Upstream) => setups::upstream_role(),
+        Err(e) if e.is_empty() => {
+            print!("{}", cli::USAGE);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("gateway bench: {e}\n\n{}", cli::USAGE);
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The figures of one setup in one repetition, and its failures.
+type Outcome = (Vec<(&'static str, f64)>, Vec<String>);
+
+/// Warm-up, then the three workloads on `ch`; a failed workload is
+/// reported and the next one still runs.
+async fn run_workloads<T: Chan>(ch: &T, opts: &Options) -> Outcome {
+    let mut samples = Vec::new();
+    let mut errors = Vec::new();
+    if let Err(e) = workloads::warm_up(ch).await {
+        errors.push(format!("warm-up: {e}"));
+        return (samples, errors);
+    }
+    match workloads::unary_seq(ch, opts.calls).await {
+        Ok(l) => {
+            samples.push((report::UNARY_P50, l.p50_us));
+            samples.push((report::UNARY_P99, l.p99_us));
+        }
+        Err(e) => errors.push(format!("unary_seq: {e}")),
+    }
+    match workloads::unary_conc(ch, opts.callers, opts.warmup, opts.duration).await {
+        Ok(rate) => samples.push((report::UNARY_CONC, rate)),
+        Err(e) => errors.push(format!("unary_conc: {e}")),
+    }
+    match workloads::stream_1m(ch, opts.warmup, opts.duration).await {
+        Ok(mb) => samples.push((report::STREAM_1M, mb)),
+        Err(e) => errors.push(format!("stream_1m: {e}")),
+    }
+    (samples, errors)
+}
+
+/// The calling side of one setup: connects to `addr` (the upstream, or
+/// the hub) and runs the workloads.
+async fn calls(gateway: bool, addr: String, opts: Options) -> Outcome {
+    let channel = match setups::connect(&addr).await {
+        Ok(c) => c,
+        Err(e) => return (Vec::new(), vec![e]),
+    };
+    if !gateway {
+        return run_workloads(&channel, &opts).await;
+    }
+    if let Err(e) = setups::wait_for_agent(&channel).await {
+        return (Vec::new(), vec![e]);
+    }
+    run_workloads(&setups::gateway_channel(channel), &opts).await
+}
+
+/// One repetition of one setup; the gateway's hub and agent are started
+/// for it and killed after.
+fn run_setup(
+    rt: &tokio::runtime::Runtime,
+    setup: &str,
+    scratch: &Scratch,
+    upstream: &str,
+    opts: &Options,
+) -> Outcome {
+    // Spawned, so that the workloads run on the runtime's workers as an
+    // application's tasks do, not on this thread.
+    let run = |gateway, addr| match rt.block_on(rt.spawn(calls(gateway, addr, opts.clone()))) {
+        Ok(out) => out,
+        Err(e) => (Vec::new(), vec![format!("client task: {e}")]),
+    };
+    if setup == "direct" {
+        return run(false, upstream.to_owned());
+    }
+    let hub = match setups::start_hub(scratch, &[]) {
+        Ok(hub) => hub,
+        Err(e) => return (Vec::new(), vec![e]),
+    };
+    let agent = match setups::start_agent(scratch, &hub.addr, upstream) {
+        Ok(agent) => agent,
+        Err(e) => return (Vec::new(), vec![e]),
+    };
+    let out = run(true, hub.addr.clone());
+    drop(agent);
+    drop(hub);
+    out
+}
+
+fn orchestrate(opts: Options) -> ExitCode {
+    let started = Instant::now();
+    // Quiet hub and agent children (they inherit it); set before any
+    // thread starts.
+    if std::env::var_os("RUST_LOG").is_none() {
+        std::env::set_var("RUST_LOG", "warn");
+    }
+    let mut results = Results::default();
+    let scratch = match Scratch::new() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("gateway bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Before any child starts: they inherit the raised file limit.
+    let agents = if opts.agents == 0 {
+        0
+    } else {
+        let (usable, note) = agents::usable_agents(opts.agents);
+        if let Some(note) = note {
+            eprintln!("gateway bench: {note}");
+            results.notes.push(note);
+        }
+        usable
+    };
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("gateway bench: runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (upstream, upstream_addr) = match setups::start_upstream() {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("gateway bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    eprintln!(
+        "gateway bench: {} reps; {} sequential calls, {} callers, {:.2} s + {:.2} s warmup per \
+         throughput workload, {} idle agents; hub and agent: {}",
+        opts.reps,
+        opts.calls,
+        opts.callers,
+        opts.duration.as_secs_f64(),
+        opts.warmup.as_secs_f64(),
+        agents,
+        setups::BIN
+    );
+    // Repetitions outermost, so that a noisy moment hits both setups alike.
+    for rep in 1..=opts.reps {
+        for (key, label) in report::SETUPS {
+            let t = Instant::now();
+            let (samples, errors) = run_setup(&rt, key, &scratch, &upstream_addr, &opts);
+            eprintln!(
+                "  rep {rep}/{}: {label:<14} {:>5.1} s{}",
+                opts.reps,
+                t.elapsed().as_secs_f64(),
+                if errors.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({} errors)", errors.len())
+                }
+            );
+            for (figure, value) in samples {
+                results.add(key, figure, value);
+            }
+            for e in errors {
+                eprintln!("    error: {e}");
+                results.errors.push(format!("rep {rep}: {key}: {e}"));
+            }
+        }
+    }
+    drop(rt);
+    upstream.stop(STOP_LIMIT);
+
+    // Memory last, in fresh hubs, once the call workloads are done.
+    if agents > 0 {
+        for rep in 1..=opts.reps {
+            match agents::measure(&scratch, agents) {
+                Ok(m) => {
+                    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+                    let line = format!(
+                        "hub memory, rep {rep}: {} agents connected in {:.1} s; hub VmRSS \
+                         {:.1} MiB -> {:.1} MiB: {:.2} KiB per idle agent",
+                        m.agents,
+                        m.connect.as_secs_f64(),
+                        mib(m.before),
+                        mib(m.after),
+                        m.kib_per_agent()
+                    );
+                    eprintln!("  {line}");
+                    results.notes.push(line);
+                    results.add("gateway", report::HUB_MEMORY, m.kib_per_agent());
+                }
+                Err(e) => {
+                    eprintln!("  hub memory, rep {rep}: error: {e}");
+                    results.errors.push(format!("rep {rep}: memory: {e}"));
+                }
+            }
+        }
+    }
+    let wall = started.elapsed();
+
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!();
+    println!(
+        "grpctunnel gateway benchmark: {} repetitions, median [min..max], ratio of medians to \
+         direct tonic",
+        opts.reps
+    );
+    println!(
+        "  {cpus} CPUs; {} sequential calls; {} callers; {:.2} s (+{:.2} s warmup) per \
+         throughput workload; {agents} idle agents; wall time {:.0} s{}",
+        opts.calls,
+        opts.callers,
+        opts.duration.as_secs_f64(),
+        opts.warmup.as_secs_f64(),
+        wall.as_secs_f64(),
+        if opts.quick { " (--quick)" } else { "" }
+    );
+    println!("  bench client and upstream: {}", config::describe());
+    println!("  hub and agent: {} (default settings)", setups::BIN);
+    println!();
+    print!("{}", report::table(&results, opts.callers, agents));
+    for note in &results.notes {
+        println!("{note}");
+    }
+    let targets = report::targets(&results);
+    println!();
+    println!("targets (on medians):");
+    print!("{}", report::targets_text(&targets));
+    if !results.errors.is_empty() {
+        println!();
+        println!("errors:");
+        for e in &results.errors {
+            println!("  {e}");
+        }
+    }
+
+    if let Some(path) = &opts.json {
+        let command = format!(
+            "cargo bench -p grpctunnel-gateway --bench gateway -- {}",
+            std::env::args()
+                .skip(1)
+                .filter(|a| a != "--bench")
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        let secs = |d: Duration| format!("{}", d.as_secs_f64());
+        let header = [
+            ("command", report::json_str(&command)),
+            ("cpus", cpus.to_string()),
+            ("reps", opts.reps.to_string()),
+            ("calls", opts.calls.to_string()),
+            ("callers", opts.callers.to_string()),
+            ("duration_s", secs(opts.duration)),
+            ("warmup_s", secs(opts.warmup)),
+            ("agents", agents.to_string()),
+            ("wall_s", secs(wall)),
+            ("config", report::json_str(&config::describe())),
+        ];
+        match std::fs::write(path, report::json(&results, &targets, &header)) {
+            Ok(()) => eprintln!("wrote {}", path.display()),
+            Err(e) => {
+                eprintln!("gateway bench: writing {}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    if results.errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

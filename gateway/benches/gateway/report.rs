@@ -1,0 +1,323 @@
+//! The table (median and min..max of the repetitions, ratio to direct
+//! tonic of the same run), the targets, and the JSON file.
+
+use std::{collections::BTreeMap, fmt::Write as _};
+
+use crate::stats::{summarize, Summary};
+
+/// The setups, in table order: (key, label).
+pub const SETUPS: [(&str, &str); 2] = [("direct", "direct tonic"), ("gateway", "hub -> agent")];
+
+/// One figure: a row group of the table.
+pub struct Figure {
+    pub key: &'static str,
+    pub label: &'static str,
+    pub unit: &'static str,
+}
+
+pub const UNARY_P50: &str = "unary_p50_us";
+pub const UNARY_P99: &str = "unary_p99_us";
+pub const UNARY_CONC: &str = "unary_conc_calls_per_s";
+pub const STREAM_1M: &str = "stream_1m_mb_per_s";
+pub const HUB_MEMORY: &str = "hub_kib_per_idle_agent";
+
+pub const FIGURES: [Figure; 5] = [
+    Figure {
+        key: UNARY_P50,
+        label: "unary 100 B, sequential: p50",
+        unit: "us",
+    },
+    Figure {
+        key: UNARY_P99,
+        label: "unary 100 B, sequential: p99",
+        unit: "us",
+    },
+    Figure {
+        key: UNARY_CONC,
+        label: "unary 100 B, N callers: throughput",
+        unit: "calls/s",
+    },
+    Figure {
+        key: STREAM_1M,
+        label: "server stream, 1 MiB messages",
+        unit: "MB/s",
+    },
+    Figure {
+        key: HUB_MEMORY,
+        label: "hub RSS per idle agent (A agents)",
+        unit: "KiB/agent",
+    },
+];
+
+/// Everything measured in a run: every repetition's value of every figure
+/// of every setup.
+#[derive(Default)]
+pub struct Results {
+    values: BTreeMap<(&'static str, &'static str), Vec<f64>>,
+    pub errors: Vec<String>,
+    /// Lines printed under the table (memory details, limits).
+    pub notes: Vec<String>,
+}
+
+impl Results {
+    pub fn add(&mut self, setup: &'static str, figure: &'static str, value: f64) {
+        self.values.entry((setup, figure)).or_default().push(value);
+    }
+
+    fn summary(&self, setup: &str, figure: &str) -> Option<Summary> {
+        summarize(self.values.get(&(setup, figure))?)
+    }
+
+    fn median(&self, setup: &str, figure: &str) -> Option<f64> {
+        self.summary(setup, figure).map(|s| s.median)
+    }
+
+    fn ratio(&self, figure: &str) -> Option<f64> {
+        let (g, d) = (
+            self.median("gateway", figure)?,
+            self.median("direct", figure)?,
+        );
+        (d != 0.0).then(|| g / d)
+    }
+}
+
+fn num(v: f64) -> String {
+    let a = v.abs();
+    if a >= 100.0 {
+        format!("{v:.0}")
+    } else if a >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+/// The table: one row per figure and setup.
+pub fn table(r: &Results, callers: usize, agents: usize) -> String {
+    let mut rows: Vec<[String; 6]> = vec![[
+        "workload".into(),
+        "unit".into(),
+        "setup".into(),
+        "median".into(),
+        "min..max".into(),
+        "vs direct".into(),
+    ]];
+    for f in &FIGURES {
+        let mut first = true;
+        for (key, label) in SETUPS {
+            let Some(sum) = r.summary(key, f.key) else {
+                continue;
+            };
+            let ratio = r
+                .median("direct", f.key)
+                .filter(|d| *d != 0.0)
+                .map_or("-".into(), |d| format!("{:.2}x", sum.median / d));
+            rows.push([
+                if first {
+                    f.label
+                        .replace("N callers", &format!("{callers} callers"))
+                        .replace("A agents", &format!("{agents} agents"))
+                } else {
+                    String::new()
+                },
+                if first { f.unit.into() } else { String::new() },
+                label.into(),
+                num(sum.median),
+                format!("{}..{}", num(sum.min), num(sum.max)),
+                ratio,
+            ]);
+            first = false;
+        }
+    }
+    let mut widths = [0usize; 6];
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let total = widths.iter().sum::<usize>() + 3 * 5;
+    let mut out = String::new();
+    for (i, row) in rows.iter().enumerate() {
+        if i > 1 && !row[0].is_empty() {
+            let _ = writeln!(out, "{}", "-".repeat(total));
+        }
+        let mut line = String::new();
+        for (c, (cell, w)) in row.iter().zip(widths).enumerate() {
+            let pad = w - cell.chars().count();
+            if c >= 3 {
+                line.push_str(&" ".repeat(pad));
+                line.push_str(cell);
+            } else {
+                line.push_str(cell);
+                line.push_str(&" ".repeat(pad));
+            }
+            if c < 5 {
+                line.push_str(" | ");
+            }
+        }
+        let _ = writeln!(out, "{}", line.trim_end());
+        if i == 0 {
+            let _ = writeln!(out, "{}", "=".repeat(total));
+        }
+    }
+    out
+}
+
+/// One target, judged on medians.
+pub struct Target {
+    pub name: &'static str,
+    /// The measured ratio (or KiB for memory).
+    pub value: Option<f64>,
+    pub op: &'static str,
+    pub threshold: f64,
+}
+
+impl Target {
+    pub fn met(&self) -> Option<bool> {
+        let v = self.value?;
+        Some(match self.op {
+            ">=" => v >= self.threshold,
+            _ => v <= self.threshold,
+        })
+    }
+}
+
+pub fn targets(r: &Results) -> Vec<Target> {
+    vec![
+        Target {
+            name: "unary p50: gateway / direct",
+            value: r.ratio(UNARY_P50),
+            op: "<=",
+            threshold: 2.0,
+        },
+        Target {
+            name: "unary throughput: gateway / direct",
+            value: r.ratio(UNARY_CONC),
+            op: ">=",
+            threshold: 0.8,
+        },
+        Target {
+            name: "1 MiB server stream: gateway / direct",
+            value: r.ratio(STREAM_1M),
+            op: ">=",
+            threshold: 0.6,
+        },
+        Target {
+            name: "hub RSS per idle agent (KiB)",
+            value: r.median("gateway", HUB_MEMORY),
+            op: "<=",
+            threshold: 64.0,
+        },
+    ]
+}
+
+pub fn targets_text(targets: &[Target]) -> String {
+    let mut out = String::new();
+    for t in targets {
+        let verdict = match t.met() {
+            Some(true) => "target met",
+            Some(false) => "target NOT met",
+            None => "not measured",
+        };
+        let value = t.value.map_or("-".into(), |v| format!("{v:.2}"));
+        let _ = writeln!(
+            out,
+            "  {:<40} {:>7} {} {:<4} {}",
+            t.name, value, t.op, t.threshold, verdict
+        );
+    }
+    out
+}
+
+pub fn json_str(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn json_num(v: f64) -> String {
+    if v.is_finite() {
+        format!("{v}")
+    } else {
+        "null".into()
+    }
+}
+
+fn json_opt(v: Option<f64>) -> String {
+    v.map_or("null".into(), json_num)
+}
+
+/// The whole run as JSON: parameters, every repetition's value, summaries,
+/// ratios to direct, targets, notes and errors.
+pub fn json(r: &Results, targets: &[Target], header: &[(&str, String)]) -> String {
+    let mut out = String::from("{\n");
+    for (k, v) in header {
+        let _ = writeln!(out, "  {}: {},", json_str(k), v);
+    }
+    out.push_str("  \"results\": [\n");
+    let mut rows = Vec::new();
+    for f in &FIGURES {
+        for (setup, _) in SETUPS {
+            let (Some(values), Some(sum)) =
+                (r.values.get(&(setup, f.key)), r.summary(setup, f.key))
+            else {
+                continue;
+            };
+            let vs = r
+                .median("direct", f.key)
+                .filter(|d| *d != 0.0)
+                .map(|d| sum.median / d);
+            rows.push(format!(
+                "    {{\"setup\": {}, \"metric\": {}, \"unit\": {}, \"values\": [{}], \
+                 \"median\": {}, \"min\": {}, \"max\": {}, \"vs_direct\": {}}}",
+                json_str(setup),
+                json_str(f.key),
+                json_str(f.unit),
+                values
+                    .iter()
+                    .map(|v| json_num(*v))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                json_num(sum.median),
+                json_num(sum.min),
+                json_num(sum.max),
+                json_opt(vs),
+            ));
+        }
+    }
+    out.push_str(&rows.join(",\n"));
+    out.push_str("\n  ],\n  \"targets\": [\n");
+    let rows: Vec<String> = targets
+        .iter()
+        .map(|t| {
+            format!(
+                "    {{\"name\": {}, \"value\": {}, \"op\": {}, \"threshold\": {}, \"met\": {}}}",
+                json_str(t.name),
+                json_opt(t.value),
+                json_str(t.op),
+                json_num(t.threshold),
+                t.met().map_or("null".into(), |m| m.to_string()),
+            )
+        })
+        .collect();
+    out.push_str(&rows.join(",\n"));
+    let strs = |v: &[String]| v.iter().map(|s| json_str(s)).collect::<Vec<_>>().join(", ");
+    let _ = write!(
+        out,
+        "\n  ],\n  \"notes\": [{}],\n  \"errors\": [{}]\n}}\n",
+        strs(&r.notes),
+        strs(&r.errors)
+    );
+    out
+}
