@@ -252,7 +252,9 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
             .map_err(|e| Failure::Usage(format!("TLS: {e}")))?;
     }
     let serving = server.add_routes(routes).serve_with_incoming_shutdown(
-        tonic::transport::server::TcpIncoming::from(listener),
+        // tonic leaves accepted sockets as they are: without NODELAY,
+        // Nagle's algorithm holds small replies for a delayed ACK.
+        tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
         shutdown,
     );
     // Tunnels end within --drain of the signal; a call that holds the
