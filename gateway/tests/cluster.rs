@@ -265,7 +265,7 @@ async fn a_killed_hub_fails_over_to_the_others() {
         assert!(every_key_everywhere(&addrs, &keys).await.is_empty());
 
         // A call in flight through hub 1, relayed to hub 0, when 0 dies.
-        let mut relayed = caller(addrs[1], "solo", false).await;
+        let mut relayed = caller(addrs[1], "solo", true).await;
         let (requests, mut responses) = bidi_in_flight(&mut relayed).await;
         let (mut dead, _) = hubs.remove(0);
         dead.child.start_kill().expect("kill -9 a hub");

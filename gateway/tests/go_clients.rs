@@ -178,7 +178,9 @@ async fn grpc_go_interop_cases_through_hub_and_agent_by_key_header() {
             &[
                 "--server_host=127.0.0.1",
                 &format!("--server_port={port}"),
-                "--additional_metadata=grpctunnel-key:plant-7",
+                // The hub registers a tunnel a moment after the agent logs
+                // it open: the first call waits for it.
+                "--additional_metadata=grpctunnel-key:plant-7;grpctunnel-wait:true",
             ],
         )
         .await;
@@ -233,6 +235,7 @@ async fn grpc_go_interop_cases_over_tls_routed_by_authority() {
                 "--use_test_ca",
                 &format!("--ca_file={}", certs.ca),
                 "--server_host_override=plant-7.hub.test",
+                "--additional_metadata=grpctunnel-wait:true",
             ],
         )
         .await;
@@ -290,7 +293,13 @@ async fn grpcurl_lists_and_calls_through_the_hub_by_reflection() {
         bounded(agent.log_line("tunnel open")).await;
         let grpcurl = go.bin("grpcurl");
         let hub = addr.to_string();
-        let key = ["-plaintext", "-H", "grpctunnel-key: plant-7"];
+        let key = [
+            "-plaintext",
+            "-H",
+            "grpctunnel-key: plant-7",
+            "-H",
+            "grpctunnel-wait: true",
+        ];
         let grpcurl_with = |more: &[&str]| -> Vec<String> {
             key.iter()
                 .chain(more)

@@ -169,7 +169,7 @@ async fn an_agent_runs_from_its_config_file() {
         // ... and a flag overrides it.
         let mut agent = Process::spawn(&["agent", "--config", &config, "--tunnels", "1"]);
         agent.log_line("tunnel open").await;
-        let mut plant = caller(addr, "plant-7", false).await;
+        let mut plant = caller(addr, "plant-7", true).await;
         let reply = plant.unary(hello("from a file")).await.expect("call");
         assert_eq!(reply.into_inner().payload.as_ref(), b"from a file");
         let _ = std::fs::remove_dir_all(dir);

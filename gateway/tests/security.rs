@@ -405,6 +405,8 @@ async fn callers_authenticate_with_a_client_certificate() {
             let add_key: AddKey = Box::new(move |mut req: tonic::Request<()>| {
                 req.metadata_mut()
                     .insert("grpctunnel-key", key.parse().expect("ascii"));
+                req.metadata_mut()
+                    .insert("grpctunnel-wait", "true".parse().expect("ascii"));
                 Ok(req)
             });
             EchoServiceClient::with_interceptor(channel, add_key)

@@ -245,7 +245,9 @@ pub async fn caller(hub: SocketAddr, key: &'static str, wait: bool) -> Caller {
     EchoServiceClient::with_interceptor(channel, add_key)
 }
 
-/// A plain gRPC client of the hub for `key`, presenting `token`.
+/// A plain gRPC client of the hub for `key`, presenting `token`; its calls
+/// wait for the agent (the hub registers a tunnel a moment after the agent
+/// logs it open).
 pub async fn caller_with_token(hub: SocketAddr, key: &'static str, token: &'static str) -> Caller {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{hub}"))
         .expect("endpoint")
@@ -255,6 +257,8 @@ pub async fn caller_with_token(hub: SocketAddr, key: &'static str, token: &'stat
     let add: AddKey = Box::new(move |mut req: tonic::Request<()>| {
         req.metadata_mut()
             .insert("grpctunnel-key", key.parse().expect("ascii"));
+        req.metadata_mut()
+            .insert("grpctunnel-wait", "true".parse().expect("ascii"));
         Ok(with_token(req, token))
     });
     EchoServiceClient::with_interceptor(channel, add)

@@ -118,7 +118,9 @@ func main() {
 	failed := false
 	for _, c := range cases {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		ctx = metadata.AppendToOutgoingContext(ctx, "grpctunnel-key", *key)
+		// Wait for the agent: the hub registers its tunnel a moment
+		// after the agent reports it open.
+		ctx = metadata.AppendToOutgoingContext(ctx, "grpctunnel-key", *key, "grpctunnel-wait", "true")
 		rec.start()
 		// The interop checks end the process on a wrong answer.
 		c.run(ctx, tc, grpc.UseCompressor(gzip.Name))
