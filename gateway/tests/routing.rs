@@ -61,23 +61,7 @@ async fn calls_in_flight_fail_unavailable_when_the_agent_is_killed() {
         let mut agent = agent(&dir, addr, "plant-7", "s3cret-7", upstream);
         let mut plant = caller(addr, "plant-7", true).await;
         // A bidi call, in flight: one round trip, the request stream open.
-        let (requests, rx) = tokio::sync::mpsc::channel(4);
-        requests
-            .send(EchoRequest {
-                seq: 1,
-                ..Default::default()
-            })
-            .await
-            .expect("queue");
-        let mut call = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
-        call.set_timeout(Duration::from_secs(30));
-        let mut responses = plant.bidi(call).await.expect("bidi").into_inner();
-        let first = responses
-            .message()
-            .await
-            .expect("first")
-            .expect("a response");
-        assert_eq!(first.seq, 1);
+        let (requests, mut responses) = bidi_in_flight(&mut plant).await;
 
         agent.child.start_kill().expect("kill -9 the agent");
         let err = loop {
