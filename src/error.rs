@@ -114,12 +114,13 @@ impl Error {
         }
     }
 
-    /// This error and its sources as one line.
+    /// This error and its sources as one line, for logs: `tunnel closed:
+    /// ResourceExhausted: too many reverse tunnels (max 10)`.
     ///
     /// A source whose text the chain already holds is left out: a
     /// `tonic::Status` made from an h2 error, say, repeats its source's text
     /// in its message.
-    pub(crate) fn chain(&self) -> String {
+    pub fn chain(&self) -> String {
         let mut out = self.to_string();
         let mut cur: Option<&(dyn StdError + 'static)> = self.source.as_deref().map(|e| e as _);
         while let Some(err) = cur {

@@ -203,25 +203,6 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-/// An error with its sources ("tunnel closed: too many reverse tunnels ..."):
-/// the hub's reason is in the status it answered with.
-fn describe(err: &grpctunnel::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = std::error::Error::source(err);
-    while let Some(cause) = source {
-        let part = match cause.downcast_ref::<tonic::Status>() {
-            Some(status) => format!("{:?}: {}", status.code(), status.message()),
-            None => cause.to_string(),
-        };
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = cause.source();
-    }
-    text
-}
-
 /// Logs a tunnel's state changes.
 async fn report(
     mut state: tokio::sync::watch::Receiver<grpctunnel::reverse::ConnectionState>,
@@ -236,11 +217,15 @@ async fn report(
             if connected {
                 tracing::info!(%key, %hub, "tunnel open");
             } else {
-                let error = now.last_error.as_ref().map(describe).unwrap_or_default();
+                let error = now
+                    .last_error
+                    .as_ref()
+                    .map(grpctunnel::Error::chain)
+                    .unwrap_or_default();
                 tracing::warn!(%key, %hub, %error, "tunnel down; reconnecting");
             }
         } else if let Some(err) = &now.last_error {
-            let error = describe(err);
+            let error = err.chain();
             tracing::warn!(%key, %hub, %error, attempts = now.attempts, "cannot open the tunnel; retrying");
         }
     }

@@ -168,7 +168,7 @@ async fn connect_all(
                     state
                         .last_error
                         .as_ref()
-                        .map_or("no error".into(), describe)
+                        .map_or("no error".into(), grpctunnel::Error::chain)
                 ))
             }
         }));
@@ -194,25 +194,6 @@ async fn connect_all(
         Some(e) => Err(format!("{failed} of {n} agents failed; first: {e}")),
     };
     (agents, result)
-}
-
-/// An error with its sources: the hub's reason is in the status it
-/// answered with.
-fn describe(err: &grpctunnel::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = std::error::Error::source(err);
-    while let Some(cause) = source {
-        let part = match cause.downcast_ref::<tonic::Status>() {
-            Some(status) => format!("{:?}: {}", status.code(), status.message()),
-            None => cause.to_string(),
-        };
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// Polls the gauge every 50 ms (bounded by [`LIMIT`]) until it says `n`.
