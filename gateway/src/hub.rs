@@ -165,7 +165,6 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
             .to_owned()
     })
     .with_limits(args.max_tunnels, args.max_tunnels_per_key);
-    let clustered = args.cluster.is_some();
     let registry = match cluster(&args)? {
         Some(cluster) => registry.cluster(cluster),
         None => registry,
@@ -194,7 +193,6 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
         local,
         callers.clone(),
         args.max_message_size,
-        clustered,
     );
     let service = Auth::new(tunnels.layer(route), Arc::new(agents), callers, key_header);
 

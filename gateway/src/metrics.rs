@@ -161,12 +161,6 @@ impl CallRecord {
         metrics::histogram!("grpctunnel_call_duration_seconds", "key" => key, "method" => method)
             .record(self.start.elapsed().as_secs_f64());
     }
-
-    /// Counts `n` response bytes sent to the caller.
-    fn sent(&self, n: usize) {
-        metrics::counter!("grpctunnel_sent_bytes_total", "key" => self.key.clone())
-            .increment(n as u64);
-    }
 }
 
 impl Drop for CallRecord {
@@ -185,74 +179,38 @@ pub(crate) fn code_of(headers: &http::HeaderMap) -> Option<String> {
 }
 
 pin_project! {
-    /// A response body that records its call when its trailers pass.
-    pub(crate) struct Recorded {
+    /// A body whose data bytes are counted (the counter resolved once, not
+    /// per frame); a response body also records its call when its
+    /// trailers, an error or its end pass.
+    pub(crate) struct Metered {
         #[pin]
         inner: Body,
-        record: CallRecord,
+        bytes: metrics::Counter,
+        record: Option<CallRecord>,
     }
 }
 
-impl Recorded {
-    pub(crate) fn new(inner: Body, record: CallRecord) -> Self {
-        Self { inner, record }
-    }
-}
-
-impl http_body::Body for Recorded {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = self.project();
-        let frame = std::task::ready!(this.inner.poll_frame(cx));
-        match &frame {
-            Some(Ok(f)) => {
-                if let Some(data) = f.data_ref() {
-                    this.record.sent(data.len());
-                }
-                if let Some(code) = f.trailers_ref().and_then(code_of) {
-                    this.record.finish(&code);
-                }
-            }
-            Some(Err(_)) => this.record.finish("error"),
-            None => this.record.finish("no-status"),
-        }
-        Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-pin_project! {
-    /// A request body that counts the bytes it passes.
-    pub(crate) struct Counted {
-        #[pin]
-        inner: Body,
-        counter: metrics::Counter,
-    }
-}
-
-impl Counted {
-    /// Counts a caller's request bytes for `key`.
-    pub(crate) fn received(inner: Body, key: &str) -> Self {
+impl Metered {
+    /// A caller's request body: bytes received for `key`.
+    pub(crate) fn request(inner: Body, key: &str) -> Self {
         Self {
             inner,
-            counter: metrics::counter!("grpctunnel_received_bytes_total", "key" => key.to_owned()),
+            bytes: metrics::counter!("grpctunnel_received_bytes_total", "key" => key.to_owned()),
+            record: None,
+        }
+    }
+
+    /// A response body toward the caller: bytes sent, and the call's end.
+    pub(crate) fn response(inner: Body, record: CallRecord) -> Self {
+        Self {
+            inner,
+            bytes: metrics::counter!("grpctunnel_sent_bytes_total", "key" => record.key.clone()),
+            record: Some(record),
         }
     }
 }
 
-impl http_body::Body for Counted {
+impl http_body::Body for Metered {
     type Data = Bytes;
     type Error = axum::Error;
 
@@ -263,7 +221,18 @@ impl http_body::Body for Counted {
         let this = self.project();
         let frame = std::task::ready!(this.inner.poll_frame(cx));
         if let Some(Ok(Some(data))) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
-            this.counter.increment(data.len() as u64);
+            this.bytes.increment(data.len() as u64);
+        }
+        if let Some(record) = this.record {
+            match &frame {
+                Some(Ok(f)) => {
+                    if let Some(code) = f.trailers_ref().and_then(code_of) {
+                        record.finish(&code);
+                    }
+                }
+                Some(Err(_)) => record.finish("error"),
+                None => record.finish("no-status"),
+            }
         }
         Poll::Ready(frame)
     }

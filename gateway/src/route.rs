@@ -20,7 +20,7 @@ use grpctunnel::ReverseTunnelRegistry;
 use crate::{
     auth::Credentials,
     compression::{accepts_gzip, deflate_response, inflate_request},
-    metrics::{code_of, CallRecord, Counted, Recorded},
+    metrics::{code_of, CallRecord, Metered},
 };
 use tower::{Service, ServiceExt};
 
@@ -43,8 +43,6 @@ pub(crate) struct RouteByKey {
     callers: Option<Arc<Credentials>>,
     /// Largest message; compressed ones are inflated up to it.
     max_message_size: usize,
-    /// In a cluster, a key with no local agent may be on another hub.
-    clustered: bool,
 }
 
 impl std::fmt::Debug for RouteByKey {
@@ -64,7 +62,6 @@ impl RouteByKey {
         local: Local,
         callers: Option<Arc<Credentials>>,
         max_message_size: usize,
-        clustered: bool,
     ) -> Self {
         let authority_suffix = authority_suffix.map(|s| format!(".{}", s.trim_start_matches('.')));
         Self {
@@ -74,7 +71,6 @@ impl RouteByKey {
             local,
             callers,
             max_message_size,
-            clustered,
         }
     }
 
@@ -139,7 +135,7 @@ impl Service<http::Request<Body>> for RouteByKey {
             .remove(WAIT_HEADER)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
         let mut record = CallRecord::start(&key, req.uri().path(), permit);
-        let req = req.map(|body| Body::new(Counted::received(body, &key)));
+        let req = req.map(|body| Body::new(Metered::request(body, &key)));
         // A tunnel carries no compressed message: inflate gzip here.
         let req = match inflate_request(req, self.max_message_size) {
             Ok(req) => req,
@@ -148,7 +144,11 @@ impl Service<http::Request<Body>> for RouteByKey {
                 return answer(status);
             }
         };
-        if !wait && !self.clustered && self.registry.tunnels_for(key.as_str()).is_empty() {
+        // In a cluster another hub may hold the key: the channel looks.
+        if !wait
+            && !self.registry.in_cluster()
+            && self.registry.tunnels_for(key.as_str()).is_empty()
+        {
             let status = tonic::Status::unavailable(format!("no agent connected for key {key:?}"));
             record.finish(&(status.code() as i32).to_string());
             return answer(status);
@@ -165,7 +165,7 @@ impl Service<http::Request<Body>> for RouteByKey {
                     }
                     let resp = resp.map(Body::new);
                     let resp = if gzip { deflate_response(resp) } else { resp };
-                    Ok(resp.map(|body| Body::new(Recorded::new(body, record))))
+                    Ok(resp.map(|body| Body::new(Metered::response(body, record))))
                 }
                 Err(err) => {
                     record.finish(&(tonic::Code::Unavailable as i32).to_string());

@@ -400,6 +400,13 @@ where
         self.inner.added.notified()
     }
 
+    /// Whether this registry shares its key space with a cluster (then a
+    /// key with no local tunnel may still be served by another replica).
+    #[cfg(feature = "cluster")]
+    pub fn in_cluster(&self) -> bool {
+        self.inner.cluster.get().is_some()
+    }
+
     /// The cluster this registry belongs to, if any.
     #[cfg(feature = "cluster")]
     pub(crate) fn cluster_link(&self) -> Option<&crate::reverse::cluster::ClusterLink<K>> {
