@@ -8,8 +8,10 @@
 //! process (this binary re-executed with `--role`, or the Go peer), see
 //! `roles.rs` and `setups.rs`. `--help` lists the options.
 
+mod calls;
 mod cli;
 mod config;
+mod format;
 mod go;
 mod memory;
 mod proc;
@@ -189,7 +191,7 @@ fn orchestrate(opts: Options) -> ExitCode {
     let targets = report::targets(&results, p.streams);
     println!();
     println!("targets (on medians):");
-    print!("{}", report::targets_text(&targets));
+    print!("{}", format::targets_text(&targets));
     for s in &selected {
         let early = results.total(s.key, "early_close");
         if early > 0.0 {
@@ -215,7 +217,7 @@ fn orchestrate(opts: Options) -> ExitCode {
     if let Some(path) = &opts.json {
         let secs = |d: Duration| format!("{}", d.as_secs_f64());
         let header = [
-            ("command", report::json_str(&command)),
+            ("command", format::json_str(&command)),
             ("cpus", cpus.to_string()),
             ("reps", opts.reps.to_string()),
             ("duration_s", secs(p.duration)),
@@ -224,10 +226,10 @@ fn orchestrate(opts: Options) -> ExitCode {
             ("callers", p.callers.to_string()),
             ("streams", p.streams.to_string()),
             ("wall_s", secs(wall)),
-            ("config", report::json_str(&config::describe())),
+            ("config", format::json_str(&config::describe())),
             (
                 "go",
-                go_version.map_or("null".into(), |v| report::json_str(&v)),
+                go_version.map_or("null".into(), |v| format::json_str(&v)),
             ),
         ];
         let text = report::json(&results, &selected, &targets, &header);

@@ -4,6 +4,7 @@
 use std::{collections::BTreeMap, fmt::Write as _};
 
 use crate::{
+    format::{json_num, json_opt, json_str, num, Target},
     setups::{Sample, Setup},
     stats::{summarize, Summary},
     workloads::Workload,
@@ -173,17 +174,6 @@ impl Results {
     }
 }
 
-fn num(v: f64) -> String {
-    let a = v.abs();
-    if a >= 100.0 {
-        format!("{v:.0}")
-    } else if a >= 10.0 {
-        format!("{v:.1}")
-    } else {
-        format!("{v:.2}")
-    }
-}
-
 fn label(f: &Figure, callers: usize, streams: usize) -> String {
     f.label
         .replace("N callers", &format!("{callers} callers"))
@@ -258,25 +248,6 @@ pub fn table(r: &Results, setups: &[Setup], callers: usize, streams: usize) -> S
         }
     }
     out
-}
-
-/// One target of the issue, judged on medians.
-pub struct Target {
-    pub name: String,
-    /// The measured ratio (or KiB for memory).
-    pub value: Option<f64>,
-    pub op: &'static str,
-    pub threshold: f64,
-}
-
-impl Target {
-    pub fn met(&self) -> Option<bool> {
-        let v = self.value?;
-        Some(match self.op {
-            ">=" => v >= self.threshold,
-            _ => v <= self.threshold,
-        })
-    }
 }
 
 fn ratio(r: &Results, a: &str, b: &str, w: Workload, key: &str) -> Option<f64> {
@@ -376,53 +347,6 @@ pub fn targets(r: &Results, streams: usize) -> Vec<Target> {
         ));
     }
     out
-}
-
-pub fn targets_text(targets: &[Target]) -> String {
-    let mut out = String::new();
-    for t in targets {
-        let verdict = match t.met() {
-            Some(true) => "met",
-            Some(false) => "NOT MET",
-            None => "n/a (not measured)",
-        };
-        let value = t.value.map_or("-".into(), |v| format!("{v:.2}"));
-        let _ = writeln!(
-            out,
-            "  {:<52} {:>7} {} {:<5} {}",
-            t.name, value, t.op, t.threshold, verdict
-        );
-    }
-    out
-}
-
-pub fn json_str(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-fn json_num(v: f64) -> String {
-    if v.is_finite() {
-        format!("{v}")
-    } else {
-        "null".into()
-    }
-}
-
-fn json_opt(v: Option<f64>) -> String {
-    v.map_or("null".into(), json_num)
 }
 
 /// The whole run as JSON: parameters, every repetition's value, summaries,

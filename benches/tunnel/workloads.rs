@@ -13,17 +13,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
 use futures_util::StreamExt;
-use grpctunnel_testing::pb::{echo_service_client::EchoServiceClient, EchoRequest};
+use grpctunnel_testing::pb::EchoRequest;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::codegen::StdError;
 
-use crate::{cli::Params, config::MAX_MESSAGE, stats};
+use crate::calls::{client, one_unary, small, status};
+pub use crate::calls::{warm_up, Chan};
+use crate::{cli::Params, stats};
 
-/// Payload of unary calls and bidi pings.
-pub const SMALL: usize = 100;
 /// Messages of `client_stream`.
 pub const CLIENT_STREAM_MESSAGE: usize = 64 * 1024;
 /// Messages of the push in `mixed`.
@@ -82,36 +80,6 @@ impl Workload {
     }
 }
 
-/// A channel the workloads can drive: what a generated tonic client
-/// accepts, plus `Send`/`Clone` to be shared by spawned callers.
-pub trait Chan:
-    tonic::client::GrpcService<
-        tonic::body::Body,
-        Error: Into<StdError>,
-        Future: Send,
-        ResponseBody: http_body::Body<Data = Bytes, Error: Into<StdError> + Send> + Send + 'static,
-    > + Clone
-    + Send
-    + Sync
-    + 'static
-{
-}
-
-impl<T> Chan for T where
-    T: tonic::client::GrpcService<
-            tonic::body::Body,
-            Error: Into<StdError>,
-            Future: Send,
-            ResponseBody: http_body::Body<Data = Bytes, Error: Into<StdError> + Send>
-                              + Send
-                              + 'static,
-        > + Clone
-        + Send
-        + Sync
-        + 'static
-{
-}
-
 /// The `key=value` figures of one workload run (one `RESULT` line).
 #[derive(Debug, Default, Clone)]
 pub struct Metrics(pub Vec<(String, f64)>);
@@ -136,45 +104,6 @@ impl Metrics {
 /// on stdin.
 pub trait Gate: Send {
     fn sync(&mut self, line: &str) -> impl std::future::Future<Output = Result<(), String>> + Send;
-}
-
-fn client<T: Chan>(ch: &T) -> EchoServiceClient<T> {
-    EchoServiceClient::new(ch.clone())
-        .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(MAX_MESSAGE)
-}
-
-fn small() -> EchoRequest {
-    EchoRequest {
-        payload: grpctunnel_testing::payload(SMALL),
-        ..Default::default()
-    }
-}
-
-fn status(what: &str) -> impl Fn(tonic::Status) -> String + '_ {
-    move |s| format!("{what}: {:?} {}", s.code(), s.message())
-}
-
-async fn one_unary<T: Chan>(c: &mut EchoServiceClient<T>, req: &EchoRequest) -> Result<(), String> {
-    let resp = c.unary(req.clone()).await.map_err(status("unary"))?;
-    if resp.get_ref().payload.len() != req.payload.len() {
-        return Err(format!(
-            "unary: {} bytes back, sent {}",
-            resp.get_ref().payload.len(),
-            req.payload.len()
-        ));
-    }
-    Ok(())
-}
-
-/// A few calls so that connections, tunnels and allocators are warm.
-pub async fn warm_up<T: Chan>(ch: &T) -> Result<(), String> {
-    let mut c = client(ch);
-    let req = small();
-    for _ in 0..200 {
-        one_unary(&mut c, &req).await?;
-    }
-    Ok(())
 }
 
 pub async fn run<T: Chan>(

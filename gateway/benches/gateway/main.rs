@@ -29,8 +29,12 @@
 //! targets, met or not. Progress goes to stderr, the table to stdout.
 //! `--help` lists the options; `--quick` is a smoke run.
 
+#[path = "../../../benches/tunnel/calls.rs"]
+mod calls;
 #[path = "../../../benches/tunnel/config.rs"]
 mod config;
+#[path = "../../../benches/tunnel/format.rs"]
+mod format;
 #[path = "../../../benches/tunnel/memory.rs"]
 mod memory;
 // Shared with the tunnel bench, which uses more of it.
@@ -286,7 +290,7 @@ fn orchestrate(opts: Options) -> ExitCode {
     let targets = report::targets(&results);
     println!();
     println!("targets (on medians):");
-    print!("{}", report::targets_text(&targets));
+    print!("{}", format::targets_text(&targets));
     if !results.errors.is_empty() {
         println!();
         println!("errors:");
@@ -306,7 +310,7 @@ fn orchestrate(opts: Options) -> ExitCode {
         );
         let secs = |d: Duration| format!("{}", d.as_secs_f64());
         let header = [
-            ("command", report::json_str(&command)),
+            ("command", format::json_str(&command)),
             ("cpus", cpus.to_string()),
             ("reps", opts.reps.to_string()),
             ("calls", opts.calls.to_string()),
@@ -315,7 +319,7 @@ fn orchestrate(opts: Options) -> ExitCode {
             ("warmup_s", secs(opts.warmup)),
             ("agents", agents.to_string()),
             ("wall_s", secs(wall)),
-            ("config", report::json_str(&config::describe())),
+            ("config", format::json_str(&config::describe())),
         ];
         match std::fs::write(path, report::json(&results, &targets, &header)) {
             Ok(()) => eprintln!("wrote {}", path.display()),

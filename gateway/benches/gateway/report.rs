@@ -3,7 +3,10 @@
 
 use std::{collections::BTreeMap, fmt::Write as _};
 
-use crate::stats::{summarize, Summary};
+use crate::{
+    format::{json_num, json_opt, json_str, num, Target},
+    stats::{summarize, Summary},
+};
 
 /// The setups, in table order: (key, label).
 pub const SETUPS: [(&str, &str); 2] = [("direct", "direct tonic"), ("gateway", "hub -> agent")];
@@ -81,17 +84,6 @@ impl Results {
     }
 }
 
-fn num(v: f64) -> String {
-    let a = v.abs();
-    if a >= 100.0 {
-        format!("{v:.0}")
-    } else if a >= 10.0 {
-        format!("{v:.1}")
-    } else {
-        format!("{v:.2}")
-    }
-}
-
 /// The table: one row per figure and setup.
 pub fn table(r: &Results, callers: usize, agents: usize) -> String {
     let mut rows: Vec<[String; 6]> = vec![[
@@ -163,99 +155,33 @@ pub fn table(r: &Results, callers: usize, agents: usize) -> String {
     out
 }
 
-/// One target, judged on medians.
-pub struct Target {
-    pub name: &'static str,
-    /// The measured ratio (or KiB for memory).
-    pub value: Option<f64>,
-    pub op: &'static str,
-    pub threshold: f64,
-}
-
-impl Target {
-    pub fn met(&self) -> Option<bool> {
-        let v = self.value?;
-        Some(match self.op {
-            ">=" => v >= self.threshold,
-            _ => v <= self.threshold,
-        })
-    }
-}
-
 pub fn targets(r: &Results) -> Vec<Target> {
     vec![
         Target {
-            name: "unary p50: gateway / direct",
+            name: "unary p50: gateway / direct".into(),
             value: r.ratio(UNARY_P50),
             op: "<=",
             threshold: 2.0,
         },
         Target {
-            name: "unary throughput: gateway / direct",
+            name: "unary throughput: gateway / direct".into(),
             value: r.ratio(UNARY_CONC),
             op: ">=",
             threshold: 0.8,
         },
         Target {
-            name: "1 MiB server stream: gateway / direct",
+            name: "1 MiB server stream: gateway / direct".into(),
             value: r.ratio(STREAM_1M),
             op: ">=",
             threshold: 0.6,
         },
         Target {
-            name: "hub RSS per idle agent (KiB)",
+            name: "hub RSS per idle agent (KiB)".into(),
             value: r.median("gateway", HUB_MEMORY),
             op: "<=",
             threshold: 64.0,
         },
     ]
-}
-
-pub fn targets_text(targets: &[Target]) -> String {
-    let mut out = String::new();
-    for t in targets {
-        let verdict = match t.met() {
-            Some(true) => "target met",
-            Some(false) => "target NOT met",
-            None => "not measured",
-        };
-        let value = t.value.map_or("-".into(), |v| format!("{v:.2}"));
-        let _ = writeln!(
-            out,
-            "  {:<40} {:>7} {} {:<4} {}",
-            t.name, value, t.op, t.threshold, verdict
-        );
-    }
-    out
-}
-
-pub fn json_str(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-fn json_num(v: f64) -> String {
-    if v.is_finite() {
-        format!("{v}")
-    } else {
-        "null".into()
-    }
-}
-
-fn json_opt(v: Option<f64>) -> String {
-    v.map_or("null".into(), json_num)
 }
 
 /// The whole run as JSON: parameters, every repetition's value, summaries,
@@ -303,7 +229,7 @@ pub fn json(r: &Results, targets: &[Target], header: &[(&str, String)]) -> Strin
         .map(|t| {
             format!(
                 "    {{\"name\": {}, \"value\": {}, \"op\": {}, \"threshold\": {}, \"met\": {}}}",
-                json_str(t.name),
+                json_str(&t.name),
                 json_opt(t.value),
                 json_str(t.op),
                 json_num(t.threshold),

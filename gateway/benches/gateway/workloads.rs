@@ -9,92 +9,20 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use grpctunnel_testing::pb::{echo_service_client::EchoServiceClient, EchoRequest};
-use tonic::codegen::StdError;
+use grpctunnel_testing::pb::EchoRequest;
 
-use crate::{config::MAX_MESSAGE, stats};
+use crate::calls::{client, one_unary, small, status};
+pub use crate::calls::{warm_up, Chan};
+use crate::stats;
 
-/// Payload of unary calls.
-pub const SMALL: usize = 100;
 /// Messages of the server stream.
 pub const STREAM_MESSAGE: u32 = 1024 * 1024;
-
-/// A channel the workloads can drive: what a generated tonic client
-/// accepts, plus `Send`/`Clone` to be shared by spawned callers (a tonic
-/// `Channel`, or one wrapped in an interceptor).
-pub trait Chan:
-    tonic::client::GrpcService<
-        tonic::body::Body,
-        Error: Into<StdError>,
-        Future: Send,
-        ResponseBody: http_body::Body<Data = Bytes, Error: Into<StdError> + Send> + Send + 'static,
-    > + Clone
-    + Send
-    + Sync
-    + 'static
-{
-}
-
-impl<T> Chan for T where
-    T: tonic::client::GrpcService<
-            tonic::body::Body,
-            Error: Into<StdError>,
-            Future: Send,
-            ResponseBody: http_body::Body<Data = Bytes, Error: Into<StdError> + Send>
-                              + Send
-                              + 'static,
-        > + Clone
-        + Send
-        + Sync
-        + 'static
-{
-}
 
 /// Latency of sequential unary calls, microseconds.
 #[derive(Debug, Clone, Copy)]
 pub struct Latency {
     pub p50_us: f64,
     pub p99_us: f64,
-}
-
-fn client<T: Chan>(ch: &T) -> EchoServiceClient<T> {
-    EchoServiceClient::new(ch.clone())
-        .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(MAX_MESSAGE)
-}
-
-fn small() -> EchoRequest {
-    EchoRequest {
-        payload: grpctunnel_testing::payload(SMALL),
-        ..Default::default()
-    }
-}
-
-fn status(what: &str) -> impl Fn(tonic::Status) -> String + '_ {
-    move |s| format!("{what}: {:?} {}", s.code(), s.message())
-}
-
-async fn one_unary<T: Chan>(c: &mut EchoServiceClient<T>, req: &EchoRequest) -> Result<(), String> {
-    let resp = c.unary(req.clone()).await.map_err(status("unary"))?;
-    if resp.get_ref().payload.len() != req.payload.len() {
-        return Err(format!(
-            "unary: {} bytes back, sent {}",
-            resp.get_ref().payload.len(),
-            req.payload.len()
-        ));
-    }
-    Ok(())
-}
-
-/// A few calls so that connections, tunnels and allocators are warm.
-pub async fn warm_up<T: Chan>(ch: &T) -> Result<(), String> {
-    let mut c = client(ch);
-    let req = small();
-    for _ in 0..200 {
-        one_unary(&mut c, &req).await?;
-    }
-    Ok(())
 }
 
 /// `calls` sequential unary calls of 100 B after `calls / 10` (100..2000)
