@@ -175,26 +175,61 @@ async fn every_key_everywhere(hubs: &[SocketAddr], keys: &[&'static str]) -> Vec
     failures
 }
 
+/// Hubs of one cluster on `store`, their shared files, and an upstream
+/// for their agents; the temp dir goes when dropped.
+struct Fixture {
+    dir: std::path::PathBuf,
+    upstream: SocketAddr,
+    hubs: Vec<(Process, SocketAddr)>,
+}
+
+impl Fixture {
+    /// `n` hubs whose agents' token is bound to `keys`.
+    async fn new(store: &Store, keys: &[&str], n: usize) -> Self {
+        let dir = temp_dir();
+        let upstream = upstream().await;
+        let owned: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+        let files = cluster_files(&dir, &owned);
+        let mut hubs = Vec::new();
+        for _ in 0..n {
+            hubs.push(cluster_hub(&files, &store.url(), free_port()).await);
+        }
+        Self {
+            dir,
+            upstream,
+            hubs,
+        }
+    }
+
+    fn addrs(&self) -> Vec<SocketAddr> {
+        self.hubs.iter().map(|h| h.1).collect()
+    }
+
+    /// An agent of `key` connected to `hubs`, its tunnels open.
+    async fn agent(&self, hubs: &[SocketAddr], key: &str) -> Process {
+        cluster_agent(&self.dir, hubs, key, self.upstream).await
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_hubs_thirty_agents_every_key_from_every_hub() {
     let Some(store) = Store::start().await else {
         return;
     };
     tokio::time::timeout(Duration::from_secs(240), async {
-        let dir = temp_dir();
-        let upstream = upstream().await;
         let keys = keys(30);
-        let owned: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
-        let files = cluster_files(&dir, &owned);
-        let mut hubs = Vec::new();
-        for _ in 0..3 {
-            hubs.push(cluster_hub(&files, &store.url(), free_port()).await);
-        }
-        let addrs: Vec<SocketAddr> = hubs.iter().map(|h| h.1).collect();
+        let cluster = Fixture::new(&store, &keys, 3).await;
+        let addrs = cluster.addrs();
         // Agent i on hub i % 3 only: two hubs in three reach it by relay.
         let mut agents = Vec::new();
         for (i, key) in keys.iter().enumerate() {
-            agents.push(cluster_agent(&dir, &[addrs[i % 3]], key, upstream).await);
+            agents.push(cluster.agent(&[addrs[i % 3]], key).await);
         }
         let failures = every_key_everywhere(&addrs, &keys).await;
         println!(
@@ -226,8 +261,7 @@ async fn three_hubs_thirty_agents_every_key_from_every_hub() {
         tokio::time::timeout(Duration::from_secs(10), left)
             .await
             .expect("every directory entry withdrawn");
-        drop(hubs);
-        let _ = std::fs::remove_dir_all(dir);
+        drop(cluster);
     })
     .await
     .expect("test timed out");
@@ -245,29 +279,23 @@ async fn a_killed_hub_fails_over_to_the_others() {
         return;
     };
     tokio::time::timeout(Duration::from_secs(180), async {
-        let dir = temp_dir();
-        let upstream = upstream().await;
         let keys = keys(6);
-        let mut owned: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
-        owned.push("solo".to_owned());
-        let files = cluster_files(&dir, &owned);
-        let mut hubs = Vec::new();
-        for _ in 0..3 {
-            hubs.push(cluster_hub(&files, &store.url(), free_port()).await);
-        }
-        let addrs: Vec<SocketAddr> = hubs.iter().map(|h| h.1).collect();
+        let mut all = keys.clone();
+        all.push("solo");
+        let mut cluster = Fixture::new(&store, &all, 3).await;
+        let addrs = cluster.addrs();
         let mut agents = Vec::new();
         for (i, key) in keys.iter().enumerate() {
             let two = [addrs[i % 3], addrs[(i + 1) % 3]];
-            agents.push(cluster_agent(&dir, &two, key, upstream).await);
+            agents.push(cluster.agent(&two, key).await);
         }
-        let _solo = cluster_agent(&dir, &[addrs[0]], "solo", upstream).await;
+        let _solo = cluster.agent(&[addrs[0]], "solo").await;
         assert!(every_key_everywhere(&addrs, &keys).await.is_empty());
 
         // A call in flight through hub 1, relayed to hub 0, when 0 dies.
         let mut relayed = caller(addrs[1], "solo", true).await;
         let (requests, mut responses) = bidi_in_flight(&mut relayed).await;
-        let (mut dead, _) = hubs.remove(0);
+        let (mut dead, _) = cluster.hubs.remove(0);
         dead.child.start_kill().expect("kill -9 a hub");
         let killed = Instant::now();
         let err = loop {
@@ -289,7 +317,6 @@ async fn a_killed_hub_fails_over_to_the_others() {
         );
         assert!(failures.is_empty(), "{failures:#?}");
         drop(agents);
-        let _ = std::fs::remove_dir_all(dir);
     })
     .await
     .expect("test timed out");
@@ -305,12 +332,11 @@ async fn forged_relays_are_refused_and_relays_never_loop() {
         return;
     };
     tokio::time::timeout(Duration::from_secs(120), async {
-        let dir = temp_dir();
-        let upstream = upstream().await;
-        let files = cluster_files(&dir, &["plant-0".to_owned()]);
-        let (_a, a) = cluster_hub(&files, &store.url(), free_port()).await;
-        let (_b, b) = cluster_hub(&files, &store.url(), free_port()).await;
-        let _agent = cluster_agent(&dir, &[b], "plant-0", upstream).await;
+        let cluster = Fixture::new(&store, &["plant-0"], 2).await;
+        let [a, b] = cluster.addrs()[..] else {
+            unreachable!("two hubs")
+        };
+        let _agent = cluster.agent(&[b], "plant-0").await;
         // Through hub a, relayed to b: works.
         four_kinds(a, "plant-0").await.expect("relayed");
 
@@ -340,7 +366,6 @@ async fn forged_relays_are_refused_and_relays_never_loop() {
         let mut at_b = caller(b, "plant-0", false).await;
         let reply = at_b.unary(relayed(SECRET)).await.expect("served at b");
         assert_eq!(reply.into_inner().payload.as_ref(), b"forged");
-        let _ = std::fs::remove_dir_all(dir);
     })
     .await
     .expect("test timed out");
@@ -357,12 +382,11 @@ async fn hubs_republish_after_the_store_restarts() {
     };
     let port = store.port;
     tokio::time::timeout(Duration::from_secs(120), async {
-        let dir = temp_dir();
-        let upstream = upstream().await;
-        let files = cluster_files(&dir, &["plant-0".to_owned()]);
-        let (_a, a) = cluster_hub(&files, &store.url(), free_port()).await;
-        let (_b, b) = cluster_hub(&files, &store.url(), free_port()).await;
-        let _agent = cluster_agent(&dir, &[b], "plant-0", upstream).await;
+        let cluster = Fixture::new(&store, &["plant-0"], 2).await;
+        let [a, b] = cluster.addrs()[..] else {
+            unreachable!("two hubs")
+        };
+        let _agent = cluster.agent(&[b], "plant-0").await;
         four_kinds(a, "plant-0").await.expect("relayed");
 
         store.kill().await;
@@ -394,7 +418,6 @@ async fn hubs_republish_after_the_store_restarts() {
             back.elapsed()
         );
         store.kill().await;
-        let _ = std::fs::remove_dir_all(dir);
     })
     .await
     .expect("test timed out");
