@@ -31,6 +31,12 @@ struct Cli {
     /// Log format on stderr (RUST_LOG sets the level; default info).
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "GRPCTUNNEL_LOG_FORMAT", global = true)]
     log_format: LogFormat,
+    /// Threads that run the hub's or agent's work (default: one per CPU).
+    /// `1` runs everything on one thread: on a small machine shared with
+    /// the upstream or the callers, fewer cross-thread wake-ups make calls
+    /// faster (see benches/README.md).
+    #[arg(long, global = true, env = "GRPCTUNNEL_WORKER_THREADS")]
+    worker_threads: Option<usize>,
     #[command(subcommand)]
     command: Command,
 }
@@ -67,7 +73,21 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse_from(args);
     init_logs(cli.log_format);
-    let runtime = match tokio::runtime::Runtime::new() {
+    if cli.worker_threads == Some(0) {
+        eprintln!("grpctunnel: --worker-threads must be at least 1");
+        return ExitCode::from(2);
+    }
+    let runtime = match cli.worker_threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Runtime::new(),
+    };
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("grpctunnel: cannot start the runtime: {e}");

@@ -281,7 +281,18 @@ fn orchestrate(opts: Options) -> ExitCode {
         if opts.quick { " (--quick)" } else { "" }
     );
     println!("  bench client and upstream: {}", config::describe());
-    println!("  hub and agent: {} (default settings)", setups::BIN);
+    // The children inherit the environment: GRPCTUNNEL_* variables set
+    // their flags (e.g. GRPCTUNNEL_WORKER_THREADS=1).
+    let settings: Vec<String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("GRPCTUNNEL_"))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let settings = if settings.is_empty() {
+        "default settings".to_owned()
+    } else {
+        settings.join(" ")
+    };
+    println!("  hub and agent: {} ({settings})", setups::BIN);
     println!();
     print!("{}", report::table(&results, opts.callers, agents));
     for note in &results.notes {
