@@ -118,8 +118,9 @@ where
                 }
                 Err(err) => {
                     return failed(tonic::Status::unavailable(format!(
-                        "replica {} holding key {name:?}: {err}",
-                        entry.replica
+                        "replica {} holding key {name:?}: {}",
+                        entry.replica,
+                        with_sources(&err)
                     )))
                     .await
                 }
@@ -220,6 +221,19 @@ where
     }
 }
 
+/// An error and its sources on one line (a transport error's own text is
+/// only "transport error").
+fn with_sources(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// Compares secrets in time independent of where they differ.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -286,6 +300,35 @@ impl http_body::Body for Borrowed {
         }
         let body = self.body.as_mut().expect("taken above");
         Pin::new(body).poll_frame(cx)
+    }
+
+    // Passed through so that hyper ends the stream with the last DATA
+    // frame: a separate empty END_STREAM frame after each small request
+    // would spend the peer's h2 budget for small DATA frames (h2 0.4
+    // ends a connection with ENHANCE_YOUR_CALM once it is spent).
+    fn is_end_stream(&self) -> bool {
+        match &self.body {
+            Some(body) => body.is_end_stream(),
+            None => self
+                .slot
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .is_some_and(http_body::Body::is_end_stream),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match &self.body {
+            Some(body) => body.size_hint(),
+            None => self
+                .slot
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .map(http_body::Body::size_hint)
+                .unwrap_or_default(),
+        }
     }
 }
 
