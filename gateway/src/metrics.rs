@@ -10,18 +10,19 @@
 //! | `grpctunnel_received_bytes_total` | counter | `key` (request bytes from callers, as sent) |
 //! | `grpctunnel_sent_bytes_total` | counter | `key` (response bytes to callers, as sent) |
 //! | `grpctunnel_auth_failures_total` | counter | `who` (agent, caller), `reason` |
+//! | `grpctunnel_tasks_alive` | gauge | (the hub's Tokio tasks: a leak shows here) |
 //!
 //! `method` is the call's path (`/pkg.Service/Method`); a path that is not
 //! of that form, or longer than 128 bytes, is counted as `other`, so a
 //! caller cannot grow the label set without bound by inventing junk paths.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::SocketAddr,
     pin::Pin,
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc,
+        Arc, Mutex,
     },
     task::{Context, Poll},
     time::Instant,
@@ -38,7 +39,13 @@ use crate::Failure;
 
 /// Installs the Prometheus recorder for this process.
 pub(crate) fn install() -> Result<PrometheusHandle, Failure> {
+    // Gauges not set for 5 minutes (a key whose agents left) are dropped,
+    // so churning keys do not grow the scrape forever.
     PrometheusBuilder::new()
+        .idle_timeout(
+            metrics_util::MetricKindMask::GAUGE,
+            Some(std::time::Duration::from_secs(300)),
+        )
         .install_recorder()
         .map_err(|e| Failure::Run(format!("metrics: {e}")))
 }
@@ -51,11 +58,13 @@ pub(crate) async fn serve_admin(
     draining: Arc<AtomicBool>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Failure> {
+    let previous = Arc::new(Mutex::new(HashSet::new()));
     let metrics = move || {
         let handle = handle.clone();
         let registry = registry.clone();
+        let previous = previous.clone();
         async move {
-            record_tunnels(&registry);
+            record_tunnels(&registry, &previous);
             handle.render()
         }
     };
@@ -89,17 +98,29 @@ pub(crate) fn check_admin(addr: SocketAddr) -> Result<(), Failure> {
     }
 }
 
-/// The tunnel gauges, from the registry at scrape time.
-fn record_tunnels(registry: &ReverseTunnelRegistry<String>) {
+/// The gauges read at scrape time: tunnels (in all, and by key: a key
+/// whose tunnels are gone reads 0 once, then its series idles out) and the
+/// runtime's tasks alive.
+fn record_tunnels(registry: &ReverseTunnelRegistry<String>, previous: &Mutex<HashSet<String>>) {
     let tunnels = registry.tunnels();
     metrics::gauge!("grpctunnel_agents_connected").set(tunnels.len() as f64);
+    metrics::gauge!("grpctunnel_tasks_alive").set(
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks() as f64,
+    );
     let mut by_key: HashMap<&str, usize> = HashMap::new();
     for t in &tunnels {
         *by_key.entry(t.key().as_str()).or_default() += 1;
     }
-    for (key, n) in by_key {
-        metrics::gauge!("grpctunnel_tunnels", "key" => key.to_owned()).set(n as f64);
+    let mut previous = previous.lock().unwrap_or_else(|p| p.into_inner());
+    for gone in previous.iter().filter(|k| !by_key.contains_key(k.as_str())) {
+        metrics::gauge!("grpctunnel_tunnels", "key" => gone.clone()).set(0.0);
     }
+    for (key, n) in &by_key {
+        metrics::gauge!("grpctunnel_tunnels", "key" => (*key).to_owned()).set(*n as f64);
+    }
+    *previous = by_key.keys().map(|k| (*k).to_owned()).collect();
 }
 
 /// Counts a refused credential: `who` is `agent` or `caller`.
