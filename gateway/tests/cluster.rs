@@ -585,3 +585,42 @@ fn rss(pid: u32) -> u64 {
         .expect("VmRSS")
         * 1024
 }
+
+/// Small messages on a relayed stream: 5,000 round trips of 100 B on one
+/// bidi call relayed between two hubs, over their pooled connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_relayed_stream_of_small_messages_keeps_its_connection() {
+    let Some(store) = Store::start().await else {
+        return;
+    };
+    tokio::time::timeout(Duration::from_secs(180), async {
+        let cluster = Fixture::new(&store, &["plant-0"], 2).await;
+        let [a, b] = cluster.addrs()[..] else {
+            unreachable!("two hubs")
+        };
+        let _agent = cluster.agent(&[b], "plant-0").await;
+        let mut via_a = caller(a, "plant-0", true).await;
+        let (requests, mut responses) = bidi_in_flight(&mut via_a).await;
+        for seq in 2..=5_000u64 {
+            requests
+                .send(EchoRequest {
+                    seq,
+                    payload: vec![7u8; 100].into(),
+                    ..Default::default()
+                })
+                .await
+                .expect("send");
+            let reply = responses
+                .message()
+                .await
+                .unwrap_or_else(|s| panic!("round trip {seq}: {s:?}"))
+                .expect("a response");
+            assert_eq!(reply.seq, seq);
+        }
+        drop(requests);
+        assert!(responses.message().await.expect("a clean end").is_none());
+    })
+    .await
+    .expect("test timed out");
+    store.kill().await;
+}

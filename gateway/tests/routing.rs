@@ -278,3 +278,46 @@ async fn an_agent_serves_several_hubs_with_several_tunnels() {
     })
     .await
 }
+
+/// Many small messages on long-lived connections: 5,000 round trips of
+/// 100 B on one bidi call, then 2,000 unary calls on the same caller
+/// connection, through hub and agent. (h2 0.4 ends a connection whose
+/// budget for small DATA frames is spent; nothing here may spend it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_streams_of_small_messages_keep_their_connections() {
+    tokio::time::timeout(Duration::from_secs(240), async {
+        let dir = temp_dir();
+        let upstream = upstream().await;
+        let (_hub, addr) = hub(&dir, "s3cret-7", &["plant-7"]).await;
+        let _agent = agent(&dir, addr, "plant-7", "s3cret-7", upstream);
+        let mut plant = caller(addr, "plant-7", true).await;
+        let (requests, mut responses) = bidi_in_flight(&mut plant).await;
+        for seq in 2..=5_000u64 {
+            requests
+                .send(EchoRequest {
+                    seq,
+                    payload: vec![7u8; 100].into(),
+                    ..Default::default()
+                })
+                .await
+                .expect("send");
+            let reply = responses
+                .message()
+                .await
+                .unwrap_or_else(|s| panic!("round trip {seq}: {s:?}"))
+                .expect("a response");
+            assert_eq!(reply.seq, seq);
+        }
+        drop(requests);
+        assert!(responses.message().await.expect("a clean end").is_none());
+        for i in 0..2_000 {
+            plant
+                .unary(hello("small"))
+                .await
+                .unwrap_or_else(|s| panic!("unary {i}: {s:?}"));
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    })
+    .await
+    .expect("test timed out")
+}
