@@ -14,6 +14,11 @@ usage: cargo bench -p grpctunnel-gateway --bench gateway -- [options]
   --warmup SECS      unmeasured lead-in of each throughput workload (default 0.25)
   --agents N         idle agents for the hub memory figure (default 10000;
                      0 skips it)
+  --cluster          also the `relayed` setup (caller -> hub A -> hub B ->
+                     agent, two hubs sharing a redis-server started for it)
+                     and the directory figures with --keys keys; needs
+                     redis-server and redis-cli on PATH
+  --keys N           keys in the store for the directory figures (default 100000)
   --json PATH        also write the results as JSON (or env GATEWAY_BENCH_JSON)
   --quick            smoke run: --reps 1 --calls 2000 --duration 0.3
                      --warmup 0.1 (explicit options still win)
@@ -42,6 +47,8 @@ pub struct Options {
     pub agents: usize,
     pub json: Option<PathBuf>,
     pub quick: bool,
+    pub cluster: bool,
+    pub keys: usize,
 }
 
 fn secs(v: &str, name: &str) -> Result<Duration, String> {
@@ -74,6 +81,8 @@ pub fn parse(args: Vec<String>) -> Result<Role, String> {
         .filter(|v| !v.is_empty())
         .map(PathBuf::from);
     let mut quick = false;
+    let mut cluster = false;
+    let mut keys = None;
     let mut role = None;
 
     let mut it = args.into_iter();
@@ -101,6 +110,8 @@ pub fn parse(args: Vec<String>) -> Result<Role, String> {
             "--agents" => agents = Some(count(&value(&flag)?, &flag, true)?),
             "--json" => json = Some(PathBuf::from(value(&flag)?)),
             "--quick" => quick = true,
+            "--cluster" => cluster = true,
+            "--keys" => keys = Some(count(&value(&flag)?, &flag, false)?),
             "--role" => role = Some(value(&flag)?),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -131,5 +142,7 @@ pub fn parse(args: Vec<String>) -> Result<Role, String> {
         agents: agents.unwrap_or(10_000),
         json,
         quick,
+        cluster,
+        keys: keys.unwrap_or(100_000),
     }))
 }

@@ -46,6 +46,7 @@ mod stats;
 
 mod agents;
 mod cli;
+mod directory;
 mod report;
 mod setups;
 mod workloads;
@@ -143,6 +144,22 @@ fn run_setup(
     if setup == "direct" {
         return run(false, upstream.to_owned());
     }
+    if setup == "relayed" {
+        // Caller -> hub A -> (relay) -> hub B -> agent.
+        let started = setups::start_store(scratch).and_then(|store| {
+            let a = setups::start_cluster_hub(scratch, &store)?;
+            let b = setups::start_cluster_hub(scratch, &store)?;
+            let agent = setups::start_agent(scratch, &b.addr, upstream)?;
+            Ok((store, a, b, agent))
+        });
+        let (store, a, b, agent) = match started {
+            Ok(all) => all,
+            Err(e) => return (Vec::new(), vec![e]),
+        };
+        let out = run(true, a.addr.clone());
+        drop((agent, a, b, store));
+        return out;
+    }
     let hub = match setups::start_hub(scratch, &[]) {
         Ok(hub) => hub,
         Err(e) => return (Vec::new(), vec![e]),
@@ -211,6 +228,9 @@ fn orchestrate(opts: Options) -> ExitCode {
     // Repetitions outermost, so that a noisy moment hits both setups alike.
     for rep in 1..=opts.reps {
         for (key, label) in report::SETUPS {
+            if key == "relayed" && !opts.cluster {
+                continue;
+            }
             let t = Instant::now();
             let (samples, errors) = run_setup(&rt, key, &scratch, &upstream_addr, &opts);
             eprintln!(
@@ -229,6 +249,22 @@ fn orchestrate(opts: Options) -> ExitCode {
             for e in errors {
                 eprintln!("    error: {e}");
                 results.errors.push(format!("rep {rep}: {key}: {e}"));
+            }
+        }
+    }
+    if opts.cluster {
+        for rep in 1..=opts.reps {
+            match directory::measure(&rt, &scratch, opts.keys) {
+                Ok(d) => {
+                    results.add("relayed", report::DIR_BYTES, d.bytes_per_key);
+                    results.add("relayed", report::DIR_PUBLISH, d.publish_us_per_key);
+                    results.add("relayed", report::DIR_LOOKUP_P50, d.lookup_p50_us);
+                    results.add("relayed", report::DIR_LOOKUP_P99, d.lookup_p99_us);
+                }
+                Err(e) => {
+                    eprintln!("  directory, rep {rep}: error: {e}");
+                    results.errors.push(format!("rep {rep}: directory: {e}"));
+                }
             }
         }
     }
@@ -294,7 +330,10 @@ fn orchestrate(opts: Options) -> ExitCode {
     };
     println!("  hub and agent: {} ({settings})", setups::BIN);
     println!();
-    print!("{}", report::table(&results, opts.callers, agents));
+    print!(
+        "{}",
+        report::table(&results, opts.callers, agents, opts.keys)
+    );
     for note in &results.notes {
         println!("{note}");
     }

@@ -9,7 +9,11 @@ use crate::{
 };
 
 /// The setups, in table order: (key, label).
-pub const SETUPS: [(&str, &str); 2] = [("direct", "direct tonic"), ("gateway", "hub -> agent")];
+pub const SETUPS: [(&str, &str); 3] = [
+    ("direct", "direct tonic"),
+    ("gateway", "hub -> agent"),
+    ("relayed", "hub A -> hub B -> agent"),
+];
 
 /// One figure: a row group of the table.
 pub struct Figure {
@@ -23,8 +27,12 @@ pub const UNARY_P99: &str = "unary_p99_us";
 pub const UNARY_CONC: &str = "unary_conc_calls_per_s";
 pub const STREAM_1M: &str = "stream_1m_mb_per_s";
 pub const HUB_MEMORY: &str = "hub_kib_per_idle_agent";
+pub const DIR_BYTES: &str = "directory_bytes_per_key";
+pub const DIR_PUBLISH: &str = "directory_publish_us_per_key";
+pub const DIR_LOOKUP_P50: &str = "directory_lookup_p50_us";
+pub const DIR_LOOKUP_P99: &str = "directory_lookup_p99_us";
 
-pub const FIGURES: [Figure; 5] = [
+pub const FIGURES: [Figure; 9] = [
     Figure {
         key: UNARY_P50,
         label: "unary 100 B, sequential: p50",
@@ -49,6 +57,26 @@ pub const FIGURES: [Figure; 5] = [
         key: HUB_MEMORY,
         label: "hub RSS per idle agent (A agents)",
         unit: "KiB/agent",
+    },
+    Figure {
+        key: DIR_BYTES,
+        label: "store memory per key (K keys)",
+        unit: "B/key",
+    },
+    Figure {
+        key: DIR_PUBLISH,
+        label: "publish, batches of 1000 (K keys)",
+        unit: "us/key",
+    },
+    Figure {
+        key: DIR_LOOKUP_P50,
+        label: "directory lookup p50 (K keys)",
+        unit: "us",
+    },
+    Figure {
+        key: DIR_LOOKUP_P99,
+        label: "directory lookup p99 (K keys)",
+        unit: "us",
     },
 ];
 
@@ -76,16 +104,17 @@ impl Results {
     }
 
     fn ratio(&self, figure: &str) -> Option<f64> {
-        let (g, d) = (
-            self.median("gateway", figure)?,
-            self.median("direct", figure)?,
-        );
-        (d != 0.0).then(|| g / d)
+        self.ratio_of("gateway", "direct", figure)
+    }
+
+    fn ratio_of(&self, a: &str, b: &str, figure: &str) -> Option<f64> {
+        let (a, b) = (self.median(a, figure)?, self.median(b, figure)?);
+        (b != 0.0).then(|| a / b)
     }
 }
 
 /// The table: one row per figure and setup.
-pub fn table(r: &Results, callers: usize, agents: usize) -> String {
+pub fn table(r: &Results, callers: usize, agents: usize, keys: usize) -> String {
     let mut rows: Vec<[String; 6]> = vec![[
         "workload".into(),
         "unit".into(),
@@ -109,6 +138,7 @@ pub fn table(r: &Results, callers: usize, agents: usize) -> String {
                     f.label
                         .replace("N callers", &format!("{callers} callers"))
                         .replace("A agents", &format!("{agents} agents"))
+                        .replace("K keys", &format!("{keys} keys"))
                 } else {
                     String::new()
                 },
@@ -180,6 +210,18 @@ pub fn targets(r: &Results) -> Vec<Target> {
             value: r.median("gateway", HUB_MEMORY),
             op: "<=",
             threshold: 64.0,
+        },
+        Target {
+            name: "unary p50: relayed / same hub (--cluster)".into(),
+            value: r.ratio_of("relayed", "gateway", UNARY_P50),
+            op: "<=",
+            threshold: 1.5,
+        },
+        Target {
+            name: "unary throughput: relayed / same hub (--cluster)".into(),
+            value: r.ratio_of("relayed", "gateway", UNARY_CONC),
+            op: ">=",
+            threshold: 0.7,
         },
     ]
 }

@@ -223,3 +223,87 @@ pub async fn wait_for_agent(channel: &Channel) -> Result<(), String> {
 pub fn agent_endpoint(hub: &str) -> Result<Endpoint, String> {
     Endpoint::from_shared(format!("http://{hub}")).map_err(|e| format!("endpoint {hub}: {e}"))
 }
+
+/// A free loopback port (for a hub that must advertise its address).
+fn free_port() -> Result<u16, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("a free port: {e}"))
+}
+
+/// A `redis-server` for the cluster setup, on a free port; killed when
+/// dropped.
+pub struct Store {
+    _child: Child,
+    pub port: u16,
+}
+
+/// Starts `redis-server` (no persistence) once it accepts connections.
+pub fn start_store(scratch: &Scratch) -> Result<Store, String> {
+    let port = free_port()?;
+    let dir = scratch.0.display().to_string();
+    let args = strings(&[
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        &dir,
+    ]);
+    let mut child = Child::spawn("redis-server", Path::new("redis-server"), &args)?;
+    loop {
+        match child.next_line(LIMIT)? {
+            Some(line) if line.contains("Ready to accept connections") => break,
+            Some(_) => {}
+            None => return Err("redis-server exited before it was ready".into()),
+        }
+    }
+    Ok(Store {
+        _child: child,
+        port,
+    })
+}
+
+/// Starts a hub of the cluster kept in `store`, listening and advertising
+/// on a port of its own.
+pub fn start_cluster_hub(scratch: &Scratch, store: &Store) -> Result<Hub, String> {
+    let secret = scratch.0.join("cluster.secret");
+    std::fs::write(&secret, "gateway-bench-cluster")
+        .map_err(|e| format!("{}: {e}", secret.display()))?;
+    let listen = format!("127.0.0.1:{}", free_port()?);
+    let mut args = strings(&["hub", "--listen", &listen, "--config"]);
+    args.push(scratch.config());
+    args.extend(strings(&[
+        "--cluster",
+        &format!("redis://127.0.0.1:{}", store.port),
+        "--advertise",
+        &format!("http://{listen}"),
+        "--cluster-secret-file",
+        &secret.display().to_string(),
+    ]));
+    let mut child = Child::spawn("hub", Path::new(BIN), &args)?;
+    let addr = child.expect("LISTENING ", LIMIT)?;
+    Ok(Hub {
+        child,
+        addr,
+        admin: None,
+    })
+}
+
+/// `INFO memory` `used_memory` of the store, in bytes.
+pub fn store_memory(store: &Store) -> Result<u64, String> {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &store.port.to_string(), "INFO", "memory"])
+        .output()
+        .map_err(|e| format!("redis-cli: {e}"))?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| "redis-cli INFO memory: no used_memory".to_owned())
+}
