@@ -624,3 +624,48 @@ async fn a_long_relayed_stream_of_small_messages_keeps_its_connection() {
     .expect("test timed out");
     store.kill().await;
 }
+
+/// A key that moves to another hub is found there: hubs reuse a lookup for
+/// up to a second, but forget it when another hub announces the key or
+/// when the hub it points to refuses the call. At most a few calls in
+/// between fail, with `UNAVAILABLE`, and none hangs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_that_moves_to_another_hub_is_found_there() {
+    let Some(store) = Store::start().await else {
+        return;
+    };
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let cluster = Fixture::new(&store, &["plant-0"], 3).await;
+        let [a, b, c] = cluster.addrs()[..] else {
+            unreachable!("three hubs")
+        };
+        let mut on_b = cluster.agent(&[b], "plant-0").await;
+        four_kinds(a, "plant-0").await.expect("relayed to b");
+        let mut via_a = caller(a, "plant-0", false).await;
+        via_a.unary(hello("cached")).await.expect("relayed, cached");
+
+        on_b.child.start_kill().expect("kill the agent on b");
+        on_b.child.wait().await.expect("gone");
+        let _on_c = cluster.agent(&[c], "plant-0").await;
+        four_kinds(c, "plant-0").await.expect("registered at c");
+        let mut failed = 0;
+        let reply = loop {
+            match via_a.unary(hello("moved")).await {
+                Ok(reply) => break reply,
+                Err(status) => {
+                    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                    failed += 1;
+                    assert!(
+                        failed < 5,
+                        "still not found after {failed} calls: {status:?}"
+                    );
+                }
+            }
+        };
+        assert_eq!(reply.into_inner().payload.as_ref(), b"moved");
+        println!("the moved key answered after {failed} failed calls");
+    })
+    .await
+    .expect("test timed out");
+    store.kill().await;
+}

@@ -82,7 +82,22 @@ pub(crate) struct ClusterInner {
     peers: Mutex<std::collections::HashMap<String, Channel>>,
     /// Keys other replicas published, for waiting calls.
     pub(crate) published: broadcast::Sender<String>,
+    /// Recent lookups, so that a relayed call does not pay a store round
+    /// trip each time (see [`ClusterInner::lookup`]).
+    routes: Mutex<std::collections::HashMap<String, Route>>,
 }
+
+/// A recent lookup of one key.
+struct Route {
+    entries: Vec<Entry>,
+    at: std::time::Instant,
+}
+
+/// How long a lookup is reused (at most a third of the TTL).
+const ROUTE_CACHE: Duration = Duration::from_secs(1);
+
+/// Cached lookups beyond this many are pruned of stale ones.
+const ROUTES_PRUNE_AT: usize = 4096;
 
 impl Cluster {
     /// This replica's membership in the cluster kept in `directory`:
@@ -105,6 +120,7 @@ impl Cluster {
                 connect: Box::new(|url| Ok(Endpoint::from_shared(url.to_owned())?)),
                 peers: Mutex::default(),
                 published,
+                routes: Mutex::default(),
             }),
         }
     }
@@ -149,6 +165,48 @@ impl Cluster {
 }
 
 impl ClusterInner {
+    /// The live entries of `key`. With `cached`, a lookup younger than
+    /// [`ROUTE_CACHE`] (and a third of the TTL) is reused, also while the
+    /// store is away; without, the store is asked and nothing kept. A key that
+    /// another replica publishes anew is forgotten at once (its
+    /// announcement), as is one whose replica failed a call
+    /// ([`forget`](Self::forget)); an empty answer is never reused.
+    pub(crate) async fn lookup(&self, key: &str, cached: bool) -> Result<Vec<Entry>, BoxError> {
+        let fresh_for = ROUTE_CACHE.min(self.ttl / 3);
+        if cached {
+            let routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(route) = routes.get(key).filter(|r| r.at.elapsed() < fresh_for) {
+                return Ok(route.entries.clone());
+            }
+        }
+        let entries = self.directory.lookup(key).await?;
+        if !cached {
+            return Ok(entries);
+        }
+        let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.is_empty() {
+            routes.remove(key);
+        } else {
+            if routes.len() >= ROUTES_PRUNE_AT {
+                routes.retain(|_, r| r.at.elapsed() < fresh_for);
+            }
+            let route = Route {
+                entries: entries.clone(),
+                at: std::time::Instant::now(),
+            };
+            routes.insert(key.to_owned(), route);
+        }
+        Ok(entries)
+    }
+
+    /// Drops the cached lookup of `key`.
+    pub(crate) fn forget(&self, key: &str) {
+        self.routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+    }
+
     /// The pooled connection to `replica`.
     pub(crate) fn peer(&self, replica: &str) -> Result<Channel, BoxError> {
         let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
@@ -207,6 +265,7 @@ where
         use futures_util::StreamExt;
         let mut keys = feed.directory.published();
         while let Some(key) = keys.next().await {
+            feed.forget(&key);
             let _ = feed.published.send(key);
         }
     });

@@ -63,7 +63,8 @@ where
             let mut channel = tunnel.channel();
             return channel.call(req).await;
         }
-        let mut entries = match cluster.directory.lookup(&name).await {
+        // A waiting call looks afresh: it must see a key that appears.
+        let mut entries = match cluster.lookup(&name, !wait).await {
             Ok(entries) => entries,
             Err(err) => {
                 return failed(tonic::Status::unavailable(format!(
@@ -107,22 +108,32 @@ where
                 .await
                 .map_or(true, |ready| ready.is_err())
             {
+                cluster.forget(&name);
                 debug!(replica = %entry.replica, key = %name, "replica unreachable; trying the next");
                 continue;
             }
             let req = http::Request::from_parts(parts.clone(), tonic::body::Body::new(body.lend()));
             match peer.call(req).await {
-                Ok(resp) => return Ok(resp.map(ResponseBody::relayed)),
+                Ok(resp) => {
+                    // Refused at once (the key left that replica): look
+                    // afresh next time.
+                    if resp.headers().get("grpc-status").is_some_and(|s| s != "0") {
+                        cluster.forget(&name);
+                    }
+                    return Ok(resp.map(ResponseBody::relayed));
+                }
                 Err(err) if body.is_home() => {
+                    cluster.forget(&name);
                     debug!(replica = %entry.replica, key = %name, error = %err, "replica unreachable; trying the next");
                 }
                 Err(err) => {
+                    cluster.forget(&name);
                     return failed(tonic::Status::unavailable(format!(
                         "replica {} holding key {name:?}: {}",
                         entry.replica,
                         with_sources(&err)
                     )))
-                    .await
+                    .await;
                 }
             }
         }
