@@ -9,7 +9,7 @@ use std::{
 };
 
 use common::{store::Store, *};
-use grpctunnel_testing::pb::EchoRequest;
+use grpctunnel_testing::{pb::EchoRequest, Echo};
 use tonic::Code;
 
 const SECRET: &str = "cluster-s3cret";
@@ -664,6 +664,74 @@ async fn a_key_that_moves_to_another_hub_is_found_there() {
         };
         assert_eq!(reply.into_inner().payload.as_ref(), b"moved");
         println!("the moved key answered after {failed} failed calls");
+    })
+    .await
+    .expect("test timed out");
+    store.kill().await;
+}
+
+/// Balancing across hubs: an idle local agent always serves (ties stay
+/// local); once the local agents are busy, a call goes to the hub whose
+/// agent of the key is less loaded. Which agent served a call is read from
+/// its upstream's record of the call's tag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_local_agents_hand_calls_to_a_less_loaded_hub() {
+    let Some(store) = Store::start().await else {
+        return;
+    };
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let cluster = Fixture::new(&store, &["plant-0"], 2).await;
+        let [a, b] = cluster.addrs()[..] else {
+            unreachable!("two hubs")
+        };
+        let (echo_a, echo_b) = (Echo::new(), Echo::new());
+        let (up_a, up_b) = (
+            upstream_with(echo_a.clone()).await,
+            upstream_with(echo_b.clone()).await,
+        );
+        let _on_a = cluster_agent(&cluster.dir, &[a], "plant-0", up_a).await;
+        let _on_b = cluster_agent(&cluster.dir, &[b], "plant-0", up_b).await;
+        four_kinds(a, "plant-0").await.expect("at a");
+        four_kinds(b, "plant-0").await.expect("at b");
+        let tagged = |tag: &str| {
+            let mut req = hello(tag);
+            req.get_mut().tag = tag.to_owned();
+            req
+        };
+        // Which upstream finished the call tagged `tag`: waits (bounded)
+        // on the one expected, then looks at the other.
+        let served_by = |tag: &'static str, expect_a: bool| {
+            let (echo_a, echo_b) = (echo_a.clone(), echo_b.clone());
+            async move {
+                let (first, second) = if expect_a {
+                    (echo_a, echo_b)
+                } else {
+                    (echo_b, echo_a)
+                };
+                let there = first.wait_handler(tag, Duration::from_secs(10)).await;
+                let elsewhere = second.wait_handler(tag, Duration::ZERO).await;
+                (there.finished, elsewhere.started)
+            }
+        };
+        let mut via_a = caller(a, "plant-0", false).await;
+
+        // Both idle: the local agent serves.
+        via_a.unary(tagged("tie")).await.expect("tie");
+        assert_eq!(
+            served_by("tie", true).await,
+            (true, false),
+            "a tie stays local"
+        );
+
+        // The local agent busy with a call in flight: the next goes to b.
+        let (held, _responses) = bidi_in_flight(&mut via_a).await;
+        via_a.unary(tagged("busy")).await.expect("busy");
+        assert_eq!(
+            served_by("busy", false).await,
+            (true, false),
+            "handed to the idle hub"
+        );
+        drop(held);
     })
     .await
     .expect("test timed out");

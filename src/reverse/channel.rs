@@ -159,6 +159,20 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        // In a cluster, a busy local pool compares its load with the other
+        // replicas' (an idle local tunnel is always best).
+        #[cfg(feature = "cluster")]
+        if let (Some(_), Some(key)) = (self.registry.cluster_link(), &self.key) {
+            if let Some(tunnel) = self.registry.pick(Some(key)) {
+                if tunnel.channel().active_calls() > 0 {
+                    let (registry, key, wait) = (self.registry.clone(), key.clone(), self.wait);
+                    let req = req.map(tonic::body::Body::new);
+                    return ReverseResponseFuture::wait(Box::pin(
+                        crate::reverse::cluster::balance(registry, key, req, wait),
+                    ));
+                }
+            }
+        }
         if let Some(tunnel) = self.registry.pick(self.key.as_ref()) {
             let mut channel = tunnel.channel();
             self.last.record(tunnel.id(), &channel);

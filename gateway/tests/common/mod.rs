@@ -46,13 +46,19 @@ pub fn temp_dir() -> PathBuf {
 
 /// The echo service on a free loopback port.
 pub async fn upstream() -> SocketAddr {
+    upstream_with(Echo::new()).await
+}
+
+/// `echo` (keep a clone to ask what its handlers saw) on a free loopback
+/// port.
+pub async fn upstream_with(echo: Echo) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(Echo::new().server())
+            .add_service(echo.server())
             .serve_with_incoming(TcpListenerStream::new(listener)),
     );
     addr

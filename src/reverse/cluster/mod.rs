@@ -40,7 +40,7 @@ use tracing::warn;
 pub use directory::{Directory, DirectoryFuture, Entry};
 #[cfg(feature = "redis")]
 pub use redis::RedisDirectory;
-pub(crate) use relay::{forward, receive};
+pub(crate) use relay::{balance, forward, receive};
 
 use crate::{error::BoxError, reverse::registry::Inner};
 
@@ -85,6 +85,10 @@ pub(crate) struct ClusterInner {
     /// Recent lookups, so that a relayed call does not pay a store round
     /// trip each time (see [`ClusterInner::lookup`]).
     routes: Mutex<std::collections::HashMap<String, Route>>,
+    /// Calls this replica relays now, by (replica, key): added to the load
+    /// a replica last published, so that a burst does not all go to the
+    /// replica that looked idle at its last renewal.
+    relaying: Mutex<std::collections::HashMap<(String, String), u64>>,
 }
 
 /// A recent lookup of one key.
@@ -121,6 +125,7 @@ impl Cluster {
                 peers: Mutex::default(),
                 published,
                 routes: Mutex::default(),
+                relaying: Mutex::default(),
             }),
         }
     }
@@ -199,6 +204,32 @@ impl ClusterInner {
         Ok(entries)
     }
 
+    /// `entry`'s load as this replica sees it: as published, plus the calls
+    /// it relays there now.
+    pub(crate) fn load_of(&self, entry: &Entry) -> u64 {
+        let relaying = self.relaying.lock().unwrap_or_else(|p| p.into_inner());
+        let own = relaying
+            .get(&(entry.replica.clone(), entry.key.clone()))
+            .copied()
+            .unwrap_or(0);
+        entry.load + own
+    }
+
+    /// Counts a call relayed to `entry`'s replica until the guard drops.
+    pub(crate) fn relaying(self: &Arc<Self>, entry: &Entry) -> Relaying {
+        let id = (entry.replica.clone(), entry.key.clone());
+        *self
+            .relaying
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id.clone())
+            .or_default() += 1;
+        Relaying {
+            cluster: self.clone(),
+            id,
+        }
+    }
+
     /// Drops the cached lookup of `key`.
     pub(crate) fn forget(&self, key: &str) {
         self.routes
@@ -216,6 +247,28 @@ impl ClusterInner {
         let channel = (self.connect)(replica)?.connect_lazy();
         peers.insert(replica.to_owned(), channel.clone());
         Ok(channel)
+    }
+}
+
+/// A call being relayed (see [`ClusterInner::relaying`]).
+pub(crate) struct Relaying {
+    cluster: Arc<ClusterInner>,
+    id: (String, String),
+}
+
+impl Drop for Relaying {
+    fn drop(&mut self) {
+        let mut relaying = self
+            .cluster
+            .relaying
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = relaying.get_mut(&self.id) {
+            *n -= 1;
+            if *n == 0 {
+                relaying.remove(&self.id);
+            }
+        }
     }
 }
 

@@ -43,6 +43,35 @@ pub(crate) async fn forward<K>(
 where
     K: Clone + Eq + Hash + Send + Sync + 'static,
 {
+    route(registry, key, req, wait, false).await
+}
+
+/// A call for `key` whose local tunnels are all busy: relayed to another
+/// replica whose load (as published, plus the calls this replica relays
+/// there) is lower than the least-loaded local tunnel's; else served
+/// locally. Equal loads stay local.
+pub(crate) async fn balance<K>(
+    registry: ReverseTunnelRegistry<K>,
+    key: K,
+    req: http::Request<tonic::body::Body>,
+    wait: bool,
+) -> Response
+where
+    K: Clone + Eq + Hash + Send + Sync + 'static,
+{
+    route(registry, key, req, wait, true).await
+}
+
+async fn route<K>(
+    registry: ReverseTunnelRegistry<K>,
+    key: K,
+    req: http::Request<tonic::body::Body>,
+    wait: bool,
+    compare: bool,
+) -> Response
+where
+    K: Clone + Eq + Hash + Send + Sync + 'static,
+{
     let Some(link) = registry.cluster_link() else {
         return failed(tonic::Status::unavailable("no channels ready")).await;
     };
@@ -58,14 +87,18 @@ where
         tokio::pin!(added);
         added.as_mut().enable();
 
-        if let Some(tunnel) = registry.pick(Some(&key)) {
-            let req = req.take().expect("sent once");
-            let mut channel = tunnel.channel();
-            return channel.call(req).await;
+        let local = registry.pick(Some(&key));
+        if let Some(tunnel) = &local {
+            if !compare {
+                let req = req.take().expect("sent once");
+                return tunnel.channel().call(req).await;
+            }
         }
         // A waiting call looks afresh: it must see a key that appears.
-        let mut entries = match cluster.lookup(&name, !wait).await {
+        let mut entries = match cluster.lookup(&name, !wait || local.is_some()).await {
             Ok(entries) => entries,
+            // The store away: a local tunnel still serves.
+            Err(_) if local.is_some() => Vec::new(),
             Err(err) => {
                 return failed(tonic::Status::unavailable(format!(
                 "no tunnel for key {name:?} here, and the cluster directory is unavailable: {err}"
@@ -74,7 +107,16 @@ where
             }
         };
         entries.retain(|e| e.replica != cluster.advertise);
-        entries.sort_by_key(|e| e.load);
+        entries.sort_by_key(|e| cluster.load_of(e));
+        if let Some(tunnel) = &local {
+            let here = tunnel.channel().active_calls() as u64;
+            if entries.first().is_none_or(|e| cluster.load_of(e) >= here) {
+                let req = req.take().expect("sent once");
+                return tunnel.channel().call(req).await;
+            }
+            // Only the replicas less loaded than here are worth the hop.
+            entries.retain(|e| cluster.load_of(e) < here);
+        }
         // The body goes out with the first replica that takes it; one that
         // fails before reading it (connection refused: a dead replica
         // whose entry has not expired yet) leaves it for the next.
@@ -113,6 +155,7 @@ where
                 continue;
             }
             let req = http::Request::from_parts(parts.clone(), tonic::body::Body::new(body.lend()));
+            let relaying = cluster.relaying(&entry);
             match peer.call(req).await {
                 Ok(resp) => {
                     // Refused at once (the key left that replica): look
@@ -120,7 +163,12 @@ where
                     if resp.headers().get("grpc-status").is_some_and(|s| s != "0") {
                         cluster.forget(&name);
                     }
-                    return Ok(resp.map(ResponseBody::relayed));
+                    return Ok(resp.map(|body| {
+                        ResponseBody::relayed(tonic::body::Body::new(Counted {
+                            inner: body,
+                            _relaying: relaying,
+                        }))
+                    }));
                 }
                 Err(err) if body.is_home() => {
                     cluster.forget(&name);
@@ -143,7 +191,14 @@ where
             )))
             .await;
         };
-        req = Some(http::Request::from_parts(parts, body));
+        let mut back = http::Request::from_parts(parts, body);
+        if let Some(tunnel) = &local {
+            // No less-loaded replica could be reached: serve it here.
+            back.headers_mut().remove(RELAY_SECRET_HEADER);
+            back.headers_mut().remove(RELAY_KEY_HEADER);
+            return tunnel.channel().call(back).await;
+        }
+        req = Some(back);
         if !wait {
             return failed(tonic::Status::unavailable(format!(
                 "no tunnel for key {name:?} on any replica"
@@ -248,6 +303,33 @@ fn with_sources(err: &(dyn std::error::Error + 'static)) -> String {
 /// Compares secrets in time independent of where they differ.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A relayed response body, counted as a call this replica relays until
+/// it is dropped.
+struct Counted {
+    inner: tonic::body::Body,
+    _relaying: crate::reverse::cluster::Relaying,
+}
+
+impl http_body::Body for Counted {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, tonic::Status>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// A request body lent to one attempt at a time: the attempt that first
