@@ -9,7 +9,12 @@ mod common;
 
 use std::{process::Stdio, time::Duration};
 
-use common::{go_programs::go_programs, *};
+use common::{
+    cluster::{cluster_agent, cluster_files, cluster_hub},
+    go_programs::go_programs,
+    store::Store,
+    *,
+};
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
     process::{Child, Command},
@@ -52,15 +57,6 @@ async fn bounded_suite<T>(fut: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(SUITE_TIMEOUT, fut)
         .await
         .expect("suite timed out")
-}
-
-/// A free loopback port (for the interop server, which takes a port, not
-/// an address to bind).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 /// grpc-go's interop server on a free port, once it listens.
@@ -362,4 +358,44 @@ async fn grpcurl_lists_and_calls_through_the_hub_by_reflection() {
         let _ = std::fs::remove_dir_all(dir);
     })
     .await
+}
+
+/// Relayed between hubs: the interop client calls hub A, whose cluster
+/// relays every call to hub B, where the agent in front of grpc-go's
+/// interop server is connected. Every case of the key-header run
+/// (deadlines, cancellation, metadata, trailers, status details, large
+/// and streaming messages, soak) crosses the relay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_go_interop_cases_relayed_between_hubs() {
+    let Some(go) = go_programs() else { return };
+    let Some(store) = Store::start().await else {
+        return;
+    };
+    bounded_suite(async {
+        let dir = temp_dir();
+        let (_server, upstream) = interop_server(&go.bin("server")).await;
+        let files = cluster_files(&dir, &["plant-7".to_owned()]);
+        let (_a, a) = cluster_hub(&files, &store.url(), free_port()).await;
+        let (_b, b) = cluster_hub(&files, &store.url(), free_port()).await;
+        let _agent = cluster_agent(&dir, &[b], "plant-7", upstream).await;
+        let cases: Vec<&str> = STANDARD_CASES
+            .iter()
+            .copied()
+            .filter(|c| *c != "orca_oob")
+            .collect();
+        let port = a.port().to_string();
+        run_cases(
+            &go.bin("client"),
+            &cases,
+            &[
+                "--server_host=127.0.0.1",
+                &format!("--server_port={port}"),
+                "--additional_metadata=grpctunnel-key:plant-7;grpctunnel-wait:true",
+            ],
+        )
+        .await;
+        let _ = std::fs::remove_dir_all(dir);
+    })
+    .await;
+    store.kill().await;
 }

@@ -3,6 +3,7 @@
 //! in the test process, callers, and test certificates.
 #![allow(dead_code)] // each test file uses part of it
 
+pub mod cluster;
 pub mod go_programs;
 pub mod store;
 
@@ -42,6 +43,15 @@ pub fn temp_dir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("grpctunnel-e2e-{}-{nanos}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
+}
+
+/// A free loopback port, for a process that takes a port rather than an
+/// address to bind, or must advertise its address before it starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
 }
 
 /// The echo service on a free loopback port.

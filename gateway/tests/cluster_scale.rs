@@ -1,0 +1,212 @@
+//! The cluster under churn and long streams: real hubs on a real Redis,
+//! agents in this process (see `common/cluster.rs`).
+
+mod common;
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use common::{cluster::*, store::Store, *};
+use grpctunnel_testing::pb::EchoRequest;
+
+/// A gauge of a hub's `/metrics`.
+async fn gauge(admin: SocketAddr, name: &str) -> f64 {
+    let (_, body) = http_get(admin, "/metrics").await;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in:\n{body}"))
+}
+
+/// Churn: 10,000 agent connections come and go across 3 hubs (20 rounds
+/// of 500 agents, each its own connection and key, calls through another
+/// hub proving each is registered), and leave nothing behind: no entry in
+/// the store, no tunnel in any hub, and no more tasks or memory (beyond
+/// allocator slack) in any hub after the last round than after the 5th.
+///
+/// The agents run in this process (the crate's `keep_connected`, which
+/// the agent binary runs), so that 10,000 connections cost one process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_agent_connections_leave_nothing_behind() {
+    use grpctunnel::ReverseTunnelServer;
+    use grpctunnel_testing::Echo;
+    const ROUNDS: usize = 20;
+    const AGENTS: usize = 500;
+    let Some(store) = Store::start().await else {
+        return;
+    };
+    tokio::time::timeout(Duration::from_secs(280), async {
+        let keys = keys(AGENTS);
+        let cluster = Fixture::new(&store, &keys, 3).await;
+        let addrs = cluster.addrs();
+        let admins: Vec<SocketAddr> = cluster
+            .hubs
+            .iter()
+            .map(|h| h.0.admin.expect("admin port"))
+            .collect();
+        let pids: Vec<u32> = cluster
+            .hubs
+            .iter()
+            .map(|h| h.0.child.id().expect("running"))
+            .collect();
+        let mut baseline_tasks = Vec::new();
+        let mut rss_at_5 = Vec::new();
+        let started = Instant::now();
+        for round in 1..=ROUNDS {
+            let mut agents = Vec::with_capacity(AGENTS);
+            for (i, key) in keys.iter().enumerate() {
+                let hub = addrs[(i + round) % 3];
+                let transport = tonic::transport::Endpoint::from_shared(format!("http://{hub}"))
+                    .expect("endpoint")
+                    .connect_lazy();
+                agents.push(
+                    ReverseTunnelServer::new(tonic::service::Routes::new(Echo::new().server()))
+                        .metadata("grpctunnel-key", key)
+                        .metadata("authorization", &format!("Bearer {TOKEN}"))
+                        .keep_connected(transport),
+                );
+            }
+            // Each key answers through the next hub: registered, and
+            // published in the store.
+            let via = addrs[(round + 1) % 3];
+            let mut calls = tokio::task::JoinSet::new();
+            for (i, &key) in keys.iter().enumerate() {
+                if i % 10 == 0 {
+                    calls.spawn(async move {
+                        let mut c = caller(via, key, true).await;
+                        c.unary(hello(key)).await.map(|_| ())
+                    });
+                }
+            }
+            while let Some(done) = calls.join_next().await {
+                done.expect("no panic")
+                    .unwrap_or_else(|s| panic!("round {round}: the agent answers: {s:?}"));
+            }
+            for agent in agents {
+                agent.shutdown().await;
+            }
+            // Every hub sees its tunnels gone (the gauge is read at scrape).
+            for &admin in &admins {
+                while gauge(admin, "grpctunnel_agents_connected").await != 0.0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            // After 5 rounds each hub holds its pooled connections to the
+            // others (their tasks); from then on nothing may grow.
+            if round == 5 {
+                for &admin in &admins {
+                    baseline_tasks.push(gauge(admin, "grpctunnel_tasks_alive").await);
+                }
+                rss_at_5 = pids.iter().map(|&p| rss(p)).collect();
+            }
+        }
+        println!(
+            "{} agent connections over 3 hubs in {:?}",
+            ROUNDS * AGENTS,
+            started.elapsed()
+        );
+        // The store: every entry withdrawn.
+        let entries = async {
+            loop {
+                if store
+                    .cli(&["--scan", "--pattern", "grpctunnel:key:*"])
+                    .await
+                    .is_empty()
+                {
+                    return;
+                }
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), entries)
+            .await
+            .expect("no directory entry left");
+        for (i, &admin) in admins.iter().enumerate() {
+            // Connection tasks end as their sockets close: wait for that,
+            // bounded; a leak never gets there.
+            let settled = async {
+                loop {
+                    let tasks = gauge(admin, "grpctunnel_tasks_alive").await;
+                    if tasks <= baseline_tasks[i] + 2.0 {
+                        return tasks;
+                    }
+                    tokio::task::yield_now().await;
+                }
+            };
+            let tasks = tokio::time::timeout(Duration::from_secs(10), settled)
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "hub {i}: tasks never came back to {} after round 5",
+                        baseline_tasks[i]
+                    )
+                });
+            println!(
+                "hub {i}: {tasks} tasks alive (after round 5: {})",
+                baseline_tasks[i]
+            );
+            let now = rss(pids[i]);
+            let grown = now.saturating_sub(rss_at_5[i]);
+            println!(
+                "hub {i}: RSS {} KiB, {} KiB more than after round 5",
+                now / 1024,
+                grown / 1024
+            );
+            assert!(grown < 16 << 20, "hub {i} grew {} KiB", grown / 1024);
+        }
+    })
+    .await
+    .expect("test timed out");
+    store.kill().await;
+}
+
+/// `VmRSS` of a process, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .expect("VmRSS")
+        * 1024
+}
+
+/// Small messages on a relayed stream: 5,000 round trips of 100 B on one
+/// bidi call relayed between two hubs, over their pooled connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_relayed_stream_of_small_messages_keeps_its_connection() {
+    let Some(store) = Store::start().await else {
+        return;
+    };
+    tokio::time::timeout(Duration::from_secs(180), async {
+        let cluster = Fixture::new(&store, &["plant-0"], 2).await;
+        let [a, b] = cluster.addrs()[..] else {
+            unreachable!("two hubs")
+        };
+        let _agent = cluster.agent(&[b], "plant-0").await;
+        let mut via_a = caller(a, "plant-0", true).await;
+        let (requests, mut responses) = bidi_in_flight(&mut via_a).await;
+        for seq in 2..=5_000u64 {
+            requests
+                .send(EchoRequest {
+                    seq,
+                    payload: vec![7u8; 100].into(),
+                    ..Default::default()
+                })
+                .await
+                .expect("send");
+            let reply = responses
+                .message()
+                .await
+                .unwrap_or_else(|s| panic!("round trip {seq}: {s:?}"))
+                .expect("a response");
+            assert_eq!(reply.seq, seq);
+        }
+        drop(requests);
+        assert!(responses.message().await.expect("a clean end").is_none());
+    })
+    .await
+    .expect("test timed out");
+    store.kill().await;
+}
