@@ -327,3 +327,45 @@ async fn busy_local_agents_hand_calls_to_a_less_loaded_hub() {
     .expect("test timed out");
     store.kill().await;
 }
+
+/// The library's side of a cluster: a registry in this process joins the
+/// cluster of a hub process; `wait_for_key` resolves once the hub's agent
+/// publishes the key, and the channel it returns reaches that agent by
+/// relay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_library_registry_waits_for_and_calls_a_key_on_another_replica() {
+    use grpctunnel::{
+        cluster::{Cluster, RedisDirectory},
+        ReverseTunnelRegistry,
+    };
+    use grpctunnel_testing::pb::echo_service_client::EchoServiceClient;
+    let Some(store) = Store::start().await else {
+        return;
+    };
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let cluster = Fixture::new(&store, &["plant-0"], 1).await;
+        let hub = cluster.addrs()[0];
+        let directory = RedisDirectory::open(&store.url()).expect("a redis URL");
+        let registry = ReverseTunnelRegistry::with_key(|_, _| String::new()).cluster(Cluster::new(
+            directory,
+            "http://127.0.0.1:1",
+            SECRET,
+        ));
+        assert!(registry.in_cluster());
+        let waiting = tokio::spawn({
+            let registry = registry.clone();
+            async move { registry.wait_for_key("plant-0").await }
+        });
+        let _agent = cluster.agent(&[hub], "plant-0").await;
+        let channel = waiting.await.expect("no panic");
+        let mut client = EchoServiceClient::new(channel);
+        let reply = client
+            .unary(hello("from the library"))
+            .await
+            .expect("relayed");
+        assert_eq!(reply.into_inner().payload.as_ref(), b"from the library");
+    })
+    .await
+    .expect("test timed out");
+    store.kill().await;
+}

@@ -551,6 +551,16 @@ impl ReverseTunnelRegistry<String> {
         }
         self
     }
+
+    /// Waits until `key` is served somewhere: by a tunnel of this
+    /// registry, or (in a cluster) by another replica; returns the channel
+    /// of the key ([`get`](Self::get)). [`wait_for`](Self::wait_for) sees
+    /// this replica's tunnels only, since it returns one. Bound it with a
+    /// timeout of your own.
+    pub async fn wait_for_key(&self, key: &str) -> ReverseChannel<String> {
+        crate::reverse::cluster::wait_for_key(self, key).await;
+        self.get(key)
+    }
 }
 
 impl<K> fmt::Debug for ReverseTunnelRegistry<K> {

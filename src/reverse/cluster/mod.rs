@@ -40,7 +40,7 @@ use tracing::warn;
 pub use directory::{Directory, DirectoryFuture, Entry};
 #[cfg(feature = "redis")]
 pub use redis::RedisDirectory;
-pub(crate) use relay::{balance, forward, receive};
+pub(crate) use relay::{balance, forward, receive, wait_for_key};
 
 use crate::{error::BoxError, reverse::registry::Inner};
 

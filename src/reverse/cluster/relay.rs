@@ -242,6 +242,51 @@ where
     }
 }
 
+/// Waits until `key` has a tunnel here or an entry of another replica in
+/// the directory (asked afresh on every wake-up; while the store is away,
+/// only a local tunnel ends the wait).
+pub(crate) async fn wait_for_key(registry: &ReverseTunnelRegistry<String>, key: &str) {
+    let owned = key.to_owned();
+    loop {
+        let mut published = registry
+            .cluster_link()
+            .map(|link| link.cluster.inner.published.subscribe());
+        let added = registry.added();
+        tokio::pin!(added);
+        added.as_mut().enable();
+        if registry.pick(Some(&owned)).is_some() {
+            return;
+        }
+        if let Some(link) = registry.cluster_link() {
+            let cluster = &link.cluster.inner;
+            if let Ok(entries) = cluster.lookup(key, false).await {
+                if entries.iter().any(|e| e.replica != cluster.advertise) {
+                    return;
+                }
+            }
+        }
+        let remote = async {
+            match published.as_mut() {
+                Some(feed) => loop {
+                    match feed.recv().await {
+                        Ok(k) if k == key => return,
+                        Ok(_) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                            std::future::pending::<()>().await
+                        }
+                    }
+                },
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = remote => {}
+            () = added.as_mut() => {}
+        }
+    }
+}
+
 /// A call another replica relayed here: checked against the cluster's
 /// secret, then served by a local tunnel of its key only (never relayed
 /// again, so relays cannot loop).
