@@ -88,7 +88,9 @@ pub(crate) struct ClusterInner {
     /// Calls this replica relays now, by (replica, key): added to the load
     /// a replica last published, so that a burst does not all go to the
     /// replica that looked idle at its last renewal.
-    relaying: Mutex<std::collections::HashMap<(String, String), u64>>,
+    relaying: Mutex<std::collections::HashMap<String, std::collections::HashMap<String, u64>>>,
+    /// `secret` as the relay header's value (`None`: not valid header text).
+    pub(crate) secret_header: Option<http::HeaderValue>,
 }
 
 /// A recent lookup of one key.
@@ -115,11 +117,14 @@ impl Cluster {
         secret: impl Into<String>,
     ) -> Self {
         let (published, _) = broadcast::channel(1024);
+        let secret = secret.into();
+        let secret_header = http::HeaderValue::from_str(&secret).ok();
         Self {
             inner: Arc::new(ClusterInner {
                 directory: Arc::new(directory),
                 advertise: advertise.into(),
-                secret: secret.into(),
+                secret,
+                secret_header,
                 ttl: DEFAULT_TTL,
                 connect: Box::new(|url| Ok(Endpoint::from_shared(url.to_owned())?)),
                 peers: Mutex::default(),
@@ -209,7 +214,8 @@ impl ClusterInner {
     pub(crate) fn load_of(&self, entry: &Entry) -> u64 {
         let relaying = self.relaying.lock().unwrap_or_else(|p| p.into_inner());
         let own = relaying
-            .get(&(entry.replica.clone(), entry.key.clone()))
+            .get(&entry.replica)
+            .and_then(|keys| keys.get(&entry.key))
             .copied()
             .unwrap_or(0);
         entry.load + own
@@ -217,16 +223,16 @@ impl ClusterInner {
 
     /// Counts a call relayed to `entry`'s replica until the guard drops.
     pub(crate) fn relaying(self: &Arc<Self>, entry: &Entry) -> Relaying {
-        let id = (entry.replica.clone(), entry.key.clone());
-        *self
-            .relaying
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(id.clone())
+        let mut relaying = self.relaying.lock().unwrap_or_else(|p| p.into_inner());
+        *relaying
+            .entry(entry.replica.clone())
+            .or_default()
+            .entry(entry.key.clone())
             .or_default() += 1;
         Relaying {
             cluster: self.clone(),
-            id,
+            replica: entry.replica.clone(),
+            key: entry.key.clone(),
         }
     }
 
@@ -253,7 +259,8 @@ impl ClusterInner {
 /// A call being relayed (see [`ClusterInner::relaying`]).
 pub(crate) struct Relaying {
     cluster: Arc<ClusterInner>,
-    id: (String, String),
+    replica: String,
+    key: String,
 }
 
 impl Drop for Relaying {
@@ -263,11 +270,17 @@ impl Drop for Relaying {
             .relaying
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = relaying.get_mut(&self.id) {
+        let Some(keys) = relaying.get_mut(&self.replica) else {
+            return;
+        };
+        if let Some(n) = keys.get_mut(&self.key) {
             *n -= 1;
             if *n == 0 {
-                relaying.remove(&self.id);
+                keys.remove(&self.key);
             }
+        }
+        if keys.is_empty() {
+            relaying.remove(&self.replica);
         }
     }
 }

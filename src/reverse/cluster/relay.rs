@@ -129,8 +129,8 @@ where
                 http::HeaderValue::from_str(&value).expect("digits"),
             );
         }
-        let (Ok(secret), Ok(key_value)) = (
-            http::HeaderValue::from_str(&cluster.secret),
+        let (Some(secret), Ok(key_value)) = (
+            cluster.secret_header.clone(),
             http::HeaderValue::from_str(&name),
         ) else {
             return failed(tonic::Status::internal(
