@@ -9,7 +9,6 @@ use std::{
 };
 
 use common::{cluster::*, store::Store, *};
-use grpctunnel_testing::pb::EchoRequest;
 
 /// A gauge of a hub's `/metrics`.
 async fn gauge(admin: SocketAddr, name: &str) -> f64 {
@@ -186,25 +185,7 @@ async fn a_long_relayed_stream_of_small_messages_keeps_its_connection() {
         };
         let _agent = cluster.agent(&[b], "plant-0").await;
         let mut via_a = caller(a, "plant-0", true).await;
-        let (requests, mut responses) = bidi_in_flight(&mut via_a).await;
-        for seq in 2..=5_000u64 {
-            requests
-                .send(EchoRequest {
-                    seq,
-                    payload: vec![7u8; 100].into(),
-                    ..Default::default()
-                })
-                .await
-                .expect("send");
-            let reply = responses
-                .message()
-                .await
-                .unwrap_or_else(|s| panic!("round trip {seq}: {s:?}"))
-                .expect("a response");
-            assert_eq!(reply.seq, seq);
-        }
-        drop(requests);
-        assert!(responses.message().await.expect("a clean end").is_none());
+        ping_pong(&mut via_a, 5_000).await;
     })
     .await
     .expect("test timed out");

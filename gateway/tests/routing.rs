@@ -291,25 +291,7 @@ async fn long_streams_of_small_messages_keep_their_connections() {
         let (_hub, addr) = hub(&dir, "s3cret-7", &["plant-7"]).await;
         let _agent = agent(&dir, addr, "plant-7", "s3cret-7", upstream);
         let mut plant = caller(addr, "plant-7", true).await;
-        let (requests, mut responses) = bidi_in_flight(&mut plant).await;
-        for seq in 2..=5_000u64 {
-            requests
-                .send(EchoRequest {
-                    seq,
-                    payload: vec![7u8; 100].into(),
-                    ..Default::default()
-                })
-                .await
-                .expect("send");
-            let reply = responses
-                .message()
-                .await
-                .unwrap_or_else(|s| panic!("round trip {seq}: {s:?}"))
-                .expect("a response");
-            assert_eq!(reply.seq, seq);
-        }
-        drop(requests);
-        assert!(responses.message().await.expect("a clean end").is_none());
+        ping_pong(&mut plant, 5_000).await;
         for i in 0..2_000 {
             plant
                 .unary(hello("small"))

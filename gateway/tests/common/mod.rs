@@ -402,3 +402,27 @@ pub async fn bidi_in_flight(
     assert_eq!(first.seq, 1);
     (requests, responses)
 }
+
+/// `n` round trips of 100 B on one bidi call through `caller`, each
+/// answered in order, then a clean end.
+pub async fn ping_pong(caller: &mut Caller, n: u64) {
+    let (requests, mut responses) = bidi_in_flight(caller).await;
+    for seq in 2..=n {
+        requests
+            .send(EchoRequest {
+                seq,
+                payload: vec![7u8; 100].into(),
+                ..Default::default()
+            })
+            .await
+            .expect("send");
+        let reply = responses
+            .message()
+            .await
+            .unwrap_or_else(|s| panic!("round trip {seq}: {s:?}"))
+            .expect("a response");
+        assert_eq!(reply.seq, seq);
+    }
+    drop(requests);
+    assert!(responses.message().await.expect("a clean end").is_none());
+}
