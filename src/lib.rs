@@ -180,7 +180,9 @@ pub mod server;
 pub mod cluster {
     #[cfg(feature = "redis")]
     pub use crate::reverse::cluster::RedisDirectory;
-    pub use crate::reverse::cluster::{Cluster, Directory, DirectoryFuture, Entry, DEFAULT_TTL};
+    pub use crate::reverse::cluster::{
+        Cluster, Directory, DirectoryFuture, Entry, RelayTransport, DEFAULT_TTL,
+    };
 }
 mod wire;
 

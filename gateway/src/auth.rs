@@ -233,6 +233,7 @@ impl<S> Auth<S> {
 
 const OPEN_REVERSE_TUNNEL: &str = "/grpctunnel.v1.TunnelService/OpenReverseTunnel";
 const OPEN_TUNNEL: &str = "/grpctunnel.v1.TunnelService/OpenTunnel";
+const RELAY_SECRET_HEADER: &str = "grpctunnel-relay-secret";
 
 impl<S> Service<http::Request<Body>> for Auth<S>
 where
@@ -256,6 +257,10 @@ where
                 .agents
                 .check_agent(req.headers(), req.extensions(), &self.key_header)
                 .err(),
+            // Another hub's relay tunnel: the tunnel service checks the
+            // cluster secret it carries, and serves its calls from this
+            // hub's own agents only.
+            OPEN_TUNNEL if req.headers().contains_key(RELAY_SECRET_HEADER) => None,
             OPEN_TUNNEL => match &self.callers {
                 // The caller's keys ride along with each tunneled call.
                 Some(callers) => match callers.grant(

@@ -104,6 +104,17 @@ pub(crate) struct HubArgs {
     /// `https://` `--advertise`; without it the system's roots are used.
     #[arg(long, env = "GRPCTUNNEL_CLUSTER_CA")]
     cluster_ca: Option<PathBuf>,
+    /// How this hub relays calls to another: `tunnel` (one forward tunnel
+    /// per hub, each call a stream in it) or `grpc` (each call its own
+    /// HTTP/2 stream). A hub takes both.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "tunnel",
+        value_name = "HOW",
+        env = "GRPCTUNNEL_CLUSTER_RELAY"
+    )]
+    cluster_relay: RelayOver,
     /// How long calls in flight may run after SIGTERM.
     #[arg(
         long,
@@ -271,6 +282,13 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// `--cluster-relay`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub(crate) enum RelayOver {
+    Tunnel,
+    Grpc,
+}
+
 /// The cluster this hub joins, with `--cluster`.
 fn cluster(args: &HubArgs) -> Result<Option<grpctunnel::cluster::Cluster>, Failure> {
     let (Some(url), Some(advertise), Some(secret)) =
@@ -304,6 +322,11 @@ fn cluster(args: &HubArgs) -> Result<Option<grpctunnel::cluster::Cluster>, Failu
     tracing::info!(store = %url, %advertise, "joining the cluster");
     let cluster = grpctunnel::cluster::Cluster::new(directory, advertise.clone(), secret)
         .ttl(Duration::from_secs_f64(args.cluster_ttl))
+        .max_message_size(args.max_message_size)
+        .relay_over(match args.cluster_relay {
+            RelayOver::Tunnel => grpctunnel::cluster::RelayTransport::Tunnel,
+            RelayOver::Grpc => grpctunnel::cluster::RelayTransport::Grpc,
+        })
         .connect_with(move |url| {
             let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())?
                 .connect_timeout(Duration::from_secs(2));

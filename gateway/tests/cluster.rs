@@ -158,6 +158,42 @@ async fn forged_relays_are_refused_and_relays_never_loop() {
         let mut at_b = caller(b, "plant-0", false).await;
         let reply = at_b.unary(relayed(SECRET)).await.expect("served at b");
         assert_eq!(reply.into_inner().payload.as_ref(), b"forged");
+
+        // The same for relay tunnels (how hubs relay by default): a wrong
+        // secret cannot open one; calls in one still need the secret, and
+        // are served from the hub's own agents only.
+        let relay_tunnel = |hub: std::net::SocketAddr, secret: &'static str| async move {
+            let transport = tonic::transport::Endpoint::from_shared(format!("http://{hub}"))
+                .expect("url")
+                .connect()
+                .await
+                .expect("connect");
+            grpctunnel::TunnelChannel::builder()
+                .metadata("grpctunnel-relay-secret", secret)
+                .open(transport)
+                .await
+        };
+        let err = relay_tunnel(a, "guessed")
+            .await
+            .expect_err("a wrong secret");
+        let status = err.status().expect("a status");
+        assert_eq!(status.code(), Code::Unauthenticated, "{err:?}");
+        let mut in_a = grpctunnel_testing::pb::echo_service_client::EchoServiceClient::new(
+            relay_tunnel(a, SECRET).await.expect("relay tunnel to a"),
+        );
+        let err = in_a.unary(hello("no secret")).await.expect_err("no secret");
+        assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+        let err = in_a
+            .unary(relayed(SECRET))
+            .await
+            .expect_err("not relayed twice");
+        assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+        assert!(err.message().contains("on this replica"), "{err:?}");
+        let mut in_b = grpctunnel_testing::pb::echo_service_client::EchoServiceClient::new(
+            relay_tunnel(b, SECRET).await.expect("relay tunnel to b"),
+        );
+        let reply = in_b.unary(relayed(SECRET)).await.expect("served in b");
+        assert_eq!(reply.into_inner().payload.as_ref(), b"forged");
     })
     .await
     .expect("test timed out");

@@ -361,7 +361,7 @@ async fn grpcurl_lists_and_calls_through_the_hub_by_reflection() {
 }
 
 /// Relayed between hubs: the interop client calls hub A, whose cluster
-/// relays every call to hub B, where the agent in front of grpc-go's
+/// relays every call to hub B in its relay tunnel, where the agent in front of grpc-go's
 /// interop server is connected. Every case of the key-header run
 /// (deadlines, cancellation, metadata, trailers, status details, large
 /// and streaming messages, soak) crosses the relay.
@@ -375,8 +375,8 @@ async fn grpc_go_interop_cases_relayed_between_hubs() {
         let dir = temp_dir();
         let (_server, upstream) = interop_server(&go.bin("server")).await;
         let files = cluster_files(&dir, &["plant-7".to_owned()]);
-        let (_a, a) = cluster_hub(&files, &store.url(), free_port()).await;
-        let (_b, b) = cluster_hub(&files, &store.url(), free_port()).await;
+        let (_a, a) = cluster_hub(&files, &store.url(), free_port(), "tunnel").await;
+        let (_b, b) = cluster_hub(&files, &store.url(), free_port(), "tunnel").await;
         let _agent = cluster_agent(&dir, &[b], "plant-7", upstream).await;
         let cases: Vec<&str> = STANDARD_CASES
             .iter()

@@ -40,6 +40,18 @@ impl<K> ReverseAcceptor for Acceptor<K>
 where
     K: Clone + Eq + Hash + Send + Sync + 'static,
 {
+    fn admit_relay(&self, headers: &http::HeaderMap) -> Result<(), tonic::Status> {
+        #[cfg(feature = "cluster")]
+        return crate::reverse::cluster::check_secret(&self.0, headers);
+        #[cfg(not(feature = "cluster"))]
+        {
+            let _ = headers;
+            Err(tonic::Status::unauthenticated(
+                "relay tunnel refused: this server is not in a cluster",
+            ))
+        }
+    }
+
     fn relay(&self, req: http::Request<tonic::body::Body>) -> RelayFuture {
         #[cfg(feature = "cluster")]
         return Box::pin(crate::reverse::cluster::receive(self.0.clone(), req));

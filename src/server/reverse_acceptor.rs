@@ -47,4 +47,9 @@ pub(crate) trait ReverseAcceptor: Send + Sync + 'static {
     /// [`RELAY_SECRET_HEADER`]): checks it and sends it through a local
     /// tunnel; the answer is the call's response, a refusal a status.
     fn relay(&self, req: http::Request<tonic::body::Body>) -> RelayFuture;
+
+    /// Checks the opening headers of a forward tunnel another replica opens
+    /// to relay calls through (it carries [`RELAY_SECRET_HEADER`]); each
+    /// call in it then goes to [`relay`](Self::relay).
+    fn admit_relay(&self, headers: &http::HeaderMap) -> Result<(), tonic::Status>;
 }

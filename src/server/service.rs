@@ -15,8 +15,11 @@ use crate::{
     error::BoxError,
     pb,
     server::{
-        dispatch::dispatch, future::ResponseFuture, layer::Config, open::serve_tunnel, RequestBody,
-        TunnelBody, RELAY_SECRET_HEADER,
+        dispatch::{dispatch, Dispatch},
+        future::ResponseFuture,
+        layer::Config,
+        open::serve_tunnel,
+        RequestBody, ReverseAcceptor, TunnelBody, RELAY_SECRET_HEADER,
     },
 };
 
@@ -90,12 +93,26 @@ where
             )));
         }
         let config = &self.config;
-        // A call relayed by another replica of a cluster: the reverse
-        // acceptor checks and serves it; it never reaches the inner service.
+        // A call relayed by another replica of a cluster, or a tunnel it
+        // relays calls through: the reverse acceptor checks and serves each
+        // call; none reaches the inner service.
         if let Some(acceptor) = &config.reverse {
             if req.headers().contains_key(RELAY_SECRET_HEADER) {
-                let relayed = acceptor.relay(req.map(tonic::body::Body::new));
-                return ResponseFuture::tunnel(relayed);
+                if req.uri().path() != OPEN_TUNNEL {
+                    let relayed = acceptor.relay(req.map(tonic::body::Body::new));
+                    return ResponseFuture::tunnel(relayed);
+                }
+                if let Err(status) = acceptor.admit_relay(req.headers()) {
+                    return ResponseFuture::status(status);
+                }
+                let dispatch = relay_dispatch(acceptor.clone());
+                let (opts, shutdown, grace) = (config.opts, config.shutdown.clone(), config.grace);
+                return ResponseFuture::tunnel(accept::<pb::ClientToServer, _, _>(
+                    req,
+                    opts,
+                    config.counters.clone(),
+                    move |tunnel| serve_tunnel(tunnel, opts, dispatch, shutdown, grace),
+                ));
             }
         }
         match req.uri().path() {
@@ -152,6 +169,18 @@ impl<S: fmt::Debug> fmt::Debug for TunnelService<S> {
             .field("inner", &self.inner)
             .finish_non_exhaustive()
     }
+}
+
+/// The calls of a tunnel another replica relays through: each one to the
+/// reverse acceptor's `relay`, which checks its secret and serves it from a
+/// local tunnel.
+fn relay_dispatch(acceptor: Arc<dyn ReverseAcceptor>) -> Dispatch {
+    tower::util::BoxCloneSyncService::new(tower::service_fn(
+        move |req: http::Request<RequestBody>| {
+            let relayed = acceptor.relay(req.map(tonic::body::Body::new));
+            async move { Ok::<_, BoxError>(relayed.await) }
+        },
+    ))
 }
 
 /// A service that answers every request with `UNIMPLEMENTED`; the inner

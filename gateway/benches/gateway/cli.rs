@@ -1,10 +1,15 @@
 //! Command line of the gateway bench: the orchestrator's options, and the
-//! one internal role it re-executes itself with (`--role upstream`).
+//! internal roles it re-executes itself with (`--role upstream`,
+//! `--role proxy --target ADDR`).
 
 use std::{path::PathBuf, time::Duration};
 
 pub const USAGE: &str = "\
 usage: cargo bench -p grpctunnel-gateway --bench gateway -- [options]
+
+Setups: direct tonic; hub -> agent (the gateway); two plain proxies
+(tonic server + Channel, each its own process: the same hops without the
+tunnel, for reference); with --cluster, the relayed ones.
 
   --reps N           repetitions of everything (default 3)
   --calls N          sequential unary calls for latency (default 20000; each
@@ -14,10 +19,13 @@ usage: cargo bench -p grpctunnel-gateway --bench gateway -- [options]
   --warmup SECS      unmeasured lead-in of each throughput workload (default 0.25)
   --agents N         idle agents for the hub memory figure (default 10000;
                      0 skips it)
-  --cluster          also the `relayed` setup (caller -> hub A -> hub B ->
-                     agent, two hubs sharing a redis-server started for it)
-                     and the directory figures with --keys keys; needs
+  --cluster          also the `relayed` setups (caller -> hub A -> hub B ->
+                     agent, two hubs sharing a redis-server started for it;
+                     hub A relays in one tunnel to hub B, or, in
+                     `relayed-grpc`, as plain gRPC) and the directory figures with --keys keys; needs
                      redis-server and redis-cli on PATH
+  --setups LIST      only these setups, comma-separated (direct, gateway,
+                     proxies, relayed, relayed-grpc); ratios need direct
   --keys N           keys in the store for the directory figures (default 100000)
   --json PATH        also write the results as JSON (or env GATEWAY_BENCH_JSON)
   --quick            smoke run: --reps 1 --calls 2000 --duration 0.3
@@ -34,6 +42,8 @@ pub enum Role {
     Orchestrate(Options),
     /// Child: the upstream echo server.
     Upstream,
+    /// Child: a transparent HTTP/2 proxy to the address (`proxies` setup).
+    Proxy(String),
 }
 
 /// The orchestrator's options.
@@ -48,6 +58,8 @@ pub struct Options {
     pub json: Option<PathBuf>,
     pub quick: bool,
     pub cluster: bool,
+    /// `--setups`: only these (`None`: all that apply).
+    pub setups: Option<Vec<String>>,
     pub keys: usize,
 }
 
@@ -82,8 +94,10 @@ pub fn parse(args: Vec<String>) -> Result<Role, String> {
         .map(PathBuf::from);
     let mut quick = false;
     let mut cluster = false;
+    let mut setups = None;
     let mut keys = None;
     let mut role = None;
+    let mut target = None;
 
     let mut it = args.into_iter();
     while let Some(arg) = it.next() {
@@ -111,14 +125,30 @@ pub fn parse(args: Vec<String>) -> Result<Role, String> {
             "--json" => json = Some(PathBuf::from(value(&flag)?)),
             "--quick" => quick = true,
             "--cluster" => cluster = true,
+            "--setups" => {
+                let list: Vec<String> = value(&flag)?.split(',').map(str::to_owned).collect();
+                if let Some(bad) = list
+                    .iter()
+                    .find(|s| !crate::report::SETUPS.iter().any(|(k, _)| k == s))
+                {
+                    return Err(format!("--setups: unknown setup {bad:?}"));
+                }
+                setups = Some(list);
+            }
             "--keys" => keys = Some(count(&value(&flag)?, &flag, false)?),
             "--role" => role = Some(value(&flag)?),
+            "--target" => target = Some(value(&flag)?),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
     match role.as_deref() {
         None => {}
         Some("upstream") => return Ok(Role::Upstream),
+        Some("proxy") => {
+            return target
+                .map(Role::Proxy)
+                .ok_or_else(|| "--role proxy needs --target".to_owned())
+        }
         Some(other) => return Err(format!("unknown role {other:?}")),
     }
     let duration = duration.unwrap_or(if quick {
@@ -143,6 +173,7 @@ pub fn parse(args: Vec<String>) -> Result<Role, String> {
         json,
         quick,
         cluster,
+        setups,
         keys: keys.unwrap_or(100_000),
     }))
 }

@@ -10,7 +10,12 @@
 //! - `gateway`: the same kind of `Channel` to a hub process, calls carrying
 //!   `grpctunnel-key: bench`; an agent process holds the reverse tunnel for
 //!   that key and forwards every call to the upstream. Hub and agent are
-//!   the real binary (`CARGO_BIN_EXE_grpctunnel`) with default settings.
+//!   the real binary (`CARGO_BIN_EXE_grpctunnel`) with default settings;
+//! - `proxies`, for reference: two plain transparent HTTP/2 proxies
+//!   (`proxies.rs`), each its own process, in front of the upstream: the
+//!   processes and hops of hub and agent without the tunnel;
+//! - with `--cluster`, `relayed` and `relayed-grpc`: two hubs sharing a
+//!   store, the caller calling the one without the agent.
 //!
 //! Workloads (see `workloads.rs`; the same as `benches/tunnel`'s
 //! `unary_seq`, `unary_conc` and `stream_1m`), run by this process:
@@ -47,6 +52,7 @@ mod stats;
 mod agents;
 mod cli;
 mod directory;
+mod proxies;
 mod report;
 mod setups;
 mod workloads;
@@ -69,6 +75,7 @@ fn main() -> ExitCode {
     match cli::parse(args) {
         Ok(Role::Orchestrate(opts)) => orchestrate(opts),
         Ok(Role::Upstream) => setups::upstream_role(),
+        Ok(Role::Proxy(target)) => proxies::proxy_role(&target),
         Err(e) if e.is_empty() => {
             print!("{}", cli::USAGE);
             ExitCode::SUCCESS
@@ -144,11 +151,25 @@ fn run_setup(
     if setup == "direct" {
         return run(false, upstream.to_owned());
     }
-    if setup == "relayed" {
-        // Caller -> hub A -> (relay) -> hub B -> agent.
+    if setup == "proxies" {
+        // Caller -> proxy 1 -> proxy 2 -> upstream.
+        let started = proxies::start_proxy(upstream)
+            .and_then(|(p2, addr2)| Ok((p2, proxies::start_proxy(&addr2)?)));
+        let (p2, (p1, addr1)) = match started {
+            Ok(all) => all,
+            Err(e) => return (Vec::new(), vec![e]),
+        };
+        let out = run(false, addr1);
+        drop((p1, p2));
+        return out;
+    }
+    if setup.starts_with("relayed") {
+        // Caller -> hub A -> (relay) -> hub B -> agent; hub A relays in one
+        // tunnel to hub B (`relayed`) or with a stream per call.
+        let relay = if setup == "relayed" { "tunnel" } else { "grpc" };
         let started = setups::start_store(scratch).and_then(|store| {
-            let a = setups::start_cluster_hub(scratch, &store)?;
-            let b = setups::start_cluster_hub(scratch, &store)?;
+            let a = setups::start_cluster_hub(scratch, &store, relay)?;
+            let b = setups::start_cluster_hub(scratch, &store, relay)?;
             let agent = setups::start_agent(scratch, &b.addr, upstream)?;
             Ok((store, a, b, agent))
         });
@@ -228,7 +249,11 @@ fn orchestrate(opts: Options) -> ExitCode {
     // Repetitions outermost, so that a noisy moment hits both setups alike.
     for rep in 1..=opts.reps {
         for (key, label) in report::SETUPS {
-            if key == "relayed" && !opts.cluster {
+            let chosen = match &opts.setups {
+                Some(list) => list.iter().any(|s| s == key),
+                None => !key.starts_with("relayed") || opts.cluster,
+            };
+            if !chosen {
                 continue;
             }
             let t = Instant::now();

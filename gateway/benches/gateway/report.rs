@@ -9,10 +9,12 @@ use crate::{
 };
 
 /// The setups, in table order: (key, label).
-pub const SETUPS: [(&str, &str); 3] = [
+pub const SETUPS: [(&str, &str); 5] = [
     ("direct", "direct tonic"),
     ("gateway", "hub -> agent"),
+    ("proxies", "two plain proxies"),
     ("relayed", "hub A -> hub B -> agent"),
+    ("relayed-grpc", "same, relays as plain gRPC"),
 ];
 
 /// One figure: a row group of the table.

@@ -139,7 +139,7 @@ impl Drop for Scratch {
     }
 }
 
-fn strings(args: &[&str]) -> Vec<String> {
+pub fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| (*s).to_owned()).collect()
 }
 
@@ -270,8 +270,8 @@ pub fn start_store(scratch: &Scratch) -> Result<Store, String> {
 }
 
 /// Starts a hub of the cluster kept in `store`, listening and advertising
-/// on a port of its own.
-pub fn start_cluster_hub(scratch: &Scratch, store: &Store) -> Result<Hub, String> {
+/// on a port of its own, relaying calls as `relay` says (`tunnel`, `grpc`).
+pub fn start_cluster_hub(scratch: &Scratch, store: &Store, relay: &str) -> Result<Hub, String> {
     let secret = scratch.0.join("cluster.secret");
     std::fs::write(&secret, "gateway-bench-cluster")
         .map_err(|e| format!("{}: {e}", secret.display()))?;
@@ -285,6 +285,8 @@ pub fn start_cluster_hub(scratch: &Scratch, store: &Store) -> Result<Hub, String
         &format!("http://{listen}"),
         "--cluster-secret-file",
         &secret.display().to_string(),
+        "--cluster-relay",
+        relay,
     ]));
     let mut child = Child::spawn("hub", Path::new(BIN), &args)?;
     let addr = child.expect("LISTENING ", LIMIT)?;

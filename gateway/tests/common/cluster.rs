@@ -27,11 +27,13 @@ pub fn cluster_files(dir: &std::path::Path, keys: &[String]) -> (String, String)
     (config.display().to_string(), secret.display().to_string())
 }
 
-/// A hub of the cluster in `store`, on a port of its own.
+/// A hub of the cluster in `store`, on a port of its own, relaying calls
+/// as `relay` says (`tunnel`, `grpc`).
 pub async fn cluster_hub(
     files: &(String, String),
     store: &str,
     port: u16,
+    relay: &str,
 ) -> (Process, SocketAddr) {
     let listen = format!("127.0.0.1:{port}");
     let advertise = format!("http://{listen}");
@@ -49,6 +51,8 @@ pub async fn cluster_hub(
         &files.1,
         "--cluster-ttl",
         "2",
+        "--cluster-relay",
+        relay,
         "--admin",
         "127.0.0.1:0",
     ]);
@@ -177,15 +181,18 @@ pub struct Fixture {
 }
 
 impl Fixture {
-    /// `n` hubs whose agents' token is bound to `keys`.
+    /// `n` hubs whose agents' token is bound to `keys`; the odd ones relay
+    /// as plain gRPC, the others in tunnels (the default), so that every
+    /// cluster test runs both and their mix.
     pub async fn new(store: &Store, keys: &[&str], n: usize) -> Self {
         let dir = temp_dir();
         let upstream = upstream().await;
         let owned: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
         let files = cluster_files(&dir, &owned);
         let mut hubs = Vec::new();
-        for _ in 0..n {
-            hubs.push(cluster_hub(&files, &store.url(), free_port()).await);
+        for i in 0..n {
+            let relay = if i % 2 == 1 { "grpc" } else { "tunnel" };
+            hubs.push(cluster_hub(&files, &store.url(), free_port(), relay).await);
         }
         Self {
             dir,

@@ -9,20 +9,23 @@
 //!   next renewal publishes them again.
 //! - A call through [`ReverseTunnelRegistry::get`] uses a local tunnel of
 //!   the key when there is one; otherwise it looks the key up and relays
-//!   the call to the least-loaded replica that holds it, over a pooled
-//!   HTTP/2 connection per replica, as a plain gRPC call: deadline
-//!   (`grpc-timeout`, less the time already spent), cancellation, metadata,
-//!   trailers and status pass as they are. A replica it cannot reach is
-//!   skipped for the next one.
-//! - A relayed call carries the cluster's shared secret
-//!   (`grpctunnel-relay-secret`) and its key (`grpctunnel-relay-key`). The
-//!   receiving replica refuses it without the right secret
-//!   (`UNAUTHENTICATED`), and serves it from its own tunnels only, never
-//!   relaying it again: a relay loop cannot happen.
+//!   the call to the least-loaded replica that holds it, over one pooled
+//!   HTTP/2 connection per replica: by default as a stream of one forward
+//!   tunnel per replica, or as a plain gRPC call
+//!   ([`RelayTransport`]). Deadline (`grpc-timeout`, less the time already
+//!   spent), cancellation, metadata, trailers and status pass as they are.
+//!   A replica it cannot reach is skipped for the next one.
+//! - A relayed call, and the relay tunnel's opening RPC, carry the
+//!   cluster's shared secret (`grpctunnel-relay-secret`); a relayed call
+//!   also its key (`grpctunnel-relay-key`). The receiving replica refuses
+//!   them without the right secret (`UNAUTHENTICATED`), and serves a
+//!   relayed call from its own tunnels only, never relaying it again: a
+//!   relay loop cannot happen.
 //! - A waiting call (`wait_for_ready`) also wakes when another replica
 //!   publishes the key.
 
 mod directory;
+mod peer;
 #[cfg(feature = "redis")]
 mod redis;
 mod relay;
@@ -34,15 +37,17 @@ use std::{
 };
 
 use tokio::sync::{broadcast, mpsc};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use tracing::warn;
 
 pub use directory::{Directory, DirectoryFuture, Entry};
+pub use peer::RelayTransport;
 #[cfg(feature = "redis")]
 pub use redis::RedisDirectory;
-pub(crate) use relay::{balance, forward, receive, wait_for_key};
+pub(crate) use relay::{balance, check_secret, forward, receive, wait_for_key};
 
-use crate::{error::BoxError, reverse::registry::Inner};
+use crate::{error::BoxError, reverse::registry::Inner, DEFAULT_MAX_MESSAGE_SIZE};
+use peer::{Opening, Peer};
 
 /// Default time to live of a replica's directory entries.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
@@ -78,8 +83,11 @@ pub(crate) struct ClusterInner {
     pub(crate) secret: String,
     pub(crate) ttl: Duration,
     connect: Box<Connect>,
+    /// How relayed calls travel, and the largest message they may carry.
+    relay_transport: RelayTransport,
+    max_message_size: usize,
     /// One connection per replica, made on first use.
-    peers: Mutex<std::collections::HashMap<String, Channel>>,
+    peers: Mutex<std::collections::HashMap<String, Arc<Peer>>>,
     /// Keys other replicas published, for waiting calls.
     pub(crate) published: broadcast::Sender<String>,
     /// Recent lookups, so that a relayed call does not pay a store round
@@ -127,6 +135,8 @@ impl Cluster {
                 secret_header,
                 ttl: DEFAULT_TTL,
                 connect: Box::new(|url| Ok(Endpoint::from_shared(url.to_owned())?)),
+                relay_transport: RelayTransport::default(),
+                max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
                 peers: Mutex::default(),
                 published,
                 routes: Mutex::default(),
@@ -160,6 +170,33 @@ impl Cluster {
         connect: impl Fn(&str) -> Result<Endpoint, BoxError> + Send + Sync + 'static,
     ) -> Self {
         self.inner_mut().connect = Box::new(connect);
+        self
+    }
+
+    /// How calls relayed to other replicas travel (default
+    /// [`RelayTransport::Tunnel`]). A replica serves both, whatever it
+    /// sends with.
+    ///
+    /// # Panics
+    ///
+    /// If the cluster was cloned already.
+    #[track_caller]
+    pub fn relay_over(mut self, transport: RelayTransport) -> Self {
+        self.inner_mut().relay_transport = transport;
+        self
+    }
+
+    /// The largest response message a relay tunnel takes from another
+    /// replica (default [`DEFAULT_MAX_MESSAGE_SIZE`](crate::DEFAULT_MAX_MESSAGE_SIZE));
+    /// give it the receiving side's limit (the tunnel layer's
+    /// `max_message_size`), so relayed calls take what local ones take.
+    ///
+    /// # Panics
+    ///
+    /// If the cluster was cloned already.
+    #[track_caller]
+    pub fn max_message_size(mut self, size: usize) -> Self {
+        self.inner_mut().max_message_size = size;
         self
     }
 
@@ -245,14 +282,23 @@ impl ClusterInner {
     }
 
     /// The pooled connection to `replica`.
-    pub(crate) fn peer(&self, replica: &str) -> Result<Channel, BoxError> {
+    pub(crate) fn peer(&self, replica: &str) -> Result<Arc<Peer>, BoxError> {
         let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(channel) = peers.get(replica) {
-            return Ok(channel.clone());
+        if let Some(peer) = peers.get(replica) {
+            return Ok(peer.clone());
         }
-        let channel = (self.connect)(replica)?.connect_lazy();
-        peers.insert(replica.to_owned(), channel.clone());
-        Ok(channel)
+        let peer = Arc::new(Peer::new((self.connect)(replica)?.connect_lazy()));
+        peers.insert(replica.to_owned(), peer.clone());
+        Ok(peer)
+    }
+
+    /// How relay tunnels open.
+    pub(crate) fn opening(&self) -> Opening<'_> {
+        Opening {
+            transport: self.relay_transport,
+            secret: &self.secret,
+            max_message_size: self.max_message_size,
+        }
     }
 }
 

@@ -9,7 +9,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tower::ServiceExt;
 use tower_service::Service;
 use tracing::{debug, warn};
 
@@ -141,22 +140,36 @@ where
         parts.headers.insert(RELAY_SECRET_HEADER, secret);
         parts.headers.insert(RELAY_KEY_HEADER, key_value);
         let body = Lent::new(body);
+        let mut unreachable = None;
         for entry in entries {
-            let Ok(mut peer) = cluster.peer(&entry.replica) else {
-                warn!(replica = %entry.replica, "cannot dial a replica's advertised address");
-                continue;
+            let peer = match cluster.peer(&entry.replica) {
+                Ok(peer) => peer,
+                Err(err) => {
+                    warn!(replica = %entry.replica, error = %err, "cannot dial a replica's advertised address");
+                    continue;
+                }
             };
-            if tokio::time::timeout(CONNECT_TIMEOUT, peer.ready())
-                .await
-                .map_or(true, |ready| ready.is_err())
+            let sender = match tokio::time::timeout(
+                CONNECT_TIMEOUT,
+                peer.sender(&cluster.opening()),
+            )
+            .await
             {
-                cluster.forget(&name);
-                debug!(replica = %entry.replica, key = %name, "replica unreachable; trying the next");
-                continue;
-            }
+                Ok(Ok(sender)) => sender,
+                failed => {
+                    let why = match failed {
+                        Ok(Err(err)) => with_sources(err.as_ref()),
+                        _ => format!("no connection within {CONNECT_TIMEOUT:?}"),
+                    };
+                    cluster.forget(&name);
+                    debug!(replica = %entry.replica, key = %name, error = %why, "replica unreachable; trying the next");
+                    unreachable = Some(format!("replica {}: {why}", entry.replica));
+                    continue;
+                }
+            };
             let req = http::Request::from_parts(parts.clone(), tonic::body::Body::new(body.lend()));
             let relaying = cluster.relaying(&entry);
-            match peer.call(req).await {
+            match sender.call(req).await {
                 Ok(resp) => {
                     // Refused at once (the key left that replica): look
                     // afresh next time.
@@ -172,14 +185,16 @@ where
                 }
                 Err(err) if body.is_home() => {
                     cluster.forget(&name);
-                    debug!(replica = %entry.replica, key = %name, error = %err, "replica unreachable; trying the next");
+                    let why = with_sources(err.as_ref());
+                    debug!(replica = %entry.replica, key = %name, error = %why, "replica unreachable; trying the next");
+                    unreachable = Some(format!("replica {}: {why}", entry.replica));
                 }
                 Err(err) => {
                     cluster.forget(&name);
                     return failed(tonic::Status::unavailable(format!(
                         "replica {} holding key {name:?}: {}",
                         entry.replica,
-                        with_sources(&err)
+                        with_sources(err.as_ref())
                     )))
                     .await;
                 }
@@ -191,6 +206,14 @@ where
             )))
             .await;
         };
+        if local.is_none() && !wait {
+            if let Some(why) = unreachable {
+                return failed(tonic::Status::unavailable(format!(
+                    "the replicas holding key {name:?} cannot be reached ({why})"
+                )))
+                .await;
+            }
+        }
         let mut back = http::Request::from_parts(parts, body);
         if let Some(tunnel) = &local {
             // No less-loaded replica could be reached: serve it here.
@@ -298,22 +321,15 @@ where
     K: Clone + Eq + Hash + Send + Sync + 'static,
 {
     let refuse = |status: tonic::Status| status.into_http::<tonic::body::Body>();
+    if let Err(status) = check_secret(&registry, req.headers()) {
+        return refuse(status);
+    }
     let Some(link) = registry.cluster_link() else {
-        return refuse(tonic::Status::unauthenticated(
-            "relayed call refused: this server is not in a cluster",
-        ));
+        return refuse(tonic::Status::unauthenticated(NOT_IN_A_CLUSTER));
     };
     let headers = req.headers_mut();
-    let secret = headers.remove(RELAY_SECRET_HEADER);
+    headers.remove(RELAY_SECRET_HEADER);
     let key = headers.remove(RELAY_KEY_HEADER);
-    let matches = secret
-        .is_some_and(|s| constant_time_eq(s.as_bytes(), link.cluster.inner.secret.as_bytes()));
-    if !matches {
-        warn!("relayed call refused: wrong cluster secret");
-        return refuse(tonic::Status::unauthenticated(
-            "relayed call refused: wrong cluster secret",
-        ));
-    }
     let Some(name) = key.as_ref().and_then(|k| k.to_str().ok()) else {
         return refuse(tonic::Status::invalid_argument(format!(
             "relayed call without {RELAY_KEY_HEADER}"
@@ -330,6 +346,32 @@ where
         Ok(resp) => resp.map(tonic::body::Body::new),
         Err(err) => refuse(err.to_status()),
     }
+}
+
+const NOT_IN_A_CLUSTER: &str = "relayed call refused: this server is not in a cluster";
+
+/// Whether `headers` carry this replica's cluster secret (compared in
+/// constant time): relayed calls, and the tunnels relays travel in.
+pub(crate) fn check_secret<K>(
+    registry: &ReverseTunnelRegistry<K>,
+    headers: &http::HeaderMap,
+) -> Result<(), tonic::Status>
+where
+    K: Clone + Eq + Hash + Send + Sync + 'static,
+{
+    let Some(link) = registry.cluster_link() else {
+        return Err(tonic::Status::unauthenticated(NOT_IN_A_CLUSTER));
+    };
+    let matches = headers
+        .get(RELAY_SECRET_HEADER)
+        .is_some_and(|s| constant_time_eq(s.as_bytes(), link.cluster.inner.secret.as_bytes()));
+    if !matches {
+        warn!("relayed call refused: wrong cluster secret");
+        return Err(tonic::Status::unauthenticated(
+            "relayed call refused: wrong cluster secret",
+        ));
+    }
+    Ok(())
 }
 
 /// An error and its sources on one line (a transport error's own text is
