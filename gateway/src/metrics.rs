@@ -41,13 +41,27 @@ use crate::Failure;
 pub(crate) fn install() -> Result<PrometheusHandle, Failure> {
     // Gauges not set for 5 minutes (a key whose agents left) are dropped,
     // so churning keys do not grow the scrape forever.
-    PrometheusBuilder::new()
+    let handle = PrometheusBuilder::new()
         .idle_timeout(
             metrics_util::MetricKindMask::GAUGE,
             Some(std::time::Duration::from_secs(300)),
         )
         .install_recorder()
-        .map_err(|e| Failure::Run(format!("metrics: {e}")))
+        .map_err(|e| Failure::Run(format!("metrics: {e}")))?;
+    // The recorder keeps every histogram sample (each call's latency) until
+    // upkeep drains it into the summaries: without this, a process nobody
+    // scrapes grows with every call. Every 5 s, as the exporter's own
+    // listener does.
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    Ok(handle)
 }
 
 /// Serves `/metrics` and `/healthz` on `listener` until `stop` resolves.
