@@ -603,3 +603,102 @@ async fn a_protocol_error_ends_a_reverse_tunnel_with_unknown_and_its_text() {
     })
     .await
 }
+
+/// A raw agent for `key`: opens `OpenReverseTunnel` with negotiation and
+/// sends nothing yet, so the hub holds the tunnel as opening (it waits for
+/// the agent's `Settings`). Returns once the hub answered.
+async fn raw_agent(
+    addr: std::net::SocketAddr,
+    key: &str,
+) -> (
+    tokio::sync::mpsc::UnboundedSender<grpctunnel::pb::ServerToClient>,
+    tonic::Streaming<grpctunnel::pb::ClientToServer>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut req = tonic::Request::new(tokio_stream::wrappers::UnboundedReceiverStream::new(rx));
+    req.metadata_mut()
+        .insert(raw::NEGOTIATE, "on".parse().expect("ascii"));
+    req.metadata_mut()
+        .insert("x-agent-key", key.parse().expect("ascii"));
+    let resp = grpctunnel::pb::tunnel_service_client::TunnelServiceClient::new(connect(addr).await)
+        .open_reverse_tunnel(req)
+        .await
+        .expect("the hub answers");
+    (tx, resp.into_inner())
+}
+
+/// An agent whose `OpenReverseTunnel` was answered counts itself connected
+/// before the hub has its `Settings` (P-73): a call for its key in that
+/// moment waits for the tunnel instead of failing `UNAVAILABLE`; if the
+/// tunnel then fails to open, the call fails as it would have without it.
+#[tokio::test]
+async fn a_call_waits_for_a_tunnel_that_is_opening() {
+    use futures_util::FutureExt;
+    use grpctunnel::pb::{client_to_server::Frame as C2S, server_to_client::Frame as S2C};
+    bounded(async {
+        let registry = keyed_registry();
+        let (listener, addr) = listener().await;
+        let hub = hub_on(listener, TunnelLayer::new().reverse(registry.clone())).await;
+
+        let (tx, mut frames) = raw_agent(addr, "slow").await;
+        assert!(registry.is_opening(Some(&"slow".to_owned())));
+        assert!(registry.tunnels_for("slow").is_empty());
+        let mut client = EchoServiceClient::new(registry.get("slow"));
+        let mut call = Box::pin(async move {
+            client
+                .unary(EchoRequest {
+                    payload: "x".into(),
+                    ..Default::default()
+                })
+                .await
+        });
+        // Made now, while the tunnel is opening: it waits (without the
+        // wait it failed here with `no channels ready`).
+        assert!((&mut call).now_or_never().is_none(), "the call waits");
+        let call = tokio::spawn(call);
+        tx.send(grpctunnel::pb::ServerToClient {
+            stream_id: -1,
+            frame: Some(S2C::Settings(grpctunnel::pb::Settings {
+                supported_protocol_revisions: vec![1],
+                initial_window_size: raw::RAW_WINDOW,
+            })),
+        })
+        .expect("settings");
+        // The call reaches the agent once the tunnel is ready.
+        let id = loop {
+            let frame = frames.message().await.expect("frame").expect("open");
+            if let Some(C2S::NewStream(_)) = frame.frame {
+                break frame.stream_id;
+            }
+        };
+        tx.send(grpctunnel::pb::ServerToClient {
+            stream_id: id,
+            frame: Some(raw::close(12, "raw agent")),
+        })
+        .expect("close");
+        let status = call.await.expect("task").expect_err("the agent's status");
+        assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+        assert_eq!(status.message(), "raw agent");
+
+        // An opening that fails: the waiting call fails at once, as with no
+        // tunnel at all.
+        let (gone_tx, gone_frames) = raw_agent(addr, "gone").await;
+        let mut client = EchoServiceClient::new(registry.get("gone"));
+        let mut call = Box::pin(async move {
+            client
+                .unary(EchoRequest {
+                    payload: "x".into(),
+                    ..Default::default()
+                })
+                .await
+        });
+        assert!((&mut call).now_or_never().is_none(), "the call waits");
+        drop((gone_tx, gone_frames));
+        let status = call.await.expect_err("no tunnel");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(!registry.is_opening(Some(&"gone".to_owned())));
+        drop(tx);
+        hub.stop().await;
+    })
+    .await;
+}

@@ -2,7 +2,8 @@
 //! request header (`grpctunnel-key` unless configured), or else from the
 //! `:authority` (`plant-7.hub.example` with `--authority-suffix
 //! hub.example`); with `grpctunnel-wait: true` a call waits, up to its own
-//! deadline, for an agent of that key to connect. Several agents with one
+//! deadline, for an agent of that key to connect; without it, a call
+//! still waits (briefly) for an agent whose tunnel is opening. Several agents with one
 //! key share the calls (the registry picks per call). A call with no key
 //! to `grpc.health.v1.Health` is the hub's own health service.
 
@@ -144,10 +145,12 @@ impl Service<http::Request<Body>> for RouteByKey {
                 return answer(status);
             }
         };
-        // In a cluster another hub may hold the key: the channel looks.
+        // In a cluster another hub may hold the key: the channel looks. An
+        // agent whose tunnel is opening is waited for by the channel.
         if !wait
             && !self.registry.in_cluster()
             && self.registry.tunnels_for(key.as_str()).is_empty()
+            && !self.registry.is_opening(Some(&key))
         {
             let status = tonic::Status::unavailable(format!("no agent connected for key {key:?}"));
             record.finish(&(status.code() as i32).to_string());

@@ -78,6 +78,39 @@ async fn calls_in_flight_fail_unavailable_when_the_agent_is_killed() {
     .await
 }
 
+/// The agent logs its tunnel open once the hub answered its opening RPC;
+/// the hub publishes the tunnel only after the agent's `Settings` follow.
+/// A call in between (a script that starts the agent, waits for its log
+/// line, then calls) waits for the opening tunnel instead of failing
+/// `UNAVAILABLE`, with no `grpctunnel-wait` header. Five agents, each
+/// called the moment it logs.
+#[tokio::test]
+async fn a_call_right_after_the_agent_logs_its_tunnel_open_needs_no_wait() {
+    const KEYS: [&str; 5] = ["plant-0", "plant-1", "plant-2", "plant-3", "plant-4"];
+    bounded(async {
+        let dir = temp_dir();
+        let upstream = upstream().await;
+        let (_hub, addr) = hub(&dir, "s3cret-7", &KEYS).await;
+        let mut agents = Vec::new();
+        for key in KEYS {
+            // Connected before, so that the call leaves the moment the
+            // agent logs.
+            let mut plant = caller(addr, key, false).await;
+            let mut agent = agent(&dir, addr, key, "s3cret-7", upstream);
+            agent.log_line("tunnel open").await;
+            let reply = plant
+                .unary(hello("right away"))
+                .await
+                .unwrap_or_else(|s| panic!("{key}: {s:?}"));
+            assert_eq!(reply.into_inner().payload.as_ref(), b"right away");
+            agents.push(agent);
+        }
+        drop(agents);
+        let _ = std::fs::remove_dir_all(dir);
+    })
+    .await
+}
+
 #[tokio::test]
 async fn an_agent_reconnects_after_the_hub_restarts() {
     bounded(async {

@@ -85,6 +85,10 @@ where
         let peer = trace::peer_addr(&tunnel.extensions);
         let span = trace::tunnel_span(Direction::Reverse, Role::Client, peer);
         let registry = self.0.clone();
+        // Counted from before the agent sees the answer to its opening RPC
+        // (so it may think itself connected already), until it is
+        // published or failed: calls for its key wait for it meanwhile.
+        let opening = registry.opening(registry.key_of(&tunnel.headers, &tunnel.extensions));
         tokio::spawn(
             async move {
                 // P-13, P-73: published only once Settings (if negotiated) arrived.
@@ -104,6 +108,7 @@ where
                 match started {
                     Ok(channel) => {
                         registry.add(headers, extensions, channel.clone());
+                        drop(opening);
                         tokio::select! {
                             _ = channel.closed() => {}
                             () = shutdown.cancelled() => channel.shutdown(grace).await,

@@ -35,6 +35,9 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 /// ready`, unless [`wait_for_ready`](Self::wait_for_ready) is set: then it
 /// waits for a tunnel, for at most the call's own timeout (`grpc-timeout`,
 /// as set by `tonic::Request::set_timeout`) or until its future is dropped.
+/// Either way, while a tunnel for the pool is opening (accepted, its
+/// `Settings` not there yet: its agent may already count itself
+/// connected), a call waits for it, up to 5 seconds and the call's timeout.
 ///
 /// Like a [`TunnelChannel`], it tells how it is doing:
 /// [`stats`](Self::stats) and [`active_calls`](Self::active_calls) add up
@@ -44,6 +47,9 @@ pub struct ReverseChannel<K = ()> {
     registry: ReverseTunnelRegistry<K>,
     key: Option<K>,
     wait: bool,
+    /// Set on the clone that takes a call over once the wait for an
+    /// opening tunnel is over, so that it does not wait again.
+    past_opening: bool,
     /// The tunnel the last call went to, shared by clones.
     last: Arc<LastUsed>,
 }
@@ -77,6 +83,7 @@ impl<K: Clone> Clone for ReverseChannel<K> {
             registry: self.registry.clone(),
             key: self.key.clone(),
             wait: self.wait,
+            past_opening: self.past_opening,
             last: self.last.clone(),
         }
     }
@@ -88,6 +95,7 @@ impl<K> ReverseChannel<K> {
             registry,
             key,
             wait: false,
+            past_opening: false,
             last: Arc::default(),
         }
     }
@@ -178,6 +186,9 @@ where
             self.last.record(tunnel.id(), &channel);
             return ReverseResponseFuture::call(channel.call(req));
         }
+        if !self.past_opening && self.registry.is_opening(self.key.as_ref()) {
+            return self.after_opening(req);
+        }
         #[cfg(feature = "cluster")]
         if let (Some(_), Some(key)) = (self.registry.cluster_link(), &self.key) {
             let (registry, key, wait) = (self.registry.clone(), key.clone(), self.wait);
@@ -212,6 +223,49 @@ where
             let mut channel = tunnel.channel();
             last.record(tunnel.id(), &channel);
             channel.call(req).await
+        }))
+    }
+}
+
+impl<K> ReverseChannel<K>
+where
+    K: Clone + Eq + Hash + Send + Sync + 'static,
+{
+    /// A call made while a tunnel of the pool is opening: waits for it (up
+    /// to the opening bound and the call's timeout); if it fails to open,
+    /// the call goes on as if it had never been there.
+    fn after_opening<B>(&mut self, req: http::Request<B>) -> ReverseResponseFuture
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let mut rest = self.clone();
+        rest.past_opening = true;
+        let timeout = timeout::grpc_timeout(req.headers());
+        ReverseResponseFuture::wait(Box::pin(async move {
+            let opened = rest.registry.wait_for_opening(rest.key.as_ref());
+            let opened = match timeout {
+                Some(t) if t < crate::reverse::opening::OPENING_WAIT => {
+                    match tokio::time::timeout(t, opened).await {
+                        Ok(opened) => opened,
+                        Err(_) => {
+                            return ResponseFuture::failed(tonic::Status::deadline_exceeded(
+                                "context deadline exceeded while a tunnel was opening",
+                            ))
+                            .await
+                        }
+                    }
+                }
+                _ => opened.await,
+            };
+            match opened {
+                Some(tunnel) => {
+                    let mut channel = tunnel.channel();
+                    rest.last.record(tunnel.id(), &channel);
+                    channel.call(req).await
+                }
+                None => rest.call(req).await,
+            }
         }))
     }
 }

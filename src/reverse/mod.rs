@@ -13,6 +13,7 @@ mod channel;
 #[cfg(feature = "cluster")]
 pub(crate) mod cluster;
 mod keep;
+mod opening;
 mod registry;
 mod serve;
 

@@ -66,6 +66,8 @@ pub(crate) struct Inner<K> {
     state: Mutex<State<K>>,
     events: broadcast::Sender<TunnelEvent<K>>,
     added: Notify,
+    /// Tunnels accepted and not ready yet.
+    openings: crate::reverse::opening::Openings<K>,
     next_id: AtomicU64,
 }
 
@@ -282,6 +284,7 @@ where
                 }),
                 events,
                 added: Notify::new(),
+                openings: Default::default(),
                 next_id: AtomicU64::new(1),
             }),
         }
@@ -394,10 +397,20 @@ where
         }
     }
 
-    /// Resolves when a tunnel is added (after it was created, enabled).
-    #[cfg(feature = "cluster")]
+    /// Resolves when a tunnel is added, or one that was opening failed
+    /// (after it was created, enabled).
     pub(crate) fn added(&self) -> tokio::sync::futures::Notified<'_> {
         self.inner.added.notified()
+    }
+
+    /// Wakes everything waiting in [`added`](Self::added).
+    pub(crate) fn wake_waiters(&self) {
+        self.inner.added.notify_waiters();
+    }
+
+    /// The tunnels opening now.
+    pub(crate) fn openings(&self) -> &crate::reverse::opening::Openings<K> {
+        &self.inner.openings
     }
 
     /// Whether this registry shares its key space with a cluster (then a
@@ -427,6 +440,11 @@ where
     }
 
     /// Publishes a ready tunnel and removes it when it ends.
+    /// The key of a tunnel with these opening headers.
+    pub(crate) fn key_of(&self, headers: &http::HeaderMap, extensions: &http::Extensions) -> K {
+        (self.inner.key_fn)(headers, extensions)
+    }
+
     /// Whether a tunnel with these opening headers may open (limits).
     pub(crate) fn admit(
         &self,

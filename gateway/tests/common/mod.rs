@@ -262,8 +262,7 @@ pub async fn caller(hub: SocketAddr, key: &'static str, wait: bool) -> Caller {
 }
 
 /// A plain gRPC client of the hub for `key`, presenting `token`; its calls
-/// wait for the agent (the hub registers a tunnel a moment after the agent
-/// logs it open).
+/// wait for the agent to connect.
 pub async fn caller_with_token(hub: SocketAddr, key: &'static str, token: &'static str) -> Caller {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{hub}"))
         .expect("endpoint")
