@@ -627,6 +627,31 @@ async fn raw_agent(
     (tx, resp.into_inner())
 }
 
+/// A unary call for `key` through the registry, not polled yet.
+fn unary_for(
+    registry: &grpctunnel::ReverseTunnelRegistry<String>,
+    key: &str,
+) -> std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = Result<
+                    tonic::Response<grpctunnel_testing::pb::EchoResponse>,
+                    tonic::Status,
+                >,
+            > + Send,
+    >,
+> {
+    let mut client = EchoServiceClient::new(registry.get(key));
+    Box::pin(async move {
+        client
+            .unary(EchoRequest {
+                payload: "x".into(),
+                ..Default::default()
+            })
+            .await
+    })
+}
+
 /// An agent whose `OpenReverseTunnel` was answered counts itself connected
 /// before the hub has its `Settings` (P-73): a call for its key in that
 /// moment waits for the tunnel instead of failing `UNAVAILABLE`; if the
@@ -643,15 +668,7 @@ async fn a_call_waits_for_a_tunnel_that_is_opening() {
         let (tx, mut frames) = raw_agent(addr, "slow").await;
         assert!(registry.is_opening(Some(&"slow".to_owned())));
         assert!(registry.tunnels_for("slow").is_empty());
-        let mut client = EchoServiceClient::new(registry.get("slow"));
-        let mut call = Box::pin(async move {
-            client
-                .unary(EchoRequest {
-                    payload: "x".into(),
-                    ..Default::default()
-                })
-                .await
-        });
+        let mut call = unary_for(&registry, "slow");
         // Made now, while the tunnel is opening: it waits (without the
         // wait it failed here with `no channels ready`).
         assert!((&mut call).now_or_never().is_none(), "the call waits");
@@ -683,15 +700,7 @@ async fn a_call_waits_for_a_tunnel_that_is_opening() {
         // An opening that fails: the waiting call fails at once, as with no
         // tunnel at all.
         let (gone_tx, gone_frames) = raw_agent(addr, "gone").await;
-        let mut client = EchoServiceClient::new(registry.get("gone"));
-        let mut call = Box::pin(async move {
-            client
-                .unary(EchoRequest {
-                    payload: "x".into(),
-                    ..Default::default()
-                })
-                .await
-        });
+        let mut call = unary_for(&registry, "gone");
         assert!((&mut call).now_or_never().is_none(), "the call waits");
         drop((gone_tx, gone_frames));
         let status = call.await.expect_err("no tunnel");

@@ -6,55 +6,25 @@
 //! caller calls proxy 1, which calls proxy 2, which calls the upstream:
 //! the same processes and HTTP/2 hops as hub and agent, minus the tunnel.
 
-use std::{io::Write as _, process::ExitCode};
+use std::process::ExitCode;
 
 use tower::ServiceExt;
 
 use crate::{
     proc::Child,
-    setups::{strings, LIMIT},
+    setups::{announce, child_role, strings, LIMIT},
 };
 
 /// Child: a transparent proxy to `target` (`host:port`).
 pub fn proxy_role(target: &str) -> ExitCode {
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("bench proxy: runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    rt.block_on(async {
-        let channel = match tonic::transport::Endpoint::from_shared(format!("http://{target}")) {
-            Ok(endpoint) => endpoint.connect_lazy(),
-            Err(e) => {
-                eprintln!("bench proxy: {target}: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
-        let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("bench proxy: listen: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
-        let addr = match listener.local_addr() {
-            Ok(a) => a,
-            Err(e) => {
-                eprintln!("bench proxy: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
-        {
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "LISTENING {addr}");
-            let _ = out.flush();
-        }
-        std::thread::spawn(|| {
-            let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
-            std::process::exit(0);
-        });
+    child_role("proxy", || async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{target}"))
+            .map_err(|e| format!("{target}: {e}"))?
+            .connect_lazy();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| format!("listen: {e}"))?;
+        announce(listener.local_addr().map_err(|e| e.to_string())?);
         let pass = tower::service_fn(move |req: http::Request<axum::body::Body>| {
             let call = channel.clone().oneshot(req.map(tonic::body::Body::new));
             async move {
@@ -66,19 +36,13 @@ pub fn proxy_role(target: &str) -> ExitCode {
             }
         });
         let routes = tonic::service::Routes::from(axum::Router::new().fallback_service(pass));
-        let served = tonic::transport::Server::builder()
+        tonic::transport::Server::builder()
             .add_routes(routes)
             .serve_with_incoming(
                 tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             )
-            .await;
-        match served {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("bench proxy: {e}");
-                ExitCode::FAILURE
-            }
-        }
+            .await
+            .map_err(|e| e.to_string())
     })
 }
 

@@ -60,44 +60,51 @@ fn add_key_and_wait(mut req: tonic::Request<()>) -> Result<tonic::Request<()>, t
     add_key(req)
 }
 
+/// Runs a child role (`--role ...`) on its own runtime; a failure is
+/// printed as `bench <name>: <error>` and exits non-zero.
+pub fn child_role<F, Fut>(name: &str, run: F) -> ExitCode
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let done = tokio::runtime::Runtime::new()
+        .map_err(|e| format!("runtime: {e}"))
+        .and_then(|rt| rt.block_on(run()));
+    match done {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench {name}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Tells the orchestrator where a child listens (`LISTENING <addr>` on
+/// stdout), and exits the process when its stdin reaches EOF (the
+/// orchestrator stopped it, or ended).
+pub fn announce(addr: std::net::SocketAddr) {
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "LISTENING {addr}");
+        let _ = out.flush();
+    }
+    std::thread::spawn(|| {
+        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+        std::process::exit(0);
+    });
+}
+
 /// `--role upstream`: serves echo on a free loopback port, prints
 /// `LISTENING <addr>`, and exits when stdin reaches EOF.
 pub fn upstream_role() -> ExitCode {
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("bench upstream: runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    rt.block_on(async {
-        let (incoming, addr) = match config::incoming() {
-            Ok(v) => v,
-            Err(e) => {
-                eprintln!("bench upstream: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
-        {
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "LISTENING {addr}");
-            let _ = out.flush();
-        }
-        std::thread::spawn(|| {
-            let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
-            std::process::exit(0);
-        });
-        let served = config::server()
+    child_role("upstream", || async {
+        let (incoming, addr) = config::incoming().map_err(|e| e.to_string())?;
+        announce(addr);
+        config::server()
             .add_service(Echo::new().server())
             .serve_with_incoming(incoming)
-            .await;
-        match served {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("bench upstream: {e}");
-                ExitCode::FAILURE
-            }
-        }
+            .await
+            .map_err(|e| e.to_string())
     })
 }
 
