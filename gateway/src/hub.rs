@@ -21,7 +21,7 @@ use crate::{
     auth::{Auth, Credentials, Grant},
     config::HubConfig,
     metrics,
-    route::{Local, RouteByKey},
+    route::{Local, RouteByKey, RouteConfig},
     shutdown_signal, Failure,
 };
 
@@ -199,11 +199,13 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
     let admin_registry = registry.clone();
     let route = RouteByKey::new(
         registry,
-        key_header.clone(),
-        args.authority_suffix,
         local,
-        callers.clone(),
-        args.max_message_size,
+        RouteConfig {
+            key_header: key_header.clone(),
+            authority_suffix: args.authority_suffix,
+            callers: callers.clone(),
+            max_message_size: args.max_message_size,
+        },
     );
     let service = Auth::new(tunnels.layer(route), Arc::new(agents), callers, key_header);
 

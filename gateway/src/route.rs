@@ -55,15 +55,32 @@ impl std::fmt::Debug for RouteByKey {
     }
 }
 
+/// How the hub names and admits a call's agent: [`RouteByKey::new`].
+pub(crate) struct RouteConfig {
+    /// The header naming the key (`grpctunnel-key` unless configured).
+    pub(crate) key_header: http::HeaderName,
+    /// `hub.example`: `plant-7.hub.example` routes to key `plant-7`.
+    pub(crate) authority_suffix: Option<String>,
+    /// When set, calls must present a caller credential bound to the key.
+    pub(crate) callers: Option<Arc<Credentials>>,
+    /// Largest message; compressed ones are inflated up to it.
+    pub(crate) max_message_size: usize,
+}
+
 impl RouteByKey {
+    /// Routes calls to `registry`'s agents as `config` says; calls that
+    /// name no agent go to `local` (the hub's health service).
     pub(crate) fn new(
         registry: ReverseTunnelRegistry<String>,
-        key_header: http::HeaderName,
-        authority_suffix: Option<String>,
         local: Local,
-        callers: Option<Arc<Credentials>>,
-        max_message_size: usize,
+        config: RouteConfig,
     ) -> Self {
+        let RouteConfig {
+            key_header,
+            authority_suffix,
+            callers,
+            max_message_size,
+        } = config;
         let authority_suffix = authority_suffix.map(|s| format!(".{}", s.trim_start_matches('.')));
         Self {
             registry,
