@@ -78,6 +78,16 @@ pub(crate) struct AgentArgs {
     /// needs the same).
     #[arg(long, default_value_t = grpctunnel::DEFAULT_MAX_MESSAGE_SIZE, env = "GRPCTUNNEL_MAX_MESSAGE_SIZE")]
     max_message_size: usize,
+    /// Seconds between HTTP/2 pings to each hub. A hub that does not answer
+    /// within as long again is taken as gone and dialled again: NATs and
+    /// load balancers drop idle connections without a word. 0: no pings.
+    #[arg(
+        long,
+        default_value_t = 30,
+        value_name = "SECONDS",
+        env = "GRPCTUNNEL_KEEPALIVE"
+    )]
+    keepalive: u64,
     /// Only these services (`pkg.Service`) or methods (`pkg.Service/Method`)
     /// may be called through the hub; others get `PERMISSION_DENIED`.
     /// Repeat it, or separate with commas. Default: everything.
@@ -124,7 +134,11 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Failure> {
     for hub in &args.hub {
         hubs.push((
             hub.clone(),
-            hub_endpoint(hub, args.ca_file.as_deref(), identity.clone())?.connect_lazy(),
+            crate::keepalive::client(
+                hub_endpoint(hub, args.ca_file.as_deref(), identity.clone())?,
+                args.keepalive,
+            )
+            .connect_lazy(),
         ));
     }
     if args.tunnels == 0 {

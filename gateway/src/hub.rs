@@ -115,6 +115,17 @@ pub(crate) struct HubArgs {
         env = "GRPCTUNNEL_CLUSTER_RELAY"
     )]
     cluster_relay: RelayOver,
+    /// Seconds between HTTP/2 pings to each connected agent, caller and
+    /// peer hub. A connection whose ping goes unanswered within as long
+    /// again is closed, so an agent that vanished without a word (a NAT
+    /// or load balancer dropped it) leaves at once. 0: no pings.
+    #[arg(
+        long,
+        default_value_t = 30,
+        value_name = "SECONDS",
+        env = "GRPCTUNNEL_KEEPALIVE"
+    )]
+    keepalive: u64,
     /// How long calls in flight may run after SIGTERM.
     #[arg(
         long,
@@ -196,6 +207,7 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
         health,
         |r: http::Response<tonic::body::Body>| r.map(axum::body::Body::new),
     ));
+    tokio::spawn(log_agents(registry.subscribe()));
     let admin_registry = registry.clone();
     let route = RouteByKey::new(
         registry,
@@ -256,7 +268,7 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
     // tonic's server: HTTP/2, TLS (rustls) when configured, graceful
     // shutdown; the hub's stack is its only route.
     let routes = tonic::service::Routes::from(axum::Router::new().fallback_service(service));
-    let mut server = tonic::transport::Server::builder();
+    let mut server = crate::keepalive::server(tonic::transport::Server::builder(), args.keepalive);
     if let Some(tls) = tls {
         server = server
             .tls_config(tls)
@@ -282,6 +294,33 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
     stopped.cancel();
     tracing::info!("hub stopped");
     Ok(())
+}
+
+/// Logs each agent tunnel as it joins and leaves the registry (with why
+/// it ended), until the registry is gone.
+async fn log_agents(mut events: grpctunnel::reverse::TunnelEvents<String>) {
+    use futures_util::StreamExt;
+    use grpctunnel::TunnelEvent;
+    while let Some(event) = events.next().await {
+        match event {
+            TunnelEvent::Opened(t) => {
+                let peer = t.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+                tracing::info!(key = %t.key(), tunnel = t.id(), %peer, "agent connected");
+            }
+            TunnelEvent::Closed(t) => {
+                let why = t
+                    .channel()
+                    .terminal_error()
+                    .map(|e| e.chain())
+                    .unwrap_or_default();
+                tracing::info!(key = %t.key(), tunnel = t.id(), %why, "agent disconnected");
+            }
+            TunnelEvent::Lagged(n) => {
+                tracing::warn!(missed = n, "agent log fell behind the registry");
+            }
+            _ => {}
+        }
+    }
 }
 
 /// `--cluster-relay`.
@@ -321,6 +360,7 @@ fn cluster(args: &HubArgs) -> Result<Option<grpctunnel::cluster::Cluster>, Failu
         ),
         None => None,
     };
+    let keepalive = args.keepalive;
     tracing::info!(store = %url, %advertise, "joining the cluster");
     let cluster = grpctunnel::cluster::Cluster::new(directory, advertise.clone(), secret)
         .ttl(Duration::from_secs_f64(args.cluster_ttl))
@@ -332,6 +372,7 @@ fn cluster(args: &HubArgs) -> Result<Option<grpctunnel::cluster::Cluster>, Failu
         .connect_with(move |url| {
             let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())?
                 .connect_timeout(Duration::from_secs(2));
+            let endpoint = crate::keepalive::client(endpoint, keepalive);
             if !url.starts_with("https://") {
                 return Ok(endpoint);
             }

@@ -14,6 +14,7 @@ mod auth;
 mod compression;
 mod config;
 mod hub;
+mod keepalive;
 mod limit;
 mod metrics;
 mod route;

@@ -218,3 +218,50 @@ async fn callers_and_agents_limit_their_calls_in_flight() {
     })
     .await
 }
+
+/// A NAT or load balancer drops the agent's connection without a word (the
+/// relay freezes it: open, silent). With `--keepalive 1` on both sides, a
+/// call sent into the dead tunnel fails `UNAVAILABLE` instead of hanging,
+/// the hub drops the tunnel, and the agent dials again, so calls reach it
+/// again within seconds. Without pings all of this waits for TCP to give
+/// up, many minutes later.
+#[tokio::test]
+async fn a_silently_dropped_agent_connection_is_found_and_replaced() {
+    bounded(async {
+        let dir = temp_dir();
+        let upstream = upstream().await;
+        let (mut hub, addr) = hub_with(&dir, "s3cret-7", &["plant-7"], &["--keepalive", "1"]).await;
+        let relay = common::freeze::FreezingRelay::start(addr).await;
+        let mut agent = agent_with(
+            &dir,
+            relay.addr,
+            "plant-7",
+            "s3cret-7",
+            upstream,
+            &["--keepalive", "1"],
+        );
+        agent.log_line("tunnel open").await;
+        hub.log_line("agent connected").await;
+        let mut plant = caller(addr, "plant-7", false).await;
+        plant.unary(hello("before")).await.expect("before the drop");
+
+        relay.freeze();
+        // Into the dead tunnel (the only one): fails once the hub's ping
+        // goes unanswered.
+        let err = plant
+            .unary(hello("into the dead tunnel"))
+            .await
+            .expect_err("the tunnel is dead");
+        assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+        let line = hub.log_line("agent disconnected").await;
+        println!("hub: {line}");
+        // The agent's own pings go unanswered: it dials again (a new
+        // connection through the relay flows).
+        agent.log_line("tunnel open").await;
+        let mut plant = caller(addr, "plant-7", true).await;
+        let reply = plant.unary(hello("after")).await.expect("after");
+        assert_eq!(reply.into_inner().payload.as_ref(), b"after");
+        let _ = std::fs::remove_dir_all(dir);
+    })
+    .await
+}

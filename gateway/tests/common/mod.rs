@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test file uses part of it
 
 pub mod cluster;
+pub mod freeze;
 pub mod go_programs;
 pub mod store;
 
