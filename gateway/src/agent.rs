@@ -78,16 +78,8 @@ pub(crate) struct AgentArgs {
     /// needs the same).
     #[arg(long, default_value_t = grpctunnel::DEFAULT_MAX_MESSAGE_SIZE, env = "GRPCTUNNEL_MAX_MESSAGE_SIZE")]
     max_message_size: usize,
-    /// Seconds between HTTP/2 pings to each hub. A hub that does not answer
-    /// within as long again is taken as gone and dialled again: NATs and
-    /// load balancers drop idle connections without a word. 0: no pings.
-    #[arg(
-        long,
-        default_value_t = 30,
-        value_name = "SECONDS",
-        env = "GRPCTUNNEL_KEEPALIVE"
-    )]
-    keepalive: u64,
+    #[command(flatten)]
+    keepalive: crate::keepalive::KeepaliveArgs,
     /// Only these services (`pkg.Service`) or methods (`pkg.Service/Method`)
     /// may be called through the hub; others get `PERMISSION_DENIED`.
     /// Repeat it, or separate with commas. Default: everything.
@@ -136,7 +128,7 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Failure> {
             hub.clone(),
             crate::keepalive::client(
                 hub_endpoint(hub, args.ca_file.as_deref(), identity.clone())?,
-                args.keepalive,
+                args.keepalive.keepalive,
             )
             .connect_lazy(),
         ));

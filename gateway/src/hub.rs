@@ -115,17 +115,8 @@ pub(crate) struct HubArgs {
         env = "GRPCTUNNEL_CLUSTER_RELAY"
     )]
     cluster_relay: RelayOver,
-    /// Seconds between HTTP/2 pings to each connected agent, caller and
-    /// peer hub. A connection whose ping goes unanswered within as long
-    /// again is closed, so an agent that vanished without a word (a NAT
-    /// or load balancer dropped it) leaves at once. 0: no pings.
-    #[arg(
-        long,
-        default_value_t = 30,
-        value_name = "SECONDS",
-        env = "GRPCTUNNEL_KEEPALIVE"
-    )]
-    keepalive: u64,
+    #[command(flatten)]
+    keepalive: crate::keepalive::KeepaliveArgs,
     /// How long calls in flight may run after SIGTERM.
     #[arg(
         long,
@@ -268,7 +259,10 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
     // tonic's server: HTTP/2, TLS (rustls) when configured, graceful
     // shutdown; the hub's stack is its only route.
     let routes = tonic::service::Routes::from(axum::Router::new().fallback_service(service));
-    let mut server = crate::keepalive::server(tonic::transport::Server::builder(), args.keepalive);
+    let mut server = crate::keepalive::server(
+        tonic::transport::Server::builder(),
+        args.keepalive.keepalive,
+    );
     if let Some(tls) = tls {
         server = server
             .tls_config(tls)
@@ -360,7 +354,7 @@ fn cluster(args: &HubArgs) -> Result<Option<grpctunnel::cluster::Cluster>, Failu
         ),
         None => None,
     };
-    let keepalive = args.keepalive;
+    let keepalive = args.keepalive.keepalive;
     tracing::info!(store = %url, %advertise, "joining the cluster");
     let cluster = grpctunnel::cluster::Cluster::new(directory, advertise.clone(), secret)
         .ttl(Duration::from_secs_f64(args.cluster_ttl))

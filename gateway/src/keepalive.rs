@@ -9,6 +9,23 @@ use std::time::Duration;
 
 use tonic::transport::{Endpoint, Server};
 
+/// `--keepalive`, a flag of both hub and agent.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub(crate) struct KeepaliveArgs {
+    /// Seconds between HTTP/2 pings on each connection (the hub's agents,
+    /// callers and peer hubs; the agent's hubs). A connection whose ping
+    /// goes unanswered within as long again is closed, so one that a NAT or
+    /// load balancer dropped without a word is found (and an agent dials
+    /// again). 0: no pings.
+    #[arg(
+        long,
+        default_value_t = 30,
+        value_name = "SECONDS",
+        env = "GRPCTUNNEL_KEEPALIVE"
+    )]
+    pub(crate) keepalive: u64,
+}
+
 /// Pings every `secs` seconds, also while no call is open, and drops the
 /// connection when one goes unanswered for as long; 0 leaves `endpoint`
 /// as it is.
