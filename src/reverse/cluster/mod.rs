@@ -47,7 +47,7 @@ pub use redis::RedisDirectory;
 pub(crate) use relay::{balance, check_secret, forward, receive, wait_for_key};
 
 use crate::{error::BoxError, reverse::registry::Inner, DEFAULT_MAX_MESSAGE_SIZE};
-use peer::{Opening, Peer};
+use peer::{Peer, RelayConfig};
 
 /// Default time to live of a replica's directory entries.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
@@ -292,9 +292,9 @@ impl ClusterInner {
         Ok(peer)
     }
 
-    /// How relay tunnels open.
-    pub(crate) fn opening(&self) -> Opening<'_> {
-        Opening {
+    /// How relayed calls go out.
+    pub(crate) fn relay_config(&self) -> RelayConfig<'_> {
+        RelayConfig {
             transport: self.relay_transport,
             secret: &self.secret,
             max_message_size: self.max_message_size,

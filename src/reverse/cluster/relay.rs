@@ -151,7 +151,7 @@ where
             };
             let sender = match tokio::time::timeout(
                 CONNECT_TIMEOUT,
-                peer.sender(&cluster.opening()),
+                peer.sender(&cluster.relay_config()),
             )
             .await
             {
