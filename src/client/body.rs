@@ -14,11 +14,7 @@ use crate::{
     client::call::CallGuard,
     engine::stream::Event,
     pb,
-    wire::{
-        message,
-        metadata::{self, Mapping},
-        status,
-    },
+    wire::{message, status},
 };
 
 /// Response body of a call made through a [`TunnelChannel`](crate::TunnelChannel).
@@ -80,12 +76,12 @@ impl ResponseBody {
     /// The HTTP/2 trailers for a `close_stream` (P-63, client side).
     pub(crate) fn close_to_trailers(
         close: Option<pb::CloseStream>,
-        bin: Mapping,
+        guard: &CallGuard,
     ) -> http::HeaderMap {
         let mut trailers = http::HeaderMap::new();
         let close = close.unwrap_or_default();
         if let Some(md) = &close.response_trailers {
-            metadata::metadata_to_headers(md, bin, &mut trailers);
+            guard.metadata_to_headers(md, &mut trailers);
         }
         let status = close.status.unwrap_or_default();
         status::status_to_trailers(&status, &mut trailers);
@@ -158,7 +154,7 @@ impl http_body::Body for ResponseBody {
                 }
                 Event::More(data) => Ok(Frame::data(data)),
                 Event::End(close) => {
-                    let trailers = Self::close_to_trailers(close, guard.bin());
+                    let trailers = Self::close_to_trailers(close, guard);
                     this.state = State::Done;
                     Ok(Frame::trailers(trailers))
                 }

@@ -20,7 +20,7 @@ use crate::{
     wire::{
         frame,
         message::{MessageSplitter, Piece},
-        metadata::Mapping,
+        metadata,
     },
 };
 
@@ -52,9 +52,12 @@ impl CallGuard {
 }
 
 impl CallGuard {
-    /// How the tunnel carries `-bin` metadata.
-    pub(crate) fn bin(&self) -> Mapping {
-        self.handle.shared.bin
+    /// Adds the peer's metadata to `headers` (response headers or
+    /// trailers); what no header can carry is counted and logged.
+    pub(crate) fn metadata_to_headers(&self, md: &pb::Metadata, headers: &mut http::HeaderMap) {
+        let mut dropped = Vec::new();
+        metadata::metadata_to_headers(md, self.handle.shared.bin, headers, &mut dropped);
+        self.stream.core().meter.metadata_dropped(&dropped);
     }
 }
 

@@ -10,7 +10,6 @@ use std::{
 use crate::{
     client::{body::ResponseBody, call::CallGuard},
     engine::stream::Event,
-    wire::metadata,
 };
 
 /// Response future of [`TunnelChannel`](crate::TunnelChannel).
@@ -79,14 +78,15 @@ impl Future for ResponseFuture {
         // invariant: checked `Some` just above.
         #[allow(clippy::unwrap_used)]
         let guard = guard_slot.take().unwrap();
-        let bin = guard.bin();
         let resp = match next {
             Next::Headers => {
                 let Poll::Ready(Event::Headers(md)) = guard.stream.poll_event(cx) else {
                     unreachable!("peeked headers")
                 };
+                let mut headers = http::HeaderMap::new();
+                guard.metadata_to_headers(&md, &mut headers);
                 let mut resp = http::Response::new(ResponseBody::streaming(guard));
-                metadata::metadata_to_headers(&md, bin, resp.headers_mut());
+                *resp.headers_mut() = headers;
                 set_content_type(resp.headers_mut());
                 resp
             }
@@ -101,7 +101,7 @@ impl Future for ResponseFuture {
                     unreachable!("peeked end")
                 };
                 let trailers = match event {
-                    Event::End(close) => ResponseBody::close_to_trailers(close, bin),
+                    Event::End(close) => ResponseBody::close_to_trailers(close, &guard),
                     Event::Fail(status) => ResponseBody::status_to_trailers(&status),
                     _ => unreachable!("peeked end"),
                 };

@@ -213,9 +213,10 @@ impl Meter {
         both!(self, protocol_errors, fetch_add, 1);
     }
 
-    /// `-bin` values of these keys were left out (the peer cannot carry
-    /// them): counted, and the first drop of each key in this process is
-    /// logged (a few keys at most, so the log stays bounded).
+    /// Metadata values of these keys were left out (a `-bin` value the
+    /// peer cannot carry, or a peer's value no HTTP/2 header can hold):
+    /// counted, and the first drop of each key in this process is logged
+    /// (64 keys at most, so a peer cannot flood the log).
     pub(crate) fn metadata_dropped(&self, keys: &[String]) {
         if keys.is_empty() {
             return;
@@ -228,7 +229,7 @@ impl Meter {
                 warned.push(key.clone());
                 tracing::warn!(
                     key = %key,
-                    "dropping binary metadata that is not UTF-8: the peer cannot carry it (further drops of this key are only counted in Stats::metadata_dropped)"
+                    "dropping a metadata value the other side cannot carry: a binary value that is not UTF-8 for a raw peer, or a key or value that is not a valid HTTP/2 header (further drops of this key are only counted in Stats::metadata_dropped)"
                 );
             }
         }

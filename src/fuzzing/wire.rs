@@ -224,8 +224,12 @@ fn metadata(input: &mut Input<'_>) {
             continue;
         };
         assert!(bin.policy == BinaryMetadata::Drop || dropped.is_empty());
-        let mut back = HeaderMap::new();
-        metadata_to_headers(&md, bin, &mut back);
+        let (mut back, mut lost) = (HeaderMap::new(), Vec::new());
+        metadata_to_headers(&md, bin, &mut back, &mut lost);
+        assert!(
+            lost.is_empty(),
+            "metadata from headers cannot be headers again: {lost:?}"
+        );
         let again = headers_to_metadata(&back, bin, &mut Vec::new())
             .expect("converted metadata converts back");
         assert_eq!(again, md, "metadata does not round-trip");

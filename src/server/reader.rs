@@ -418,7 +418,9 @@ where
         *req.uri_mut() = uri;
         *req.version_mut() = http::Version::HTTP_2;
         let h = req.headers_mut();
-        metadata::metadata_to_headers(&headers, self.cx.bin, h);
+        let mut dropped = Vec::new();
+        metadata::metadata_to_headers(&headers, self.cx.bin, h, &mut dropped);
+        stream.core().meter.metadata_dropped(&dropped);
         // The caller's content type crossed with the extended mapping (a
         // subtype such as `application/grpc+json`); otherwise gRPC's own.
         h.entry(http::header::CONTENT_TYPE)

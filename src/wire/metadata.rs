@@ -261,11 +261,21 @@ const MAX_ENTRIES: usize = 16 * 1024;
 /// response headers or trailers handed to a caller).
 ///
 /// Entries are appended, keeping their order. Pseudo-headers and the keys of
-/// `SKIP_INTO_HEADERS` are dropped (see there for why); `grpc-timeout` is
-/// kept. `-bin` values are base64-encoded (standard alphabet, no padding).
-/// A key that is not a valid lowercase header name, or a text value that is
-/// not a valid header value, is skipped with a `debug!` event. Never panics.
-pub(crate) fn metadata_to_headers(md: &pb::Metadata, bin: Mapping, headers: &mut HeaderMap) {
+/// `SKIP_INTO_HEADERS` are left out by design (see there for why);
+/// `grpc-timeout` is kept. `-bin` values are base64-encoded (standard
+/// alphabet, no padding). Text values are written as their UTF-8 bytes, so
+/// a value beyond ASCII (HTTP's obs-text, which HTTP/2 carries) arrives as
+/// it left. What no header can carry (a key that is not a valid lowercase
+/// header name, a value with control characters, a peer's `-bin` value that
+/// is not base64 under the extended mapping, entries past the map's bound)
+/// is left out with its key pushed to `dropped`, for the caller to count
+/// and log. Never panics.
+pub(crate) fn metadata_to_headers(
+    md: &pb::Metadata,
+    bin: Mapping,
+    headers: &mut HeaderMap,
+    dropped: &mut Vec<String>,
+) {
     for (key, values) in &md.md {
         let carried = bin.extended && EXTENDED_KEYS.contains(&key.as_str());
         if key.starts_with(':') || (SKIP_INTO_HEADERS.contains(&key.as_str()) && !carried) {
@@ -275,21 +285,24 @@ pub(crate) fn metadata_to_headers(md: &pb::Metadata, bin: Mapping, headers: &mut
         let name = match HeaderName::from_lowercase(key.as_bytes()) {
             Ok(name) => name,
             Err(_) => {
-                tracing::debug!(key = %key, "skipping metadata key that is not a lowercase header name");
+                dropped.extend(values.val.iter().map(|_| key.clone()));
                 continue;
             }
         };
         let is_bin = is_bin_key(key);
         for value in &values.val {
             let value = if !is_bin {
-                HeaderValue::from_str(value)
+                // `from_bytes`, not `from_str`: obs-text (bytes from 0x80)
+                // is a valid HTTP/2 header value, and UTF-8 beyond ASCII is
+                // made of such bytes.
+                HeaderValue::from_bytes(value.as_bytes())
             } else if bin.extended {
                 // Already base64 text; checked, so that a peer cannot make
                 // us send a value our caller's gRPC stack cannot decode.
                 match BASE64.decode(value.trim_ascii()) {
                     Ok(_) => HeaderValue::from_str(value.trim_ascii()),
                     Err(_) => {
-                        tracing::debug!(key = %key, "skipping binary metadata that is not base64");
+                        dropped.push(key.clone());
                         continue;
                     }
                 }
@@ -305,13 +318,10 @@ pub(crate) fn metadata_to_headers(md: &pb::Metadata, bin: Mapping, headers: &mut
                     if headers.len() >= MAX_ENTRIES
                         || headers.try_append(name.clone(), value).is_err()
                     {
-                        tracing::debug!(key = %key, "too many metadata entries: rest dropped");
-                        return;
+                        dropped.push(key.clone());
                     }
                 }
-                Err(_) => {
-                    tracing::debug!(key = %key, "skipping metadata value that is not a valid header value");
-                }
+                Err(_) => dropped.push(key.clone()),
             }
         }
     }
@@ -382,16 +392,22 @@ mod tests {
             Some(&["AQ==".to_owned(), "Ag".to_owned()][..])
         );
         let mut back = HeaderMap::new();
-        metadata_to_headers(&got, b64, &mut back);
+        metadata_to_headers(&got, b64, &mut back, &mut Vec::new());
         let trace = back.get("grpc-trace-bin").expect("kept");
         assert_eq!(
             BASE64.decode(trace.as_bytes()).expect("base64"),
             [0, 0xff, 0xfe, 0]
         );
         // A peer's value that is not base64 is not passed on.
-        let mut bad = HeaderMap::new();
-        metadata_to_headers(&md(&[("x-bad-bin", &["not base64!"])]), b64, &mut bad);
+        let (mut bad, mut dropped) = (HeaderMap::new(), Vec::new());
+        metadata_to_headers(
+            &md(&[("x-bad-bin", &["not base64!"])]),
+            b64,
+            &mut bad,
+            &mut dropped,
+        );
         assert!(bad.is_empty());
+        assert_eq!(dropped, ["x-bad-bin"]);
         // Invalid base64 from the caller still fails its call.
         let h = headers(&[("x-bad-bin", b"!!")]);
         assert!(headers_to_metadata(&h, b64, &mut Vec::new()).is_err());
@@ -449,7 +465,7 @@ mod tests {
         assert_eq!(values(&md, "x-other"), Some(&["z".to_owned()][..]));
 
         let mut back = HeaderMap::new();
-        metadata_to_headers(&md, RAW, &mut back);
+        metadata_to_headers(&md, RAW, &mut back, &mut Vec::new());
         let got: Vec<_> = back.get_all("x-multi").iter().collect();
         assert_eq!(got, ["one", "two", "three"]);
     }
@@ -476,6 +492,7 @@ mod tests {
             &md(&[("x-data-bin", &["hi", "", "\u{1}\u{7f}é"])]),
             RAW,
             &mut h,
+            &mut Vec::new(),
         );
         let got: Vec<_> = h.get_all("x-data-bin").iter().collect();
         assert_eq!(got, ["aGk", "", "AX/DqQ"]);
@@ -541,7 +558,7 @@ mod tests {
         entries.push(("grpc-timeout", &["5S"]));
         entries.push(("x-app", &["1"]));
         let mut h = HeaderMap::new();
-        metadata_to_headers(&md(&entries), RAW, &mut h);
+        metadata_to_headers(&md(&entries), RAW, &mut h, &mut Vec::new());
         let mut keys: Vec<_> = h.keys().map(|k| k.as_str().to_owned()).collect();
         keys.sort();
         assert_eq!(keys, ["grpc-timeout", "x-app"]);
@@ -549,7 +566,7 @@ mod tests {
 
     #[test]
     fn invalid_keys_and_values_skipped() {
-        let mut h = HeaderMap::new();
+        let (mut h, mut dropped) = (HeaderMap::new(), Vec::new());
         metadata_to_headers(
             &md(&[
                 ("X-Upper", &["1"]),
@@ -559,15 +576,46 @@ mod tests {
             ]),
             RAW,
             &mut h,
+            &mut dropped,
         );
         assert_eq!(h.len(), 1);
         assert_eq!(h.get("x-ctl").expect("kept"), "ok");
+        // Nothing is left out unseen: each value that could not become a
+        // header is named, for the meter to count and log.
+        dropped.sort();
+        assert_eq!(dropped, ["", "X-Upper", "bad key", "x-ctl", "x-ctl"]);
+    }
+
+    /// A text value beyond ASCII (obs-text on HTTP/2, here UTF-8) crosses
+    /// both ways unchanged, in every mapping; bytes that are not UTF-8
+    /// cannot be a proto `string` and fail the call where they enter.
+    #[test]
+    fn obs_text_values_cross_both_ways() {
+        for bin in [
+            Mapping::default(),
+            RAW,
+            Mapping {
+                extended: true,
+                policy: BinaryMetadata::Fail,
+            },
+        ] {
+            let h = headers(&[("x-name", "ذ grüße".as_bytes()), ("5", b"\xd8\xb0")]);
+            let md = headers_to_metadata(&h, bin, &mut Vec::new()).expect("UTF-8 crosses");
+            assert_eq!(values(&md, "5").expect("kept"), ["ذ"]);
+            let (mut back, mut dropped) = (HeaderMap::new(), Vec::new());
+            metadata_to_headers(&md, bin, &mut back, &mut dropped);
+            assert!(dropped.is_empty(), "{dropped:?}");
+            assert_eq!(back, h);
+        }
+        let err = to_md(&headers(&[("x-name", b"\xd8")])).expect_err("not UTF-8");
+        assert_eq!(err.code(), tonic::Code::Internal);
+        assert!(err.message().contains("x-name"), "{}", err.message());
     }
 
     #[test]
     fn empty_values_list_adds_nothing() {
         let mut h = HeaderMap::new();
-        metadata_to_headers(&md(&[("x-none", &[])]), RAW, &mut h);
+        metadata_to_headers(&md(&[("x-none", &[])]), RAW, &mut h, &mut Vec::new());
         assert!(h.is_empty());
     }
 
@@ -603,7 +651,9 @@ mod tests {
         #[test]
         fn metadata_round_trips(md in metadata_strategy()) {
             let mut h = HeaderMap::new();
-            metadata_to_headers(&md, RAW, &mut h);
+            let mut dropped = Vec::new();
+            metadata_to_headers(&md, RAW, &mut h, &mut dropped);
+            prop_assert!(dropped.is_empty(), "{:?}", dropped);
             let back = to_md(&h).expect("round trip");
             prop_assert_eq!(back, md);
         }

@@ -219,7 +219,7 @@ impl Options {
 #[track_caller]
 pub(crate) fn append_metadata(map: &mut http::HeaderMap, key: &str, value: &str) {
     let name = http::HeaderName::from_bytes(key.as_bytes()).expect("valid metadata key");
-    let value = http::HeaderValue::from_str(value).expect("valid metadata value");
+    let value = http::HeaderValue::from_bytes(value.as_bytes()).expect("valid metadata value");
     map.append(name, value);
 }
 
