@@ -1,7 +1,16 @@
 //! Harnesses over each role's reader: a sequence of frames is fed to a
 //! tunnel server or a tunnel client, as the opening RPC would deliver them,
 //! the handlers and consumers it started run, and invariants are checked on
-//! what the role wrote back. They need a (current-thread) runtime per input.
+//! what the role wrote back.
+//!
+//! They run on one current-thread runtime per thread, reused from input to
+//! input (building and dropping a runtime per input took a tenth of the
+//! time), with its clock paused: the clock moves only when every task is
+//! idle, so "wait until nothing is ready" is a short sleep, whatever the
+//! tasks do. A task that never becomes idle (a busy loop) makes that sleep
+//! never end, which the fuzzer reports as a timeout: a hang is found, not
+//! cut off after a fixed number of polls. After each input, once its
+//! tunnel is gone, no task may be left: that also keeps inputs apart.
 
 use std::{
     collections::HashMap,
@@ -46,18 +55,39 @@ fn options() -> Options {
     }
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a current-thread runtime")
+thread_local! {
+    static RUNTIME: std::cell::RefCell<Option<tokio::runtime::Runtime>> =
+        const { std::cell::RefCell::new(None) };
 }
 
-/// Lets spawned tasks run until nothing is ready.
+/// Runs one input on this thread's runtime, then checks that no task
+/// outlived it (every handler and consumer ended with its tunnel). A
+/// runtime that held a task past its input is dropped, so the next input
+/// starts clean (and a property test shrinks to the input that leaked).
+fn run<T>(input: impl std::future::Future<Output = T>) -> T {
+    let rt = RUNTIME.with_borrow_mut(Option::take).unwrap_or_else(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .expect("a current-thread runtime")
+    });
+    let out = rt.block_on(async {
+        let out = input.await;
+        // Time enough for every deadline and timer a task may hold.
+        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+        out
+    });
+    let left = rt.metrics().num_alive_tasks();
+    assert_eq!(left, 0, "{left} task(s) outlived their tunnel");
+    RUNTIME.with_borrow_mut(|slot| *slot = Some(rt));
+    out
+}
+
+/// Lets spawned tasks run until none is ready: with the clock paused, a
+/// sleep ends only when every task waits (on I/O, a channel or a timer).
 async fn settle() {
-    for _ in 0..64 {
-        tokio::task::yield_now().await;
-    }
+    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
 }
 
 /// Everything the writer has ready, without waiting.
@@ -93,8 +123,7 @@ fn echo_dispatch() -> crate::server::dispatch::Dispatch {
 /// and before data, nothing after `close_stream`, and the tunnel ends at the
 /// first fatal error.
 pub fn server_frames(frames: Vec<pb::ClientToServer>) -> Vec<pb::ServerToClient> {
-    let rt = runtime();
-    rt.block_on(async move {
+    run(async move {
         let (core, mut writer, gone) = Core::<pb::ServerToClient>::new(Meter::default());
         let cx = TunnelContext {
             opts: options(),
@@ -165,8 +194,7 @@ fn check_server_output(
 /// 1..=streams) and consumes every stream's events; checks that each stream
 /// ends at most once and that the client only writes frames for its streams.
 pub fn client_frames(streams: u8, frames: Vec<pb::ServerToClient>) {
-    let rt = runtime();
-    rt.block_on(async move {
+    run(async move {
         let (core, mut writer, gone) = Core::<pb::ClientToServer>::new(Meter::default());
         let (shared, register) = Shared::new(
             core.clone(),

@@ -53,6 +53,43 @@ struct Entry {
     half_closed: bool,
 }
 
+/// The tunnel's streams. However the tunnel ends (its read loop returned,
+/// or the task running it was aborted, as dropping a reverse tunnel's
+/// `serve` does), every handler still running is aborted and its stream
+/// fails `UNAVAILABLE` "tunnel closed": no handler outlives its tunnel.
+struct Streams(StreamTable<Entry>);
+
+impl Streams {
+    fn close_all(&mut self) {
+        for entry in self.0.drain() {
+            entry.task.abort();
+            let stream = entry.inflow.stream();
+            stream.finish();
+            stream.fail(tonic::Status::unavailable("tunnel closed"));
+            stream.core().meter.stream_closed();
+        }
+    }
+}
+
+impl Drop for Streams {
+    fn drop(&mut self) {
+        self.close_all();
+    }
+}
+
+impl std::ops::Deref for Streams {
+    type Target = StreamTable<Entry>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Streams {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
 impl Entry {
     /// A data frame, on the engine's shared path; the status to end the
     /// stream with if it breaks the rules (P-33, P-51).
@@ -81,7 +118,7 @@ pub(crate) struct ServerTunnel<S> {
     inbound: S,
     gone: mpsc::UnboundedReceiver<i64>,
     /// Active streams, and the highest stream ID recorded (P-21).
-    streams: StreamTable<Entry>,
+    streams: Streams,
     /// Set while a revision-zero stream's consumer catches up.
     pause: Pause<pb::ServerToClient>,
     /// Cancelled to start a graceful shutdown.
@@ -121,7 +158,7 @@ where
             core,
             inbound,
             gone,
-            streams: StreamTable::server(),
+            streams: Streams(StreamTable::server()),
             pause,
             drain: CancellationToken::new(),
             grace: Duration::MAX,
@@ -147,13 +184,7 @@ where
     /// and hands back the inbound frames (to drain or drop).
     pub(crate) async fn run(mut self) -> (Ending, S) {
         let ending = self.read_loop().await;
-        for entry in self.streams.drain() {
-            entry.task.abort();
-            let stream = entry.inflow.stream();
-            stream.finish();
-            stream.fail(tonic::Status::unavailable("tunnel closed"));
-            self.core.meter.stream_closed();
-        }
+        self.streams.close_all();
         self.core.meter.tunnel_closed();
         (ending, self.inbound)
     }
