@@ -9,11 +9,13 @@ use common::{cluster::*, store::Store, *};
 use grpctunnel_testing::Echo;
 use tonic::Code;
 
+#[cfg_attr(
+    missing_redis_server,
+    ignore = "needs `redis-server` on PATH (apt-get install redis-server)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_hubs_thirty_agents_every_key_from_every_hub() {
-    let Some(store) = Store::start().await else {
-        return;
-    };
+    let store = Store::start().await;
     tokio::time::timeout(Duration::from_secs(240), async {
         let keys = keys(30);
         let cluster = Fixture::new(&store, &keys, 3).await;
@@ -65,11 +67,13 @@ async fn three_hubs_thirty_agents_every_key_from_every_hub() {
 /// remaining hub (the dead hub's entries are skipped, then expire). (A
 /// caller connected to the dead hub itself sees its own gRPC library's
 /// connection error.)
+#[cfg_attr(
+    missing_redis_server,
+    ignore = "needs `redis-server` on PATH (apt-get install redis-server)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_hub_fails_over_to_the_others() {
-    let Some(store) = Store::start().await else {
-        return;
-    };
+    let store = Store::start().await;
     tokio::time::timeout(Duration::from_secs(180), async {
         let keys = keys(6);
         let mut all = keys.clone();
@@ -118,11 +122,13 @@ async fn a_killed_hub_fails_over_to_the_others() {
 /// A relayed call from outside the cluster (no or a wrong secret) is
 /// refused; a relayed call for a key the hub does not hold is not relayed
 /// again (no loops), even though another hub holds it.
+#[cfg_attr(
+    missing_redis_server,
+    ignore = "needs `redis-server` on PATH (apt-get install redis-server)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_relays_are_refused_and_relays_never_loop() {
-    let Some(store) = Store::start().await else {
-        return;
-    };
+    let store = Store::start().await;
     tokio::time::timeout(Duration::from_secs(120), async {
         let cluster = Fixture::new(&store, &["plant-0"], 2).await;
         let [a, b] = cluster.addrs()[..] else {
@@ -203,11 +209,13 @@ async fn forged_relays_are_refused_and_relays_never_loop() {
 /// The store goes away: each hub still serves its own agents, a relayed
 /// key fails `UNAVAILABLE` naming the directory; the store comes back
 /// empty: hubs republish their keys, relayed calls resume.
+#[cfg_attr(
+    missing_redis_server,
+    ignore = "needs `redis-server` on PATH (apt-get install redis-server)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hubs_republish_after_the_store_restarts() {
-    let Some(store) = Store::start().await else {
-        return;
-    };
+    let store = Store::start().await;
     let port = store.port;
     tokio::time::timeout(Duration::from_secs(120), async {
         let cluster = Fixture::new(&store, &["plant-0"], 2).await;
@@ -226,7 +234,7 @@ async fn hubs_republish_after_the_store_restarts() {
         assert_eq!(err.code(), Code::Unavailable, "{err:?}");
         assert!(err.message().contains("directory"), "{err:?}");
 
-        let store = Store::start_on(port).await.expect("the store again");
+        let store = Store::start_on(port).await;
         let back = Instant::now();
         let resumed = async {
             loop {
@@ -255,11 +263,13 @@ async fn hubs_republish_after_the_store_restarts() {
 /// up to a second, but forget it when another hub announces the key or
 /// when the hub it points to refuses the call. At most a few calls in
 /// between fail, with `UNAVAILABLE`, and none hangs.
+#[cfg_attr(
+    missing_redis_server,
+    ignore = "needs `redis-server` on PATH (apt-get install redis-server)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_that_moves_to_another_hub_is_found_there() {
-    let Some(store) = Store::start().await else {
-        return;
-    };
+    let store = Store::start().await;
     tokio::time::timeout(Duration::from_secs(120), async {
         let cluster = Fixture::new(&store, &["plant-0"], 3).await;
         let [a, b, c] = cluster.addrs()[..] else {
@@ -300,11 +310,13 @@ async fn a_key_that_moves_to_another_hub_is_found_there() {
 /// local); once the local agents are busy, a call goes to the hub whose
 /// agent of the key is less loaded. Which agent served a call is read from
 /// its upstream's record of the call's tag.
+#[cfg_attr(
+    missing_redis_server,
+    ignore = "needs `redis-server` on PATH (apt-get install redis-server)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn busy_local_agents_hand_calls_to_a_less_loaded_hub() {
-    let Some(store) = Store::start().await else {
-        return;
-    };
+    let store = Store::start().await;
     tokio::time::timeout(Duration::from_secs(120), async {
         let cluster = Fixture::new(&store, &["plant-0"], 2).await;
         let [a, b] = cluster.addrs()[..] else {
@@ -368,6 +380,10 @@ async fn busy_local_agents_hand_calls_to_a_less_loaded_hub() {
 /// cluster of a hub process; `wait_for_key` resolves once the hub's agent
 /// publishes the key, and the channel it returns reaches that agent by
 /// relay.
+#[cfg_attr(
+    missing_redis_server,
+    ignore = "needs `redis-server` on PATH (apt-get install redis-server)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_library_registry_waits_for_and_calls_a_key_on_another_replica() {
     use grpctunnel::{
@@ -375,9 +391,7 @@ async fn a_library_registry_waits_for_and_calls_a_key_on_another_replica() {
         ReverseTunnelRegistry,
     };
     use grpctunnel_testing::pb::echo_service_client::EchoServiceClient;
-    let Some(store) = Store::start().await else {
-        return;
-    };
+    let store = Store::start().await;
     tokio::time::timeout(Duration::from_secs(60), async {
         let cluster = Fixture::new(&store, &["plant-0"], 1).await;
         let hub = cluster.addrs()[0];

@@ -26,15 +26,17 @@ async fn gauge(admin: SocketAddr, name: &str) -> f64 {
 ///
 /// The agents run in this process (the crate's `keep_connected`, which
 /// the agent binary runs), so that 10,000 connections cost one process.
+#[cfg_attr(
+    missing_redis_server,
+    ignore = "needs `redis-server` on PATH (apt-get install redis-server)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_agent_connections_leave_nothing_behind() {
     use grpctunnel::ReverseTunnelServer;
     use grpctunnel_testing::Echo;
     const ROUNDS: usize = 20;
     const AGENTS: usize = 500;
-    let Some(store) = Store::start().await else {
-        return;
-    };
+    let store = Store::start().await;
     tokio::time::timeout(Duration::from_secs(280), async {
         let keys = keys(AGENTS);
         let cluster = Fixture::new(&store, &keys, 3).await;
@@ -173,11 +175,13 @@ fn rss(pid: u32) -> u64 {
 
 /// Small messages on a relayed stream: 5,000 round trips of 100 B on one
 /// bidi call relayed between two hubs, over their pooled connection.
+#[cfg_attr(
+    missing_redis_server,
+    ignore = "needs `redis-server` on PATH (apt-get install redis-server)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_relayed_stream_of_small_messages_keeps_its_connection() {
-    let Some(store) = Store::start().await else {
-        return;
-    };
+    let store = Store::start().await;
     tokio::time::timeout(Duration::from_secs(180), async {
         let cluster = Fixture::new(&store, &["plant-0"], 2).await;
         let [a, b] = cluster.addrs()[..] else {

@@ -153,9 +153,13 @@ async fn run_cases(client: &std::path::Path, cases: &[&str], args: &[&str]) {
 /// its out-of-band stream is opened by grpc-go's load-reporting producer,
 /// which adds no per-call metadata, so only `:authority` routing (the TLS
 /// test below) can carry it to the right agent.
+#[cfg_attr(
+    missing_go,
+    ignore = "needs `go` on PATH (grpc-go's interop programs, built from the Go module proxy)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_go_interop_cases_through_hub_and_agent_by_key_header() {
-    let Some(go) = go_programs() else { return };
+    let go = go_programs();
     bounded_suite(async {
         let dir = temp_dir();
         let (_server, upstream) = interop_server(&go.bin("server")).await;
@@ -188,9 +192,13 @@ async fn grpc_go_interop_cases_through_hub_and_agent_by_key_header() {
 /// TLS to the hub, routed by `:authority` (`plant-7.hub.test`, the TLS
 /// server name the client asks for, under the hub's `--authority-suffix`):
 /// every standard case, the client unchanged but for its TLS settings.
+#[cfg_attr(
+    missing_go,
+    ignore = "needs `go` on PATH (grpc-go's interop programs, built from the Go module proxy)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_go_interop_cases_over_tls_routed_by_authority() {
-    let Some(go) = go_programs() else { return };
+    let go = go_programs();
     bounded_suite(async {
         let dir = temp_dir();
         let certs = certificates(&dir);
@@ -245,9 +253,13 @@ async fn grpc_go_interop_cases_over_tls_routed_by_authority() {
 /// `--upstream-accept-gzip`, inflates them) and the hub compresses them
 /// again toward the caller, which accepts gzip. `gzipcall` checks each
 /// hop from grpc-go's stats and the upstream's marker header.
+#[cfg_attr(
+    missing_go,
+    ignore = "needs `go` on PATH (grpc-go's interop programs, built from the Go module proxy)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gzip_compressed_calls_both_ways_with_grpc_go() {
-    let Some(go) = go_programs() else { return };
+    let go = go_programs();
     bounded_suite(async {
         let dir = temp_dir();
         let (_upstream, upstream) = listening_child(&go.bin("upstream")).await;
@@ -278,9 +290,13 @@ async fn gzip_compressed_calls_both_ways_with_grpc_go() {
 /// grpcurl, unchanged, lists and describes the agent's server by
 /// reflection through the hub and calls a method by name; an unknown key
 /// is an error naming it.
+#[cfg_attr(
+    missing_go,
+    ignore = "needs `go` on PATH (grpc-go's interop programs, built from the Go module proxy)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcurl_lists_and_calls_through_the_hub_by_reflection() {
-    let Some(go) = go_programs() else { return };
+    let go = go_programs();
     bounded_suite(async {
         let dir = temp_dir();
         let (_upstream, upstream) = listening_child(&go.bin("upstream")).await;
@@ -365,12 +381,18 @@ async fn grpcurl_lists_and_calls_through_the_hub_by_reflection() {
 /// interop server is connected. Every case of the key-header run
 /// (deadlines, cancellation, metadata, trailers, status details, large
 /// and streaming messages, soak) crosses the relay.
+#[cfg_attr(
+    missing_go,
+    ignore = "needs `go` on PATH (grpc-go's interop programs, built from the Go module proxy)"
+)]
+#[cfg_attr(
+    missing_redis_server,
+    ignore = "needs `redis-server` on PATH (apt-get install redis-server)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_go_interop_cases_relayed_between_hubs() {
-    let Some(go) = go_programs() else { return };
-    let Some(store) = Store::start().await else {
-        return;
-    };
+    let go = go_programs();
+    let store = Store::start().await;
     bounded_suite(async {
         let dir = temp_dir();
         let (_server, upstream) = interop_server(&go.bin("server")).await;

@@ -6,8 +6,9 @@
 //! negotiation (how a v0.2.0 peer behaves on the wire, see `GoMode`); and
 //! with our side forced to revision zero.
 //!
-//! Without `go` these tests print why and pass, except under `CI=true`,
-//! where a missing peer is a failure.
+//! Without `go` on `PATH` these tests show as ignored, with the reason
+//! (`build_support/probe.rs`); under `CI=true` they run and a missing
+//! peer is a failure. A Go build that fails is always a failure.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -46,7 +47,7 @@ fn expected_revision(go: GoMode, ours: Revision) -> Revision {
 // ----- forward: Go client -> our endpoint ----------------------------------
 
 async fn go_client_to_our_endpoint(go: GoMode, ours: Revision) {
-    let Some(peer) = peer() else { return };
+    let peer = peer();
     let server = tonic_server(
         TunnelLayer::new().max_revision(ours).max_message_size(MAX),
         Echo::new(),
@@ -61,9 +62,14 @@ async fn go_client_to_our_endpoint(go: GoMode, ours: Revision) {
         &format!("Go client ({go:?}) -> our endpoint (max revision {ours})"),
         &outcome,
         status,
+        expected_revision(go, ours),
     );
 }
 
+#[cfg_attr(
+    missing_go,
+    ignore = "needs `go` on PATH (the Go interop peer, built from the Go module proxy)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn go_client_to_our_endpoint_revision_one() {
     bounded_for(
@@ -73,6 +79,10 @@ async fn go_client_to_our_endpoint_revision_one() {
     .await
 }
 
+#[cfg_attr(
+    missing_go,
+    ignore = "needs `go` on PATH (the Go interop peer, built from the Go module proxy)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn go_client_to_our_endpoint_go_flow_control_off() {
     bounded_for(
@@ -82,6 +92,10 @@ async fn go_client_to_our_endpoint_go_flow_control_off() {
     .await
 }
 
+#[cfg_attr(
+    missing_go,
+    ignore = "needs `go` on PATH (the Go interop peer, built from the Go module proxy)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn go_client_to_our_endpoint_go_not_negotiating() {
     bounded_for(
@@ -91,6 +105,10 @@ async fn go_client_to_our_endpoint_go_not_negotiating() {
     .await
 }
 
+#[cfg_attr(
+    missing_go,
+    ignore = "needs `go` on PATH (the Go interop peer, built from the Go module proxy)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn go_client_to_our_endpoint_forced_revision_zero() {
     bounded_for(
@@ -103,7 +121,7 @@ async fn go_client_to_our_endpoint_forced_revision_zero() {
 // ----- forward: our channel -> Go endpoint ---------------------------------
 
 async fn our_channel_to_go_endpoint(go: GoMode, ours: Revision) {
-    let Some(peer) = peer() else { return };
+    let peer = peer();
     let mut server = peer.start("serve-forward", go.args());
     let addr = server.listening().await;
     let tunnel = TunnelChannel::builder()
@@ -126,6 +144,10 @@ async fn our_channel_to_go_endpoint(go: GoMode, ours: Revision) {
     server.stop().await;
 }
 
+#[cfg_attr(
+    missing_go,
+    ignore = "needs `go` on PATH (the Go interop peer, built from the Go module proxy)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn our_channel_to_go_endpoint_revision_one() {
     bounded_for(
@@ -135,6 +157,10 @@ async fn our_channel_to_go_endpoint_revision_one() {
     .await
 }
 
+#[cfg_attr(
+    missing_go,
+    ignore = "needs `go` on PATH (the Go interop peer, built from the Go module proxy)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn our_channel_to_go_endpoint_go_flow_control_off() {
     bounded_for(
@@ -144,6 +170,10 @@ async fn our_channel_to_go_endpoint_go_flow_control_off() {
     .await
 }
 
+#[cfg_attr(
+    missing_go,
+    ignore = "needs `go` on PATH (the Go interop peer, built from the Go module proxy)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn our_channel_to_go_endpoint_go_not_negotiating() {
     bounded_for(
@@ -153,6 +183,10 @@ async fn our_channel_to_go_endpoint_go_not_negotiating() {
     .await
 }
 
+#[cfg_attr(
+    missing_go,
+    ignore = "needs `go` on PATH (the Go interop peer, built from the Go module proxy)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn our_channel_to_go_endpoint_forced_revision_zero() {
     bounded_for(
@@ -165,7 +199,7 @@ async fn our_channel_to_go_endpoint_forced_revision_zero() {
 // ----- reverse: Go agents -> our registry ----------------------------------
 
 async fn go_agents_to_our_registry(go: GoMode, ours: Revision) {
-    let Some(peer) = peer() else { return };
+    let peer = peer();
     let registry = ReverseTunnelRegistry::with_key(|h, _| {
         h.get("x-agent-key")
             .and_then(|v| v.to_str().ok())
@@ -230,6 +264,10 @@ async fn go_agents_to_our_registry(go: GoMode, ours: Revision) {
     }
 }
 
+#[cfg_attr(
+    missing_go,
+    ignore = "needs `go` on PATH (the Go interop peer, built from the Go module proxy)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn go_agents_to_our_registry_revision_one() {
     bounded_for(
@@ -239,6 +277,10 @@ async fn go_agents_to_our_registry_revision_one() {
     .await
 }
 
+#[cfg_attr(
+    missing_go,
+    ignore = "needs `go` on PATH (the Go interop peer, built from the Go module proxy)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn go_agents_to_our_registry_go_flow_control_off() {
     bounded_for(
@@ -248,6 +290,10 @@ async fn go_agents_to_our_registry_go_flow_control_off() {
     .await
 }
 
+#[cfg_attr(
+    missing_go,
+    ignore = "needs `go` on PATH (the Go interop peer, built from the Go module proxy)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn go_agents_to_our_registry_go_not_negotiating() {
     bounded_for(
@@ -257,6 +303,10 @@ async fn go_agents_to_our_registry_go_not_negotiating() {
     .await
 }
 
+#[cfg_attr(
+    missing_go,
+    ignore = "needs `go` on PATH (the Go interop peer, built from the Go module proxy)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn go_agents_to_our_registry_forced_revision_zero() {
     bounded_for(
@@ -269,7 +319,7 @@ async fn go_agents_to_our_registry_forced_revision_zero() {
 // ----- reverse: our agents -> Go registry ----------------------------------
 
 async fn our_agents_to_go_registry(go: GoMode, ours: Revision) {
-    let Some(peer) = peer() else { return };
+    let peer = peer();
     let mut args = vec!["--tunnels", "2", "--key-header", "x-agent-key"];
     args.extend_from_slice(go.args());
     let mut hub = peer.start("reverse-server", &args);
@@ -288,6 +338,7 @@ async fn our_agents_to_go_registry(go: GoMode, ours: Revision) {
         &format!("Go registry ({go:?}) -> our agents (max revision {ours})"),
         &outcome,
         status,
+        expected_revision(go, ours),
     );
     for agent in agents {
         // The Go hub exits after its matrix, ending the tunnels.
@@ -295,6 +346,10 @@ async fn our_agents_to_go_registry(go: GoMode, ours: Revision) {
     }
 }
 
+#[cfg_attr(
+    missing_go,
+    ignore = "needs `go` on PATH (the Go interop peer, built from the Go module proxy)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn our_agents_to_go_registry_revision_one() {
     bounded_for(
@@ -304,6 +359,10 @@ async fn our_agents_to_go_registry_revision_one() {
     .await
 }
 
+#[cfg_attr(
+    missing_go,
+    ignore = "needs `go` on PATH (the Go interop peer, built from the Go module proxy)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn our_agents_to_go_registry_go_flow_control_off() {
     bounded_for(
@@ -313,6 +372,10 @@ async fn our_agents_to_go_registry_go_flow_control_off() {
     .await
 }
 
+#[cfg_attr(
+    missing_go,
+    ignore = "needs `go` on PATH (the Go interop peer, built from the Go module proxy)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn our_agents_to_go_registry_go_not_negotiating() {
     bounded_for(
@@ -322,6 +385,10 @@ async fn our_agents_to_go_registry_go_not_negotiating() {
     .await
 }
 
+#[cfg_attr(
+    missing_go,
+    ignore = "needs `go` on PATH (the Go interop peer, built from the Go module proxy)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn our_agents_to_go_registry_forced_revision_zero() {
     bounded_for(
@@ -333,11 +400,13 @@ async fn our_agents_to_go_registry_forced_revision_zero() {
 
 // ----- the Go harness against itself ---------------------------------------
 
+#[cfg_attr(
+    missing_go,
+    ignore = "needs `go` on PATH (the Go interop peer, built from the Go module proxy)"
+)]
 #[test]
 fn go_harness_self_test() {
-    if peer().is_none() {
-        return;
-    }
+    peer();
     let status = std::process::Command::new("go")
         .args(["test", "./..."])
         .current_dir(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("interop"))
