@@ -25,6 +25,14 @@ async fn matrix(server_rev: Revision, client_rev: Revision) {
         .open(connect(server.addr).await)
         .await
         .expect("open tunnel");
+    // Revision one only when both ends offer it (P-17): a silent fallback
+    // to revision zero would skip the flow-control cases and still pass.
+    let expected = if server_rev == Revision::One && client_rev == Revision::One {
+        Revision::One
+    } else {
+        Revision::Zero
+    };
+    assert_eq!(tunnel.revision(), expected, "negotiated revision");
     let flow_control = tunnel.revision() == Revision::One;
     let opts = CaseOptions {
         flow_control,
