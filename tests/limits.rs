@@ -234,7 +234,7 @@ async fn revision_zero_buffering_pauses_reads_and_loses_nothing() {
         let layer = TunnelLayer::new()
             .max_revision(Revision::Zero)
             .limits(Limits::new().revision_zero_buffer(64 * 1024));
-        let server = tonic_server(layer, Echo::new()).await;
+        let server = tonic_server(layer.clone(), Echo::new()).await;
         let tunnel = TunnelChannel::builder()
             .limits(Limits::new().revision_zero_buffer(64 * 1024))
             .open(connect(server.addr).await)
@@ -276,6 +276,10 @@ async fn revision_zero_buffering_pauses_reads_and_loses_nothing() {
         assert!(answers.message().await.unwrap().is_none());
         let side = tokio::time::timeout(Duration::from_secs(10), side).await;
         assert_eq!(side.unwrap().unwrap().unwrap().into_inner().payload, "side");
+        // The server did stop reading for the slow handler (2 MiB sent
+        // against a 64 KiB buffer), and lost nothing doing so (above).
+        let paused = layer.stats().reads_paused;
+        assert!(paused > 0, "the server never paused: {}", layer.stats());
     })
     .await
 }

@@ -600,8 +600,11 @@ async fn undecodable_frame_fails_the_opening_rpc() {
             Ok::<_, tonic::Status>(())
         }
         .await;
+        // The decoding error itself, as the opening RPC's status (P-6):
+        // `INTERNAL`, saying what failed.
         let status = result.expect_err("the tunnel must not end with OK");
-        assert_ne!(status.code(), Code::Ok);
+        assert_eq!(status.code(), Code::Internal, "{status:?}");
+        assert!(status.message().contains("decode"), "{status:?}");
         drop(tx);
     })
     .await

@@ -219,6 +219,9 @@ impl<F: OutFrame> Pause<F> {
     /// After a delivery: pauses if `stream` has too much waiting.
     pub(crate) fn check(&mut self, stream: &Arc<Stream<F>>) {
         if stream.over_buffer(self.limit) {
+            if self.paused.is_none() {
+                stream.core().meter.read_paused();
+            }
             self.paused = Some(stream.clone());
         }
     }

@@ -42,9 +42,15 @@ pub struct Stats {
     pub bytes_received: u64,
     /// Protocol violations by peers (stream-level and tunnel-level).
     pub protocol_errors: u64,
-    /// `-bin` metadata values left out because the peer cannot carry them
-    /// ([`BinaryMetadata::Drop`](crate::BinaryMetadata::Drop)).
+    /// Metadata values left out: `-bin` values the peer cannot carry
+    /// ([`BinaryMetadata::Drop`](crate::BinaryMetadata::Drop)), and a peer's
+    /// values no HTTP/2 header can hold (an invalid key or value, entries
+    /// past a header map's bound).
     pub metadata_dropped: u64,
+    /// Times a revision-zero tunnel stopped reading because one stream's
+    /// consumer had more than `Limits::revision_zero_buffer` waiting (it
+    /// reads again once that consumer caught up).
+    pub reads_paused: u64,
     /// Time streams with data to send spent waiting for flow-control credit,
     /// summed over streams.
     pub flow_control_blocked: Duration,
@@ -63,6 +69,7 @@ impl std::ops::AddAssign for Stats {
         self.bytes_received += other.bytes_received;
         self.protocol_errors += other.protocol_errors;
         self.metadata_dropped += other.metadata_dropped;
+        self.reads_paused += other.reads_paused;
         self.flow_control_blocked += other.flow_control_blocked;
     }
 }
@@ -80,7 +87,7 @@ impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "tunnels {}/{} open/total, streams {}/{} open/total, sent {} msgs {} B, received {} msgs {} B, protocol errors {}, metadata dropped {}, blocked on flow control {:?}",
+            "tunnels {}/{} open/total, streams {}/{} open/total, sent {} msgs {} B, received {} msgs {} B, protocol errors {}, metadata dropped {}, reads paused {}, blocked on flow control {:?}",
             self.tunnels_open,
             self.tunnels_total,
             self.streams_open,
@@ -91,6 +98,7 @@ impl fmt::Display for Stats {
             self.bytes_received,
             self.protocol_errors,
             self.metadata_dropped,
+            self.reads_paused,
             self.flow_control_blocked,
         )
     }
@@ -109,6 +117,7 @@ pub struct Counters {
     bytes_received: AtomicU64,
     protocol_errors: AtomicU64,
     metadata_dropped: AtomicU64,
+    reads_paused: AtomicU64,
     blocked_nanos: AtomicU64,
 }
 
@@ -126,6 +135,7 @@ impl Counters {
             bytes_received: self.bytes_received.load(Relaxed),
             protocol_errors: self.protocol_errors.load(Relaxed),
             metadata_dropped: self.metadata_dropped.load(Relaxed),
+            reads_paused: self.reads_paused.load(Relaxed),
             flow_control_blocked: Duration::from_nanos(self.blocked_nanos.load(Relaxed)),
         }
     }
@@ -207,6 +217,11 @@ impl Meter {
         if start {
             both!(self, messages_received, fetch_add, 1);
         }
+    }
+
+    /// A revision-zero tunnel stopped reading for a slow consumer.
+    pub(crate) fn read_paused(&self) {
+        both!(self, reads_paused, fetch_add, 1);
     }
 
     pub(crate) fn protocol_error(&self) {
