@@ -10,6 +10,7 @@ use futures_util::StreamExt;
 use grpctunnel::{ReverseTunnelServer, TunnelEvent, TunnelLayer};
 use grpctunnel_testing::{
     cases::{run_cases, CaseOptions},
+    eventually,
     pb::{echo_service_client::EchoServiceClient, EchoRequest},
     Echo,
 };
@@ -371,25 +372,39 @@ async fn graceful_shutdown_of_the_hub_lets_calls_in_flight_finish() {
             async move { agent("a", "a").serve(channel).await }
         });
         let channel = registry.wait_for(None).await.channel();
-        let slow = tokio::spawn({
-            let mut client = EchoServiceClient::new(channel.clone());
-            async move {
-                client
-                    .unary(EchoRequest {
-                        sleep_ms: 300,
-                        payload: "slow".into(),
-                        ..Default::default()
-                    })
-                    .await
-            }
-        });
-        while channel.active_calls() == 0 {
-            tokio::task::yield_now().await;
-        }
-        // The hub's own graceful shutdown completes: the tunnel drains.
-        hub.stop().await;
-        let resp = slow.await.unwrap().expect("in-flight call finished");
-        assert_eq!(resp.into_inner().payload, "slow");
+        // A full-duplex call the test holds open: in flight whenever the
+        // drain starts, however slow the machine (a call that ends by
+        // itself may end before the drain, which then tests nothing).
+        let mut client = EchoServiceClient::new(channel.clone());
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let req = |seq| EchoRequest {
+            seq,
+            ..Default::default()
+        };
+        tx.send(req(1)).await.unwrap();
+        let mut answers = client
+            .bidi(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .expect("the call starts")
+            .into_inner();
+        assert_eq!(answers.message().await.unwrap().expect("answer").seq, 1);
+        // The hub's graceful shutdown begins (the token is cancelled at
+        // once); the call still makes a round trip, ends with OK when its
+        // caller is done, and only then does the hub stop.
+        hub.token.cancel();
+        tx.send(req(2)).await.unwrap();
+        let second = answers
+            .message()
+            .await
+            .expect("a round trip while draining");
+        assert_eq!(second.expect("answer").seq, 2);
+        assert!(
+            !hub.task.is_finished(),
+            "the hub stopped with a call in flight"
+        );
+        drop(tx);
+        assert!(answers.message().await.expect("a clean end").is_none());
+        hub.task.await.expect("hub stopped");
         agent_task.await.unwrap().expect("agent sees a clean end");
         assert!(registry.is_empty());
     })
@@ -541,13 +556,21 @@ async fn an_agent_drain_ends_when_its_last_call_is_cancelled() {
         let stopping = tokio::spawn(async move { connection.shutdown().await });
         // Once the agent drains it refuses new calls: then cancel the one
         // it waits for.
-        let mut probe = EchoServiceClient::new(registry.get("k"));
-        loop {
-            match probe.unary(EchoRequest::default()).await {
-                Err(status) if status.message().contains("shutting down") => break,
-                _ => tokio::task::yield_now().await,
-            }
-        }
+        let probe = EchoServiceClient::new(registry.get("k"));
+        eventually(
+            "the draining agent refuses new calls",
+            Duration::from_secs(10),
+            || {
+                let mut probe = probe.clone();
+                async move {
+                    match probe.unary(EchoRequest::default()).await {
+                        Err(status) if status.message().contains("shutting down") => Some(()),
+                        _ => None,
+                    }
+                }
+            },
+        )
+        .await;
         slow.abort();
         let state = stopping.await.expect("shutdown task");
         assert!(state.stopped, "{state:?}");

@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{cluster::*, store::Store, *};
-use grpctunnel_testing::Echo;
+use grpctunnel_testing::{eventually, Echo};
 use tonic::Code;
 
 #[cfg_attr(
@@ -41,20 +41,17 @@ async fn three_hubs_thirty_agents_every_key_from_every_hub() {
             agent.child.start_kill().expect("kill");
             agent.child.wait().await.expect("gone");
         }
-        let left = async {
-            loop {
-                let n = store
+        eventually(
+            "every directory entry withdrawn",
+            Duration::from_secs(10),
+            || async {
+                let left = store
                     .cli(&["--scan", "--pattern", "grpctunnel:key:*"])
                     .await;
-                if n.is_empty() {
-                    return;
-                }
-                tokio::task::yield_now().await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(10), left)
-            .await
-            .expect("every directory entry withdrawn");
+                left.is_empty().then_some(())
+            },
+        )
+        .await;
         drop(cluster);
     })
     .await
@@ -236,21 +233,15 @@ async fn hubs_republish_after_the_store_restarts() {
 
         let store = Store::start_on(port).await;
         let back = Instant::now();
-        let resumed = async {
-            loop {
-                // Retried on each answer: the hubs republish within a
-                // third of the TTL (2 s).
-                if via_a.unary(hello("again")).await.is_ok() {
-                    return;
-                }
-                tokio::task::yield_now().await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(15), resumed)
-            .await
-            .expect("relayed calls resume");
+        // Retried with a growing pause: the hubs republish within a third
+        // of the TTL (2 s).
+        eventually("relayed calls resume", Duration::from_secs(15), || {
+            let mut via_a = via_a.clone();
+            async move { via_a.unary(hello("again")).await.ok() }
+        })
+        .await;
         println!(
-            "relayed calls resumed {:?} after the store came back",
+            "relayed calls resumed {:?} after the store came back (to within the 0.1 s between tries)",
             back.elapsed()
         );
         store.kill().await;

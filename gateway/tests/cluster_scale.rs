@@ -9,6 +9,7 @@ use std::{
 };
 
 use common::{cluster::*, store::Store, *};
+use grpctunnel_testing::{eventually, pb::echo_service_client::EchoServiceClient};
 
 /// A gauge of a hub's `/metrics`.
 async fn gauge(admin: SocketAddr, name: &str) -> f64 {
@@ -19,8 +20,9 @@ async fn gauge(admin: SocketAddr, name: &str) -> f64 {
 }
 
 /// Churn: 10,000 agent connections come and go across 3 hubs (20 rounds
-/// of 500 agents, each its own connection and key, calls through another
-/// hub proving each is registered), and leave nothing behind: no entry in
+/// of 500 agents, each its own connection and key, and a call to every
+/// key through another hub proving each is registered and published), and
+/// leave nothing behind: no entry in
 /// the store, no tunnel in any hub, and no more tasks or memory (beyond
 /// allocator slack) in any hub after the last round than after the 5th.
 ///
@@ -68,30 +70,47 @@ async fn ten_thousand_agent_connections_leave_nothing_behind() {
                         .keep_connected(transport),
                 );
             }
-            // Each key answers through the next hub: registered, and
-            // published in the store.
+            // Every key answers through the next hub (one HTTP/2
+            // connection, the calls multiplexed on it): each agent is
+            // registered, and published in the store for the hubs it is
+            // not on.
             let via = addrs[(round + 1) % 3];
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{via}"))
+                .expect("endpoint")
+                .connect()
+                .await
+                .expect("connect to the hub");
             let mut calls = tokio::task::JoinSet::new();
-            for (i, &key) in keys.iter().enumerate() {
-                if i % 10 == 0 {
-                    calls.spawn(async move {
-                        let mut c = caller(via, key, true).await;
-                        c.unary(hello(key)).await.map(|_| ())
-                    });
-                }
+            for &key in &keys {
+                let mut client = EchoServiceClient::new(channel.clone());
+                calls.spawn(async move {
+                    let mut req = hello(key);
+                    let md = req.metadata_mut();
+                    md.insert("grpctunnel-key", key.parse().expect("ascii"));
+                    md.insert("grpctunnel-wait", "true".parse().expect("ascii"));
+                    client.unary(req).await.map(|_| ())
+                });
             }
+            let mut answered = 0;
             while let Some(done) = calls.join_next().await {
                 done.expect("no panic")
                     .unwrap_or_else(|s| panic!("round {round}: the agent answers: {s:?}"));
+                answered += 1;
             }
+            assert_eq!(answered, AGENTS);
             for agent in agents {
                 agent.shutdown().await;
             }
             // Every hub sees its tunnels gone (the gauge is read at scrape).
             for &admin in &admins {
-                while gauge(admin, "grpctunnel_agents_connected").await != 0.0 {
-                    tokio::task::yield_now().await;
-                }
+                eventually(
+                    "a hub's tunnels gone",
+                    Duration::from_secs(10),
+                    || async move {
+                        (gauge(admin, "grpctunnel_agents_connected").await == 0.0).then_some(())
+                    },
+                )
+                .await;
             }
             // After 5 rounds each hub holds its pooled connections to the
             // others (their tasks); from then on nothing may grow.
@@ -108,41 +127,27 @@ async fn ten_thousand_agent_connections_leave_nothing_behind() {
             started.elapsed()
         );
         // The store: every entry withdrawn.
-        let entries = async {
-            loop {
-                if store
+        eventually(
+            "no directory entry left",
+            Duration::from_secs(10),
+            || async {
+                let left = store
                     .cli(&["--scan", "--pattern", "grpctunnel:key:*"])
-                    .await
-                    .is_empty()
-                {
-                    return;
-                }
-                tokio::task::yield_now().await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(10), entries)
-            .await
-            .expect("no directory entry left");
+                    .await;
+                left.is_empty().then_some(())
+            },
+        )
+        .await;
         for (i, &admin) in admins.iter().enumerate() {
             // Connection tasks end as their sockets close: wait for that,
             // bounded; a leak never gets there.
-            let settled = async {
-                loop {
-                    let tasks = gauge(admin, "grpctunnel_tasks_alive").await;
-                    if tasks <= baseline_tasks[i] + 2.0 {
-                        return tasks;
-                    }
-                    tokio::task::yield_now().await;
-                }
-            };
-            let tasks = tokio::time::timeout(Duration::from_secs(10), settled)
-                .await
-                .unwrap_or_else(|_| {
-                    panic!(
-                        "hub {i}: tasks never came back to {} after round 5",
-                        baseline_tasks[i]
-                    )
-                });
+            let baseline = baseline_tasks[i];
+            let what = format!("hub {i}: tasks back to {baseline} (after round 5)");
+            let tasks = eventually(&what, Duration::from_secs(10), || async move {
+                let tasks = gauge(admin, "grpctunnel_tasks_alive").await;
+                (tasks <= baseline + 2.0).then_some(tasks)
+            })
+            .await;
             println!(
                 "hub {i}: {tasks} tasks alive (after round 5: {})",
                 baseline_tasks[i]

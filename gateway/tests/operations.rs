@@ -97,6 +97,7 @@ async fn sigterm_drains_calls_in_flight_within_the_bound() {
         let (lingering, mut lingering_responses) = bidi_in_flight(&mut plant).await;
 
         hub.signal_term();
+        let signalled = std::time::Instant::now();
         // The call in flight goes on: one more round trip, then its end.
         finishing
             .send(EchoRequest {
@@ -129,14 +130,32 @@ async fn sigterm_drains_calls_in_flight_within_the_bound() {
                 Err(status) => break status,
             }
         };
+        let cut_after = signalled.elapsed();
         assert!(
             matches!(cut.code(), Code::Unavailable | Code::Cancelled),
             "{cut:?}"
+        );
+        // Cut by the bound: not before --drain 3 (the hub's clock starts
+        // after our signal), and well before the default of 10 s, which a
+        // hub ignoring --drain would use. (The upper figure only catches
+        // that failure; it is no timing target.)
+        assert!(
+            cut_after >= Duration::from_secs(3),
+            "cut {cut_after:?} after SIGTERM, before --drain 3"
+        );
+        assert!(
+            cut_after < Duration::from_secs(8),
+            "cut {cut_after:?} after SIGTERM: --drain 3 was not the bound"
         );
         drop(lingering);
         let mut hub = hub;
         let status = hub.child.wait().await.expect("the hub exits");
         assert_eq!(status.code(), Some(0));
+        assert!(
+            signalled.elapsed() < Duration::from_secs(8),
+            "the hub exited {:?} after SIGTERM, past --drain 3 and its 1 s margin",
+            signalled.elapsed()
+        );
         let _ = std::fs::remove_dir_all(dir);
     })
     .await

@@ -280,8 +280,8 @@ async fn an_agent_serves_several_hubs_with_several_tunnels() {
         let dir_a = temp_dir();
         let dir_b = temp_dir();
         let upstream = upstream().await;
-        let (hub_a, addr_a) = hub(&dir_a, "s3cret-7", &["plant-7"]).await;
-        let (_hub_b, addr_b) = hub(&dir_b, "s3cret-7", &["plant-7"]).await;
+        let (mut hub_a, addr_a) = hub(&dir_a, "s3cret-7", &["plant-7"]).await;
+        let (mut hub_b, addr_b) = hub(&dir_b, "s3cret-7", &["plant-7"]).await;
         // `agent_with` names hub B; hub A comes second.
         let hub_a_url = format!("http://{addr_a}");
         let _agent = agent_with(
@@ -292,6 +292,21 @@ async fn an_agent_serves_several_hubs_with_several_tunnels() {
             upstream,
             &["--hub", &hub_a_url, "--tunnels", "2"],
         );
+        // `--tunnels 2`: each hub registers two tunnels of the agent, each
+        // logged with its own tunnel id.
+        for hub in [&mut hub_a, &mut hub_b] {
+            let mut ids = std::collections::HashSet::new();
+            while ids.len() < 2 {
+                let line = hub.log_line("agent connected").await;
+                assert!(line.contains("plant-7"), "{line}");
+                let id = line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("tunnel="))
+                    .unwrap_or_else(|| panic!("no tunnel id in {line}"))
+                    .to_owned();
+                ids.insert(id);
+            }
+        }
         for addr in [addr_a, addr_b] {
             let mut plant = caller(addr, "plant-7", true).await;
             plant

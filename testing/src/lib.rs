@@ -6,9 +6,11 @@
 //!   docs for its exact semantics).
 //! * [`run_cases`] runs the named case matrix against any transport that a
 //!   generated tonic client accepts, and returns a [`Report`].
+//! * [`eventually`] waits, bounded, for state that has no event to wait on.
 
 pub mod cases;
 pub mod service;
+mod wait;
 
 /// Generated code for `grpctunnel.testing.v1`.
 #[allow(missing_docs, clippy::all)]
@@ -18,6 +20,7 @@ pub mod pb {
 
 pub use cases::{client, run_cases, CaseOptions, Report, CASE_NAMES};
 pub use service::{Echo, EchoServer, HandlerState, MAX_MESSAGE_SIZE, SERVICE_NAME};
+pub use wait::eventually;
 
 /// `n` bytes where byte `i` is `i % 251`: the payload the service sends for
 /// `response_size = n`.
