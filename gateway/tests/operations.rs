@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
 use grpctunnel_testing::pb::EchoRequest;
 use tonic::Code;
