@@ -361,6 +361,44 @@ async fn graceful_shutdown_of_the_agent_lets_calls_in_flight_finish() {
     .await
 }
 
+/// Dropping an agent's `serve` future (what aborting its task does) ends
+/// the handlers of its calls in flight: none outlives its tunnel.
+#[tokio::test]
+async fn dropping_serve_ends_the_handlers_of_calls_in_flight() {
+    bounded(async {
+        let registry = keyed_registry();
+        let (listener, addr) = listener().await;
+        let hub = hub_on(listener, TunnelLayer::new().reverse(registry.clone())).await;
+        let echo = Echo::new();
+        let agent = ReverseTunnelServer::new(Routes::new(echo.clone().server()))
+            .metadata("x-agent-key", "a");
+        let serving = tokio::spawn({
+            let channel = connect(addr).await;
+            async move { agent.serve(channel).await }
+        });
+        let mut client = EchoServiceClient::new(registry.wait_for(None).await.channel());
+        let call = tokio::spawn(async move {
+            client
+                .unary(EchoRequest {
+                    sleep_ms: 30_000,
+                    tag: "held".into(),
+                    ..Default::default()
+                })
+                .await
+        });
+        eventually("the handler started", Duration::from_secs(10), || async {
+            echo.handler_state("held").started.then_some(())
+        })
+        .await;
+        serving.abort();
+        let state = echo.wait_handler("held", Duration::from_secs(10)).await;
+        assert!(state.cancelled && !state.finished, "{state:?}");
+        let _ = call.await;
+        hub.stop().await;
+    })
+    .await
+}
+
 #[tokio::test]
 async fn graceful_shutdown_of_the_hub_lets_calls_in_flight_finish() {
     bounded(async {

@@ -235,9 +235,9 @@ async fn hubs_republish_after_the_store_restarts() {
         let back = Instant::now();
         // Retried with a growing pause: the hubs republish within a third
         // of the TTL (2 s).
-        eventually("relayed calls resume", Duration::from_secs(15), || {
-            let mut via_a = via_a.clone();
-            async move { via_a.unary(hello("again")).await.ok() }
+        let via_a = tokio::sync::Mutex::new(via_a);
+        eventually("relayed calls resume", Duration::from_secs(15), || async {
+            via_a.lock().await.unary(hello("again")).await.ok()
         })
         .await;
         println!(

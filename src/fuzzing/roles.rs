@@ -321,6 +321,67 @@ mod tests {
         (-2i64..7, frame).prop_map(|(stream_id, frame)| pb::ServerToClient { stream_id, frame })
     }
 
+    /// Runs `f` on a thread of its own and fails if it has not returned
+    /// within 10 s: a task that never goes idle keeps the harness's settle
+    /// from ending (the fuzzer reports the same as a timeout).
+    fn without_hang(f: impl FnOnce() + Send + 'static) {
+        within(std::time::Duration::from_secs(10), f);
+    }
+
+    fn within(limit: std::time::Duration, f: impl FnOnce() + Send + 'static) {
+        let (done, ended) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
+        });
+        match ended.recv_timeout(limit) {
+            Ok(Ok(())) => {}
+            Ok(Err(panic)) => std::panic::resume_unwind(panic),
+            Err(_) => panic!("hung: a task never went idle within {limit:?}"),
+        }
+    }
+
+    #[test]
+    fn a_task_that_never_idles_is_reported_as_a_hang() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = Arc::new(AtomicBool::new(false));
+        let spinning = stop.clone();
+        let hung = std::panic::catch_unwind(|| {
+            within(std::time::Duration::from_millis(500), move || {
+                run(async move {
+                    tokio::spawn(async move {
+                        while !spinning.load(Ordering::Relaxed) {
+                            tokio::task::yield_now().await;
+                        }
+                    });
+                    settle().await;
+                })
+            })
+        });
+        // The spinning task may end now, and its thread with it.
+        stop.store(true, Ordering::Relaxed);
+        let panic = hung.expect_err("reported");
+        let text = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .unwrap_or_default();
+        assert!(text.contains("hung"), "{text}");
+    }
+
+    #[test]
+    fn a_task_left_waiting_is_reported_as_outliving_its_tunnel() {
+        let left = std::panic::catch_unwind(|| {
+            run(async {
+                tokio::spawn(std::future::pending::<()>());
+            })
+        });
+        let panic = left.expect_err("reported");
+        let text = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .unwrap_or_default();
+        assert!(text.contains("outlived"), "{text}");
+    }
+
     #[test]
     fn harness_serves_a_well_formed_call() {
         use pb::client_to_server::Frame as F;
@@ -356,7 +417,9 @@ mod tests {
         /// write out of order.
         #[test]
         fn server_survives_any_frame_sequence(frames in proptest::collection::vec(client_frame(), 0..40)) {
-            let _ = server_frames(frames);
+            without_hang(move || {
+                let _ = server_frames(frames);
+            });
         }
 
         /// No sequence of frames makes the tunnel client panic or deliver
@@ -366,7 +429,7 @@ mod tests {
             streams in 0u8..5,
             frames in proptest::collection::vec(server_frame(), 0..40),
         ) {
-            client_frames(streams, frames);
+            without_hang(move || client_frames(streams, frames));
         }
     }
 }
