@@ -12,6 +12,12 @@
 //! Unknown credentials get `UNAUTHENTICATED`, keys a credential is not
 //! bound to `PERMISSION_DENIED`, calls beyond a caller's limit
 //! `RESOURCE_EXHAUSTED`; all are logged and counted.
+//!
+//! Credentials stay at the edge: a call admitted by a caller credential
+//! leaves the hub without its `authorization` header (unless that caller
+//! has `forward_credential = true`) and with `grpctunnel-caller: <name>`,
+//! which the hub sets itself; a `grpctunnel-caller` a call brings is
+//! always removed, so nobody can claim another caller's name upstream.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -33,22 +39,43 @@ pub(crate) struct Credentials {
 
 /// What one credential may do: the keys it may use and, for a caller, how
 /// many calls it may have in flight at once.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Grant {
     keys: HashSet<String>,
     /// Permits for the caller's calls in flight; `None`: no limit.
     calls: Option<(Arc<tokio::sync::Semaphore>, usize)>,
+    /// Who this is, as the upstream is told (`grpctunnel-caller`).
+    name: http::HeaderValue,
+    /// The caller's `authorization` goes on to the upstream.
+    forward_credential: bool,
 }
 
 impl Grant {
-    /// A grant of `keys`, with at most `max_calls` calls in flight.
-    pub(crate) fn new(keys: impl IntoIterator<Item = String>, max_calls: Option<usize>) -> Self {
+    /// A grant to `name` of `keys`, with at most `max_calls` calls in
+    /// flight.
+    pub(crate) fn new(
+        name: http::HeaderValue,
+        keys: impl IntoIterator<Item = String>,
+        max_calls: Option<usize>,
+    ) -> Self {
         Self {
             keys: keys.into_iter().collect(),
             calls: max_calls.map(|n| (Arc::new(tokio::sync::Semaphore::new(n)), n)),
+            name,
+            forward_credential: false,
         }
     }
+
+    /// The caller's own `authorization` header goes on to the upstream.
+    pub(crate) fn forward_credential(mut self, forward: bool) -> Self {
+        self.forward_credential = forward;
+        self
+    }
 }
+
+/// Header the hub sets on each call it admitted by a caller credential:
+/// the caller's name from the config.
+pub(crate) const CALLER_HEADER: &str = "grpctunnel-caller";
 
 /// The grant of an authenticated caller (a request extension; a forward
 /// tunnel copies it into every call it carries).
@@ -64,6 +91,27 @@ impl CallerKeys {
 /// A caller's call in flight, counted against its limit until dropped.
 #[derive(Debug)]
 pub(crate) struct CallPermit(#[allow(dead_code)] Option<tokio::sync::OwnedSemaphorePermit>);
+
+/// A call the caller credentials admitted.
+#[derive(Debug)]
+pub(crate) struct Admitted {
+    /// Counts the call against its caller's limit until dropped.
+    pub(crate) permit: CallPermit,
+    caller: CallerKeys,
+}
+
+impl Admitted {
+    /// What the call's headers become before it leaves the hub: the
+    /// credential the hub checked removed (unless the caller forwards it),
+    /// and the caller named in `grpctunnel-caller`.
+    pub(crate) fn edge_headers(&self, headers: &mut http::HeaderMap) {
+        let grant = &self.caller.0;
+        if !grant.forward_credential {
+            headers.remove(http::header::AUTHORIZATION);
+        }
+        headers.insert(CALLER_HEADER, grant.name.clone());
+    }
+}
 
 impl Credentials {
     /// Grants `grant` to the bearer token `token` (a token listed twice
@@ -170,7 +218,7 @@ impl Credentials {
         headers: &http::HeaderMap,
         extensions: &http::Extensions,
         key: &str,
-    ) -> Result<CallPermit, tonic::Status> {
+    ) -> Result<Admitted, tonic::Status> {
         let grant = match extensions.get::<CallerKeys>() {
             Some(grant) => grant.clone(),
             None => self.grant(headers, extensions, "caller", key)?,
@@ -186,10 +234,16 @@ impl Credentials {
             )));
         }
         let Some((calls, max)) = &grant.0.calls else {
-            return Ok(CallPermit(None));
+            return Ok(Admitted {
+                permit: CallPermit(None),
+                caller: grant,
+            });
         };
         match calls.clone().try_acquire_owned() {
-            Ok(permit) => Ok(CallPermit(Some(permit))),
+            Ok(permit) => Ok(Admitted {
+                permit: CallPermit(Some(permit)),
+                caller: grant,
+            }),
             Err(_) => {
                 tracing::warn!(
                     key,

@@ -12,9 +12,11 @@
 //!
 //! # Optional: with no [[caller]], calls need no credential.
 //! [[caller]]
+//! name = "billing"                               # sent upstream as grpctunnel-caller
 //! token = "..."                                  # or: token_file, cert_sha256 (mTLS)
 //! keys = ["plant-7", "plant-8"]                  # "*": any key
 //! max_calls = 100                                # calls in flight at once
+//! forward_credential = false                     # true: the upstream sees the caller's token too
 //! ```
 
 use std::path::Path;
@@ -51,6 +53,13 @@ pub(crate) struct Credential {
     /// Most calls in flight at once for this caller (default: the hub's
     /// `--max-calls-per-caller`).
     pub(crate) max_calls: Option<usize>,
+    /// Who this is, for the upstream (`grpctunnel-caller`) and the logs
+    /// (default: `agent-N` or `caller-N`, its place in the file).
+    pub(crate) name: Option<String>,
+    /// A caller's `authorization` header goes on to the upstream instead
+    /// of stopping at the hub (default: it stops there).
+    #[serde(default)]
+    pub(crate) forward_credential: bool,
 }
 
 impl Credential {
@@ -86,6 +95,21 @@ impl HubConfig {
                     "config {}: {what} credential {} needs exactly one of token, token_file and cert_sha256",
                     path.display(),
                     i + 1
+                )));
+            }
+            if let Some(name) = &credential.name {
+                if name.is_empty() || http::HeaderValue::from_str(name).is_err() {
+                    return Err(Failure::Usage(format!(
+                        "config {}: {what} credential {}: name {name:?} must be printable ASCII (it becomes the header grpctunnel-caller)",
+                        path.display(),
+                        i + 1
+                    )));
+                }
+            }
+            if what == "agent" && credential.forward_credential {
+                return Err(Failure::Usage(format!(
+                    "config {}: forward_credential is for callers",
+                    path.display()
                 )));
             }
             if what == "agent" && credential.max_calls.is_some() {

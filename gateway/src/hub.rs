@@ -136,10 +136,17 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
         Some(path) => HubConfig::load(path)?,
         None => HubConfig::default(),
     };
-    let credentials = |list: &[crate::config::Credential], max_calls: Option<usize>| {
+    let credentials = |what: &str, list: &[crate::config::Credential], max_calls: Option<usize>| {
         let mut out = Credentials::default();
-        for c in list {
-            let grant = Grant::new(c.keys.iter().cloned(), c.max_calls.or(max_calls));
+        for (i, c) in list.iter().enumerate() {
+            let name = c
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("{what}-{}", i + 1));
+            let name = http::HeaderValue::try_from(name)
+                .map_err(|e| Failure::Usage(format!("{what} name: {e}")))?;
+            let grant = Grant::new(name, c.keys.iter().cloned(), c.max_calls.or(max_calls))
+                .forward_credential(c.forward_credential);
             match (c.token()?, &c.cert_sha256) {
                 (Some(token), _) => out.insert(token, grant),
                 (None, Some(sha)) => out.insert_cert(sha, grant),
@@ -148,8 +155,8 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
         }
         Ok::<_, Failure>(out)
     };
-    let agents = credentials(&config.agents, None)?;
-    let callers = credentials(&config.callers, args.max_calls_per_caller)?;
+    let agents = credentials("agent", &config.agents, None)?;
+    let callers = credentials("caller", &config.callers, args.max_calls_per_caller)?;
     if (agents.has_certs() || callers.has_certs()) && args.client_ca.is_none() {
         return Err(Failure::Usage(
             "credentials bound to client certificates need --client-ca (mTLS)".into(),

@@ -19,7 +19,7 @@ use axum::body::Body;
 use grpctunnel::ReverseTunnelRegistry;
 
 use crate::{
-    auth::Credentials,
+    auth::{Credentials, CALLER_HEADER},
     compression::{accepts_gzip, deflate_response, inflate_request},
     metrics::{code_of, CallRecord, Metered},
 };
@@ -141,9 +141,14 @@ impl Service<http::Request<Body>> for RouteByKey {
                 self.key_header
             )));
         };
+        // Only the hub names the caller to the upstream.
+        req.headers_mut().remove(CALLER_HEADER);
         let permit = match &self.callers {
             Some(callers) => match callers.check_call(req.headers(), req.extensions(), &key) {
-                Ok(permit) => Some(permit),
+                Ok(admitted) => {
+                    admitted.edge_headers(req.headers_mut());
+                    Some(admitted.permit)
+                }
                 Err(status) => return answer(status),
             },
             None => None,

@@ -437,3 +437,59 @@ async fn callers_authenticate_with_a_client_certificate() {
     })
     .await
 }
+
+/// Credentials stay at the edge: the upstream never sees the token the hub
+/// checked, learns who called from `grpctunnel-caller` (which only the hub
+/// sets: a caller's own is removed), and sees a caller's token only when
+/// that caller's config says `forward_credential = true`.
+#[tokio::test]
+async fn the_upstream_sees_the_callers_name_and_never_the_hub_credential() {
+    bounded(async {
+        let dir = temp_dir();
+        let upstream = upstream().await;
+        let callers =
+            "[[caller]]\nname = \"billing\"\ntoken = \"c-billing\"\nkeys = [\"plant-7\"]\n\
+                       [[caller]]\ntoken = \"c-e2e\"\nkeys = [\"*\"]\nforward_credential = true\n";
+        let (_hub, addr) = hub_full(&dir, "s3cret-7", &["plant-7"], callers, &[]).await;
+        let _agent = agent(&dir, addr, "plant-7", "s3cret-7", upstream);
+        let mut plant7 = caller(addr, "plant-7", true).await;
+
+        // What the upstream's handler saw, by key.
+        let seen = |reply: tonic::Response<grpctunnel_testing::pb::EchoResponse>| {
+            let mut seen: Vec<(String, String)> = reply
+                .into_inner()
+                .metadata
+                .into_iter()
+                .map(|e| (e.key, String::from_utf8_lossy(&e.value).into_owned()))
+                .filter(|(k, _)| k == "authorization" || k == "grpctunnel-caller")
+                .collect();
+            seen.sort();
+            seen
+        };
+        let echoing = |token: &str| {
+            let mut req = with_token(hello("who"), token);
+            req.get_mut().echo_metadata = true;
+            req.metadata_mut()
+                .insert("grpctunnel-caller", "root".parse().expect("ascii"));
+            req
+        };
+        let reply = plant7.unary(echoing("c-billing")).await.expect("call");
+        assert_eq!(
+            seen(reply),
+            [("grpctunnel-caller".to_owned(), "billing".to_owned())],
+            "the hub's token went upstream, or the caller's spoofed name did"
+        );
+        // The second caller has no name (it is named by its place) and
+        // forwards its own token.
+        let reply = plant7.unary(echoing("c-e2e")).await.expect("call");
+        assert_eq!(
+            seen(reply),
+            [
+                ("authorization".to_owned(), "Bearer c-e2e".to_owned()),
+                ("grpctunnel-caller".to_owned(), "caller-2".to_owned()),
+            ]
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    })
+    .await
+}
