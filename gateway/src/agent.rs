@@ -87,11 +87,37 @@ pub(crate) struct AgentArgs {
     allow: Vec<String>,
 }
 
-/// Whether a call to `path` (`/pkg.Service/Method`) is allowed.
+/// Whether a call to `path` (`/pkg.Service/Method`) is allowed. With an
+/// allow-list, only a canonical path can be ([`canonical`]): the list
+/// matches names, and an upstream that reads `/a.Svc/../b.Secret/Get` as
+/// `/b.Secret/Get` must never get such a path from a caller.
 fn allowed(allow: &[String], path: &str) -> bool {
-    let method = path.trim_start_matches('/');
-    let service = method.split('/').next().unwrap_or_default();
-    allow.is_empty() || allow.iter().any(|a| a == method || a == service)
+    if allow.is_empty() {
+        return true;
+    }
+    let Some((service, _)) = canonical(path) else {
+        return false;
+    };
+    let method = &path[1..];
+    allow.iter().any(|a| a == method || a == service)
+}
+
+/// The service and method of a canonical gRPC path, `/pkg.Service/Method`:
+/// exactly two names, of ASCII letters, digits and `_` (and `.` in the
+/// service, not at either end), so no `..`, `//`, `%`, `?` or anything an
+/// HTTP stack could decode or normalise.
+fn canonical(path: &str) -> Option<(&str, &str)> {
+    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+    let name = |s: &str, dots: bool| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || (dots && b == b'.'))
+    };
+    let service_ok = name(service, true)
+        && !service.starts_with('.')
+        && !service.ends_with('.')
+        && !service.contains("..");
+    (service_ok && name(method, false)).then_some((service, method))
 }
 
 /// Runs the agent until SIGTERM or Ctrl-C.
@@ -154,11 +180,13 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Failure> {
         async move {
             if !allowed(&allow, req.uri().path()) {
                 let path = req.uri().path().to_owned();
-                tracing::warn!(%path, "call refused: not in --allow");
-                return Ok(tonic::Status::permission_denied(format!(
-                    "{path} may not be called through this agent"
-                ))
-                .into_http());
+                let why = if canonical(&path).is_some() {
+                    "may not be called through this agent"
+                } else {
+                    "is not a canonical gRPC path (/pkg.Service/Method), which an agent with --allow refuses"
+                };
+                tracing::warn!(%path, "call refused: {why}");
+                return Ok(tonic::Status::permission_denied(format!("{path:?} {why}")).into_http());
             }
             let permit = match permit {
                 Ok(permit) => permit,
@@ -303,5 +331,17 @@ mod tests {
         assert!(!allowed(&allow, "/b.Other/Put"));
         assert!(!allowed(&allow, "/a.SvcX/Get"));
         assert!(allowed(&[], "/any.Thing/At/All"));
+        for path in [
+            "/a.Svc/../b.Other/Put",
+            "/a.Svc//Get",
+            "/a.Svc/Get%2F..",
+            "/a.Svc/Get?x",
+            "/a..Svc/Get",
+            "/a.Svc/",
+            "a.Svc/Get",
+            "/a.Svc/Get/More",
+        ] {
+            assert!(!allowed(&allow, path), "{path}");
+        }
     }
 }

@@ -8,7 +8,7 @@ use common::*;
 
 use std::time::Duration;
 
-use grpctunnel_testing::pb::{echo_service_client::EchoServiceClient, EchoRequest};
+use grpctunnel_testing::pb::{echo_service_client::EchoServiceClient, EchoRequest, EchoResponse};
 use tonic::Code;
 
 #[tokio::test]
@@ -350,4 +350,60 @@ async fn long_streams_of_small_messages_keep_their_connections() {
     })
     .await
     .expect("test timed out")
+}
+
+/// An agent's `--allow` matches names, so it refuses paths that are not
+/// canonical: an upstream that normalises `/a.Svc/../b.Secret/Get` would
+/// otherwise serve a service the list keeps out. Each such path, sent raw
+/// through the hub, is `PERMISSION_DENIED` at the agent, not forwarded
+/// (the upstream would answer `UNIMPLEMENTED`).
+#[tokio::test]
+async fn an_agents_allow_list_refuses_paths_that_are_not_canonical() {
+    bounded(async {
+        let dir = temp_dir();
+        let upstream = upstream().await;
+        let (_hub, addr) = hub(&dir, "s3cret-7", &["plant-7"]).await;
+        let _agent = agent_with(
+            &dir,
+            addr,
+            "plant-7",
+            "s3cret-7",
+            upstream,
+            &["--allow", "grpctunnel.testing.v1.EchoService"],
+        );
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect");
+        let call = |path: &'static str| {
+            let channel = channel.clone();
+            async move {
+                let mut grpc = tonic::client::Grpc::new(channel);
+                grpc.ready().await.expect("ready");
+                let mut req = tonic::Request::new(EchoRequest::default());
+                req.metadata_mut()
+                    .insert("grpctunnel-key", "plant-7".parse().expect("ascii"));
+                req.metadata_mut()
+                    .insert("grpctunnel-wait", "true".parse().expect("ascii"));
+                let codec = tonic_prost::ProstCodec::<EchoRequest, EchoResponse>::default();
+                grpc.unary(req, http::uri::PathAndQuery::from_static(path), codec)
+                    .await
+            }
+        };
+        call("/grpctunnel.testing.v1.EchoService/Unary")
+            .await
+            .expect("a canonical path of an allowed service");
+        for path in [
+            "/grpctunnel.testing.v1.EchoService/../grpc.health.v1.Health/Check",
+            "/grpctunnel.testing.v1.EchoService//Unary",
+            "/grpctunnel.testing.v1.EchoService/Unary%2F..",
+        ] {
+            let err = call(path).await.expect_err(path);
+            assert_eq!(err.code(), Code::PermissionDenied, "{path}: {err:?}");
+            assert!(err.message().contains("canonical"), "{path}: {err:?}");
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    })
+    .await
 }
