@@ -32,7 +32,11 @@ use tower::Service;
 /// Tokens and certificates, and what each may do.
 #[derive(Debug, Default)]
 pub(crate) struct Credentials {
-    by_token: HashMap<String, Arc<Grant>>,
+    /// By the SHA-256 of the token: a lookup compares digests, whose bytes
+    /// a caller cannot steer, so how long it takes says nothing about the
+    /// tokens (a map of the tokens themselves compares their bytes, and
+    /// stops at the first that differs); and the tokens are not kept.
+    by_token: HashMap<[u8; 32], Arc<Grant>>,
     /// By the SHA-256 (lowercase hex) of a client certificate's DER.
     by_cert: HashMap<String, Arc<Grant>>,
 }
@@ -71,6 +75,12 @@ impl Grant {
         self.forward_credential = forward;
         self
     }
+}
+
+/// The SHA-256 of a token.
+fn digest(token: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes()).into()
 }
 
 /// Header the hub sets on each call it admitted by a caller credential:
@@ -117,7 +127,7 @@ impl Credentials {
     /// Grants `grant` to the bearer token `token` (a token listed twice
     /// gets the later grant).
     pub(crate) fn insert(&mut self, token: String, grant: Grant) {
-        self.by_token.insert(token, Arc::new(grant));
+        self.by_token.insert(digest(&token), Arc::new(grant));
     }
 
     /// Grants `grant` to the client certificate whose SHA-256 is `sha256`.
@@ -169,7 +179,7 @@ impl Credentials {
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        match token.and_then(|t| self.by_token.get(t)) {
+        match token.and_then(|t| self.by_token.get(&digest(t))) {
             Some(grant) => Ok(CallerKeys(grant.clone())),
             None => {
                 tracing::warn!(who, what, "{who} refused: unknown or missing credential");
@@ -339,5 +349,44 @@ where
             }
             None => futures_util::future::Either::Right(self.inner.call(req)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_found_by_digest_and_not_kept() {
+        let mut creds = Credentials::default();
+        let name = http::HeaderValue::from_static("a");
+        creds.insert(
+            "t0ken-of-agent-a".into(),
+            Grant::new(name, ["k".into()], None),
+        );
+        let bearer = |t: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(
+                http::header::AUTHORIZATION,
+                format!("Bearer {t}").parse().expect("ascii"),
+            );
+            h
+        };
+        let ext = http::Extensions::new();
+        assert!(creds
+            .grant(&bearer("t0ken-of-agent-a"), &ext, "agent", "k")
+            .is_ok());
+        for wrong in [
+            "t0ken-of-agent-",
+            "t0ken-of-agent-b",
+            "",
+            "T0KEN-OF-AGENT-A",
+        ] {
+            let err = creds
+                .grant(&bearer(wrong), &ext, "agent", "k")
+                .expect_err(wrong);
+            assert_eq!(err.code(), tonic::Code::Unauthenticated);
+        }
+        assert!(!format!("{creds:?}").contains("t0ken"), "{creds:?}");
     }
 }
