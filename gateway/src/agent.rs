@@ -9,7 +9,6 @@ use tonic::transport::Endpoint;
 
 use crate::{
     compression::inflate_response,
-    config::read_token,
     limit::{CallLimit, Held},
     shutdown_signal, Failure,
 };
@@ -80,6 +79,8 @@ pub(crate) struct AgentArgs {
     max_message_size: usize,
     #[command(flatten)]
     keepalive: crate::keepalive::KeepaliveArgs,
+    #[command(flatten)]
+    secret_files: crate::config::SecretFiles,
     /// Only these services (`pkg.Service`) or methods (`pkg.Service/Method`)
     /// may be called through the hub; others get `PERMISSION_DENIED`.
     /// Repeat it, or separate with commas. Default: everything.
@@ -122,7 +123,12 @@ fn canonical(path: &str) -> Option<(&str, &str)> {
 
 /// Runs the agent until SIGTERM or Ctrl-C.
 pub(crate) async fn run(args: AgentArgs) -> Result<(), Failure> {
-    let token = args.token_file.as_deref().map(read_token).transpose()?;
+    let files = args.secret_files;
+    let token = args
+        .token_file
+        .as_deref()
+        .map(|f| files.read(f))
+        .transpose()?;
     let identity = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
             let read = |path: &str| {

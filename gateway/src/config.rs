@@ -64,12 +64,64 @@ pub(crate) struct Credential {
 
 impl Credential {
     /// The token, read from its file if need be; `None` for a certificate.
-    pub(crate) fn token(&self) -> Result<Option<String>, Failure> {
+    pub(crate) fn token(&self, files: SecretFiles) -> Result<Option<String>, Failure> {
         match (&self.token, &self.token_file) {
             (Some(token), None) => Ok(Some(token.clone())),
-            (None, Some(file)) => read_token(file).map(Some),
+            (None, Some(file)) => files.read(file).map(Some),
             _ => Ok(None),
         }
+    }
+}
+
+/// `--strict-secret-files`, a flag of both hub and agent: how open a file
+/// holding a secret (a token, the cluster secret) may be.
+///
+/// A secret file that group or others may read or write is logged with a
+/// warning by default, and refused with the flag. Not refused by default
+/// because Kubernetes mounts secrets 0644 unless told otherwise
+/// (`defaultMode`), and a hub that will not start there helps nobody; an
+/// operator who controls the modes turns refusal on.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub(crate) struct SecretFiles {
+    /// Refuse to start when a file holding a secret (token, cluster
+    /// secret) is readable or writable by group or others, instead of
+    /// warning.
+    #[arg(long, env = "GRPCTUNNEL_STRICT_SECRET_FILES")]
+    pub(crate) strict_secret_files: bool,
+}
+
+impl SecretFiles {
+    /// Reads a secret file: its content without surrounding whitespace,
+    /// after checking who else may read it.
+    pub(crate) fn read(self, path: &str) -> Result<String, Failure> {
+        self.check_mode(path)?;
+        read_token(path)
+    }
+
+    #[cfg(unix)]
+    fn check_mode(self, path: &str) -> Result<(), Failure> {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .map_err(|e| Failure::Usage(format!("cannot read secret file {path}: {e}")))?
+            .permissions()
+            .mode();
+        if mode & 0o077 == 0 {
+            return Ok(());
+        }
+        let text = format!(
+            "secret file {path} is open to group or others (mode {:03o}): chmod 600 it",
+            mode & 0o777
+        );
+        if self.strict_secret_files {
+            return Err(Failure::Usage(format!("{text} (--strict-secret-files)")));
+        }
+        tracing::warn!("{text}; --strict-secret-files refuses such files");
+        Ok(())
+    }
+
+    #[cfg(not(unix))]
+    fn check_mode(self, _path: &str) -> Result<(), Failure> {
+        Ok(())
     }
 }
 
@@ -140,8 +192,9 @@ impl HubConfig {
     }
 }
 
-/// Reads a token file: its content without surrounding whitespace.
-pub(crate) fn read_token(path: &str) -> Result<String, Failure> {
+/// Reads a token file: its content without surrounding whitespace (see
+/// [`SecretFiles::read`], which checks the file's mode first).
+fn read_token(path: &str) -> Result<String, Failure> {
     let token = std::fs::read_to_string(path)
         .map_err(|e| Failure::Usage(format!("cannot read token file {path}: {e}")))?;
     let token = token.trim().to_owned();

@@ -117,6 +117,8 @@ pub(crate) struct HubArgs {
     cluster_relay: RelayOver,
     #[command(flatten)]
     keepalive: crate::keepalive::KeepaliveArgs,
+    #[command(flatten)]
+    secret_files: crate::config::SecretFiles,
     /// How long calls in flight may run after SIGTERM.
     #[arg(
         long,
@@ -147,7 +149,7 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
                 .map_err(|e| Failure::Usage(format!("{what} name: {e}")))?;
             let grant = Grant::new(name, c.keys.iter().cloned(), c.max_calls.or(max_calls))
                 .forward_credential(c.forward_credential);
-            match (c.token()?, &c.cert_sha256) {
+            match (c.token(args.secret_files)?, &c.cert_sha256) {
                 (Some(token), _) => out.insert(token, grant),
                 (None, Some(sha)) => out.insert_cert(sha, grant),
                 (None, None) => unreachable!("checked by HubConfig::load"),
@@ -338,7 +340,7 @@ fn cluster(args: &HubArgs) -> Result<Option<grpctunnel::cluster::Cluster>, Failu
     else {
         return Ok(None);
     };
-    let secret = crate::config::read_token(secret)?;
+    let secret = args.secret_files.read(secret)?;
     if http::HeaderValue::from_str(&secret).is_err() {
         return Err(Failure::Usage(
             "the cluster secret is not valid header text".into(),

@@ -493,3 +493,61 @@ async fn the_upstream_sees_the_callers_name_and_never_the_hub_credential() {
     })
     .await
 }
+
+/// A secret file that group or others may read is warned about, and
+/// refused with `--strict-secret-files` (hub and agent), naming the file
+/// and the fix; at 0600 it is taken.
+#[tokio::test]
+async fn secret_files_open_to_others_are_warned_about_or_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    bounded(async {
+        let dir = temp_dir();
+        let token = dir.join("open.token");
+        std::fs::write(&token, "s3cret-7\n").expect("token");
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let token = token.display().to_string();
+        let config = dir.join("hub.toml");
+        std::fs::write(
+            &config,
+            format!("[[agent]]\ntoken_file = {token:?}\nkeys = [\"plant-7\"]\n"),
+        )
+        .expect("config");
+        let config = config.display().to_string();
+        let hub_args = ["hub", "--listen", "127.0.0.1:0", "--config", &config];
+        let out = Command::new(BIN)
+            .args(hub_args)
+            .arg("--strict-secret-files")
+            .output()
+            .await
+            .expect("run");
+        assert_eq!(out.status.code(), Some(2));
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            text.contains(&token) && text.contains("chmod 600"),
+            "{text}"
+        );
+        let out = Command::new(BIN)
+            .args(["agent", "--hub", "http://127.0.0.1:1", "--key", "plant-7"])
+            .args(["--token-file", &token, "--upstream", "http://127.0.0.1:1"])
+            .arg("--strict-secret-files")
+            .output()
+            .await
+            .expect("run");
+        assert_eq!(out.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("chmod 600"));
+
+        // Without the flag the hub starts, and says why it should not have.
+        let mut hub = Process::spawn(&hub_args);
+        hub.listening().await;
+        let warning = hub.log_line("open to group or others").await;
+        assert!(warning.contains(&token), "{warning}");
+        drop(hub);
+
+        // At 0600 the strict hub starts.
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let mut hub = Process::spawn(&[&hub_args[..], &["--strict-secret-files"]].concat());
+        hub.listening().await;
+        let _ = std::fs::remove_dir_all(dir);
+    })
+    .await
+}
