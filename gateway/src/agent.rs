@@ -59,6 +59,10 @@ pub(crate) struct AgentArgs {
     /// system's roots are used.
     #[arg(long, env = "GRPCTUNNEL_UPSTREAM_CA_FILE")]
     upstream_ca_file: Option<String>,
+    /// Allow an `http://` upstream beyond loopback: callers' calls and
+    /// their metadata then cross that network in the clear.
+    #[arg(long, env = "GRPCTUNNEL_PLAINTEXT_UPSTREAM")]
+    plaintext_upstream: bool,
     /// Ask the upstream for gzip-compressed responses (for an upstream across
     /// a slow link). The agent inflates them before they enter the tunnel,
     /// which carries no compressed message; the hub compresses again toward
@@ -150,8 +154,13 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Failure> {
             "--upstream-ca-file",
             None,
         )?
-    } else {
+    } else if is_loopback(upstream.uri()) || args.plaintext_upstream {
         upstream
+    } else {
+        return Err(Failure::Usage(format!(
+            "refusing to send callers' calls and metadata to {} in the clear: use https:// (with --upstream-ca-file), or say --plaintext-upstream",
+            args.upstream
+        )));
     }
     .connect_lazy();
     let mut hubs = Vec::new();
@@ -271,6 +280,18 @@ async fn report(
     }
 }
 
+/// Whether `uri` names this machine: `localhost` or a loopback address.
+fn is_loopback(uri: &http::Uri) -> bool {
+    match uri.host() {
+        Some("localhost") => true,
+        Some(host) => host
+            .trim_matches(|c| c == '[' || c == ']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback()),
+        None => false,
+    }
+}
+
 /// The hub's endpoint: TLS for `https://` (the hub's CA, or the system's
 /// roots); plaintext `http://` only to a loopback hub.
 fn hub_endpoint(
@@ -282,15 +303,7 @@ fn hub_endpoint(
         .map_err(|e| Failure::Usage(format!("--hub {hub:?}: {e}")))?;
     let uri = endpoint.uri().clone();
     if uri.scheme_str() != Some("https") {
-        let loopback = match uri.host() {
-            Some("localhost") => true,
-            Some(host) => host
-                .trim_matches(|c| c == '[' || c == ']')
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback()),
-            None => false,
-        };
-        if !loopback {
+        if !is_loopback(&uri) {
             return Err(Failure::Usage(format!(
                 "refusing to send the token to {hub} in the clear: use https://"
             )));

@@ -66,6 +66,18 @@ async fn the_hub_refuses_to_listen_beyond_loopback_and_needs_agents() {
         assert_eq!(out.status.code(), Some(2));
         let text = String::from_utf8_lossy(&out.stderr);
         assert!(text.contains("in the clear"), "{text}");
+        // Nor callers' calls to a plaintext upstream beyond loopback,
+        // unless told so (it never dials: refused at start).
+        let out = Command::new(BIN)
+            .args(["agent", "--hub", "http://127.0.0.1:1", "--key", "k"])
+            .args(["--token-file", &token.display().to_string()])
+            .args(["--upstream", "http://upstream.example:50051"])
+            .output()
+            .await
+            .expect("run");
+        assert_eq!(out.status.code(), Some(2));
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(text.contains("--plaintext-upstream"), "{text}");
         let _ = std::fs::remove_dir_all(dir);
 
         let out = Command::new(BIN)
