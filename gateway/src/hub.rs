@@ -77,6 +77,20 @@ pub(crate) struct HubArgs {
     /// `RESOURCE_EXHAUSTED`. Default: no limit.
     #[arg(long, env = "GRPCTUNNEL_MAX_CALLS_PER_CALLER")]
     max_calls_per_caller: Option<usize>,
+    /// Longest a call with `grpctunnel-wait: true` waits for an agent of
+    /// its key (its own deadline may end it sooner); then it fails
+    /// `UNAVAILABLE`.
+    #[arg(
+        long,
+        default_value_t = 30,
+        value_name = "SECONDS",
+        env = "GRPCTUNNEL_MAX_WAIT"
+    )]
+    max_wait: u64,
+    /// Most calls waiting for an agent at once; more are refused with
+    /// `RESOURCE_EXHAUSTED`.
+    #[arg(long, default_value_t = 10_000, env = "GRPCTUNNEL_MAX_WAITERS")]
+    max_waiters: usize,
     /// Share one key space with other hubs through this Redis/Valkey store
     /// (`redis://host:6379`): any hub then routes any key, relaying a call
     /// to the hub its agent is connected to. Needs `--advertise` and
@@ -217,6 +231,8 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
             authority_suffix: args.authority_suffix,
             callers: callers.clone(),
             max_message_size: args.max_message_size,
+            max_wait: Duration::from_secs(args.max_wait),
+            max_waiters: args.max_waiters,
         },
     );
     let service = Auth::new(tunnels.layer(route), Arc::new(agents), callers, key_header);

@@ -137,6 +137,11 @@ fn record_tunnels(registry: &ReverseTunnelRegistry<String>, previous: &Mutex<Has
     *previous = by_key.keys().map(|k| (*k).to_owned()).collect();
 }
 
+/// Counts a limit that refused something: `limit` names its flag.
+pub(crate) fn limit_hit(limit: &'static str) {
+    metrics::counter!("grpctunnel_limit_hits_total", "limit" => limit).increment(1);
+}
+
 /// Counts a refused credential: `who` is `agent` or `caller`.
 pub(crate) fn auth_failure(who: &'static str, reason: &'static str) {
     metrics::counter!("grpctunnel_auth_failures_total", "who" => who, "reason" => reason)

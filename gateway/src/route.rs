@@ -2,7 +2,8 @@
 //! request header (`grpctunnel-key` unless configured), or else from the
 //! `:authority` (`plant-7.hub.example` with `--authority-suffix
 //! hub.example`); with `grpctunnel-wait: true` a call waits, up to its own
-//! deadline, for an agent of that key to connect; without it, a call
+//! deadline and at most `--max-wait`, for an agent of that key to connect
+//! (at most `--max-waiters` calls wait at once); without it, a call
 //! still waits (briefly) for an agent whose tunnel is opening. Several agents with one
 //! key share the calls (the registry picks per call). A call with no key
 //! to `grpc.health.v1.Health` is the hub's own health service.
@@ -44,6 +45,11 @@ pub(crate) struct RouteByKey {
     callers: Option<Arc<Credentials>>,
     /// Largest message; compressed ones are inflated up to it.
     max_message_size: usize,
+    /// Longest a call waits for its agent.
+    max_wait: std::time::Duration,
+    /// A permit for each call waiting for its agent.
+    waiters: Arc<tokio::sync::Semaphore>,
+    max_waiters: usize,
 }
 
 impl std::fmt::Debug for RouteByKey {
@@ -65,6 +71,10 @@ pub(crate) struct RouteConfig {
     pub(crate) callers: Option<Arc<Credentials>>,
     /// Largest message; compressed ones are inflated up to it.
     pub(crate) max_message_size: usize,
+    /// Longest a call waits for its agent (`--max-wait`).
+    pub(crate) max_wait: std::time::Duration,
+    /// Most calls waiting for their agents at once (`--max-waiters`).
+    pub(crate) max_waiters: usize,
 }
 
 impl RouteByKey {
@@ -80,6 +90,8 @@ impl RouteByKey {
             authority_suffix,
             callers,
             max_message_size,
+            max_wait,
+            max_waiters,
         } = config;
         let authority_suffix = authority_suffix.map(|s| format!(".{}", s.trim_start_matches('.')));
         Self {
@@ -89,6 +101,9 @@ impl RouteByKey {
             local,
             callers,
             max_message_size,
+            max_wait,
+            waiters: Arc::new(tokio::sync::Semaphore::new(max_waiters)),
+            max_waiters,
         }
     }
 
@@ -157,6 +172,22 @@ impl Service<http::Request<Body>> for RouteByKey {
             .headers_mut()
             .remove(WAIT_HEADER)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
+        let waiting = match wait.then(|| self.waiters.clone().try_acquire_owned()) {
+            None => None,
+            Some(Ok(permit)) => Some(permit),
+            Some(Err(_)) => {
+                let max = self.max_waiters;
+                tracing::warn!(
+                    key,
+                    max,
+                    "call refused: --max-waiters calls wait for agents"
+                );
+                crate::metrics::limit_hit("max_waiters");
+                return answer(tonic::Status::resource_exhausted(format!(
+                    "{max} calls already wait for agents (the hub's --max-waiters)"
+                )));
+            }
+        };
         let mut record = CallRecord::start(&key, req.uri().path(), permit);
         let req = req.map(|body| Body::new(Metered::request(body, &key)));
         // A tunnel carries no compressed message: inflate gzip here.
@@ -179,8 +210,28 @@ impl Service<http::Request<Body>> for RouteByKey {
             return answer(status);
         }
         let gzip = accepts_gzip(req.headers());
-        let channel = self.registry.get(key.as_str()).wait_for_ready(wait);
+        let registry = self.registry.clone();
+        let max_wait = self.max_wait;
         Box::pin(async move {
+            // The wait, bounded by --max-wait (the caller's own deadline
+            // cancels it sooner); then the call goes to what was found.
+            let channel = match waiting {
+                None => registry.get(key.as_str()),
+                Some(permit) => {
+                    let found = tokio::time::timeout(max_wait, registry.wait_for_key(&key)).await;
+                    drop(permit);
+                    match found {
+                        Ok(channel) => channel,
+                        Err(_) => {
+                            let status = tonic::Status::unavailable(format!(
+                                "no agent for key {key:?} within the hub's --max-wait ({max_wait:?})"
+                            ));
+                            record.finish(&(status.code() as i32).to_string());
+                            return Ok(status.into_http());
+                        }
+                    }
+                }
+            };
             match channel.oneshot(req).await {
                 Ok(resp) => {
                     if let Some(code) = code_of(resp.headers()) {
