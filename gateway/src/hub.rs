@@ -233,6 +233,9 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
             max_message_size: args.max_message_size,
             max_wait: Duration::from_secs(args.max_wait),
             max_waiters: args.max_waiters,
+            labels: crate::metrics::Labels::new(
+                config.agents.iter().flat_map(|a| a.keys.iter().cloned()),
+            ),
         },
     );
     let service = Auth::new(tunnels.layer(route), Arc::new(agents), callers, key_header);

@@ -12,9 +12,20 @@
 //! | `grpctunnel_auth_failures_total` | counter | `who` (agent, caller), `reason` |
 //! | `grpctunnel_tasks_alive` | gauge | (the hub's Tokio tasks: a leak shows here) |
 //!
-//! `method` is the call's path (`/pkg.Service/Method`); a path that is not
-//! of that form, or longer than 128 bytes, is counted as `other`, so a
-//! caller cannot grow the label set without bound by inventing junk paths.
+//! Label values are bounded, whatever callers send (each new value is a
+//! series the hub keeps):
+//!
+//! - `key`: a key some `[[agent]]` of the config may register; any other
+//!   key a caller names is `other`.
+//! - `method`: the call's path (`/pkg.Service/Method`) once some call to it
+//!   succeeded (an agent serves it), at most 1,000 of them; until then, and
+//!   for paths not of that form or longer than 128 bytes, `other`.
+//! - `code`: the gRPC status code `0` to `16`, `cancelled` (the caller went
+//!   away), or `unknown` for anything else an agent sends.
+//!
+//! Latencies are histograms with fixed buckets (not summaries, whose
+//! memory grows with the values seen: calling 500 keys grew a hub by
+//! 1.5 MiB a round in `cluster_scale.rs`).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -37,11 +48,79 @@ use pin_project_lite::pin_project;
 
 use crate::Failure;
 
+/// Latency histogram buckets, in seconds: 0.5 ms to 60 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
+/// Most distinct `method` label values.
+const MAX_METHODS: usize = 1000;
+
+/// The label values calls may create (see the module docs): shared by
+/// every call of the hub.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Labels(Arc<LabelSets>);
+
+#[derive(Debug, Default)]
+struct LabelSets {
+    /// Keys some agent may register.
+    keys: HashSet<String>,
+    /// Methods some call succeeded on.
+    methods: Mutex<HashSet<String>>,
+}
+
+impl Labels {
+    /// Labels for the keys agents may register.
+    pub(crate) fn new(keys: impl IntoIterator<Item = String>) -> Self {
+        Self(Arc::new(LabelSets {
+            keys: keys.into_iter().collect(),
+            methods: Mutex::default(),
+        }))
+    }
+
+    fn key(&self, key: &str) -> String {
+        if self.0.keys.contains(key) {
+            key.to_owned()
+        } else {
+            "other".to_owned()
+        }
+    }
+
+    /// The label of `path` for a call that ended with `code`.
+    fn method(&self, path: &str, code: &str) -> String {
+        let label = method_label(path);
+        if label == "other" {
+            return label;
+        }
+        let mut methods = self.0.methods.lock().unwrap_or_else(|p| p.into_inner());
+        if methods.contains(&label) {
+            return label;
+        }
+        if code == "0" && methods.len() < MAX_METHODS {
+            methods.insert(label.clone());
+            return label;
+        }
+        "other".to_owned()
+    }
+}
+
+/// The `code` label: `0` to `16`, `cancelled`, or `unknown`.
+fn code_label(code: &str) -> &str {
+    match code.parse::<u8>() {
+        Ok(n) if n <= 16 => code,
+        _ if code == "cancelled" => code,
+        _ => "unknown",
+    }
+}
+
 /// Installs the Prometheus recorder for this process.
 pub(crate) fn install() -> Result<PrometheusHandle, Failure> {
     // Gauges not set for 5 minutes (a key whose agents left) are dropped,
     // so churning keys do not grow the scrape forever.
     let handle = PrometheusBuilder::new()
+        .set_buckets(LATENCY_BUCKETS)
+        .map_err(|e| Failure::Run(format!("metrics: {e}")))?
         .idle_timeout(
             metrics_util::MetricKindMask::GAUGE,
             Some(std::time::Duration::from_secs(300)),
@@ -171,18 +250,25 @@ fn method_label(path: &str) -> String {
 /// until then.
 #[derive(Debug)]
 pub(crate) struct CallRecord {
+    labels: Labels,
     key: String,
-    method: String,
+    path: String,
     start: Instant,
     permit: Option<crate::auth::CallPermit>,
     done: bool,
 }
 
 impl CallRecord {
-    pub(crate) fn start(key: &str, path: &str, permit: Option<crate::auth::CallPermit>) -> Self {
+    pub(crate) fn start(
+        labels: &Labels,
+        key: &str,
+        path: &str,
+        permit: Option<crate::auth::CallPermit>,
+    ) -> Self {
         Self {
-            key: key.to_owned(),
-            method: method_label(path),
+            labels: labels.clone(),
+            key: labels.key(key),
+            path: path.to_owned(),
             start: Instant::now(),
             permit,
             done: false,
@@ -195,8 +281,9 @@ impl CallRecord {
             return;
         }
         self.permit = None;
-        let (key, method) = (self.key.clone(), self.method.clone());
-        metrics::counter!("grpctunnel_calls_total", "key" => key.clone(), "method" => method.clone(), "code" => code.to_owned())
+        let key = self.key.clone();
+        let method = self.labels.method(&self.path, code);
+        metrics::counter!("grpctunnel_calls_total", "key" => key.clone(), "method" => method.clone(), "code" => code_label(code).to_owned())
             .increment(1);
         metrics::histogram!("grpctunnel_call_duration_seconds", "key" => key, "method" => method)
             .record(self.start.elapsed().as_secs_f64());
@@ -231,11 +318,11 @@ pin_project! {
 }
 
 impl Metered {
-    /// A caller's request body: bytes received for `key`.
-    pub(crate) fn request(inner: Body, key: &str) -> Self {
+    /// A caller's request body: bytes received for `record`'s key.
+    pub(crate) fn request(inner: Body, record: &CallRecord) -> Self {
         Self {
             inner,
-            bytes: metrics::counter!("grpctunnel_received_bytes_total", "key" => key.to_owned()),
+            bytes: metrics::counter!("grpctunnel_received_bytes_total", "key" => record.key.clone()),
             record: None,
         }
     }

@@ -22,7 +22,7 @@ use grpctunnel::ReverseTunnelRegistry;
 use crate::{
     auth::{Credentials, CALLER_HEADER},
     compression::{accepts_gzip, deflate_response, inflate_request},
-    metrics::{code_of, CallRecord, Metered},
+    metrics::{code_of, CallRecord, Labels, Metered},
 };
 use tower::{Service, ServiceExt};
 
@@ -47,6 +47,8 @@ pub(crate) struct RouteByKey {
     max_message_size: usize,
     /// Longest a call waits for its agent.
     max_wait: std::time::Duration,
+    /// The metric label values calls may create.
+    labels: Labels,
     /// A permit for each call waiting for its agent.
     waiters: Arc<tokio::sync::Semaphore>,
     max_waiters: usize,
@@ -75,6 +77,8 @@ pub(crate) struct RouteConfig {
     pub(crate) max_wait: std::time::Duration,
     /// Most calls waiting for their agents at once (`--max-waiters`).
     pub(crate) max_waiters: usize,
+    /// The metric label values calls may create.
+    pub(crate) labels: Labels,
 }
 
 impl RouteByKey {
@@ -92,6 +96,7 @@ impl RouteByKey {
             max_message_size,
             max_wait,
             max_waiters,
+            labels,
         } = config;
         let authority_suffix = authority_suffix.map(|s| format!(".{}", s.trim_start_matches('.')));
         Self {
@@ -102,6 +107,7 @@ impl RouteByKey {
             callers,
             max_message_size,
             max_wait,
+            labels,
             waiters: Arc::new(tokio::sync::Semaphore::new(max_waiters)),
             max_waiters,
         }
@@ -188,8 +194,8 @@ impl Service<http::Request<Body>> for RouteByKey {
                 )));
             }
         };
-        let mut record = CallRecord::start(&key, req.uri().path(), permit);
-        let req = req.map(|body| Body::new(Metered::request(body, &key)));
+        let mut record = CallRecord::start(&self.labels, &key, req.uri().path(), permit);
+        let req = req.map(|body| Body::new(Metered::request(body, &record)));
         // A tunnel carries no compressed message: inflate gzip here.
         let req = match inflate_request(req, self.max_message_size) {
             Ok(req) => req,

@@ -48,7 +48,7 @@ async fn metrics_and_healthz_on_the_admin_port() {
         );
         assert!(
             line(&format!(
-                "grpctunnel_calls_total{{key=\"plant-9\",{unary},code=\"14\"}}"
+                "grpctunnel_calls_total{{key=\"other\",{unary},code=\"14\"}}"
             ))
             .ends_with(" 1"),
             "{body}"

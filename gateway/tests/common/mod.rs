@@ -440,3 +440,14 @@ pub async fn ping_pong(caller: &mut Caller, n: u64) {
     drop(requests);
     assert!(responses.message().await.expect("a clean end").is_none());
 }
+
+/// `VmRSS` of a process, in bytes.
+pub fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .expect("VmRSS")
+        * 1024
+}
