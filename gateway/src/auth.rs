@@ -87,14 +87,47 @@ fn digest(token: &str) -> [u8; 32] {
 /// the caller's name from the config.
 pub(crate) const CALLER_HEADER: &str = "grpctunnel-caller";
 
+/// Which credential a request presented: the key of its grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum CredentialId {
+    /// A bearer token, by its SHA-256.
+    Token([u8; 32]),
+    /// A client certificate, by its SHA-256 (lowercase hex).
+    Cert(String),
+}
+
 /// The grant of an authenticated caller (a request extension; a forward
-/// tunnel copies it into every call it carries).
+/// tunnel copies it into every call it carries), and which credential it
+/// came from, so that a call in a forward tunnel is checked again against
+/// the credentials of the moment (a reload may have revoked or rebound
+/// it since the tunnel opened).
 #[derive(Debug, Clone)]
-pub(crate) struct CallerKeys(Arc<Grant>);
+pub(crate) struct CallerKeys(Arc<Grant>, CredentialId);
 
 impl CallerKeys {
     fn allows(&self, key: &str) -> bool {
         self.0.keys.contains(key) || self.0.keys.contains("*")
+    }
+}
+
+/// The credentials in force, replaced as a whole when the hub reloads its
+/// config (SIGHUP); each check reads the table of the moment.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Live(Arc<std::sync::RwLock<Arc<Credentials>>>);
+
+impl Live {
+    pub(crate) fn new(credentials: Credentials) -> Self {
+        Self(Arc::new(std::sync::RwLock::new(Arc::new(credentials))))
+    }
+
+    /// The credentials in force now.
+    pub(crate) fn get(&self) -> Arc<Credentials> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Puts `credentials` in force for every check from now on.
+    pub(crate) fn set(&self, credentials: Credentials) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(credentials);
     }
 }
 
@@ -159,7 +192,17 @@ impl Credentials {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
-        self.by_cert.get(&sha).map(|g| CallerKeys(g.clone()))
+        let grant = self.by_cert.get(&sha)?.clone();
+        Some(CallerKeys(grant, CredentialId::Cert(sha)))
+    }
+
+    /// The grant of `id` in these credentials, if it still has one.
+    fn current(&self, id: &CredentialId) -> Option<CallerKeys> {
+        let grant = match id {
+            CredentialId::Token(digest) => self.by_token.get(digest),
+            CredentialId::Cert(sha) => self.by_cert.get(sha),
+        }?;
+        Some(CallerKeys(grant.clone(), id.clone()))
     }
 
     /// The grant of the request's client certificate, or else of its
@@ -179,8 +222,9 @@ impl Credentials {
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        match token.and_then(|t| self.by_token.get(&digest(t))) {
-            Some(grant) => Ok(CallerKeys(grant.clone())),
+        let id = token.map(|t| CredentialId::Token(digest(t)));
+        match id.and_then(|id| self.current(&id)) {
+            Some(grant) => Ok(grant),
             None => {
                 tracing::warn!(who, what, "{who} refused: unknown or missing credential");
                 crate::metrics::auth_failure(who, "unknown_token");
@@ -192,7 +236,7 @@ impl Credentials {
     }
 
     /// Whether an agent's opening RPC may register the key it claims.
-    fn check_agent(
+    pub(crate) fn check_agent(
         &self,
         headers: &http::HeaderMap,
         extensions: &http::Extensions,
@@ -230,7 +274,17 @@ impl Credentials {
         key: &str,
     ) -> Result<Admitted, tonic::Status> {
         let grant = match extensions.get::<CallerKeys>() {
-            Some(grant) => grant.clone(),
+            // A forward tunnel's caller, as the credentials are now.
+            Some(opened) => self.current(&opened.1).ok_or_else(|| {
+                tracing::warn!(
+                    key,
+                    "call refused: its forward tunnel's credential was revoked"
+                );
+                crate::metrics::auth_failure("caller", "revoked");
+                tonic::Status::unauthenticated(
+                    "the credential this forward tunnel opened with was revoked",
+                )
+            })?,
             None => self.grant(headers, extensions, "caller", key)?,
         };
         if !grant.allows(key) {
@@ -273,19 +327,14 @@ impl Credentials {
 #[derive(Debug, Clone)]
 pub(crate) struct Auth<S> {
     inner: S,
-    agents: Arc<Credentials>,
-    /// `None`: callers need no credential.
-    callers: Option<Arc<Credentials>>,
+    agents: Live,
+    /// None listed: callers need no credential.
+    callers: Live,
     key_header: http::HeaderName,
 }
 
 impl<S> Auth<S> {
-    pub(crate) fn new(
-        inner: S,
-        agents: Arc<Credentials>,
-        callers: Option<Arc<Credentials>>,
-        key_header: http::HeaderName,
-    ) -> Self {
+    pub(crate) fn new(inner: S, agents: Live, callers: Live, key_header: http::HeaderName) -> Self {
         Self {
             inner,
             agents,
@@ -319,15 +368,17 @@ where
         let refused = match req.uri().path() {
             OPEN_REVERSE_TUNNEL => self
                 .agents
+                .get()
                 .check_agent(req.headers(), req.extensions(), &self.key_header)
                 .err(),
             // Another hub's relay tunnel: the tunnel service checks the
             // cluster secret it carries, and serves its calls from this
             // hub's own agents only.
             OPEN_TUNNEL if req.headers().contains_key(RELAY_SECRET_HEADER) => None,
-            OPEN_TUNNEL => match &self.callers {
+            OPEN_TUNNEL => match self.callers.get() {
+                callers if callers.is_empty() => None,
                 // The caller's keys ride along with each tunneled call.
-                Some(callers) => match callers.grant(
+                callers => match callers.grant(
                     req.headers(),
                     req.extensions(),
                     "caller",
@@ -339,7 +390,6 @@ where
                     }
                     Err(status) => Some(status),
                 },
-                None => None,
             },
             _ => None,
         };

@@ -18,9 +18,9 @@ use tokio_util::sync::CancellationToken;
 use tower::Layer;
 
 use crate::{
-    auth::{Auth, Credentials, Grant},
-    config::HubConfig,
+    auth::{Auth, Live},
     metrics,
+    reload::{CredentialSource, Loaded},
     route::{Local, RouteByKey, RouteConfig},
     shutdown_signal, Failure,
 };
@@ -148,49 +148,21 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
     let tls = tls_config(&args)?;
     let key_header = http::HeaderName::from_bytes(args.key_header.to_ascii_lowercase().as_bytes())
         .map_err(|e| Failure::Usage(format!("--key-header {:?}: {e}", args.key_header)))?;
-    let config = match &args.config {
-        Some(path) => HubConfig::load(path)?,
-        None => HubConfig::default(),
+    let source = CredentialSource {
+        config: args.config.clone(),
+        max_calls_per_caller: args.max_calls_per_caller,
+        secret_files: args.secret_files,
+        client_ca: args.client_ca.is_some(),
+        public: !args.listen.ip().is_loopback(),
+        tls: tls.is_some(),
+        listen: args.listen,
     };
-    let credentials = |what: &str, list: &[crate::config::Credential], max_calls: Option<usize>| {
-        let mut out = Credentials::default();
-        for (i, c) in list.iter().enumerate() {
-            let name = c
-                .name
-                .clone()
-                .unwrap_or_else(|| format!("{what}-{}", i + 1));
-            let name = http::HeaderValue::try_from(name)
-                .map_err(|e| Failure::Usage(format!("{what} name: {e}")))?;
-            let grant = Grant::new(name, c.keys.iter().cloned(), c.max_calls.or(max_calls))
-                .forward_credential(c.forward_credential);
-            match (c.token(args.secret_files)?, &c.cert_sha256) {
-                (Some(token), _) => out.insert(token, grant),
-                (None, Some(sha)) => out.insert_cert(sha, grant),
-                (None, None) => unreachable!("checked by HubConfig::load"),
-            }
-        }
-        Ok::<_, Failure>(out)
-    };
-    let agents = credentials("agent", &config.agents, None)?;
-    let callers = credentials("caller", &config.callers, args.max_calls_per_caller)?;
-    if (agents.has_certs() || callers.has_certs()) && args.client_ca.is_none() {
-        return Err(Failure::Usage(
-            "credentials bound to client certificates need --client-ca (mTLS)".into(),
-        ));
-    }
-    if agents.is_empty() {
-        return Err(Failure::Usage(
-            "no agent may connect: give a --config with at least one [[agent]] (token and keys)"
-                .into(),
-        ));
-    }
-    let callers = (!callers.is_empty()).then(|| Arc::new(callers));
-    if !args.listen.ip().is_loopback() && (tls.is_none() || callers.is_none()) {
-        return Err(Failure::Usage(format!(
-            "refusing to listen on {} without TLS (--tls-cert, --tls-key) and caller credentials ([[caller]] in the config); or listen on a loopback address",
-            args.listen
-        )));
-    }
+    let Loaded {
+        agents,
+        callers,
+        config,
+    } = source.load()?;
+    let (agents, callers) = (Live::new(agents), Live::new(callers));
 
     let header = key_header.clone();
     let registry = ReverseTunnelRegistry::with_key(move |headers, _| {
@@ -238,7 +210,14 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
             ),
         },
     );
-    let service = Auth::new(tunnels.layer(route), Arc::new(agents), callers, key_header);
+    crate::reload::on_sighup(
+        source,
+        agents.clone(),
+        callers.clone(),
+        admin_registry.clone(),
+        key_header.clone(),
+    )?;
+    let service = Auth::new(tunnels.layer(route), agents, callers, key_header);
 
     let metrics_handle = metrics::install()?;
     let draining = Arc::new(AtomicBool::new(false));

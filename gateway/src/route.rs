@@ -20,7 +20,7 @@ use axum::body::Body;
 use grpctunnel::ReverseTunnelRegistry;
 
 use crate::{
-    auth::{Credentials, CALLER_HEADER},
+    auth::{Live, CALLER_HEADER},
     compression::{accepts_gzip, deflate_response, inflate_request},
     metrics::{code_of, CallRecord, Labels, Metered},
 };
@@ -41,8 +41,9 @@ pub(crate) struct RouteByKey {
     /// `.hub.example`: `plant-7.hub.example` routes to key `plant-7`.
     authority_suffix: Option<String>,
     local: Local,
-    /// When set, calls must present a caller credential bound to the key.
-    callers: Option<Arc<Credentials>>,
+    /// When any are listed, calls must present a caller credential bound
+    /// to the key.
+    callers: Live,
     /// Largest message; compressed ones are inflated up to it.
     max_message_size: usize,
     /// Longest a call waits for its agent.
@@ -69,8 +70,9 @@ pub(crate) struct RouteConfig {
     pub(crate) key_header: http::HeaderName,
     /// `hub.example`: `plant-7.hub.example` routes to key `plant-7`.
     pub(crate) authority_suffix: Option<String>,
-    /// When set, calls must present a caller credential bound to the key.
-    pub(crate) callers: Option<Arc<Credentials>>,
+    /// When any are listed, calls must present a caller credential bound
+    /// to the key.
+    pub(crate) callers: Live,
     /// Largest message; compressed ones are inflated up to it.
     pub(crate) max_message_size: usize,
     /// Longest a call waits for its agent (`--max-wait`).
@@ -164,15 +166,17 @@ impl Service<http::Request<Body>> for RouteByKey {
         };
         // Only the hub names the caller to the upstream.
         req.headers_mut().remove(CALLER_HEADER);
-        let permit = match &self.callers {
-            Some(callers) => match callers.check_call(req.headers(), req.extensions(), &key) {
+        let callers = self.callers.get();
+        let permit = if callers.is_empty() {
+            None
+        } else {
+            match callers.check_call(req.headers(), req.extensions(), &key) {
                 Ok(admitted) => {
                     admitted.edge_headers(req.headers_mut());
                     Some(admitted.permit)
                 }
                 Err(status) => return answer(status),
-            },
-            None => None,
+            }
         };
         let wait = req
             .headers_mut()
