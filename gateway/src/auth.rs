@@ -226,8 +226,8 @@ impl Credentials {
         match id.and_then(|id| self.current(&id)) {
             Some(grant) => Ok(grant),
             None => {
-                tracing::warn!(who, what, "{who} refused: unknown or missing credential");
-                crate::metrics::auth_failure(who, "unknown_token");
+                let text = format!("{who} refused: unknown or missing credential");
+                crate::refusals::refused(extensions, who, "unknown_token", what, &text);
                 Err(tonic::Status::unauthenticated(
                     "unknown or missing credential (bearer token or client certificate)",
                 ))
@@ -251,11 +251,13 @@ impl Credentials {
             })?;
         let grant = self.grant(headers, extensions, "agent", key)?;
         if !grant.0.keys.contains(key) {
-            tracing::warn!(
+            crate::refusals::refused(
+                extensions,
+                "agent",
+                "key_not_bound",
                 key,
-                "agent refused: its credential is not bound to this key"
+                "agent refused: its credential is not bound to this key",
             );
-            crate::metrics::auth_failure("agent", "key_not_bound");
             return Err(tonic::Status::permission_denied(format!(
                 "this credential may not register key {key:?}"
             )));
@@ -276,11 +278,13 @@ impl Credentials {
         let grant = match extensions.get::<CallerKeys>() {
             // A forward tunnel's caller, as the credentials are now.
             Some(opened) => self.current(&opened.1).ok_or_else(|| {
-                tracing::warn!(
+                crate::refusals::refused(
+                    extensions,
+                    "caller",
+                    "revoked",
                     key,
-                    "call refused: its forward tunnel's credential was revoked"
+                    "call refused: its forward tunnel's credential was revoked",
                 );
-                crate::metrics::auth_failure("caller", "revoked");
                 tonic::Status::unauthenticated(
                     "the credential this forward tunnel opened with was revoked",
                 )
@@ -288,11 +292,13 @@ impl Credentials {
             None => self.grant(headers, extensions, "caller", key)?,
         };
         if !grant.allows(key) {
-            tracing::warn!(
+            crate::refusals::refused(
+                extensions,
+                "caller",
+                "key_not_bound",
                 key,
-                "call refused: the caller's credential is not bound to this key"
+                "call refused: the caller's credential is not bound to this key",
             );
-            crate::metrics::auth_failure("caller", "key_not_bound");
             return Err(tonic::Status::permission_denied(format!(
                 "this credential may not call key {key:?}"
             )));
@@ -309,12 +315,13 @@ impl Credentials {
                 caller: grant,
             }),
             Err(_) => {
-                tracing::warn!(
+                crate::refusals::refused(
+                    extensions,
+                    "caller",
+                    "too_many_calls",
                     key,
-                    max,
-                    "call refused: the caller has its most calls in flight"
+                    &format!("call refused: the caller has its {max} calls in flight"),
                 );
-                crate::metrics::auth_failure("caller", "too_many_calls");
                 Err(tonic::Status::resource_exhausted(format!(
                     "this caller already has {max} calls in flight (its max_calls)"
                 )))

@@ -563,3 +563,80 @@ async fn secret_files_open_to_others_are_warned_about_or_refused() {
     })
     .await
 }
+
+/// A refused credential is logged with the peer it came from, and a flood
+/// of them costs a few lines a second: 1,000 calls with a wrong token are
+/// all refused and counted, but logged at most 10 a second, the rest
+/// summed up in a later line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_name_the_peer_and_a_flood_of_them_is_rate_limited() {
+    bounded(async {
+        let dir = temp_dir();
+        let callers = "[[caller]]\ntoken = \"c-7\"\nkeys = [\"plant-7\"]\n";
+        let (mut hub, addr) = hub_full(
+            &dir,
+            "s3cret-7",
+            &["plant-7"],
+            callers,
+            &["--admin", "127.0.0.1:0"],
+        )
+        .await;
+        let admin = hub.admin.expect("admin port");
+        let started = std::time::Instant::now();
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect");
+        let mut calls = tokio::task::JoinSet::new();
+        for _ in 0..1_000 {
+            let mut client = EchoServiceClient::new(channel.clone());
+            calls.spawn(async move {
+                let mut req = with_token(hello("x"), "wrong");
+                req.metadata_mut()
+                    .insert("grpctunnel-key", "plant-7".parse().expect("ascii"));
+                client.unary(req).await.expect_err("a wrong token")
+            });
+        }
+        while let Some(done) = calls.join_next().await {
+            assert_eq!(done.expect("no panic").code(), Code::Unauthenticated);
+        }
+        let seconds = started.elapsed().as_secs() + 1;
+        // One more, after the flood's second: it carries the count of the
+        // refusals that were not logged.
+        let (_, metrics) = http_get(admin, "/metrics").await;
+        assert!(
+            metrics.contains(
+                "grpctunnel_auth_failures_total{who=\"caller\",reason=\"unknown_token\"} 1000"
+            ),
+            "{metrics}"
+        );
+        // The rate limit's window is a second of wall time: this waits for
+        // it to pass (it orders nothing).
+        tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+        let mut client = EchoServiceClient::new(channel.clone());
+        let mut req = with_token(hello("x"), "wrong");
+        req.metadata_mut()
+            .insert("grpctunnel-key", "plant-7".parse().expect("ascii"));
+        client.unary(req).await.expect_err("a wrong token");
+        // Every refusal line up to the summary names the peer, and there
+        // are at most 10 for each second the flood took.
+        let mut logged = 0;
+        let summary = loop {
+            let line = hub.log_line("refused").await;
+            assert!(line.contains("peer=127.0.0.1:"), "{line}");
+            if line.contains("more refusals were not logged") {
+                break line;
+            }
+            logged += 1;
+        };
+        println!("{logged} refusal lines for 1,000 refusals in {seconds} s; then: {summary}");
+        assert!(
+            logged >= 1 && logged as u64 <= 10 * seconds,
+            "{logged} lines"
+        );
+        drop(hub);
+        let _ = std::fs::remove_dir_all(dir);
+    })
+    .await
+}
