@@ -22,14 +22,6 @@ async fn waiting_call(
     EchoServiceClient::new(channel).unary(req).await.map(|_| ())
 }
 
-async fn channel(addr: std::net::SocketAddr) -> tonic::transport::Channel {
-    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connect to the hub")
-}
-
 /// 10,000 calls wait, without deadlines, for an agent that never comes:
 /// each ends at `--max-wait` with `UNAVAILABLE` naming it, none sooner.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -40,7 +32,7 @@ async fn ten_thousand_waiters_without_deadlines_end_at_max_wait() {
         let (_hub, addr) = hub_with(&dir, "s3cret-7", &["plant-7"], &["--max-wait", "2"]).await;
         let mut channels = Vec::new();
         for _ in 0..50 {
-            channels.push(channel(addr).await);
+            channels.push(hub_channel(addr).await);
         }
         let mut calls = tokio::task::JoinSet::new();
         for i in 0..CALLS {
@@ -76,7 +68,7 @@ async fn waiters_beyond_max_waiters_are_refused() {
         let dir = temp_dir();
         let upstream = upstream().await;
         let (_hub, addr) = hub_with(&dir, "s3cret-7", &["plant-7"], &["--max-waiters", "10"]).await;
-        let channel = channel(addr).await;
+        let channel = hub_channel(addr).await;
         let mut calls = tokio::task::JoinSet::new();
         for _ in 0..11 {
             calls.spawn(waiting_call(channel.clone(), "plant-7"));
@@ -132,7 +124,7 @@ async fn made_up_methods_and_keys_leave_metrics_and_memory_bounded() {
             .expect("the agent answers");
         let mut channels = Vec::new();
         for _ in 0..8 {
-            channels.push(channel(addr).await);
+            channels.push(hub_channel(addr).await);
         }
         let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(128));
         let mut rss_at_10k = 0;
@@ -143,7 +135,7 @@ async fn made_up_methods_and_keys_leave_metrics_and_memory_bounded() {
                 rss_at_10k = rss(pid);
             }
             let permit = limit.clone().acquire_owned().await.expect("open");
-            let mut grpc = tonic::client::Grpc::new(channels[i % channels.len()].clone());
+            let channel = channels[i % channels.len()].clone();
             calls.spawn(async move {
                 let _permit = permit;
                 let key = if i % 2 == 0 {
@@ -151,17 +143,10 @@ async fn made_up_methods_and_keys_leave_metrics_and_memory_bounded() {
                 } else {
                     format!("made-up-{i}")
                 };
-                let mut req = tonic::Request::new(grpctunnel_testing::pb::EchoRequest::default());
-                req.metadata_mut()
-                    .insert("grpctunnel-key", key.parse().expect("ascii"));
-                grpc.ready().await.expect("ready");
-                let path = http::uri::PathAndQuery::try_from(format!("/made.up{i}.Svc/M{i}"))
-                    .expect("a path");
-                let codec = tonic_prost::ProstCodec::<
-                    grpctunnel_testing::pb::EchoRequest,
-                    grpctunnel_testing::pb::EchoResponse,
-                >::default();
-                let err = grpc.unary(req, path, codec).await.expect_err("made up");
+                let path = format!("/made.up{i}.Svc/M{i}");
+                let err = raw_unary(channel, &key, &path, false)
+                    .await
+                    .expect_err("made up");
                 assert!(
                     matches!(err.code(), Code::PermissionDenied | Code::Unavailable),
                     "{err:?}"

@@ -8,7 +8,7 @@ use common::*;
 
 use std::time::Duration;
 
-use grpctunnel_testing::pb::{echo_service_client::EchoServiceClient, EchoRequest, EchoResponse};
+use grpctunnel_testing::pb::{echo_service_client::EchoServiceClient, EchoRequest};
 use tonic::Code;
 
 #[tokio::test]
@@ -371,26 +371,8 @@ async fn an_agents_allow_list_refuses_paths_that_are_not_canonical() {
             upstream,
             &["--allow", "grpctunnel.testing.v1.EchoService"],
         );
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .expect("endpoint")
-            .connect()
-            .await
-            .expect("connect");
-        let call = |path: &'static str| {
-            let channel = channel.clone();
-            async move {
-                let mut grpc = tonic::client::Grpc::new(channel);
-                grpc.ready().await.expect("ready");
-                let mut req = tonic::Request::new(EchoRequest::default());
-                req.metadata_mut()
-                    .insert("grpctunnel-key", "plant-7".parse().expect("ascii"));
-                req.metadata_mut()
-                    .insert("grpctunnel-wait", "true".parse().expect("ascii"));
-                let codec = tonic_prost::ProstCodec::<EchoRequest, EchoResponse>::default();
-                grpc.unary(req, http::uri::PathAndQuery::from_static(path), codec)
-                    .await
-            }
-        };
+        let channel = hub_channel(addr).await;
+        let call = |path: &'static str| raw_unary(channel.clone(), "plant-7", path, true);
         call("/grpctunnel.testing.v1.EchoService/Unary")
             .await
             .expect("a canonical path of an allowed service");

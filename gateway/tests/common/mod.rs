@@ -451,3 +451,35 @@ pub fn rss(pid: u32) -> u64 {
         .expect("VmRSS")
         * 1024
 }
+
+/// A connection to the hub at `addr`.
+pub async fn hub_channel(addr: SocketAddr) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect to the hub")
+}
+
+/// A unary echo call to any `path` (one no generated client makes) for
+/// `key`, waiting for its agent when `wait`.
+pub async fn raw_unary(
+    channel: tonic::transport::Channel,
+    key: &str,
+    path: &str,
+    wait: bool,
+) -> Result<tonic::Response<grpctunnel_testing::pb::EchoResponse>, tonic::Status> {
+    use grpctunnel_testing::pb::{EchoRequest, EchoResponse};
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.expect("ready");
+    let mut req = tonic::Request::new(EchoRequest::default());
+    req.metadata_mut()
+        .insert("grpctunnel-key", key.parse().expect("ascii"));
+    if wait {
+        req.metadata_mut()
+            .insert("grpctunnel-wait", "true".parse().expect("ascii"));
+    }
+    let path = http::uri::PathAndQuery::try_from(path).expect("a path");
+    let codec = tonic_prost::ProstCodec::<EchoRequest, EchoResponse>::default();
+    grpc.unary(req, path, codec).await
+}
