@@ -130,8 +130,13 @@ impl HubConfig {
     pub(crate) fn load(path: &Path) -> Result<Self, Failure> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Failure::Usage(format!("cannot read config {}: {e}", path.display())))?;
-        let config: Self = toml::from_str(&text)
-            .map_err(|e| Failure::Usage(format!("config {}: {e}", path.display())))?;
+        let config: Self = toml::from_str(&text).map_err(|e| {
+            Failure::Usage(format!(
+                "config {}: {}",
+                path.display(),
+                toml_error(&text, &e)
+            ))
+        })?;
         let all = config.agents.iter().map(|c| ("agent", c));
         for (i, (what, credential)) in all
             .chain(config.callers.iter().map(|c| ("caller", c)))
@@ -189,6 +194,19 @@ impl HubConfig {
             )));
         }
         Ok(config)
+    }
+}
+
+/// A TOML error without the quoted source line `toml` puts in its text:
+/// that line may hold an inline token, and the error is printed, and
+/// logged on a reload. The line number and the message say enough.
+pub(crate) fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!("line {line}: {}", e.message())
+        }
+        None => e.message().to_owned(),
     }
 }
 

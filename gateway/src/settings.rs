@@ -41,8 +41,12 @@ pub(crate) fn apply_config_file(args: &[OsString]) -> Result<(), Failure> {
     };
     let text = std::fs::read_to_string(&path)
         .map_err(|e| Failure::Usage(format!("cannot read config {path}: {e}")))?;
-    let table: toml::Table =
-        toml::from_str(&text).map_err(|e| Failure::Usage(format!("config {path}: {e}")))?;
+    let table: toml::Table = toml::from_str(&text).map_err(|e| {
+        Failure::Usage(format!(
+            "config {path}: {}",
+            crate::config::toml_error(&text, &e)
+        ))
+    })?;
     for (_, variable, value) in settings(subcommand, &table)? {
         if std::env::var_os(&variable).is_none() {
             std::env::set_var(variable, value);

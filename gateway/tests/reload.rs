@@ -17,15 +17,6 @@ fn write_config(path: &std::path::Path, agents: &[(&str, &str)]) {
     std::fs::write(path, text).expect("config");
 }
 
-fn sighup(hub: &Process) {
-    let pid = hub.child.id().expect("running");
-    let status = std::process::Command::new("kill")
-        .args(["-HUP", &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-}
-
 /// A broken config on SIGHUP is refused and the old one kept; a config
 /// that revokes one agent's token closes that agent's tunnel within a
 /// second, while another agent's calls, made back to back all along, never
@@ -78,10 +69,20 @@ async fn sighup_revokes_one_agent_and_keeps_the_others_serving() {
         });
 
         // A broken config: refused, the old one stays.
-        std::fs::write(&config, "[[agent]]\ntoken = \n").expect("broken config");
-        sighup(&hub);
+        // Broken where an inline token stands: the error names the line,
+        // never the text of it.
+        std::fs::write(
+            &config,
+            "[[agent]]\ntoken = \"t0ken-plant-a\nkeys = [\"plant-a\"]\n",
+        )
+        .expect("broken config");
+        hub.signal("HUP");
         let refused = hub.log_line("config reload refused").await;
-        assert!(refused.contains("config"), "{refused}");
+        assert!(refused.contains("line 2"), "{refused}");
+        assert!(
+            !refused.contains("t0ken-plant-a"),
+            "a token in the log: {refused}"
+        );
         to_a.unary(hello("a")).await.expect("agent a still serves");
 
         // Agent a's token revoked: its tunnel closes, logged with why.
@@ -90,7 +91,7 @@ async fn sighup_revokes_one_agent_and_keeps_the_others_serving() {
             &[("t0ken-plant-b", "plant-b"), ("t0ken-plant-c", "plant-c")],
         );
         let revoked_at = Instant::now();
-        sighup(&hub);
+        hub.signal("HUP");
         let closed = hub.log_line("agent tunnel closed").await;
         assert!(closed.contains("plant-a"), "{closed}");
         let err = to_a.unary(hello("a")).await.expect_err("agent a is gone");

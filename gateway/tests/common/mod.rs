@@ -142,9 +142,14 @@ impl Process {
 
     /// Sends SIGTERM, without waiting.
     pub fn signal_term(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends the signal `name` (`HUP`, `TERM`), without waiting.
+    pub fn signal(&self, name: &str) {
         let pid = self.child.id().expect("running");
         let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
+            .args([&format!("-{name}"), &pid.to_string()])
             .status()
             .expect("kill");
         assert!(status.success());
