@@ -181,7 +181,8 @@ pub mod cluster {
     #[cfg(feature = "redis")]
     pub use crate::reverse::cluster::RedisDirectory;
     pub use crate::reverse::cluster::{
-        Cluster, Directory, DirectoryFuture, Entry, RelayTransport, DEFAULT_TTL,
+        Cluster, Directory, DirectoryFuture, Entry, RelayTransport, DEFAULT_RELAY_WINDOW,
+        DEFAULT_TTL,
     };
 }
 mod wire;

@@ -353,7 +353,10 @@ impl<S> Auth<S> {
 
 const OPEN_REVERSE_TUNNEL: &str = "/grpctunnel.v1.TunnelService/OpenReverseTunnel";
 const OPEN_TUNNEL: &str = "/grpctunnel.v1.TunnelService/OpenTunnel";
-const RELAY_SECRET_HEADER: &str = "grpctunnel-relay-secret";
+/// A relay tunnel's (or relayed call's) proof of cluster membership,
+/// checked by the tunnel layer; and a relayed call's key.
+pub(crate) const RELAY_AUTH_HEADER: &str = "grpctunnel-relay-auth";
+pub(crate) const RELAY_KEY_HEADER: &str = "grpctunnel-relay-key";
 
 impl<S> Service<http::Request<Body>> for Auth<S>
 where
@@ -379,9 +382,9 @@ where
                 .check_agent(req.headers(), req.extensions(), &self.key_header)
                 .err(),
             // Another hub's relay tunnel: the tunnel service checks the
-            // cluster secret it carries, and serves its calls from this
+            // proof of membership it carries, and serves its calls from this
             // hub's own agents only.
-            OPEN_TUNNEL if req.headers().contains_key(RELAY_SECRET_HEADER) => None,
+            OPEN_TUNNEL if req.headers().contains_key(RELAY_AUTH_HEADER) => None,
             OPEN_TUNNEL => match self.callers.get() {
                 callers if callers.is_empty() => None,
                 // The caller's keys ride along with each tunneled call.

@@ -101,10 +101,28 @@ pub(crate) struct HubArgs {
     /// (`https://hub-2.internal:8443`).
     #[arg(long, env = "GRPCTUNNEL_ADVERTISE")]
     advertise: Option<String>,
-    /// File holding the secret every hub of the cluster presents on relayed
-    /// calls (a hub refuses a relayed call without it).
+    /// File holding the secret every hub of the cluster shares (at least
+    /// 32 bytes; `grpctunnel token` or `openssl rand -base64 32` make one).
+    /// It is never sent: hubs prove membership with MACs made with it, on
+    /// relay tunnels, relayed calls and their entries in the store.
     #[arg(long, env = "GRPCTUNNEL_CLUSTER_SECRET_FILE")]
     cluster_secret_file: Option<String>,
+    /// Dial only these hubs (their `--advertise` URLs, comma-separated):
+    /// entries in the store for any other address are ignored. Default:
+    /// any hub whose entry is sealed with the cluster secret and whose URL
+    /// has this hub's scheme.
+    #[arg(long, value_delimiter = ',', env = "GRPCTUNNEL_CLUSTER_PEERS")]
+    cluster_peers: Vec<String>,
+    /// How long, in seconds, a hub's proof on a relayed call or relay
+    /// tunnel is accepted: a captured one is refused once older. Hubs'
+    /// clocks must agree to within it.
+    #[arg(
+        long,
+        default_value = "30",
+        value_name = "SECONDS",
+        env = "GRPCTUNNEL_CLUSTER_RELAY_WINDOW"
+    )]
+    cluster_relay_window: f64,
     /// How long, in seconds, the store keeps a dead hub's keys: the longest
     /// a key stays unreachable after its hub dies.
     #[arg(
@@ -173,7 +191,8 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
             .to_owned()
     })
     .with_limits(args.max_tunnels, args.max_tunnels_per_key);
-    let registry = match cluster(&args)? {
+    let cluster = cluster(&args)?;
+    let registry = match cluster.clone() {
         Some(cluster) => registry.cluster(cluster),
         None => registry,
     };
@@ -237,6 +256,7 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
             listener,
             metrics_handle,
             admin_registry,
+            cluster,
             draining.clone(),
             stop,
         ));
@@ -324,6 +344,9 @@ async fn log_agents(mut events: grpctunnel::reverse::TunnelEvents<String>) {
     }
 }
 
+/// The shortest cluster secret taken: 32 bytes, the HMAC-SHA256 key size.
+const MIN_CLUSTER_SECRET: usize = 32;
+
 /// `--cluster-relay`.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub(crate) enum RelayOver {
@@ -339,10 +362,25 @@ fn cluster(args: &HubArgs) -> Result<Option<grpctunnel::cluster::Cluster>, Failu
         return Ok(None);
     };
     let secret = args.secret_files.read(secret)?;
-    if http::HeaderValue::from_str(&secret).is_err() {
+    if secret.len() < MIN_CLUSTER_SECRET {
+        return Err(Failure::Usage(format!(
+            "the cluster secret is {} bytes; give at least {MIN_CLUSTER_SECRET} (e.g. `openssl rand -base64 32`)",
+            secret.len()
+        )));
+    }
+    if !(args.cluster_relay_window.is_finite() && args.cluster_relay_window >= 1.0) {
         return Err(Failure::Usage(
-            "the cluster secret is not valid header text".into(),
+            "--cluster-relay-window: at least 1 second".into(),
         ));
+    }
+    if let Some(peer) = args
+        .cluster_peers
+        .iter()
+        .find(|p| !(p.starts_with("http://") || p.starts_with("https://")))
+    {
+        return Err(Failure::Usage(format!(
+            "--cluster-peers {peer:?}: give URLs as the hubs advertise them"
+        )));
     }
     if !(advertise.starts_with("http://") || advertise.starts_with("https://")) {
         return Err(Failure::Usage(format!(
@@ -363,8 +401,9 @@ fn cluster(args: &HubArgs) -> Result<Option<grpctunnel::cluster::Cluster>, Failu
     };
     let keepalive = args.keepalive.keepalive;
     tracing::info!(store = %url, %advertise, "joining the cluster");
-    let cluster = grpctunnel::cluster::Cluster::new(directory, advertise.clone(), secret)
+    let mut cluster = grpctunnel::cluster::Cluster::new(directory, advertise.clone(), secret)
         .ttl(Duration::from_secs_f64(args.cluster_ttl))
+        .relay_window(Duration::from_secs_f64(args.cluster_relay_window))
         .max_message_size(args.max_message_size)
         .relay_over(match args.cluster_relay {
             RelayOver::Tunnel => grpctunnel::cluster::RelayTransport::Tunnel,
@@ -384,6 +423,11 @@ fn cluster(args: &HubArgs) -> Result<Option<grpctunnel::cluster::Cluster>, Failu
             };
             Ok(endpoint.tls_config(tls)?)
         });
+    if !args.cluster_peers.is_empty() {
+        let mut peers = args.cluster_peers.clone();
+        peers.push(advertise.clone());
+        cluster = cluster.peers(peers);
+    }
     Ok(Some(cluster))
 }
 

@@ -148,6 +148,7 @@ pub(crate) async fn serve_admin(
     listener: tokio::net::TcpListener,
     handle: PrometheusHandle,
     registry: ReverseTunnelRegistry<String>,
+    cluster: Option<grpctunnel::cluster::Cluster>,
     draining: Arc<AtomicBool>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Failure> {
@@ -156,8 +157,13 @@ pub(crate) async fn serve_admin(
         let handle = handle.clone();
         let registry = registry.clone();
         let previous = previous.clone();
+        let cluster = cluster.clone();
         async move {
             record_tunnels(&registry, &previous);
+            if let Some(cluster) = &cluster {
+                metrics::counter!("grpctunnel_cluster_refused_entries_total")
+                    .absolute(cluster.refused_entries());
+            }
             handle.render()
         }
     };

@@ -20,7 +20,7 @@ use axum::body::Body;
 use grpctunnel::ReverseTunnelRegistry;
 
 use crate::{
-    auth::{Live, CALLER_HEADER},
+    auth::{Live, CALLER_HEADER, RELAY_AUTH_HEADER, RELAY_KEY_HEADER},
     compression::{accepts_gzip, deflate_response, inflate_request},
     metrics::{code_of, CallRecord, Labels, Metered},
 };
@@ -164,8 +164,13 @@ impl Service<http::Request<Body>> for RouteByKey {
                 self.key_header
             )));
         };
-        // Only the hub names the caller to the upstream.
-        req.headers_mut().remove(CALLER_HEADER);
+        // Only the hub names the caller to the upstream; relay headers from
+        // a caller mean nothing past the hub (the library took real relays
+        // before they got here).
+        let headers = req.headers_mut();
+        headers.remove(CALLER_HEADER);
+        headers.remove(RELAY_AUTH_HEADER);
+        headers.remove(RELAY_KEY_HEADER);
         let callers = self.callers.get();
         let permit = if callers.is_empty() {
             None

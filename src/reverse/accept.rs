@@ -42,7 +42,7 @@ where
 {
     fn admit_relay(&self, headers: &http::HeaderMap) -> Result<(), tonic::Status> {
         #[cfg(feature = "cluster")]
-        return crate::reverse::cluster::check_secret(&self.0, headers);
+        return crate::reverse::cluster::check_relay_tunnel(&self.0, headers);
         #[cfg(not(feature = "cluster"))]
         {
             let _ = headers;

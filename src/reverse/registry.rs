@@ -536,14 +536,13 @@ impl<K> Inner<K> {
         state
             .by_key
             .iter()
-            .map(|(key, pool)| crate::reverse::cluster::Entry {
-                key: (link.name)(key).to_owned(),
-                replica: replica.to_owned(),
-                load: pool
+            .map(|(key, pool)| {
+                let load = pool
                     .tunnels
                     .iter()
                     .map(|t| t.inner.channel.active_calls() as u64)
-                    .sum(),
+                    .sum();
+                crate::reverse::cluster::Entry::new((link.name)(key), replica, load)
             })
             .collect()
     }

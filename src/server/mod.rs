@@ -41,5 +41,5 @@ pub use future::ResponseFuture;
 pub use layer::{TunnelLayer, DEFAULT_MAX_TUNNELS, DEFAULT_SHUTDOWN_GRACE};
 #[cfg(feature = "cluster")]
 pub(crate) use reverse_acceptor::RELAY_KEY_HEADER;
-pub(crate) use reverse_acceptor::{RelayFuture, ReverseAcceptor, RELAY_SECRET_HEADER};
+pub(crate) use reverse_acceptor::{InRelayTunnel, RelayFuture, ReverseAcceptor, RELAY_AUTH_HEADER};
 pub use service::{TunnelService, Unimplemented};

@@ -9,10 +9,17 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{engine::accept::Accepted, pb, wire::settings::Options};
 
-/// Header of a call one replica of a cluster relays to another: the
-/// cluster's shared secret. A request carrying it goes to the acceptor's
+/// Header of a call one replica of a cluster relays to another, and of the
+/// tunnel it relays calls in: a proof of membership in the cluster. A
+/// request carrying it goes to the acceptor's
 /// [`relay`](ReverseAcceptor::relay), never to the inner service.
-pub(crate) const RELAY_SECRET_HEADER: &str = "grpctunnel-relay-secret";
+pub(crate) const RELAY_AUTH_HEADER: &str = "grpctunnel-relay-auth";
+
+/// In the extensions of a call that came in a relay tunnel, whose opening
+/// the acceptor admitted ([`admit_relay`](ReverseAcceptor::admit_relay)):
+/// the call needs no proof of its own. Only the server sets it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct InRelayTunnel;
 
 /// Header of a relayed call: the key whose tunnels serve it.
 #[cfg(feature = "cluster")]
@@ -44,12 +51,12 @@ pub(crate) trait ReverseAcceptor: Send + Sync + 'static {
     );
 
     /// Serves a call another replica relayed here (it carries
-    /// [`RELAY_SECRET_HEADER`]): checks it and sends it through a local
+    /// [`RELAY_AUTH_HEADER`]): checks it and sends it through a local
     /// tunnel; the answer is the call's response, a refusal a status.
     fn relay(&self, req: http::Request<tonic::body::Body>) -> RelayFuture;
 
     /// Checks the opening headers of a forward tunnel another replica opens
-    /// to relay calls through (it carries [`RELAY_SECRET_HEADER`]); each
+    /// to relay calls through (it carries [`RELAY_AUTH_HEADER`]); each
     /// call in it then goes to [`relay`](Self::relay).
     fn admit_relay(&self, headers: &http::HeaderMap) -> Result<(), tonic::Status>;
 }

@@ -19,7 +19,7 @@ use crate::{
         future::ResponseFuture,
         layer::Config,
         open::serve_tunnel,
-        RequestBody, ReverseAcceptor, TunnelBody, RELAY_SECRET_HEADER,
+        InRelayTunnel, RequestBody, ReverseAcceptor, TunnelBody, RELAY_AUTH_HEADER,
     },
 };
 
@@ -97,7 +97,7 @@ where
         // relays calls through: the reverse acceptor checks and serves each
         // call; none reaches the inner service.
         if let Some(acceptor) = &config.reverse {
-            if req.headers().contains_key(RELAY_SECRET_HEADER) {
+            if req.headers().contains_key(RELAY_AUTH_HEADER) {
                 if req.uri().path() != OPEN_TUNNEL {
                     let relayed = acceptor.relay(req.map(tonic::body::Body::new));
                     return ResponseFuture::tunnel(relayed);
@@ -176,7 +176,8 @@ impl<S: fmt::Debug> fmt::Debug for TunnelService<S> {
 /// local tunnel.
 fn relay_dispatch(acceptor: Arc<dyn ReverseAcceptor>) -> Dispatch {
     tower::util::BoxCloneSyncService::new(tower::service_fn(
-        move |req: http::Request<RequestBody>| {
+        move |mut req: http::Request<RequestBody>| {
+            req.extensions_mut().insert(InRelayTunnel);
             let relayed = acceptor.relay(req.map(tonic::body::Body::new));
             async move { Ok::<_, BoxError>(relayed.await) }
         },

@@ -45,10 +45,12 @@ pub fn measure(
         let started = Instant::now();
         for first in (0..keys).step_by(BATCH) {
             let entries = (first..(first + BATCH).min(keys))
-                .map(|i| Entry {
-                    key: format!("agent-{i}"),
-                    replica: format!("http://10.0.{}.{}:8443", i % 3, i % 250),
-                    load: (i % 7) as u64,
+                .map(|i| {
+                    let replica = format!("http://10.0.{}.{}:8443", i % 3, i % 250);
+                    let mut entry = Entry::new(format!("agent-{i}"), replica, (i % 7) as u64);
+                    // As long as a real seal: an expiry in ms and a MAC.
+                    entry.seal = format!("1765000000000.{:043}", i);
+                    entry
                 })
                 .collect();
             directory

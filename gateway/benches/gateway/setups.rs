@@ -280,7 +280,7 @@ pub fn start_store(scratch: &Scratch) -> Result<Store, String> {
 /// on a port of its own, relaying calls as `relay` says (`tunnel`, `grpc`).
 pub fn start_cluster_hub(scratch: &Scratch, store: &Store, relay: &str) -> Result<Hub, String> {
     let secret = scratch.0.join("cluster.secret");
-    std::fs::write(&secret, "gateway-bench-cluster")
+    std::fs::write(&secret, "gateway-bench-cluster-secret-of-32-bytes-or-more")
         .map_err(|e| format!("{}: {e}", secret.display()))?;
     let listen = format!("127.0.0.1:{}", free_port()?);
     let mut args = strings(&["hub", "--listen", &listen, "--config"]);

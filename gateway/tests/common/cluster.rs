@@ -7,7 +7,8 @@ use grpctunnel_testing::pb::EchoRequest;
 
 use super::{caller, free_port, hello, store::Store, temp_dir, upstream, Process};
 
-pub const SECRET: &str = "cluster-s3cret";
+/// At least 32 bytes, as hubs require.
+pub const SECRET: &str = "cluster-s3cret-of-forty-two-bytes-at-least";
 pub const TOKEN: &str = "s3cret-7";
 
 /// The hubs' shared config (agents' token bound to `keys`) and secret.
@@ -35,9 +36,21 @@ pub async fn cluster_hub(
     port: u16,
     relay: &str,
 ) -> (Process, SocketAddr) {
+    let advertise = format!("http://127.0.0.1:{port}");
+    cluster_hub_with(files, store, port, &advertise, &["--cluster-relay", relay]).await
+}
+
+/// A hub of the cluster in `store` on `port`, advertising `advertise`,
+/// with `extra` flags.
+pub async fn cluster_hub_with(
+    files: &(String, String),
+    store: &str,
+    port: u16,
+    advertise: &str,
+    extra: &[&str],
+) -> (Process, SocketAddr) {
     let listen = format!("127.0.0.1:{port}");
-    let advertise = format!("http://{listen}");
-    let mut hub = Process::spawn(&[
+    let mut args = vec![
         "hub",
         "--listen",
         &listen,
@@ -46,16 +59,16 @@ pub async fn cluster_hub(
         "--cluster",
         store,
         "--advertise",
-        &advertise,
+        advertise,
         "--cluster-secret-file",
         &files.1,
         "--cluster-ttl",
         "2",
-        "--cluster-relay",
-        relay,
         "--admin",
         "127.0.0.1:0",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let mut hub = Process::spawn(&args);
     let addr = hub.listening().await;
     (hub, addr)
 }

@@ -6,6 +6,7 @@
 pub mod cluster;
 pub mod freeze;
 pub mod go_programs;
+pub mod recorder;
 pub mod store;
 
 use std::{

@@ -11,6 +11,7 @@ pub type DirectoryFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, BoxError
 
 /// One replica's tunnels of one key, as published in a [`Directory`].
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Entry {
     /// The key of the tunnels.
     pub key: String,
@@ -18,6 +19,26 @@ pub struct Entry {
     pub replica: String,
     /// Their calls in flight when published (for balancing).
     pub load: u64,
+    /// The publishing replica's seal over the entry (a MAC keyed by the
+    /// cluster secret over the key, replica, load and an expiry): opaque
+    /// to the directory, which stores it and returns it as given. An entry
+    /// whose seal does not verify is never used, so whoever can write the
+    /// store cannot send calls (or relay proofs) anywhere.
+    pub seal: String,
+}
+
+impl Entry {
+    /// An entry without a seal (the cluster seals what it publishes; a
+    /// [`Directory`] builds its lookups' entries with this, then sets
+    /// [`seal`](Self::seal) to what was stored).
+    pub fn new(key: impl Into<String>, replica: impl Into<String>, load: u64) -> Self {
+        Self {
+            key: key.into(),
+            replica: replica.into(),
+            load,
+            seal: String::new(),
+        }
+    }
 }
 
 /// The shared directory of a cluster of replicas: which replica holds
@@ -32,13 +53,14 @@ pub struct Entry {
 /// `redis`); implement this trait for another store.
 pub trait Directory: Send + Sync + 'static {
     /// Writes (or refreshes) `entries`, each expiring `ttl` from now unless
-    /// published again.
+    /// published again, with its [`seal`](Entry::seal).
     fn publish(&self, entries: Vec<Entry>, ttl: Duration) -> DirectoryFuture<'_, ()>;
 
     /// Removes `replica`'s entry of `key`, if any.
     fn withdraw<'a>(&'a self, key: &'a str, replica: &'a str) -> DirectoryFuture<'a, ()>;
 
-    /// The live entries of `key`, on every replica.
+    /// The live entries of `key`, on every replica, with the seals they
+    /// were published with.
     fn lookup<'a>(&'a self, key: &'a str) -> DirectoryFuture<'a, Vec<Entry>>;
 
     /// Keys as replicas publish them for the first time, best effort (it

@@ -15,12 +15,20 @@
 //!   ([`RelayTransport`]). Deadline (`grpc-timeout`, less the time already
 //!   spent), cancellation, metadata, trailers and status pass as they are.
 //!   A replica it cannot reach is skipped for the next one.
-//! - A relayed call, and the relay tunnel's opening RPC, carry the
-//!   cluster's shared secret (`grpctunnel-relay-secret`); a relayed call
-//!   also its key (`grpctunnel-relay-key`). The receiving replica refuses
-//!   them without the right secret (`UNAUTHENTICATED`), and serves a
-//!   relayed call from its own tunnels only, never relaying it again: a
-//!   relay loop cannot happen.
+//! - The cluster's shared secret never leaves a replica. A relay tunnel's
+//!   opening RPC, and a call relayed as plain gRPC, carry a proof made
+//!   with it (`grpctunnel-relay-auth`, an HMAC over the receiving
+//!   replica, the key and method or the tunnel, the time and a nonce); a
+//!   relayed call also its key (`grpctunnel-relay-key`). The receiving
+//!   replica refuses a proof that does not verify, is outside its window
+//!   ([`DEFAULT_RELAY_WINDOW`]) or was used before (`UNAUTHENTICATED`),
+//!   and serves a relayed call from its own tunnels only, never relaying
+//!   it again: a relay loop cannot happen.
+//! - Directory entries are sealed with the secret: an entry someone wrote
+//!   into the store without it is ignored (counted in
+//!   [`Cluster::refused_entries`], logged once per address), as is one
+//!   whose URL has another scheme than this replica's `advertise` (no
+//!   `https` to `http` downgrade) or, with [`Cluster::peers`], is not listed.
 //! - A waiting call (`wait_for_ready`) also wakes when another replica
 //!   publishes the key.
 
@@ -29,11 +37,16 @@ mod peer;
 #[cfg(feature = "redis")]
 mod redis;
 mod relay;
+mod seal;
 
 use std::{
+    collections::HashSet,
     fmt,
-    sync::{Arc, Mutex, Weak},
-    time::Duration,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, Weak,
+    },
+    time::{Duration, Instant},
 };
 
 use tokio::sync::{broadcast, mpsc};
@@ -44,10 +57,12 @@ pub use directory::{Directory, DirectoryFuture, Entry};
 pub use peer::RelayTransport;
 #[cfg(feature = "redis")]
 pub use redis::RedisDirectory;
-pub(crate) use relay::{balance, check_secret, forward, receive, wait_for_key};
+pub(crate) use relay::{balance, check_relay_tunnel, forward, receive, wait_for_key};
+pub use seal::DEFAULT_RELAY_WINDOW;
 
 use crate::{error::BoxError, reverse::registry::Inner, DEFAULT_MAX_MESSAGE_SIZE};
 use peer::{Peer, RelayConfig};
+use seal::Sealer;
 
 /// Default time to live of a replica's directory entries.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
@@ -80,8 +95,17 @@ pub struct Cluster {
 pub(crate) struct ClusterInner {
     pub(crate) directory: Arc<dyn Directory>,
     pub(crate) advertise: String,
-    pub(crate) secret: String,
+    /// Proofs of membership, made and checked with the cluster secret.
+    pub(crate) sealer: Sealer,
     pub(crate) ttl: Duration,
+    /// With [`Cluster::peers`]: the only replicas dialled.
+    allowed: Option<HashSet<String>>,
+    /// Entries refused (unsealed, another scheme, not listed), and the
+    /// addresses already logged.
+    refused_entries: AtomicU64,
+    logged_refusals: Mutex<HashSet<String>>,
+    /// When the cluster was made: the origin of peers' last use.
+    born: Instant,
     connect: Box<Connect>,
     /// How relayed calls travel, and the largest message they may carry.
     relay_transport: RelayTransport,
@@ -97,9 +121,10 @@ pub(crate) struct ClusterInner {
     /// a replica last published, so that a burst does not all go to the
     /// replica that looked idle at its last renewal.
     relaying: Mutex<std::collections::HashMap<String, std::collections::HashMap<String, u64>>>,
-    /// `secret` as the relay header's value (`None`: not valid header text).
-    pub(crate) secret_header: Option<http::HeaderValue>,
 }
+
+/// Refused addresses logged at most (then only counted).
+const LOGGED_REFUSALS_MAX: usize = 64;
 
 /// A recent lookup of one key.
 struct Route {
@@ -117,22 +142,25 @@ impl Cluster {
     /// This replica's membership in the cluster kept in `directory`:
     /// `advertise` is the URL other replicas dial to reach it
     /// (`http://10.0.0.5:8443`, or `https://` with
-    /// [`connect_with`](Self::connect_with)), `secret` the shared secret
-    /// every replica presents on relayed calls.
+    /// [`connect_with`](Self::connect_with)), `secret` the secret every
+    /// replica shares: it keys the proofs that relayed calls carry and the
+    /// seals of directory entries, and is never sent. Make it long and
+    /// random (32 bytes or more).
     pub fn new(
         directory: impl Directory,
         advertise: impl Into<String>,
-        secret: impl Into<String>,
+        secret: impl AsRef<[u8]>,
     ) -> Self {
         let (published, _) = broadcast::channel(1024);
-        let secret = secret.into();
-        let secret_header = http::HeaderValue::from_str(&secret).ok();
         Self {
             inner: Arc::new(ClusterInner {
                 directory: Arc::new(directory),
                 advertise: advertise.into(),
-                secret,
-                secret_header,
+                sealer: Sealer::new(secret.as_ref(), DEFAULT_RELAY_WINDOW),
+                allowed: None,
+                refused_entries: AtomicU64::new(0),
+                logged_refusals: Mutex::default(),
+                born: Instant::now(),
                 ttl: DEFAULT_TTL,
                 connect: Box::new(|url| Ok(Endpoint::from_shared(url.to_owned())?)),
                 relay_transport: RelayTransport::default(),
@@ -200,9 +228,47 @@ impl Cluster {
         self
     }
 
+    /// How long a relay proof is accepted around the time it names
+    /// (default [`DEFAULT_RELAY_WINDOW`]): a captured proof is refused once
+    /// it is older, and the replicas' clocks must agree to within it.
+    ///
+    /// # Panics
+    ///
+    /// If the cluster was cloned already.
+    #[track_caller]
+    pub fn relay_window(mut self, window: Duration) -> Self {
+        self.inner_mut().sealer.set_window(window);
+        self
+    }
+
+    /// Dial only these replicas (their advertised URLs, as they give them):
+    /// an entry of any other address is ignored. Default: any replica whose
+    /// entry carries a valid seal and whose URL has this replica's scheme.
+    ///
+    /// # Panics
+    ///
+    /// If the cluster was cloned already.
+    #[track_caller]
+    pub fn peers<I, S>(mut self, replicas: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.inner_mut().allowed = Some(replicas.into_iter().map(Into::into).collect());
+        self
+    }
+
     /// This replica's advertised URL.
     pub fn advertise(&self) -> &str {
         &self.inner.advertise
+    }
+
+    /// How many directory entries this replica has ignored: without a
+    /// valid seal (written by someone without the cluster secret, or
+    /// expired), with another scheme than its own, or not in its
+    /// [`peers`](Self::peers).
+    pub fn refused_entries(&self) -> u64 {
+        self.inner.refused_entries.load(Ordering::Relaxed)
     }
 
     #[track_caller]
@@ -226,7 +292,8 @@ impl ClusterInner {
                 return Ok(route.entries.clone());
             }
         }
-        let entries = self.directory.lookup(key).await?;
+        let mut entries = self.directory.lookup(key).await?;
+        entries.retain(|e| self.admits(e));
         if !cached {
             return Ok(entries);
         }
@@ -244,6 +311,41 @@ impl ClusterInner {
             routes.insert(key.to_owned(), route);
         }
         Ok(entries)
+    }
+
+    /// Whether `entry` may be dialled: sealed with the secret, with this
+    /// replica's scheme, and listed (with [`Cluster::peers`]). A refusal
+    /// is counted, and logged the first time for each address.
+    fn admits(&self, entry: &Entry) -> bool {
+        let why = if !self.sealer.check_entry(entry) {
+            "its seal does not verify (written without the cluster secret, or expired)"
+        } else if scheme(&entry.replica) != scheme(&self.advertise) {
+            "its scheme is not this replica's (no https to http downgrade)"
+        } else if self
+            .allowed
+            .as_ref()
+            .is_some_and(|peers| !peers.contains(&entry.replica))
+        {
+            "it is not one of the cluster's peers"
+        } else {
+            return true;
+        };
+        self.refused_entries.fetch_add(1, Ordering::Relaxed);
+        let mut logged = self
+            .logged_refusals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if logged.len() < LOGGED_REFUSALS_MAX && logged.insert(entry.replica.clone()) {
+            warn!(key = %entry.key, replica = %entry.replica, "ignoring a cluster directory entry: {why}");
+        }
+        false
+    }
+
+    /// Seals this replica's entries before they are published.
+    fn seal(&self, entries: &mut [Entry]) {
+        for entry in entries {
+            self.sealer.seal(entry, self.ttl);
+        }
     }
 
     /// `entry`'s load as this replica sees it: as published, plus the calls
@@ -283,20 +385,34 @@ impl ClusterInner {
 
     /// The pooled connection to `replica`.
     pub(crate) fn peer(&self, replica: &str) -> Result<Arc<Peer>, BoxError> {
+        let now = self.born.elapsed();
         let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(peer) = peers.get(replica) {
+            peer.used(now);
             return Ok(peer.clone());
         }
-        let peer = Arc::new(Peer::new((self.connect)(replica)?.connect_lazy()));
+        let channel = (self.connect)(replica)?.connect_lazy();
+        let peer = Arc::new(Peer::new(replica.to_owned(), channel, now));
         peers.insert(replica.to_owned(), peer.clone());
         Ok(peer)
+    }
+
+    /// Forgets the connections to replicas no call went to for three
+    /// TTLs (replicas that left; calls still on one keep it until they end).
+    fn prune_peers(&self) {
+        let now = self.born.elapsed();
+        let idle = self.ttl * 3;
+        self.peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, peer| now.saturating_sub(peer.last_used()) < idle);
     }
 
     /// How relayed calls go out.
     pub(crate) fn relay_config(&self) -> RelayConfig<'_> {
         RelayConfig {
             transport: self.relay_transport,
-            secret: &self.secret,
+            sealer: &self.sealer,
             max_message_size: self.max_message_size,
         }
     }
@@ -392,18 +508,21 @@ where
                     // The registry is gone.
                     None => return,
                     Some((key, true)) => {
-                        let entry = Entry { key, replica: inner.advertise.clone(), load: 0 };
-                        inner.directory.publish(vec![entry], inner.ttl).await
+                        let mut entries = vec![Entry::new(key, inner.advertise.clone(), 0)];
+                        inner.seal(&mut entries);
+                        inner.directory.publish(entries, inner.ttl).await
                     }
                     Some((key, false)) => inner.directory.withdraw(&key, &inner.advertise).await,
                 },
                 _ = tick.tick() => {
                     let Some(registry) = registry.upgrade() else { return };
-                    let entries = registry.entries(&inner.advertise);
+                    let mut entries = registry.entries(&inner.advertise);
                     drop(registry);
+                    inner.prune_peers();
                     if entries.is_empty() {
                         continue;
                     }
+                    inner.seal(&mut entries);
                     inner.directory.publish(entries, inner.ttl).await
                 }
             };
@@ -427,4 +546,11 @@ where
         from,
         updates,
     }
+}
+
+/// The scheme of a URL (`http`, `https`), lower case.
+fn scheme(url: &str) -> String {
+    url.split_once("://")
+        .map_or("", |(scheme, _)| scheme)
+        .to_ascii_lowercase()
 }

@@ -1,7 +1,7 @@
 //! [`RedisDirectory`]: the cluster directory on Redis or Valkey.
 //!
 //! Each key is a hash, `<prefix>key:<key>`, with one field per replica
-//! holding it: `<expiry in ms, store clock>:<load>`. Scripts read the
+//! holding it: `<expiry in ms, store clock>:<load>:<seal>`. Scripts read the
 //! store's own clock (`TIME`), so replicas' clocks never matter: publishing
 //! writes the field and keeps the hash alive for the TTL; a lookup returns
 //! the fields not yet expired and deletes the others. A replica that stops
@@ -168,7 +168,9 @@ impl Directory for RedisDirectory {
                 .arg(ttl.as_millis() as u64)
                 .arg(format!("{}published", self.inner.prefix));
             for entry in &entries {
-                invocation.key(self.hash(&entry.key)).arg(entry.load);
+                invocation
+                    .key(self.hash(&entry.key))
+                    .arg(format!("{}:{}", entry.load, entry.seal));
             }
             for entry in &entries {
                 invocation.arg(&entry.key);
@@ -199,11 +201,12 @@ impl Directory for RedisDirectory {
             Ok(flat
                 .chunks(2)
                 .filter_map(|pair| match pair {
-                    [replica, load] => Some(Entry {
-                        key: key.to_owned(),
-                        replica: replica.clone(),
-                        load: load.parse().unwrap_or(0),
-                    }),
+                    [replica, value] => {
+                        let (load, seal) = value.split_once(':').unwrap_or((value, ""));
+                        let mut entry = Entry::new(key, replica.clone(), load.parse().unwrap_or(0));
+                        entry.seal = seal.to_owned();
+                        Some(entry)
+                    }
                     _ => None,
                 })
                 .collect())

@@ -15,13 +15,15 @@ use tracing::{debug, warn};
 use crate::{
     client::{ResponseBody, ResponseFuture},
     error::Error,
+    reverse::cluster::seal::Purpose,
     reverse::ReverseTunnelRegistry,
-    server::{RELAY_KEY_HEADER, RELAY_SECRET_HEADER},
+    server::{InRelayTunnel, RELAY_AUTH_HEADER, RELAY_KEY_HEADER},
     wire::timeout,
 };
 
 /// How long a replica may take to accept a connection before the next one
-/// that holds the key is tried.
+/// that holds the key is tried (less when the call's deadline is nearer:
+/// all attempts of one call share it).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 type Response = Result<http::Response<ResponseBody>, Error>;
@@ -128,16 +130,9 @@ where
                 http::HeaderValue::from_str(&value).expect("digits"),
             );
         }
-        let (Some(secret), Ok(key_value)) = (
-            cluster.secret_header.clone(),
-            http::HeaderValue::from_str(&name),
-        ) else {
-            return failed(tonic::Status::internal(
-                "the cluster secret or the key is not valid header text",
-            ))
-            .await;
+        let Ok(key_value) = http::HeaderValue::from_str(&name) else {
+            return failed(tonic::Status::internal("the key is not valid header text")).await;
         };
-        parts.headers.insert(RELAY_SECRET_HEADER, secret);
         parts.headers.insert(RELAY_KEY_HEADER, key_value);
         let body = Lent::new(body);
         let mut unreachable = None;
@@ -149,8 +144,18 @@ where
                     continue;
                 }
             };
+            let connect_for = match deadline {
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    CONNECT_TIMEOUT.min(left)
+                }
+                None => CONNECT_TIMEOUT,
+            };
             let sender = match tokio::time::timeout(
-                CONNECT_TIMEOUT,
+                connect_for,
                 peer.sender(&cluster.relay_config()),
             )
             .await
@@ -159,7 +164,7 @@ where
                 failed => {
                     let why = match failed {
                         Ok(Err(err)) => with_sources(err.as_ref()),
-                        _ => format!("no connection within {CONNECT_TIMEOUT:?}"),
+                        _ => format!("no connection within {connect_for:?}"),
                     };
                     cluster.forget(&name);
                     debug!(replica = %entry.replica, key = %name, error = %why, "replica unreachable; trying the next");
@@ -167,7 +172,16 @@ where
                     continue;
                 }
             };
-            let req = http::Request::from_parts(parts.clone(), tonic::body::Body::new(body.lend()));
+            let mut attempt = parts.clone();
+            if sender.is_grpc() {
+                let purpose = Purpose::Call {
+                    key: &name,
+                    method: attempt.uri.path(),
+                };
+                let proof = cluster.sealer.relay_proof(peer.url(), purpose);
+                attempt.headers.insert(RELAY_AUTH_HEADER, proof);
+            }
+            let req = http::Request::from_parts(attempt, tonic::body::Body::new(body.lend()));
             let relaying = cluster.relaying(&entry);
             match sender.call(req).await {
                 Ok(resp) => {
@@ -200,6 +214,12 @@ where
                 }
             }
         }
+        if deadline.is_some_and(|d| d <= Instant::now()) {
+            return failed(tonic::Status::deadline_exceeded(format!(
+                "context deadline exceeded while reaching the replicas holding key {name:?}"
+            )))
+            .await;
+        }
         let Some(body) = body.take_back() else {
             return failed(tonic::Status::unavailable(format!(
                 "the replicas holding key {name:?} cannot be reached"
@@ -217,7 +237,6 @@ where
         let mut back = http::Request::from_parts(parts, body);
         if let Some(tunnel) = &local {
             // No less-loaded replica could be reached: serve it here.
-            back.headers_mut().remove(RELAY_SECRET_HEADER);
             back.headers_mut().remove(RELAY_KEY_HEADER);
             return tunnel.channel().call(back).await;
         }
@@ -310,9 +329,10 @@ pub(crate) async fn wait_for_key(registry: &ReverseTunnelRegistry<String>, key: 
     }
 }
 
-/// A call another replica relayed here: checked against the cluster's
-/// secret, then served by a local tunnel of its key only (never relayed
-/// again, so relays cannot loop).
+/// A call another replica relayed here: in a relay tunnel (whose opening
+/// was proved), or with a proof for this replica, its key and method; then
+/// served by a local tunnel of its key only (never relayed again, so
+/// relays cannot loop).
 pub(crate) async fn receive<K>(
     registry: ReverseTunnelRegistry<K>,
     mut req: http::Request<tonic::body::Body>,
@@ -321,20 +341,28 @@ where
     K: Clone + Eq + Hash + Send + Sync + 'static,
 {
     let refuse = |status: tonic::Status| status.into_http::<tonic::body::Body>();
-    if let Err(status) = check_secret(&registry, req.headers()) {
-        return refuse(status);
-    }
     let Some(link) = registry.cluster_link() else {
         return refuse(tonic::Status::unauthenticated(NOT_IN_A_CLUSTER));
     };
+    let in_tunnel = req.extensions().get::<InRelayTunnel>().is_some();
+    let method = req.uri().path().to_owned();
     let headers = req.headers_mut();
-    headers.remove(RELAY_SECRET_HEADER);
+    let proof = headers.remove(RELAY_AUTH_HEADER);
     let key = headers.remove(RELAY_KEY_HEADER);
     let Some(name) = key.as_ref().and_then(|k| k.to_str().ok()) else {
         return refuse(tonic::Status::invalid_argument(format!(
             "relayed call without {RELAY_KEY_HEADER}"
         )));
     };
+    if !in_tunnel {
+        let purpose = Purpose::Call {
+            key: name,
+            method: &method,
+        };
+        if let Err(status) = check(&link.cluster.inner, proof.as_ref(), purpose, "relayed call") {
+            return refuse(status);
+        }
+    }
     let key = (link.from)(name);
     let Some(tunnel) = registry.pick(Some(&key)) else {
         return refuse(tonic::Status::unavailable(format!(
@@ -350,9 +378,9 @@ where
 
 const NOT_IN_A_CLUSTER: &str = "relayed call refused: this server is not in a cluster";
 
-/// Whether `headers` carry this replica's cluster secret (compared in
-/// constant time): relayed calls, and the tunnels relays travel in.
-pub(crate) fn check_secret<K>(
+/// Whether the opening of a relay tunnel (another replica's forward tunnel
+/// that relayed calls travel in) carries a valid proof for this replica.
+pub(crate) fn check_relay_tunnel<K>(
     registry: &ReverseTunnelRegistry<K>,
     headers: &http::HeaderMap,
 ) -> Result<(), tonic::Status>
@@ -360,18 +388,52 @@ where
     K: Clone + Eq + Hash + Send + Sync + 'static,
 {
     let Some(link) = registry.cluster_link() else {
-        return Err(tonic::Status::unauthenticated(NOT_IN_A_CLUSTER));
-    };
-    let matches = headers
-        .get(RELAY_SECRET_HEADER)
-        .is_some_and(|s| constant_time_eq(s.as_bytes(), link.cluster.inner.secret.as_bytes()));
-    if !matches {
-        warn!("relayed call refused: wrong cluster secret");
         return Err(tonic::Status::unauthenticated(
-            "relayed call refused: wrong cluster secret",
+            "relay tunnel refused: this server is not in a cluster",
         ));
+    };
+    let proof = headers.get(RELAY_AUTH_HEADER);
+    check(&link.cluster.inner, proof, Purpose::Tunnel, "relay tunnel")
+}
+
+/// Checks a relay proof; a refusal is logged (at most once a second).
+fn check(
+    cluster: &crate::reverse::cluster::ClusterInner,
+    proof: Option<&http::HeaderValue>,
+    purpose: Purpose<'_>,
+    what: &str,
+) -> Result<(), tonic::Status> {
+    cluster
+        .sealer
+        .check_relay(proof, &cluster.advertise, purpose)
+        .map_err(|refused| {
+            let why = refused.why(cluster.sealer.window());
+            if REFUSALS_LOGGED.allow() {
+                warn!("{what} refused: {why}");
+            }
+            tonic::Status::unauthenticated(format!("{what} refused: {why}"))
+        })
+}
+
+/// Logs refusals at most once a second, so that a flood of forged relays
+/// cannot flood the log.
+static REFUSALS_LOGGED: OncePerSecond = OncePerSecond(std::sync::atomic::AtomicU64::new(0));
+
+struct OncePerSecond(std::sync::atomic::AtomicU64);
+
+impl OncePerSecond {
+    fn allow(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let last = self.0.load(Ordering::Relaxed);
+        last != now
+            && self
+                .0
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
-    Ok(())
 }
 
 /// An error and its sources on one line (a transport error's own text is
@@ -385,11 +447,6 @@ fn with_sources(err: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     text
-}
-
-/// Compares secrets in time independent of where they differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// A relayed response body, counted as a call this replica relays until
@@ -509,18 +566,5 @@ impl http_body::Body for Borrowed {
                 .map(http_body::Body::size_hint)
                 .unwrap_or_default(),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::constant_time_eq;
-
-    #[test]
-    fn secrets_compare_whole() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secret2"));
-        assert!(!constant_time_eq(b"", b"x"));
     }
 }
