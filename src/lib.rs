@@ -178,12 +178,12 @@ pub mod server;
 /// [`ReverseTunnelRegistry::cluster`].
 #[cfg(feature = "cluster")]
 pub mod cluster {
-    #[cfg(feature = "redis")]
-    pub use crate::reverse::cluster::RedisDirectory;
     pub use crate::reverse::cluster::{
         Cluster, Directory, DirectoryFuture, Entry, RelayTransport, DEFAULT_RELAY_WINDOW,
         DEFAULT_TTL,
     };
+    #[cfg(feature = "redis")]
+    pub use crate::reverse::cluster::{RedisDirectory, RedisOptions};
 }
 mod wire;
 

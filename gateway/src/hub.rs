@@ -92,11 +92,21 @@ pub(crate) struct HubArgs {
     #[arg(long, default_value_t = 10_000, env = "GRPCTUNNEL_MAX_WAITERS")]
     max_waiters: usize,
     /// Share one key space with other hubs through this Redis/Valkey store
-    /// (`redis://host:6379`): any hub then routes any key, relaying a call
-    /// to the hub its agent is connected to. Needs `--advertise` and
-    /// `--cluster-secret-file`.
+    /// (`redis://host:6379`, or `rediss://host:6380` over TLS): any hub then
+    /// routes any key, relaying a call to the hub its agent is connected
+    /// to. Needs `--advertise` and `--cluster-secret-file`. Its password
+    /// belongs in `--cluster-password-file`, not in the URL (the URL is
+    /// logged, with any password in it masked).
     #[arg(long, requires_all = ["advertise", "cluster_secret_file"], env = "GRPCTUNNEL_CLUSTER")]
     cluster: Option<String>,
+    /// File holding the store's password (its `requirepass`, or the
+    /// password of the URL's user name).
+    #[arg(long, requires = "cluster", env = "GRPCTUNNEL_CLUSTER_PASSWORD_FILE")]
+    cluster_password_file: Option<String>,
+    /// CA certificate (PEM) of the store's certificate, for a `rediss://`
+    /// store; without it the system's roots are used.
+    #[arg(long, requires = "cluster", env = "GRPCTUNNEL_CLUSTER_STORE_CA")]
+    cluster_store_ca: Option<PathBuf>,
     /// The URL other hubs dial to relay calls to this one
     /// (`https://hub-2.internal:8443`).
     #[arg(long, env = "GRPCTUNNEL_ADVERTISE")]
@@ -344,6 +354,21 @@ async fn log_agents(mut events: grpctunnel::reverse::TunnelEvents<String>) {
     }
 }
 
+/// `url` with any password in it masked, for logs and errors.
+fn masked(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "(not a URL)".into();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) => {
+            let user = rest[..at].split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{}", &rest[at + 1..])
+        }
+        None => url.to_owned(),
+    }
+}
+
 /// The shortest cluster secret taken: 32 bytes, the HMAC-SHA256 key size.
 const MIN_CLUSTER_SECRET: usize = 32;
 
@@ -390,8 +415,19 @@ fn cluster(args: &HubArgs) -> Result<Option<grpctunnel::cluster::Cluster>, Failu
     if !(args.cluster_ttl.is_finite() && args.cluster_ttl >= 0.3) {
         return Err(Failure::Usage("--cluster-ttl: at least 0.3 seconds".into()));
     }
-    let directory = grpctunnel::cluster::RedisDirectory::open(url)
-        .map_err(|e| Failure::Usage(format!("--cluster {url:?}: {e}")))?;
+    let shown = masked(url);
+    let mut store = grpctunnel::cluster::RedisDirectory::options();
+    if let Some(file) = &args.cluster_password_file {
+        store = store.password(args.secret_files.read(file)?);
+    }
+    if let Some(path) = &args.cluster_store_ca {
+        let pem = std::fs::read(path)
+            .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", path.display())))?;
+        store = store.ca_certificate(pem);
+    }
+    let directory = store
+        .open(url)
+        .map_err(|e| Failure::Usage(format!("--cluster {shown}: {e}")))?;
     let ca = match &args.cluster_ca {
         Some(path) => Some(
             std::fs::read(path)
@@ -400,7 +436,7 @@ fn cluster(args: &HubArgs) -> Result<Option<grpctunnel::cluster::Cluster>, Failu
         None => None,
     };
     let keepalive = args.keepalive.keepalive;
-    tracing::info!(store = %url, %advertise, "joining the cluster");
+    tracing::info!(store = %shown, %advertise, "joining the cluster");
     let mut cluster = grpctunnel::cluster::Cluster::new(directory, advertise.clone(), secret)
         .ttl(Duration::from_secs_f64(args.cluster_ttl))
         .relay_window(Duration::from_secs_f64(args.cluster_relay_window))
@@ -449,4 +485,23 @@ fn tls_config(args: &HubArgs) -> Result<Option<tonic::transport::ServerTlsConfig
             .client_auth_optional(true);
     }
     Ok(Some(tls))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::masked;
+
+    #[test]
+    fn store_urls_are_shown_without_their_password() {
+        assert_eq!(masked("redis://10.0.0.2:6379/0"), "redis://10.0.0.2:6379/0");
+        assert_eq!(
+            masked("redis://:hunter2@10.0.0.2:6379"),
+            "redis://:***@10.0.0.2:6379"
+        );
+        assert_eq!(
+            masked("rediss://hub:p@ss:w@rd@store:6380/1?protocol=3"),
+            "rediss://hub:***@store:6380/1?protocol=3"
+        );
+        assert_eq!(masked("hunter2@store"), "(not a URL)");
+    }
 }

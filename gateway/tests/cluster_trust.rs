@@ -307,3 +307,98 @@ async fn captured_relay_proofs_are_refused_elsewhere_for_other_keys_twice_and_la
     .expect("test timed out");
     store.kill().await;
 }
+
+/// The store over TLS (`rediss://`), its password from a file: hubs share
+/// keys through it; a password in the URL is masked in the log; a hub that
+/// does not trust the store's certificate says so and serves its own
+/// agents only.
+#[cfg_attr(
+    missing_redis_server,
+    ignore = "needs `redis-server` on PATH (apt-get install redis-server)"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_over_tls_with_a_password_file() {
+    const PASSWORD: &str = "st0re-passw0rd-never-logged";
+    let dir = temp_dir();
+    let certs = certificates(&dir);
+    let store = Store::start_tls(&certs.hub_cert, &certs.hub_key, &certs.ca, PASSWORD).await;
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let files = cluster_files(&dir, &["plant-0".to_owned(), "plant-1".to_owned()]);
+        let password = dir.join("store.password");
+        std::fs::write(&password, PASSWORD).expect("password file");
+        let password = password.display().to_string();
+        let tls_url = format!("rediss://localhost:{}", store.port);
+        let up = upstream().await;
+        let from_file = [
+            "--cluster-password-file",
+            &password,
+            "--cluster-store-ca",
+            &certs.ca,
+        ];
+        let a_port = free_port();
+        let (_a, a) = cluster_hub_with(
+            &files,
+            &tls_url,
+            a_port,
+            &format!("http://127.0.0.1:{a_port}"),
+            &from_file,
+        )
+        .await;
+        // B: the password in the URL.
+        let in_url = format!("rediss://:{PASSWORD}@localhost:{}", store.port);
+        let b_port = free_port();
+        let (mut b_hub, b) = cluster_hub_with(
+            &files,
+            &in_url,
+            b_port,
+            &format!("http://127.0.0.1:{b_port}"),
+            &["--cluster-store-ca", &certs.ca],
+        )
+        .await;
+        let joining = b_hub.log_line("joining the cluster").await;
+        assert!(!joining.contains(PASSWORD), "{joining}");
+        assert!(joining.contains(":***@localhost"), "{joining}");
+        let _agent = cluster_agent(&dir, &[b], "plant-0", up).await;
+        four_kinds(a, "plant-0")
+            .await
+            .expect("relayed through a TLS store");
+
+        // C trusts another CA: it cannot reach the store, says why, and
+        // still serves its own agent.
+        let other = temp_dir();
+        let wrong = certificates(&other);
+        let c_port = free_port();
+        let (mut c_hub, c) = cluster_hub_with(
+            &files,
+            &tls_url,
+            c_port,
+            &format!("http://127.0.0.1:{c_port}"),
+            &[
+                "--cluster-password-file",
+                &password,
+                "--cluster-store-ca",
+                &wrong.ca,
+            ],
+        )
+        .await;
+        let _own = cluster_agent(&dir, &[c], "plant-1", up).await;
+        let line = c_hub.log_line("cannot update the cluster directory").await;
+        assert!(line.contains("certificate"), "{line}");
+        assert!(!line.contains(PASSWORD), "{line}");
+        let mut via_c = caller(c, "plant-0", false).await;
+        let err = via_c.unary(hello("through c")).await.expect_err("no store");
+        assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+        assert!(
+            err.message().contains("directory is unavailable"),
+            "{err:?}"
+        );
+        assert!(err.message().contains("certificate"), "{err:?}");
+        println!("with a wrong CA for the store: {}", err.message());
+        four_kinds(c, "plant-1").await.expect("c's own agent");
+        let _ = std::fs::remove_dir_all(other);
+    })
+    .await
+    .expect("test timed out");
+    store.kill().await;
+    let _ = std::fs::remove_dir_all(dir);
+}

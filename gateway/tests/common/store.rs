@@ -30,9 +30,37 @@ impl Store {
 
     /// Starts one on `port` (a restart reuses its port).
     pub async fn start_on(port: u16) -> Self {
+        Self::start_with(port, &["--port", &port.to_string()]).await
+    }
+
+    /// Starts one that takes only TLS on a free port, with the certificate
+    /// and key given (PEM files), and the password `password`.
+    pub async fn start_tls(cert: &str, key: &str, ca: &str, password: &str) -> Self {
+        let port = super::free_port();
+        let args = [
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            cert,
+            "--tls-key-file",
+            key,
+            "--tls-ca-cert-file",
+            ca,
+            "--tls-auth-clients",
+            "no",
+            "--requirepass",
+            password,
+        ];
+        Self::start_with(port, &args).await
+    }
+
+    async fn start_with(port: u16, args: &[&str]) -> Self {
         let dir = super::temp_dir();
         let spawned = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(args)
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(&dir)

@@ -56,7 +56,7 @@ use tracing::warn;
 pub use directory::{Directory, DirectoryFuture, Entry};
 pub use peer::RelayTransport;
 #[cfg(feature = "redis")]
-pub use redis::RedisDirectory;
+pub use redis::{RedisDirectory, RedisOptions};
 pub(crate) use relay::{balance, check_relay_tunnel, forward, receive, wait_for_key};
 pub use seal::DEFAULT_RELAY_WINDOW;
 

@@ -87,16 +87,98 @@ struct Shared {
     published: broadcast::Sender<String>,
 }
 
+/// How to reach the store: [`RedisDirectory::options`].
+#[derive(Clone, Default)]
+pub struct RedisOptions {
+    prefix: Option<String>,
+    password: Option<String>,
+    #[cfg(feature = "redis-tls")]
+    ca: Option<Vec<u8>>,
+}
+
+impl RedisOptions {
+    /// Keys under `prefix` (default `grpctunnel:`; several clusters may
+    /// share one store).
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = Some(prefix.into());
+        self
+    }
+
+    /// The store's password (`requirepass`, or an ACL user's with the URL's
+    /// user name), instead of one in the URL: read it from a file, keep it
+    /// out of command lines and logs.
+    pub fn password(mut self, password: impl Into<String>) -> Self {
+        self.password = Some(password.into());
+        self
+    }
+
+    /// For a `rediss://` URL: trust this CA (PEM) for the store's
+    /// certificate instead of the system's roots (feature `redis-tls`).
+    #[cfg(feature = "redis-tls")]
+    pub fn ca_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.ca = Some(pem.into());
+        self
+    }
+
+    /// The directory in the store at `url`: `redis://host:6379/0`, or, with
+    /// feature `redis-tls`, `rediss://host:6380` (TLS through rustls; the
+    /// process needs a rustls crypto provider, e.g. rustls's `ring`
+    /// feature, as tonic's `tls-ring` gives). Needs a Tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// If `url` is not a Redis URL (the error never quotes it: it may hold
+    /// a password), or names TLS without feature `redis-tls`.
+    pub fn open(self, url: &str) -> Result<RedisDirectory, BoxError> {
+        use redis::IntoConnectionInfo;
+        let info = url
+            .into_connection_info()
+            .map_err(|e| format!("not a Redis URL: {e}"))?;
+        let info = match self.password {
+            Some(password) => {
+                let redis = info.redis_settings().clone().set_password(password);
+                info.set_redis_settings(redis)
+            }
+            None => info,
+        };
+        #[cfg(feature = "redis-tls")]
+        let client = match self.ca {
+            Some(pem) => redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                },
+            )?,
+            None => redis::Client::open(info)?,
+        };
+        #[cfg(not(feature = "redis-tls"))]
+        let client = redis::Client::open(info)?;
+        RedisDirectory::from_client(client, self.prefix.as_deref().unwrap_or("grpctunnel:"))
+    }
+}
+
+impl std::fmt::Debug for RedisOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisOptions")
+            .field("prefix", &self.prefix)
+            .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+            .finish_non_exhaustive()
+    }
+}
+
 impl RedisDirectory {
     /// A directory in the store at `url` (`redis://host:6379`,
-    /// `redis://:password@host:6379/0`), keys under the prefix
-    /// `grpctunnel:`. Needs a Tokio runtime.
+    /// `redis://:password@host:6379/0`, `rediss://` with feature
+    /// `redis-tls`), keys under the prefix `grpctunnel:`. Needs a Tokio
+    /// runtime. [`options`](Self::options) sets a password apart from the
+    /// URL, and a CA.
     ///
     /// # Errors
     ///
     /// If `url` is not a Redis URL.
     pub fn open(url: &str) -> Result<Self, BoxError> {
-        Self::with_prefix(url, "grpctunnel:")
+        Self::options().open(url)
     }
 
     /// [`open`](Self::open) with keys under `prefix` (several clusters may
@@ -106,7 +188,15 @@ impl RedisDirectory {
     ///
     /// If `url` is not a Redis URL.
     pub fn with_prefix(url: &str, prefix: &str) -> Result<Self, BoxError> {
-        let client = redis::Client::open(url)?;
+        Self::options().prefix(prefix).open(url)
+    }
+
+    /// How to reach the store, beyond its URL.
+    pub fn options() -> RedisOptions {
+        RedisOptions::default()
+    }
+
+    fn from_client(client: redis::Client, prefix: &str) -> Result<Self, BoxError> {
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(1)))
             .set_response_timeout(Some(Duration::from_secs(2)))
