@@ -10,6 +10,7 @@ use crate::wire::settings::Options;
 /// | [`max_concurrent_streams`](Self::max_concurrent_streams) | 10 000 | a new stream is refused with `RESOURCE_EXHAUSTED`; the tunnel stays up |
 /// | [`max_metadata_size`](Self::max_metadata_size) | 64 KiB | the stream is refused (request metadata) or fails (response metadata) with `RESOURCE_EXHAUSTED` |
 /// | [`revision_zero_buffer`](Self::revision_zero_buffer) | 1 MiB | a revision-zero tunnel stops reading until the stream's consumer catches up |
+/// | [`settings_timeout`](Self::settings_timeout) | 10 s | the end that opened a negotiated tunnel (or accepted a reverse one) gives up on a peer that sends no `Settings`: `DEADLINE_EXCEEDED` |
 ///
 /// In revision one, what a stream buffers is bounded by the window it
 /// advertises; revision zero has no windows, so the tunnel pauses its reads
@@ -40,6 +41,7 @@ pub struct Limits {
     max_concurrent_streams: Option<usize>,
     max_metadata_size: Option<usize>,
     revision_zero_buffer: Option<usize>,
+    settings_timeout: Option<std::time::Duration>,
 }
 
 impl Limits {
@@ -76,6 +78,15 @@ impl Limits {
         self
     }
 
+    /// How long the tunnel client (the end that opened a forward tunnel, or
+    /// the server that accepted a reverse one) waits for the peer's
+    /// `Settings` on a negotiated tunnel before it gives up: a reverse
+    /// tunnel that never sends them holds no slot past it.
+    pub fn settings_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.settings_timeout = Some(timeout);
+        self
+    }
+
     /// Sets the limits this holds, and only those.
     pub(crate) fn apply(self, opts: &mut Options) {
         let set = |slot: &mut usize, value: Option<usize>| {
@@ -90,6 +101,9 @@ impl Limits {
         );
         set(&mut opts.max_metadata_size, self.max_metadata_size);
         set(&mut opts.revision_zero_buffer, self.revision_zero_buffer);
+        if let Some(timeout) = self.settings_timeout {
+            opts.settings_timeout = timeout;
+        }
     }
 }
 

@@ -772,3 +772,55 @@ async fn a_call_waits_for_a_tunnel_that_is_opening() {
     })
     .await;
 }
+
+/// An agent that opens a reverse tunnel and never sends its `Settings`
+/// holds a place (it counts against the per-key limit while opening, so
+/// stalled openings cannot crowd out the limit's purpose), but only until
+/// the settings timeout: then its opening RPC ends `DEADLINE_EXCEEDED`,
+/// naming the limit, and a real agent of the key takes the place.
+#[tokio::test]
+async fn an_agent_that_never_sends_settings_is_ended_at_the_settings_timeout() {
+    bounded(async {
+        let registry = keyed_registry().with_limits(10, 1);
+        let (listener, addr) = listener().await;
+        let layer = TunnelLayer::new()
+            .limits(grpctunnel::Limits::new().settings_timeout(Duration::from_millis(500)))
+            .reverse(registry.clone());
+        let hub = hub_on(listener, layer).await;
+
+        let (_tx, mut stalled) = raw_agent(addr, "k").await;
+        assert!(registry.is_opening(Some(&"k".to_owned())));
+        // The key's one place is taken by the opening tunnel.
+        let mut events = registry.subscribe();
+        let second = tokio::spawn({
+            let channel = connect(addr).await;
+            async move { agent("real", "k").serve(channel).await }
+        });
+        let refused = second.await.expect("task").expect_err("no place while one opens");
+        let status = refused.status().expect("a status");
+        assert_eq!(status.code(), Code::ResourceExhausted, "{refused:?}");
+        assert!(status.message().contains("for this key"), "{refused:?}");
+
+        let status = loop {
+            match stalled.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the opening RPC ended with OK"),
+                Err(status) => break status,
+            }
+        };
+        assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+        assert!(status.message().contains("settings_timeout"), "{status:?}");
+        assert!(!registry.is_opening(Some(&"k".to_owned())));
+
+        let real = tokio::spawn({
+            let channel = connect(addr).await;
+            async move { agent("real", "k").serve(channel).await }
+        });
+        assert!(matches!(next_event(&mut events).await, TunnelEvent::Opened(_)));
+        let mut client = EchoServiceClient::new(registry.get("k"));
+        assert_eq!(answered_by(&mut client).await, "real");
+        real.abort();
+        hub.stop().await;
+    })
+    .await;
+}

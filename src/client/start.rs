@@ -33,13 +33,22 @@ where
     S: FuturesStream<Item = Result<pb::ServerToClient, tonic::Status>> + Unpin + Send + 'static,
 {
     let (revision, send_window) = if negotiated {
-        let first = match inbound.next().await {
-            Some(Ok(frame)) => frame,
-            Some(Err(status)) => {
+        let first = match tokio::time::timeout(opts.settings_timeout, inbound.next()).await {
+            Err(_) => {
+                let status = tonic::Status::deadline_exceeded(format!(
+                    "no Settings from the peer within {:?} (settings_timeout)",
+                    opts.settings_timeout
+                ));
+                core.finish(Some(status.clone()));
+                core.meter.tunnel_closed();
+                return Err(Error::negotiation(status));
+            }
+            Ok(Some(Ok(frame))) => frame,
+            Ok(Some(Err(status))) => {
                 core.finish(None);
                 return Err(Error::negotiation(status));
             }
-            None => {
+            Ok(None) => {
                 core.finish(None);
                 return Err(Error::negotiation(tonic::Status::unavailable(
                     "failed to read settings from server: tunnel ended",

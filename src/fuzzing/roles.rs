@@ -52,6 +52,7 @@ fn options() -> Options {
         max_metadata_size: 1024,
         revision_zero_buffer: 8192,
         binary_metadata: crate::BinaryMetadata::Drop,
+        settings_timeout: crate::wire::settings::DEFAULT_SETTINGS_TIMEOUT,
     }
 }
 

@@ -49,6 +49,16 @@ impl<K: Clone + Eq + Hash + Send + Sync + 'static> ReverseTunnelRegistry<K> {
         }
     }
 
+    /// Tunnels opening now: in all, and of `key`.
+    pub(crate) fn opening_counts(&self, key: &K) -> (usize, usize) {
+        let counts = self
+            .openings()
+            .counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        (counts.1, counts.0.get(key).copied().unwrap_or(0))
+    }
+
     /// Whether a tunnel of `key` (or any tunnel, for `None`) was accepted
     /// and is still opening (waiting for its `Settings`): its agent may
     /// count itself connected already, and a call through

@@ -307,14 +307,23 @@ where
     }
 
     /// Refuses a tunnel that would exceed the limits.
-    fn check(&self, state: &State<K>, key: &K) -> Result<(), tonic::Status> {
-        if state.all.tunnels.len() >= self.inner.max_tunnels {
+    /// Whether one more tunnel of `key` fits the limits. Tunnels still
+    /// opening count (an agent that never sends its `Settings` holds a
+    /// place until the settings timeout), less `own`: the tunnel being
+    /// added, itself still counted as opening.
+    fn check(&self, state: &State<K>, key: &K, own: usize) -> Result<(), tonic::Status> {
+        let (opening_all, opening_key) = self.opening_counts(key);
+        let (opening_all, opening_key) = (
+            opening_all.saturating_sub(own),
+            opening_key.saturating_sub(own),
+        );
+        if state.all.tunnels.len() + opening_all >= self.inner.max_tunnels {
             return Err(tonic::Status::resource_exhausted(format!(
                 "too many reverse tunnels (max {})",
                 self.inner.max_tunnels
             )));
         }
-        let for_key = state.by_key.get(key).map_or(0, |p| p.tunnels.len());
+        let for_key = state.by_key.get(key).map_or(0, |p| p.tunnels.len()) + opening_key;
         if for_key >= self.inner.max_per_key {
             return Err(tonic::Status::resource_exhausted(format!(
                 "too many reverse tunnels for this key (max {})",
@@ -452,7 +461,7 @@ where
         extensions: &http::Extensions,
     ) -> Result<(), tonic::Status> {
         let key = (self.inner.key_fn)(headers, extensions);
-        self.check(&self.lock(), &key)
+        self.check(&self.lock(), &key, 0)
     }
 
     pub(crate) fn add(
@@ -473,7 +482,7 @@ where
         };
         {
             let mut state = self.lock();
-            if let Err(status) = self.check(&state, tunnel.key()) {
+            if let Err(status) = self.check(&state, tunnel.key(), 1) {
                 // Lost a race with another tunnel of the same key.
                 drop(state);
                 debug!(error = %status.message(), "reverse tunnel refused");

@@ -50,6 +50,9 @@ pub const DEFAULT_MAX_METADATA_SIZE: usize = 64 * 1024;
 /// consumer before the tunnel stops reading (revision zero has no windows).
 pub const DEFAULT_REVISION_ZERO_BUFFER: usize = 1024 * 1024;
 
+/// How long the tunnel client waits for the peer's `Settings`, by default.
+pub(crate) const DEFAULT_SETTINGS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A protocol revision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[non_exhaustive]
@@ -112,6 +115,8 @@ pub(crate) struct Options {
     pub(crate) revision_zero_buffer: usize,
     /// What happens to `-bin` values a peer cannot carry.
     pub(crate) binary_metadata: BinaryMetadata,
+    /// How long the tunnel client waits for the peer's `Settings`.
+    pub(crate) settings_timeout: std::time::Duration,
 }
 
 impl Default for Options {
@@ -125,6 +130,7 @@ impl Default for Options {
             max_metadata_size: DEFAULT_MAX_METADATA_SIZE,
             revision_zero_buffer: DEFAULT_REVISION_ZERO_BUFFER,
             binary_metadata: BinaryMetadata::Drop,
+            settings_timeout: DEFAULT_SETTINGS_TIMEOUT,
         }
     }
 }
