@@ -796,7 +796,10 @@ async fn an_agent_that_never_sends_settings_is_ended_at_the_settings_timeout() {
             let channel = connect(addr).await;
             async move { agent("real", "k").serve(channel).await }
         });
-        let refused = second.await.expect("task").expect_err("no place while one opens");
+        let refused = second
+            .await
+            .expect("task")
+            .expect_err("no place while one opens");
         let status = refused.status().expect("a status");
         assert_eq!(status.code(), Code::ResourceExhausted, "{refused:?}");
         assert!(status.message().contains("for this key"), "{refused:?}");
@@ -816,7 +819,10 @@ async fn an_agent_that_never_sends_settings_is_ended_at_the_settings_timeout() {
             let channel = connect(addr).await;
             async move { agent("real", "k").serve(channel).await }
         });
-        assert!(matches!(next_event(&mut events).await, TunnelEvent::Opened(_)));
+        assert!(matches!(
+            next_event(&mut events).await,
+            TunnelEvent::Opened(_)
+        ));
         let mut client = EchoServiceClient::new(registry.get("k"));
         assert_eq!(answered_by(&mut client).await, "real");
         real.abort();

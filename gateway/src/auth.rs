@@ -29,6 +29,11 @@ use std::{
 use axum::body::Body;
 use tower::Service;
 
+use crate::{
+    limit::Held,
+    quota::{TunnelQuota, TunnelSlot},
+};
+
 /// Tokens and certificates, and what each may do.
 #[derive(Debug, Default)]
 pub(crate) struct Credentials {
@@ -52,6 +57,8 @@ pub(crate) struct Grant {
     name: http::HeaderValue,
     /// The caller's `authorization` goes on to the upstream.
     forward_credential: bool,
+    /// Most tunnels it may hold at once (`None`: the hub's default).
+    max_tunnels: Option<usize>,
 }
 
 impl Grant {
@@ -67,7 +74,14 @@ impl Grant {
             calls: max_calls.map(|n| (Arc::new(tokio::sync::Semaphore::new(n)), n)),
             name,
             forward_credential: false,
+            max_tunnels: None,
         }
+    }
+
+    /// At most `max` tunnels at once (`None`: the hub's default).
+    pub(crate) fn max_tunnels(mut self, max: Option<usize>) -> Self {
+        self.max_tunnels = max;
+        self
     }
 
     /// The caller's own `authorization` header goes on to the upstream.
@@ -88,8 +102,8 @@ fn digest(token: &str) -> [u8; 32] {
 pub(crate) const CALLER_HEADER: &str = "grpctunnel-caller";
 
 /// Which credential a request presented: the key of its grant.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum CredentialId {
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum CredentialId {
     /// A bearer token, by its SHA-256.
     Token([u8; 32]),
     /// A client certificate, by its SHA-256 (lowercase hex).
@@ -235,13 +249,14 @@ impl Credentials {
         }
     }
 
-    /// Whether an agent's opening RPC may register the key it claims.
+    /// Whether an agent's opening RPC may register the key it claims; its
+    /// grant if so.
     pub(crate) fn check_agent(
         &self,
         headers: &http::HeaderMap,
         extensions: &http::Extensions,
         key_header: &http::HeaderName,
-    ) -> Result<(), tonic::Status> {
+    ) -> Result<CallerKeys, tonic::Status> {
         let key = headers
             .get(key_header)
             .and_then(|v| v.to_str().ok())
@@ -262,7 +277,7 @@ impl Credentials {
                 "this credential may not register key {key:?}"
             )));
         }
-        Ok(())
+        Ok(grant)
     }
 
     /// Whether a call may reach `key`, by the identity its forward tunnel
@@ -338,15 +353,24 @@ pub(crate) struct Auth<S> {
     /// None listed: callers need no credential.
     callers: Live,
     key_header: http::HeaderName,
+    /// The tunnels each credential holds.
+    quota: std::sync::Arc<TunnelQuota>,
 }
 
 impl<S> Auth<S> {
-    pub(crate) fn new(inner: S, agents: Live, callers: Live, key_header: http::HeaderName) -> Self {
+    pub(crate) fn new(
+        inner: S,
+        agents: Live,
+        callers: Live,
+        key_header: http::HeaderName,
+        quota: std::sync::Arc<TunnelQuota>,
+    ) -> Self {
         Self {
             inner,
             agents,
             callers,
             key_header,
+            quota,
         }
     }
 }
@@ -367,7 +391,7 @@ where
     type Error = Infallible;
     type Future = futures_util::future::Either<
         std::future::Ready<Result<http::Response<Body>, Infallible>>,
-        S::Future,
+        Slotted<S::Future>,
     >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
@@ -375,40 +399,93 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
-        let refused = match req.uri().path() {
+        let admitted = match req.uri().path() {
             OPEN_REVERSE_TUNNEL => self
                 .agents
                 .get()
                 .check_agent(req.headers(), req.extensions(), &self.key_header)
-                .err(),
+                .and_then(|grant| self.tunnel_slot(&grant, "agent", req.extensions()))
+                .map(Some),
             // Another hub's relay tunnel: the tunnel service checks the
             // proof of membership it carries, and serves its calls from this
             // hub's own agents only.
-            OPEN_TUNNEL if req.headers().contains_key(RELAY_AUTH_HEADER) => None,
+            OPEN_TUNNEL if req.headers().contains_key(RELAY_AUTH_HEADER) => Ok(None),
             OPEN_TUNNEL => match self.callers.get() {
-                callers if callers.is_empty() => None,
+                callers if callers.is_empty() => Ok(None),
                 // The caller's keys ride along with each tunneled call.
-                callers => match callers.grant(
-                    req.headers(),
-                    req.extensions(),
-                    "caller",
-                    "a forward tunnel",
-                ) {
-                    Ok(keys) => {
+                callers => callers
+                    .grant(
+                        req.headers(),
+                        req.extensions(),
+                        "caller",
+                        "a forward tunnel",
+                    )
+                    .and_then(|keys| {
+                        let slot = self.tunnel_slot(&keys, "caller", req.extensions())?;
                         req.extensions_mut().insert(keys);
-                        None
-                    }
-                    Err(status) => Some(status),
-                },
+                        Ok(Some(slot))
+                    }),
             },
-            _ => None,
+            _ => Ok(None),
         };
-        match refused {
-            Some(status) => {
+        match admitted {
+            Err(status) => {
                 futures_util::future::Either::Left(std::future::ready(Ok(status.into_http())))
             }
-            None => futures_util::future::Either::Right(self.inner.call(req)),
+            Ok(slot) => futures_util::future::Either::Right(Slotted {
+                inner: self.inner.call(req),
+                slot,
+            }),
         }
+    }
+}
+
+impl<S> Auth<S> {
+    /// A place in the quota of `grant`'s credential for the tunnel it
+    /// opens; a refusal is logged (rate-limited) with the peer.
+    fn tunnel_slot(
+        &self,
+        grant: &CallerKeys,
+        who: &'static str,
+        extensions: &http::Extensions,
+    ) -> Result<TunnelSlot, tonic::Status> {
+        self.quota
+            .take(&grant.1, grant.0.max_tunnels, who)
+            .inspect_err(|status| {
+                crate::refusals::refused(
+                    extensions,
+                    who,
+                    "max_tunnels",
+                    "a tunnel",
+                    status.message(),
+                );
+            })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response to an admitted request; an opening RPC's body holds
+    /// its tunnel's place in its credential's quota until it ends.
+    pub(crate) struct Slotted<F> {
+        #[pin]
+        inner: F,
+        slot: Option<TunnelSlot>,
+    }
+}
+
+impl<F> std::future::Future for Slotted<F>
+where
+    F: std::future::Future<Output = Result<http::Response<Body>, Infallible>>,
+{
+    type Output = Result<http::Response<Body>, Infallible>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let resp = std::task::ready!(this.inner.poll(cx))?;
+        Poll::Ready(Ok(match this.slot.take() {
+            Some(slot) => resp.map(|body| Body::new(Held::new(body, Some(slot)))),
+            None => resp,
+        }))
     }
 }
 

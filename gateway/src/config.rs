@@ -16,6 +16,7 @@
 //! token = "..."                                  # or: token_file, cert_sha256 (mTLS)
 //! keys = ["plant-7", "plant-8"]                  # "*": any key
 //! max_calls = 100                                # calls in flight at once
+//! max_tunnels = 10                               # forward tunnels at once (agents too)
 //! forward_credential = false                     # true: the upstream sees the caller's token too
 //! ```
 
@@ -53,6 +54,10 @@ pub(crate) struct Credential {
     /// Most calls in flight at once for this caller (default: the hub's
     /// `--max-calls-per-caller`).
     pub(crate) max_calls: Option<usize>,
+    /// Most tunnels this credential holds at once, opening or open: an
+    /// agent's reverse tunnels, a caller's forward tunnels (default: the
+    /// hub's `--max-tunnels-per-credential`).
+    pub(crate) max_tunnels: Option<usize>,
     /// Who this is, for the upstream (`grpctunnel-caller`) and the logs
     /// (default: `agent-N` or `caller-N`, its place in the file).
     pub(crate) name: Option<String>,
@@ -173,6 +178,13 @@ impl HubConfig {
                 return Err(Failure::Usage(format!(
                     "config {}: max_calls is for callers (an agent limits its own calls with --max-calls)",
                     path.display()
+                )));
+            }
+            if credential.max_tunnels == Some(0) {
+                return Err(Failure::Usage(format!(
+                    "config {}: {what} credential {}: max_tunnels must be at least 1",
+                    path.display(),
+                    i + 1
                 )));
             }
             if credential.keys.is_empty() {

@@ -69,9 +69,30 @@ pub(crate) struct HubArgs {
     /// `RESOURCE_EXHAUSTED`.
     #[arg(long, default_value_t = grpctunnel::reverse::DEFAULT_MAX_REVERSE_TUNNELS, env = "GRPCTUNNEL_MAX_TUNNELS")]
     max_tunnels: usize,
-    /// Most agent tunnels open at once for one key.
+    /// Most agent tunnels open at once for one key (tunnels still
+    /// opening count).
     #[arg(long, default_value_t = grpctunnel::reverse::DEFAULT_MAX_REVERSE_TUNNELS_PER_KEY, env = "GRPCTUNNEL_MAX_TUNNELS_PER_KEY")]
     max_tunnels_per_key: usize,
+    /// Most tunnels one credential holds at once, opening or open (an
+    /// agent's reverse tunnels, a caller's forward tunnels), unless its
+    /// entry in the config says `max_tunnels`: one credential cannot take
+    /// `--max-tunnels` from the others.
+    #[arg(
+        long,
+        default_value_t = 100,
+        env = "GRPCTUNNEL_MAX_TUNNELS_PER_CREDENTIAL"
+    )]
+    max_tunnels_per_credential: usize,
+    /// How long, in seconds, a tunnel may take to send its `Settings`
+    /// after its opening RPC is answered; then it is ended
+    /// (`DEADLINE_EXCEEDED`) and its place freed.
+    #[arg(
+        long,
+        default_value = "10",
+        value_name = "SECONDS",
+        env = "GRPCTUNNEL_SETTINGS_TIMEOUT"
+    )]
+    settings_timeout: f64,
     /// Most calls in flight at once for each caller credential (`max_calls`
     /// in its `[[caller]]` wins); more are refused with
     /// `RESOURCE_EXHAUSTED`. Default: no limit.
@@ -206,12 +227,19 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
         Some(cluster) => registry.cluster(cluster),
         None => registry,
     };
+    if !(args.settings_timeout.is_finite() && args.settings_timeout > 0.0) {
+        return Err(Failure::Usage(
+            "--settings-timeout: more than 0 seconds".into(),
+        ));
+    }
+    let settings_timeout = Duration::from_secs_f64(args.settings_timeout);
     let drain = CancellationToken::new();
     // The layer's own cap counts agents' tunnels and callers' forward
     // tunnels: room for --max-tunnels agents plus as many callers.
     let tunnels = TunnelLayer::new()
         .max_tunnels((args.max_tunnels as u64).saturating_mul(2))
         .max_message_size(args.max_message_size)
+        .limits(grpctunnel::Limits::new().settings_timeout(settings_timeout))
         .reverse(registry.clone())
         .shutdown_token(drain.clone())
         .shutdown_grace(Duration::from_secs(args.drain));
@@ -246,7 +274,8 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
         admin_registry.clone(),
         key_header.clone(),
     )?;
-    let service = Auth::new(tunnels.layer(route), agents, callers, key_header);
+    let quota = crate::quota::TunnelQuota::new(args.max_tunnels_per_credential);
+    let service = Auth::new(tunnels.layer(route), agents, callers, key_header, quota);
 
     let metrics_handle = metrics::install()?;
     let draining = Arc::new(AtomicBool::new(false));

@@ -38,21 +38,22 @@ impl CallLimit {
 }
 
 pin_project! {
-    /// A response body that holds its call's permit until it ends.
-    pub(crate) struct Held<B> {
+    /// A response body that holds its call's permit (or any guard: a
+    /// tunnel's place in its credential's quota) until it ends.
+    pub(crate) struct Held<B, G = OwnedSemaphorePermit> {
         #[pin]
         inner: B,
-        permit: Option<OwnedSemaphorePermit>,
+        permit: Option<G>,
     }
 }
 
-impl<B> Held<B> {
-    pub(crate) fn new(inner: B, permit: Option<OwnedSemaphorePermit>) -> Self {
+impl<B, G> Held<B, G> {
+    pub(crate) fn new(inner: B, permit: Option<G>) -> Self {
         Self { inner, permit }
     }
 }
 
-impl<B> http_body::Body for Held<B>
+impl<B, G> http_body::Body for Held<B, G>
 where
     B: http_body::Body<Data = Bytes>,
 {

@@ -17,6 +17,7 @@ mod hub;
 mod keepalive;
 mod limit;
 mod metrics;
+mod quota;
 mod refusals;
 mod reload;
 mod route;

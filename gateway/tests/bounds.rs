@@ -179,3 +179,115 @@ async fn made_up_methods_and_keys_leave_metrics_and_memory_bounded() {
     .await
     .expect("test timed out");
 }
+
+/// An agent's opening RPC with negotiation that never sends its `Settings`;
+/// the hub's answer, or its refusal.
+async fn stalled_opening(
+    channel: tonic::transport::Channel,
+    token: &str,
+    key: &str,
+) -> Result<
+    (
+        tokio::sync::mpsc::Sender<grpctunnel::pb::ServerToClient>,
+        tonic::Streaming<grpctunnel::pb::ClientToServer>,
+    ),
+    tonic::Status,
+> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let md = req.metadata_mut();
+    md.insert("grpctunnel-negotiate", "on".parse().expect("ascii"));
+    md.insert("grpctunnel-key", key.parse().expect("ascii"));
+    md.insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("ascii"),
+    );
+    let resp = grpctunnel::pb::tunnel_service_client::TunnelServiceClient::new(channel)
+        .open_reverse_tunnel(req)
+        .await?;
+    Ok((tx, resp.into_inner()))
+}
+
+/// 10,000 openings from one agent credential that never send their
+/// `Settings`: the credential holds at most its quota
+/// (`--max-tunnels-per-credential`, 100), the rest are refused
+/// `RESOURCE_EXHAUSTED` naming it, another credential's agent connects and
+/// serves meanwhile, and the stalled ones end at `--settings-timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_stalled_openings_from_one_credential_do_not_lock_out_another() {
+    const OPENINGS: usize = 10_000;
+    const QUOTA: usize = 100;
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let dir = temp_dir();
+        let upstream = upstream().await;
+        let flood = "fl00d-t0ken-of-a-leaked-agent";
+        let (_hub, addr) = hub_full(
+            &dir,
+            "s3cret-7",
+            &["plant-7"],
+            &format!("[[agent]]\ntoken = {flood:?}\nkeys = [\"flood\"]\n"),
+            // Longer than the flood takes, so that every place stays taken
+            // while it lasts.
+            &["--settings-timeout", "15"],
+        )
+        .await;
+        let mut channels = Vec::new();
+        for _ in 0..20 {
+            channels.push(hub_channel(addr).await);
+        }
+        let flood_started = Instant::now();
+        let mut openings = tokio::task::JoinSet::new();
+        for i in 0..OPENINGS {
+            let channel = channels[i % channels.len()].clone();
+            openings.spawn(stalled_opening(channel, flood, "flood"));
+        }
+        let mut stalled = Vec::new();
+        let mut refused = 0;
+        while let Some(done) = openings.join_next().await {
+            match done.expect("no panic") {
+                Ok(opened) => stalled.push(opened),
+                Err(status) => {
+                    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                    assert!(status.message().contains("max_tunnels"), "{status:?}");
+                    refused += 1;
+                }
+            }
+        }
+        let flood_took = flood_started.elapsed();
+        println!(
+            "{} openings held, {refused} refused, in {flood_took:?}",
+            stalled.len()
+        );
+        assert!(
+            flood_took < Duration::from_secs(15),
+            "the flood outlasted the settings timeout"
+        );
+        assert_eq!(stalled.len(), QUOTA);
+        assert_eq!(refused, OPENINGS - QUOTA);
+
+        // Another credential's agent connects and serves while they stall.
+        let mut agent = agent(&dir, addr, "plant-7", "s3cret-7", upstream);
+        agent.log_line("tunnel open").await;
+        let mut c = caller(addr, "plant-7", true).await;
+        c.unary(hello("past the flood")).await.expect("served");
+
+        // The stalled ones end at the settings timeout.
+        for (_tx, mut frames) in stalled {
+            let status = loop {
+                match frames.message().await {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => panic!("a stalled opening ended OK"),
+                    Err(status) => break status,
+                }
+            };
+            assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+            assert!(status.message().contains("settings_timeout"), "{status:?}");
+        }
+        // Their places are free again.
+        let again = stalled_opening(channels[0].clone(), flood, "flood").await;
+        assert!(again.is_ok(), "{:?}", again.err());
+        let _ = std::fs::remove_dir_all(dir);
+    })
+    .await
+    .expect("test timed out");
+}
