@@ -830,3 +830,76 @@ async fn an_agent_that_never_sends_settings_is_ended_at_the_settings_timeout() {
     })
     .await;
 }
+
+/// Outlier ejection: next to a healthy agent, one that fails every call at
+/// once with `UNAVAILABLE` (least-outstanding picking would favour it: it
+/// is never busy) is left out after five failures in a row, so it takes
+/// well under a tenth of its key's calls; with only ejected tunnels left,
+/// calls still go to them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_fails_fast_is_ejected_from_picking() {
+    const CALLS: usize = 2_000;
+    bounded(async {
+        let registry = keyed_registry();
+        let (listener, addr) = listener().await;
+        let hub = hub_on(listener, TunnelLayer::new().reverse(registry.clone())).await;
+        let mut events = registry.subscribe();
+        let broken = tower::service_fn(|_req: http::Request<tonic::body::Body>| async {
+            Ok::<_, std::convert::Infallible>(
+                tonic::Status::unavailable("broken agent").into_http::<tonic::body::Body>(),
+            )
+        });
+        let bad = tokio::spawn({
+            let channel = connect(addr).await;
+            async move {
+                ReverseTunnelServer::new(broken)
+                    .metadata("x-agent-key", "k")
+                    .serve(channel)
+                    .await
+            }
+        });
+        assert!(matches!(next_event(&mut events).await, TunnelEvent::Opened(_)));
+        let good = tokio::spawn({
+            let channel = connect(addr).await;
+            async move { agent("good", "k").serve(channel).await }
+        });
+        assert!(matches!(next_event(&mut events).await, TunnelEvent::Opened(_)));
+
+        let mut calls = tokio::task::JoinSet::new();
+        let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(16));
+        for _ in 0..CALLS {
+            let mut client = EchoServiceClient::new(registry.get("k"));
+            let permit = permits.clone().acquire_owned().await.expect("open");
+            calls.spawn(async move {
+                let result = client.unary(EchoRequest::default()).await;
+                drop(permit);
+                result.map(|_| ())
+            });
+        }
+        let mut failed = 0;
+        while let Some(done) = calls.join_next().await {
+            if let Err(status) = done.expect("no panic") {
+                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                assert_eq!(status.message(), "broken agent");
+                failed += 1;
+            }
+        }
+        println!("the failing agent took {failed} of {CALLS} calls");
+        assert!(failed < CALLS / 10, "{failed} of {CALLS} calls failed");
+        let tunnels = registry.tunnels_for("k");
+        assert_eq!(tunnels.iter().filter(|t| t.is_ejected()).count(), 1);
+
+        // Only the ejected one left: calls still reach it.
+        good.abort();
+        assert!(matches!(next_event(&mut events).await, TunnelEvent::Closed(_)));
+        let mut client = EchoServiceClient::new(registry.get("k"));
+        let status = client
+            .unary(EchoRequest::default())
+            .await
+            .expect_err("the broken agent answers");
+        assert_eq!(status.message(), "broken agent");
+        bad.abort();
+        hub.stop().await;
+    })
+    .await;
+}

@@ -73,7 +73,8 @@ impl ResponseBody {
         }
     }
 
-    /// The HTTP/2 trailers for a `close_stream` (P-63, client side).
+    /// The HTTP/2 trailers for a `close_stream` (P-63, client side); a
+    /// server error counts against the tunnel's health (outlier ejection).
     pub(crate) fn close_to_trailers(
         close: Option<pb::CloseStream>,
         guard: &CallGuard,
@@ -84,6 +85,14 @@ impl ResponseBody {
             guard.metadata_to_headers(md, &mut trailers);
         }
         let status = close.status.unwrap_or_default();
+        // Outlier ejection counts the calls in a row the peer ends with a
+        // server error.
+        let failures = guard.failures();
+        if is_server_error(status.code) {
+            failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        } else {
+            failures.store(0, std::sync::atomic::Ordering::Relaxed);
+        }
         status::status_to_trailers(&status, &mut trailers);
         trailers
     }
@@ -189,4 +198,12 @@ impl fmt::Debug for ResponseBody {
             .field("done", &matches!(self.state, State::Done))
             .finish()
     }
+}
+
+/// Whether a call's status says the server (not the call) is in trouble:
+/// `UNKNOWN`, `INTERNAL`, `UNAVAILABLE`, `DATA_LOSS`. What the application
+/// answers (`NOT_FOUND`, `INVALID_ARGUMENT`, ...) says nothing about the
+/// tunnel's health.
+fn is_server_error(code: i32) -> bool {
+    matches!(code, 2 | 13 | 14 | 15)
 }

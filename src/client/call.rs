@@ -52,6 +52,11 @@ impl CallGuard {
 }
 
 impl CallGuard {
+    /// The tunnel's count of calls in a row the peer failed at once.
+    pub(crate) fn failures(&self) -> &std::sync::atomic::AtomicU32 {
+        &self.handle.shared.failures
+    }
+
     /// Adds the peer's metadata to `headers` (response headers or
     /// trailers); what no header can carry is counted and logged.
     pub(crate) fn metadata_to_headers(&self, md: &pb::Metadata, headers: &mut http::HeaderMap) {

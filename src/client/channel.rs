@@ -130,6 +130,24 @@ impl TunnelChannel {
         hook();
     }
 
+    /// Calls in a row the peer failed at once with a server error
+    /// (`UNKNOWN`, `INTERNAL`, `UNAVAILABLE`, `DATA_LOSS`), since the last
+    /// answered call or [`take_failures`](Self::take_failures).
+    pub(crate) fn consecutive_failures(&self) -> u32 {
+        self.handle
+            .shared
+            .failures
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Starts counting failures in a row afresh.
+    pub(crate) fn take_failures(&self) {
+        self.handle
+            .shared
+            .failures
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Calls in flight (whose response, or response body, is still alive).
     pub fn active_calls(&self) -> usize {
         self.handle.shared.lock_alloc().active

@@ -54,6 +54,9 @@ pub(crate) struct Shared {
     pub(crate) direction: Direction,
     /// The tunnel's span, parent of its streams' spans.
     pub(crate) span: tracing::Span,
+    /// Calls in a row the peer failed at once with a server error (see
+    /// `reverse::outlier`); an answered call resets it.
+    pub(crate) failures: std::sync::atomic::AtomicU32,
 }
 
 pub(crate) struct Alloc {
@@ -99,6 +102,7 @@ impl Shared {
             send_window,
             direction,
             span,
+            failures: std::sync::atomic::AtomicU32::new(0),
         });
         (shared, register_rx)
     }

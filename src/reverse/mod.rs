@@ -14,6 +14,7 @@ mod channel;
 pub(crate) mod cluster;
 mod keep;
 mod opening;
+mod outlier;
 mod registry;
 mod serve;
 

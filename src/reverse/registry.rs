@@ -105,6 +105,9 @@ impl<K> Pool<K> {
     /// The tunnel with the fewest calls in flight, ties going round-robin:
     /// every tunnel of a small pool is looked at, two of a large one (the
     /// round-robin one and one spread from it: "the power of two choices").
+    ///
+    /// Tunnels left out by outlier ejection (`outlier.rs`) are skipped,
+    /// unless every tunnel of the pool is.
     fn pick(&mut self) -> Option<ReverseTunnel<K>> {
         let n = self.tunnels.len();
         if n == 0 {
@@ -112,18 +115,31 @@ impl<K> Pool<K> {
         }
         let start = self.next % n;
         self.next = self.next.wrapping_add(1);
-        let load = |i: usize| self.tunnels[i].inner.channel.active_calls();
+        let tunnels = &self.tunnels;
+        let load = |i: usize| tunnels[i].inner.channel.active_calls();
+        let available = |i: usize| {
+            let t = &tunnels[i].inner;
+            t.ejection.available(&t.channel, t.id)
+        };
         let best = if n <= SCAN_ALL {
-            (0..n)
-                .map(|k| (start + k) % n)
+            let scan = (0..n).map(|k| (start + k) % n);
+            scan.clone()
+                .filter(|&i| available(i))
                 .min_by_key(|&i| load(i))
+                .or_else(|| scan.min_by_key(|&i| load(i)))
                 .unwrap_or(start)
         } else {
             let other = (start + 1 + spread(self.next) % (n - 1)) % n;
-            if load(other) < load(start) {
-                other
-            } else {
-                start
+            match (available(start), available(other)) {
+                (true, false) => start,
+                (false, true) => other,
+                (true, true) if load(other) < load(start) => other,
+                (true, true) => start,
+                // Both left out: the next one that is not, if any.
+                (false, false) => (0..n)
+                    .map(|k| (start + k) % n)
+                    .find(|&i| available(i))
+                    .unwrap_or(start),
             }
         };
         Some(self.tunnels[best].clone())
@@ -153,9 +169,20 @@ struct TunnelEntry<K> {
     metadata: http::HeaderMap,
     extensions: http::Extensions,
     channel: TunnelChannel,
+    /// Whether picking leaves it out for now (outlier ejection).
+    ejection: crate::reverse::outlier::Ejection,
 }
 
 impl<K> ReverseTunnel<K> {
+    /// Whether picking leaves this tunnel out for now: its agent failed
+    /// five calls in a row at once with a server error (`UNKNOWN`,
+    /// `INTERNAL`, `UNAVAILABLE`, `DATA_LOSS`), and it is ejected for 10 s,
+    /// doubling each time again, up to 5 minutes; the calls of its key go
+    /// to its other tunnels (to all of them, if all are ejected).
+    pub fn is_ejected(&self) -> bool {
+        self.inner.ejection.is_ejected()
+    }
+
     /// A number unique to this tunnel within its registry.
     pub fn id(&self) -> u64 {
         self.inner.id
@@ -478,6 +505,7 @@ where
                 metadata: headers,
                 extensions,
                 channel: channel.clone(),
+                ejection: Default::default(),
             }),
         };
         {
