@@ -858,12 +858,18 @@ async fn an_agent_that_fails_fast_is_ejected_from_picking() {
                     .await
             }
         });
-        assert!(matches!(next_event(&mut events).await, TunnelEvent::Opened(_)));
+        assert!(matches!(
+            next_event(&mut events).await,
+            TunnelEvent::Opened(_)
+        ));
         let good = tokio::spawn({
             let channel = connect(addr).await;
             async move { agent("good", "k").serve(channel).await }
         });
-        assert!(matches!(next_event(&mut events).await, TunnelEvent::Opened(_)));
+        assert!(matches!(
+            next_event(&mut events).await,
+            TunnelEvent::Opened(_)
+        ));
 
         let mut calls = tokio::task::JoinSet::new();
         let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(16));
@@ -891,7 +897,10 @@ async fn an_agent_that_fails_fast_is_ejected_from_picking() {
 
         // Only the ejected one left: calls still reach it.
         good.abort();
-        assert!(matches!(next_event(&mut events).await, TunnelEvent::Closed(_)));
+        assert!(matches!(
+            next_event(&mut events).await,
+            TunnelEvent::Closed(_)
+        ));
         let mut client = EchoServiceClient::new(registry.get("k"));
         let status = client
             .unary(EchoRequest::default())

@@ -389,3 +389,52 @@ async fn an_agents_allow_list_refuses_paths_that_are_not_canonical() {
     })
     .await
 }
+
+/// Two agents share a key; one's upstream is gone, so it answers every call
+/// at once with `UNAVAILABLE`. Least-outstanding picking alone sent it
+/// most calls (it is never busy); with outlier ejection it takes under a
+/// tenth of 10,000.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_failing_every_call_at_once_takes_few_of_its_keys_calls() {
+    const CALLS: usize = 10_000;
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let dir = temp_dir();
+        let upstream = upstream().await;
+        let gone = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr")
+        };
+        let (_hub, addr) = hub(&dir, "s3cret-7", &["plant-7"]).await;
+        let mut broken = agent(&dir, addr, "plant-7", "s3cret-7", gone);
+        broken.log_line("tunnel open").await;
+        let mut healthy = agent(&dir, addr, "plant-7", "s3cret-7", upstream);
+        healthy.log_line("tunnel open").await;
+        let channel = hub_channel(addr).await;
+        let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(32));
+        let mut calls = tokio::task::JoinSet::new();
+        for i in 0..CALLS {
+            let mut c = EchoServiceClient::new(channel.clone());
+            let mut req = hello(&i.to_string());
+            req.metadata_mut()
+                .insert("grpctunnel-key", "plant-7".parse().expect("ascii"));
+            let permit = permits.clone().acquire_owned().await.expect("open");
+            calls.spawn(async move {
+                let result = c.unary(req).await;
+                drop(permit);
+                result.map(|_| ())
+            });
+        }
+        let mut failed = 0;
+        while let Some(done) = calls.join_next().await {
+            if let Err(status) = done.expect("no panic") {
+                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                failed += 1;
+            }
+        }
+        println!("the agent without an upstream took {failed} of {CALLS} calls");
+        assert!(failed < CALLS / 10, "{failed} of {CALLS} calls failed");
+        let _ = std::fs::remove_dir_all(dir);
+    })
+    .await
+    .expect("test timed out");
+}

@@ -63,9 +63,7 @@ impl Ejection {
             return true;
         }
         let count = self.count.fetch_add(1, Ordering::Relaxed);
-        let length = BASE
-            .saturating_mul(1 << count.min(10))
-            .min(LONGEST);
+        let length = BASE.saturating_mul(1 << count.min(10)).min(LONGEST);
         self.until
             .store(now + length.as_millis() as u64, Ordering::Relaxed);
         channel.take_failures();
