@@ -226,9 +226,13 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Failure> {
             "--key, --key-header or the token is not valid header text".into(),
         ));
     }
+    // One name for every tunnel of this process: a hub's key policy tells
+    // another agent of the key from this one's own tunnels.
+    let instance = crate::key_policy::new_instance();
     let mut agent = ReverseTunnelServer::new(proxy)
         .max_message_size(args.max_message_size)
-        .metadata(&args.key_header.to_ascii_lowercase(), &args.key);
+        .metadata(&args.key_header.to_ascii_lowercase(), &args.key)
+        .metadata(crate::key_policy::INSTANCE_HEADER, &instance);
     if let Some(authorization) = &authorization {
         agent = agent.metadata("authorization", authorization);
     }

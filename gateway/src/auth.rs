@@ -30,6 +30,7 @@ use axum::body::Body;
 use tower::Service;
 
 use crate::{
+    key_policy::KeyPolicy,
     limit::Held,
     quota::{TunnelQuota, TunnelSlot},
 };
@@ -59,6 +60,8 @@ pub(crate) struct Grant {
     forward_credential: bool,
     /// Most tunnels it may hold at once (`None`: the hub's default).
     max_tunnels: Option<usize>,
+    /// For an agent: what another agent of its key meets.
+    key_policy: KeyPolicy,
 }
 
 impl Grant {
@@ -75,7 +78,14 @@ impl Grant {
             name,
             forward_credential: false,
             max_tunnels: None,
+            key_policy: KeyPolicy::Share,
         }
+    }
+
+    /// What another agent of this agent's keys meets.
+    pub(crate) fn key_policy(mut self, policy: KeyPolicy) -> Self {
+        self.key_policy = policy;
+        self
     }
 
     /// At most `max` tunnels at once (`None`: the hub's default).
@@ -119,6 +129,16 @@ pub(crate) enum CredentialId {
 pub(crate) struct CallerKeys(Arc<Grant>, CredentialId);
 
 impl CallerKeys {
+    /// Which credential this is.
+    pub(crate) fn credential(&self) -> &CredentialId {
+        &self.1
+    }
+
+    /// The key policy of an agent's credential.
+    pub(crate) fn key_policy(&self) -> KeyPolicy {
+        self.0.key_policy
+    }
+
     fn allows(&self, key: &str) -> bool {
         self.0.keys.contains(key) || self.0.keys.contains("*")
     }
@@ -355,6 +375,8 @@ pub(crate) struct Auth<S> {
     key_header: http::HeaderName,
     /// The tunnels each credential holds.
     quota: std::sync::Arc<TunnelQuota>,
+    /// The agents' tunnels, for key policies.
+    registry: grpctunnel::ReverseTunnelRegistry<String>,
 }
 
 impl<S> Auth<S> {
@@ -364,6 +386,7 @@ impl<S> Auth<S> {
         callers: Live,
         key_header: http::HeaderName,
         quota: std::sync::Arc<TunnelQuota>,
+        registry: grpctunnel::ReverseTunnelRegistry<String>,
     ) -> Self {
         Self {
             inner,
@@ -371,6 +394,7 @@ impl<S> Auth<S> {
             callers,
             key_header,
             quota,
+            registry,
         }
     }
 }
@@ -404,8 +428,19 @@ where
                 .agents
                 .get()
                 .check_agent(req.headers(), req.extensions(), &self.key_header)
-                .and_then(|grant| self.tunnel_slot(&grant, "agent", req.extensions()))
-                .map(Some),
+                .and_then(|grant| {
+                    let key = req
+                        .headers()
+                        .get(&self.key_header)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default();
+                    crate::key_policy::admit(&self.registry, key, &grant, req.headers())?;
+                    let slot = self.tunnel_slot(&grant, "agent", req.extensions())?;
+                    // The tunnel keeps its grant: key policies compare
+                    // credentials.
+                    req.extensions_mut().insert(grant);
+                    Ok(Some(slot))
+                }),
             // Another hub's relay tunnel: the tunnel service checks the
             // proof of membership it carries, and serves its calls from this
             // hub's own agents only.

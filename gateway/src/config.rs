@@ -9,6 +9,7 @@
 //! [[agent]]
 //! token_file = "/etc/grpctunnel/plant-7.token"   # or: token = "..."
 //! keys = ["plant-7"]
+//! key_policy = "share"                           # or "replace", "refuse": another agent of the key
 //!
 //! # Optional: with no [[caller]], calls need no credential.
 //! [[caller]]
@@ -65,6 +66,10 @@ pub(crate) struct Credential {
     /// of stopping at the hub (default: it stops there).
     #[serde(default)]
     pub(crate) forward_credential: bool,
+    /// For agents: what happens when another agent comes for a key this
+    /// one holds (`share`, `replace`, `refuse`; see `key_policy.rs`).
+    #[serde(default)]
+    pub(crate) key_policy: crate::key_policy::KeyPolicy,
 }
 
 impl Credential {
@@ -171,6 +176,12 @@ impl HubConfig {
             if what == "agent" && credential.forward_credential {
                 return Err(Failure::Usage(format!(
                     "config {}: forward_credential is for callers",
+                    path.display()
+                )));
+            }
+            if what == "caller" && credential.key_policy != crate::key_policy::KeyPolicy::Share {
+                return Err(Failure::Usage(format!(
+                    "config {}: key_policy is for agents",
                     path.display()
                 )));
             }

@@ -275,7 +275,18 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
         key_header.clone(),
     )?;
     let quota = crate::quota::TunnelQuota::new(args.max_tunnels_per_credential);
-    let service = Auth::new(tunnels.layer(route), agents, callers, key_header, quota);
+    tokio::spawn(crate::key_policy::enforce(
+        admin_registry.clone(),
+        admin_registry.subscribe(),
+    ));
+    let service = Auth::new(
+        tunnels.layer(route),
+        agents,
+        callers,
+        key_header,
+        quota,
+        admin_registry.clone(),
+    );
 
     let metrics_handle = metrics::install()?;
     let draining = Arc::new(AtomicBool::new(false));

@@ -15,6 +15,7 @@ mod compression;
 mod config;
 mod hub;
 mod keepalive;
+mod key_policy;
 mod limit;
 mod metrics;
 mod quota;

@@ -97,7 +97,8 @@ impl CredentialSource {
                 .map_err(|e| Failure::Usage(format!("{what} name: {e}")))?;
             let grant = Grant::new(name, c.keys.iter().cloned(), c.max_calls.or(max_calls))
                 .forward_credential(c.forward_credential)
-                .max_tunnels(c.max_tunnels);
+                .max_tunnels(c.max_tunnels)
+                .key_policy(c.key_policy);
             match (c.token(self.secret_files)?, &c.cert_sha256) {
                 (Some(token), _) => out.insert(token, grant),
                 (None, Some(sha)) => out.insert_cert(sha, grant),

@@ -640,3 +640,100 @@ async fn refusals_name_the_peer_and_a_flood_of_them_is_rate_limited() {
     })
     .await
 }
+
+/// A hub whose one agent credential (`s3cret-7`, key `plant-7`) has
+/// `key_policy = policy`.
+async fn hub_with_key_policy(
+    dir: &std::path::Path,
+    policy: &str,
+    extra: &[&str],
+) -> (Process, std::net::SocketAddr) {
+    let token = dir.join("policy-agent.token");
+    std::fs::write(&token, "s3cret-7").expect("token");
+    let config = dir.join("hub.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[agent]]\ntoken_file = {:?}\nkey_policy = {policy:?}\nkeys = [\"plant-7\"]\n",
+            token.display().to_string()
+        ),
+    )
+    .expect("config");
+    let config = config.display().to_string();
+    let mut args = vec!["hub", "--listen", "127.0.0.1:0", "--config", &config];
+    args.extend_from_slice(extra);
+    let mut hub = Process::spawn(&args);
+    let addr = hub.listening().await;
+    (hub, addr)
+}
+
+/// A loopback address nothing listens on: an agent's upstream that is gone.
+fn gone_upstream() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+/// `key_policy = "refuse"`: while an agent holds its key, a second agent
+/// process with the same credential is refused `ALREADY_EXISTS` (a leaked
+/// token cannot join the key); once the first is gone, the second gets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_policy_refuse_keeps_a_second_agent_out() {
+    bounded(async {
+        let dir = temp_dir();
+        let upstream = upstream().await;
+        let (mut hub, addr) =
+            hub_with_key_policy(&dir, "refuse", &["--admin", "127.0.0.1:0"]).await;
+        let mut first = agent(&dir, addr, "plant-7", "s3cret-7", upstream);
+        first.log_line("tunnel open").await;
+        // The second one's upstream is gone: had it joined, calls would fail.
+        let mut second = agent(&dir, addr, "plant-7", "s3cret-7", gone_upstream());
+        let line = second.log_line("cannot open the tunnel").await;
+        assert!(line.contains("held by another agent"), "{line}");
+        let mut c = caller(addr, "plant-7", false).await;
+        for i in 0..20 {
+            c.unary(hello(&i.to_string()))
+                .await
+                .expect("the first agent serves");
+        }
+        let (_, metrics) = http_get(hub.admin.expect("admin"), "/metrics").await;
+        assert!(
+            metrics.contains("grpctunnel_tunnels{key=\"plant-7\"} 1"),
+            "{metrics}"
+        );
+        // The first one gone, the second takes the key on its next try.
+        drop(first);
+        second.log_line("tunnel open").await;
+        hub.log_line("agent connected").await;
+        let _ = std::fs::remove_dir_all(dir);
+    })
+    .await;
+}
+
+/// `key_policy = "replace"`: a new agent process with the same credential
+/// ends the older one's tunnel once its own is ready (a restarted agent
+/// takes over from a connection its predecessor left behind).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_policy_replace_hands_the_key_to_the_newer_agent() {
+    bounded(async {
+        let dir = temp_dir();
+        let upstream = upstream().await;
+        let (mut hub, addr) = hub_with_key_policy(&dir, "replace", &[]).await;
+        // The old agent: its upstream is gone.
+        let mut old = agent(&dir, addr, "plant-7", "s3cret-7", gone_upstream());
+        old.log_line("tunnel open").await;
+        let mut new = agent(&dir, addr, "plant-7", "s3cret-7", upstream);
+        new.log_line("tunnel open").await;
+        hub.log_line("agent replaced by a newer one").await;
+        old.log_line("tunnel down").await;
+        // The old process is gone for good (as a restarted agent's is).
+        drop(old);
+        let mut c = caller(addr, "plant-7", false).await;
+        for i in 0..20 {
+            c.unary(hello(&i.to_string()))
+                .await
+                .expect("the new agent serves");
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    })
+    .await;
+}
