@@ -16,6 +16,7 @@ mod config;
 mod hub;
 mod keepalive;
 mod limit;
+mod log_budget;
 mod metrics;
 mod refusals;
 mod reload;

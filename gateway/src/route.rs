@@ -187,12 +187,13 @@ impl Service<http::Request<Body>> for RouteByKey {
             Some(Ok(permit)) => Some(permit),
             Some(Err(_)) => {
                 let max = self.max_waiters;
-                tracing::warn!(
-                    key,
-                    max,
-                    "call refused: --max-waiters calls wait for agents"
+                crate::log_budget::limit_refused(
+                    "max_waiters",
+                    crate::refusals::peer(req.extensions()),
+                    &format!(
+                        "call for {key:?} refused: {max} calls wait for agents (--max-waiters)"
+                    ),
                 );
-                crate::metrics::limit_hit("max_waiters");
                 return answer(tonic::Status::resource_exhausted(format!(
                     "{max} calls already wait for agents (the hub's --max-waiters)"
                 )));
