@@ -126,6 +126,11 @@ pub(crate) struct HubArgs {
         env = "GRPCTUNNEL_MAX_STREAMS_PER_CONNECTION"
     )]
     max_streams_per_connection: u32,
+    /// Most `grpc.health.v1.Health/Watch` calls open at once (the hub's own
+    /// health service needs no credential); one more is refused with
+    /// `RESOURCE_EXHAUSTED` and counted (`limit="max_health_watches"`).
+    #[arg(long, default_value_t = 100, env = "GRPCTUNNEL_MAX_HEALTH_WATCHES")]
+    max_health_watches: usize,
     /// Share one key space with other hubs through this Redis/Valkey store
     /// (`redis://host:6379`): any hub then routes any key, relaying a call
     /// to the hub its agent is connected to. Needs `--advertise` and
@@ -240,6 +245,7 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
             max_message_size: args.max_message_size,
             max_wait: Duration::from_secs(args.max_wait),
             max_waiters: args.max_waiters,
+            max_health_watches: args.max_health_watches,
             labels: crate::metrics::Labels::new(
                 config.agents.iter().flat_map(|a| a.keys.iter().cloned()),
             ),

@@ -1,7 +1,8 @@
 //! Bounds on what an outsider without any credential can make the hub
 //! hold with connections alone: sockets that never finish a handshake,
 //! more connections than `--max-connections`, more streams on one
-//! connection than `--max-streams-per-connection`. Real hub (and agent) processes, the
+//! connection than `--max-streams-per-connection`, and health watches
+//! beyond `--max-health-watches`. Real hub (and agent) processes, the
 //! outsider in this process.
 
 mod common;
@@ -17,6 +18,7 @@ use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
 };
+use tonic::Code;
 use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 
 /// How many descriptors `pid` has open.
@@ -418,6 +420,75 @@ async fn the_hub_announces_max_streams_per_connection_and_clients_queue_beyond_i
         let response = fourth.await.expect("the fourth, once one ended");
         assert_eq!(response.status(), 200);
         driver.abort();
+        drop(hub);
+        let _ = std::fs::remove_dir_all(dir);
+    })
+    .await
+}
+
+/// With `--max-health-watches 3`, a fourth `Watch` is refused with
+/// `RESOURCE_EXHAUSTED` naming the flag (a `Check` still works); once one
+/// watch ends, a new one is admitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_watches_beyond_max_health_watches_are_refused() {
+    bounded(async {
+        let dir = temp_dir();
+        let flags = ["--max-health-watches", "3", "--admin", "127.0.0.1:0"];
+        let (hub, addr) = hub_with(&dir, "s3cret-7", &["plant-7"], &flags).await;
+        let admin = hub.admin.expect("admin port");
+        let mut health = HealthClient::new(hub_channel(addr).await);
+        let watch = |mut health: HealthClient<tonic::transport::Channel>| async move {
+            health.watch(HealthCheckRequest::default()).await
+        };
+        let mut open = Vec::new();
+        for _ in 0..3 {
+            let mut stream = watch(health.clone())
+                .await
+                .expect("within the limit")
+                .into_inner();
+            let status = stream.message().await.expect("a status").expect("one");
+            assert_eq!(status.status, 1, "SERVING");
+            open.push(stream);
+        }
+        let refused = watch(health.clone()).await.expect_err("a fourth");
+        assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+        assert_eq!(
+            refused.message(),
+            "3 health watches are already open (the hub's --max-health-watches)"
+        );
+        assert_eq!(limit_hits(admin, "max_health_watches").await, 1);
+        health
+            .check(HealthCheckRequest::default())
+            .await
+            .expect("a Check is not a watch");
+        // One ends: the hub frees its place when it sees it go.
+        drop(open.pop());
+        let mut attempts = 0;
+        let admitted = loop {
+            attempts += 1;
+            match watch(health.clone()).await {
+                Ok(stream) => break stream,
+                Err(status) => assert_eq!(status.code(), Code::ResourceExhausted),
+            }
+        };
+        println!("a new watch got the freed place at attempt {attempts}");
+        let mut admitted = admitted.into_inner();
+        assert_eq!(
+            admitted
+                .message()
+                .await
+                .expect("a status")
+                .expect("one")
+                .status,
+            1
+        );
+        open.push(admitted);
+        let refused = watch(health.clone()).await.expect_err("a fourth again");
+        assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+        assert_eq!(
+            limit_hits(admin, "max_health_watches").await,
+            attempts as u64 + 1
+        );
         drop(hub);
         let _ = std::fs::remove_dir_all(dir);
     })
