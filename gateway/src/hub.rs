@@ -94,12 +94,12 @@ pub(crate) struct HubArgs {
     /// Seconds a new connection has, from its accept, to finish its TLS
     /// handshake and send the HTTP/2 preface (plaintext: the preface); one
     /// that has not is closed, and counted in
-    /// `grpctunnel_limit_hits_total{limit="handshake_timeout"}`.
+    /// `grpctunnel_limit_hits_total{limit="handshake_timeout"}`. 1 to 3600.
     #[arg(
         long,
         default_value_t = 10,
         value_name = "SECONDS",
-        value_parser = clap::value_parser!(u64).range(1..),
+        value_parser = clap::value_parser!(u64).range(1..=3600),
         env = "GRPCTUNNEL_HANDSHAKE_TIMEOUT"
     )]
     handshake_timeout: u64,
@@ -319,7 +319,10 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
     .max_concurrent_streams(args.max_streams_per_connection)
     .add_routes(routes);
     let limits = crate::accept::ConnectionLimits {
-        max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
+        // More than a semaphore holds is no limit at all.
+        max_connections: usize::try_from(args.max_connections)
+            .unwrap_or(usize::MAX)
+            .min(tokio::sync::Semaphore::MAX_PERMITS),
         handshake_timeout: Duration::from_secs(args.handshake_timeout),
     };
     let serving = match tls {

@@ -120,7 +120,9 @@ impl RouteByKey {
             labels,
             waiters: Arc::new(tokio::sync::Semaphore::new(max_waiters)),
             max_waiters,
-            watches: Arc::new(tokio::sync::Semaphore::new(max_health_watches)),
+            watches: Arc::new(tokio::sync::Semaphore::new(
+                max_health_watches.min(tokio::sync::Semaphore::MAX_PERMITS),
+            )),
             max_health_watches,
         }
     }
