@@ -112,6 +112,46 @@ pub(crate) struct HubArgs {
     /// `RESOURCE_EXHAUSTED`.
     #[arg(long, default_value_t = 10_000, env = "GRPCTUNNEL_MAX_WAITERS")]
     max_waiters: usize,
+    /// Seconds a new connection has, from its accept, to finish its TLS
+    /// handshake and send the HTTP/2 preface (plaintext: the preface); one
+    /// that has not is closed, and counted in
+    /// `grpctunnel_limit_hits_total{limit="handshake_timeout"}`. 1 to 3600.
+    #[arg(
+        long,
+        default_value_t = 10,
+        value_name = "SECONDS",
+        value_parser = clap::value_parser!(u64).range(1..=3600),
+        env = "GRPCTUNNEL_HANDSHAKE_TIMEOUT"
+    )]
+    handshake_timeout: u64,
+    /// Most connections open at once (agents', callers', other hubs', and
+    /// those still in their handshake); one more is accepted and closed at
+    /// once, and counted (`limit="max_connections"`). Those open keep
+    /// working. The open-file limit must be above it.
+    #[arg(
+        long,
+        default_value_t = 10_000,
+        value_parser = clap::value_parser!(u64).range(1..),
+        env = "GRPCTUNNEL_MAX_CONNECTIONS"
+    )]
+    max_connections: u64,
+    /// Most HTTP/2 streams (calls, tunnels) a connection may have open at
+    /// once: the limit the hub announces in its SETTINGS; a client queues
+    /// calls beyond it, and a stream opened past it is refused
+    /// (`REFUSED_STREAM`). Calls inside a tunnel are not streams of the
+    /// connection: the tunnel bounds those.
+    #[arg(
+        long,
+        default_value_t = 1_000,
+        value_parser = clap::value_parser!(u32).range(1..),
+        env = "GRPCTUNNEL_MAX_STREAMS_PER_CONNECTION"
+    )]
+    max_streams_per_connection: u32,
+    /// Most `grpc.health.v1.Health/Watch` calls open at once (the hub's own
+    /// health service needs no credential); one more is refused with
+    /// `RESOURCE_EXHAUSTED` and counted (`limit="max_health_watches"`).
+    #[arg(long, default_value_t = 100, env = "GRPCTUNNEL_MAX_HEALTH_WATCHES")]
+    max_health_watches: usize,
     /// Share one key space with other hubs through this Redis/Valkey store
     /// (`redis://host:6379`, or `rediss://host:6380` over TLS): any hub then
     /// routes any key, relaying a call to the hub its agent is connected
@@ -262,6 +302,7 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
             max_message_size: args.max_message_size,
             max_wait: Duration::from_secs(args.max_wait),
             max_waiters: args.max_waiters,
+            max_health_watches: args.max_health_watches,
             labels: crate::metrics::Labels::new(
                 config.agents.iter().flat_map(|a| a.keys.iter().cloned()),
             ),
@@ -279,14 +320,14 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
         admin_registry.clone(),
         admin_registry.subscribe(),
     ));
-    let service = Auth::new(
+    let service = tower::util::MapRequestLayer::new(crate::accept::tcp_info).layer(Auth::new(
         tunnels.layer(route),
         agents,
         callers,
         key_header,
         quota,
         admin_registry.clone(),
-    );
+    ));
 
     let metrics_handle = metrics::install()?;
     let draining = Arc::new(AtomicBool::new(false));
@@ -311,8 +352,7 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
             stop,
         ));
     }
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
+    let listener = listen(args.listen)
         .map_err(|e| Failure::Run(format!("cannot listen on {}: {e}", args.listen)))?;
     let addr = listener
         .local_addr()
@@ -333,24 +373,32 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
         on_signal.cancel();
         drain.cancel();
     };
-    // tonic's server: HTTP/2, TLS (rustls) when configured, graceful
-    // shutdown; the hub's stack is its only route.
+    // tonic's server: HTTP/2, graceful shutdown; the hub's stack is its
+    // only route. Connections come bounded (count, handshake time) and,
+    // with TLS, already through their handshake.
     let routes = tonic::service::Routes::from(axum::Router::new().fallback_service(service));
-    let mut server = crate::keepalive::server(
+    let router = crate::keepalive::server(
         tonic::transport::Server::builder(),
         args.keepalive.keepalive,
-    );
-    if let Some(tls) = tls {
-        server = server
-            .tls_config(tls)
-            .map_err(|e| Failure::Usage(format!("TLS: {e}")))?;
-    }
-    let serving = server.add_routes(routes).serve_with_incoming_shutdown(
-        // tonic leaves accepted sockets as they are: without NODELAY,
-        // Nagle's algorithm holds small replies for a delayed ACK.
-        tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-        shutdown,
-    );
+    )
+    .max_concurrent_streams(args.max_streams_per_connection)
+    .add_routes(routes);
+    let limits = crate::accept::ConnectionLimits {
+        // More than a semaphore holds is no limit at all.
+        max_connections: usize::try_from(args.max_connections)
+            .unwrap_or(usize::MAX)
+            .min(tokio::sync::Semaphore::MAX_PERMITS),
+        handshake_timeout: Duration::from_secs(args.handshake_timeout),
+    };
+    let serving = match tls {
+        Some(tls) => futures_util::future::Either::Left(
+            router
+                .serve_with_incoming_shutdown(crate::accept::tls(listener, limits, tls), shutdown),
+        ),
+        None => futures_util::future::Either::Right(
+            router.serve_with_incoming_shutdown(crate::accept::plain(listener, limits), shutdown),
+        ),
+    };
     // Tunnels end within --drain of the signal; a call that holds the
     // connection otherwise (a health watch) does not hold the hub past it.
     let bound = Duration::from_secs(args.drain) + Duration::from_secs(1);
@@ -365,6 +413,27 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
     stopped.cancel();
     tracing::info!("hub stopped");
     Ok(())
+}
+
+/// Connections the kernel may hold for the hub before it accepts them
+/// (capped by `net.core.somaxconn`).
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// The hub's listening socket, with a backlog of [`LISTEN_BACKLOG`]: the
+/// default (128) overflows when many agents reconnect at once, and a
+/// connection dropped from a full queue costs its client a SYN retry (a
+/// second or more), or with SYN cookies is one the client thinks open
+/// and the hub never sees.
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As tokio's own bind: a restarted hub rebinds at once.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Logs each agent tunnel as it joins and leaves the registry (with why
@@ -507,8 +576,8 @@ fn cluster(args: &HubArgs) -> Result<Option<grpctunnel::cluster::Cluster>, Failu
     Ok(Some(cluster))
 }
 
-/// The hub's TLS identity, when `--tls-cert` and `--tls-key` are given.
-fn tls_config(args: &HubArgs) -> Result<Option<tonic::transport::ServerTlsConfig>, Failure> {
+/// The hub's TLS, when `--tls-cert` and `--tls-key` are given.
+fn tls_config(args: &HubArgs) -> Result<Option<Arc<tokio_rustls::rustls::ServerConfig>>, Failure> {
     let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
         return Ok(None);
     };
@@ -516,15 +585,11 @@ fn tls_config(args: &HubArgs) -> Result<Option<tonic::transport::ServerTlsConfig
         std::fs::read(path)
             .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", path.display())))
     };
-    let identity = tonic::transport::Identity::from_pem(read(cert)?, read(key)?);
-    let mut tls = tonic::transport::ServerTlsConfig::new().identity(identity);
-    if let Some(ca) = &args.client_ca {
-        // Optional: callers and token agents connect without a certificate.
-        tls = tls
-            .client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?))
-            .client_auth_optional(true);
-    }
-    Ok(Some(tls))
+    // Optional: callers and token agents connect without a certificate.
+    let ca = args.client_ca.as_ref().map(read).transpose()?;
+    crate::accept::server_config(&read(cert)?, &read(key)?, ca.as_deref())
+        .map(Some)
+        .map_err(|e| Failure::Usage(format!("TLS: {e}")))
 }
 
 #[cfg(test)]

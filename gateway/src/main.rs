@@ -9,6 +9,7 @@
 //! Exit codes: 0 after a clean shutdown, 1 when serving failed, 2 for a
 //! usage or configuration error.
 
+mod accept;
 mod agent;
 mod auth;
 mod compression;
@@ -17,6 +18,7 @@ mod hub;
 mod keepalive;
 mod key_policy;
 mod limit;
+mod log_budget;
 mod metrics;
 mod quota;
 mod refusals;

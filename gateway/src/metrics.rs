@@ -10,6 +10,7 @@
 //! | `grpctunnel_received_bytes_total` | counter | `key` (request bytes from callers, as sent) |
 //! | `grpctunnel_sent_bytes_total` | counter | `key` (response bytes to callers, as sent) |
 //! | `grpctunnel_auth_failures_total` | counter | `who` (agent, caller), `reason` |
+//! | `grpctunnel_limit_hits_total` | counter | `limit`: the hub flag that refused something (`max_waiters`, `max_connections`, `handshake_timeout`, `max_health_watches`) |
 //! | `grpctunnel_tasks_alive` | gauge | (the hub's Tokio tasks: a leak shows here) |
 //!
 //! Label values are bounded, whatever callers send (each new value is a

@@ -6,22 +6,16 @@
 //! counted (`grpctunnel_auth_failures_total` counts them all) and their
 //! number is logged with the next refusal logged after the second.
 
-use std::{
-    net::SocketAddr,
-    sync::Mutex,
-    time::{Duration, Instant},
-};
+use std::net::SocketAddr;
 
-/// Most refusals logged in one second.
-const PER_SECOND: u32 = 10;
+use crate::log_budget::{LogBudget, PER_SECOND};
 
-/// The log's budget: the second it counts, how many were logged in it, and
-/// how many were not since the last line.
-static BUDGET: Mutex<Option<(Instant, u32, u64)>> = Mutex::new(None);
+/// The budget of refusal lines.
+static BUDGET: LogBudget = LogBudget::new();
 
 /// The peer address of a request (or of the opening RPC of the tunnel it
 /// came through), plain or TLS.
-fn peer(extensions: &http::Extensions) -> Option<SocketAddr> {
+pub(crate) fn peer(extensions: &http::Extensions) -> Option<SocketAddr> {
     use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
     if let Some(info) = extensions.get::<TcpConnectInfo>() {
         return info.remote_addr();
@@ -40,19 +34,8 @@ pub(crate) fn refused(
     text: &str,
 ) {
     crate::metrics::auth_failure(who, reason);
-    let now = Instant::now();
-    let suppressed = {
-        let mut budget = BUDGET.lock().unwrap_or_else(|p| p.into_inner());
-        let (since, logged, suppressed) = budget.get_or_insert((now, 0, 0));
-        if now.duration_since(*since) >= Duration::from_secs(1) {
-            (*since, *logged) = (now, 0);
-        }
-        if *logged >= PER_SECOND {
-            *suppressed += 1;
-            return;
-        }
-        *logged += 1;
-        std::mem::take(suppressed)
+    let Some(suppressed) = BUDGET.admit() else {
+        return;
     };
     let peer = peer(extensions).map(|a| a.to_string()).unwrap_or_default();
     if suppressed > 0 {

@@ -6,7 +6,9 @@
 //! (at most `--max-waiters` calls wait at once); without it, a call
 //! still waits (briefly) for an agent whose tunnel is opening. Several agents with one
 //! key share the calls (the registry picks per call). A call with no key
-//! to `grpc.health.v1.Health` is the hub's own health service.
+//! to `grpc.health.v1.Health` is the hub's own health service, with at
+//! most `--max-health-watches` `Watch` calls open at once (it needs no
+//! credential).
 
 use std::{
     convert::Infallible,
@@ -53,6 +55,9 @@ pub(crate) struct RouteByKey {
     /// A permit for each call waiting for its agent.
     waiters: Arc<tokio::sync::Semaphore>,
     max_waiters: usize,
+    /// A permit for each health `Watch` open.
+    watches: Arc<tokio::sync::Semaphore>,
+    max_health_watches: usize,
 }
 
 impl std::fmt::Debug for RouteByKey {
@@ -79,6 +84,8 @@ pub(crate) struct RouteConfig {
     pub(crate) max_wait: std::time::Duration,
     /// Most calls waiting for their agents at once (`--max-waiters`).
     pub(crate) max_waiters: usize,
+    /// Most health `Watch` calls open at once (`--max-health-watches`).
+    pub(crate) max_health_watches: usize,
     /// The metric label values calls may create.
     pub(crate) labels: Labels,
 }
@@ -98,6 +105,7 @@ impl RouteByKey {
             max_message_size,
             max_wait,
             max_waiters,
+            max_health_watches,
             labels,
         } = config;
         let authority_suffix = authority_suffix.map(|s| format!(".{}", s.trim_start_matches('.')));
@@ -112,6 +120,10 @@ impl RouteByKey {
             labels,
             waiters: Arc::new(tokio::sync::Semaphore::new(max_waiters)),
             max_waiters,
+            watches: Arc::new(tokio::sync::Semaphore::new(
+                max_health_watches.min(tokio::sync::Semaphore::MAX_PERMITS),
+            )),
+            max_health_watches,
         }
     }
 
@@ -136,7 +148,34 @@ impl RouteByKey {
         let key = host.to_ascii_lowercase().strip_suffix(suffix)?.to_owned();
         (!key.is_empty() && !key.contains('.')).then_some(key)
     }
+
+    /// A call to the hub's own health service; a `Watch` holds one of
+    /// `--max-health-watches` permits until its response ends.
+    fn health(&self, req: http::Request<Body>) -> BoxFuture {
+        let local = self.local.clone();
+        if req.uri().path() != HEALTH_WATCH {
+            return Box::pin(local.oneshot(req));
+        }
+        let Ok(permit) = self.watches.clone().try_acquire_owned() else {
+            let max = self.max_health_watches;
+            crate::log_budget::limit_refused(
+                "max_health_watches",
+                crate::refusals::peer(req.extensions()),
+                &format!("health watch refused: {max} are open (--max-health-watches)"),
+            );
+            return answer(tonic::Status::resource_exhausted(format!(
+                "{max} health watches are already open (the hub's --max-health-watches)"
+            )));
+        };
+        Box::pin(async move {
+            let resp = local.oneshot(req).await?;
+            Ok(resp.map(|body| Body::new(crate::limit::Held::new(body, Some(permit)))))
+        })
+    }
 }
+
+/// The health service's streaming call, which stays open.
+const HEALTH_WATCH: &str = "/grpc.health.v1.Health/Watch";
 
 type BoxFuture = Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send>>;
 
@@ -156,8 +195,7 @@ impl Service<http::Request<Body>> for RouteByKey {
     fn call(&mut self, mut req: http::Request<Body>) -> BoxFuture {
         let Some(key) = self.key(&req) else {
             if req.uri().path().starts_with("/grpc.health.v1.Health/") {
-                let local = self.local.clone();
-                return Box::pin(local.oneshot(req));
+                return self.health(req);
             }
             return answer(tonic::Status::invalid_argument(format!(
                 "missing {} header: which agent should answer?",
@@ -192,12 +230,13 @@ impl Service<http::Request<Body>> for RouteByKey {
             Some(Ok(permit)) => Some(permit),
             Some(Err(_)) => {
                 let max = self.max_waiters;
-                tracing::warn!(
-                    key,
-                    max,
-                    "call refused: --max-waiters calls wait for agents"
+                crate::log_budget::limit_refused(
+                    "max_waiters",
+                    crate::refusals::peer(req.extensions()),
+                    &format!(
+                        "call for {key:?} refused: {max} calls wait for agents (--max-waiters)"
+                    ),
                 );
-                crate::metrics::limit_hit("max_waiters");
                 return answer(tonic::Status::resource_exhausted(format!(
                     "{max} calls already wait for agents (the hub's --max-waiters)"
                 )));
