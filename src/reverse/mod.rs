@@ -17,6 +17,7 @@ mod opening;
 mod outlier;
 mod registry;
 mod serve;
+mod wakers;
 
 pub use crate::server::DEFAULT_SHUTDOWN_GRACE;
 pub use channel::{ReverseChannel, ReverseResponseFuture};

@@ -83,7 +83,8 @@ impl<K: Clone + Eq + Hash + Send + Sync + 'static> ReverseTunnelRegistry<K> {
     ) -> Option<crate::reverse::ReverseTunnel<K>> {
         let wait = async {
             loop {
-                let added = self.added();
+                let notify = self.waker(key);
+                let added = notify.notified();
                 tokio::pin!(added);
                 added.as_mut().enable();
                 if let Some(tunnel) = self.pick(key) {
@@ -121,6 +122,6 @@ impl<K: Clone + Eq + Hash + Send + Sync + 'static> Drop for Opening<K> {
             counts.1 = counts.1.saturating_sub(1);
         }
         // Waiters look again: at the tunnel, or at no opening left.
-        self.registry.wake_waiters();
+        self.registry.wake_waiters(&key);
     }
 }

@@ -65,7 +65,11 @@ pub(crate) struct Inner<K> {
     max_per_key: usize,
     state: Mutex<State<K>>,
     events: broadcast::Sender<TunnelEvent<K>>,
-    added: Notify,
+    /// Woken by every tunnel added (and opening failed): calls waiting for
+    /// any tunnel.
+    any: Arc<Notify>,
+    /// Woken for one key: calls waiting for that key.
+    wakers: crate::reverse::wakers::Wakers<K>,
     /// Tunnels accepted and not ready yet.
     openings: crate::reverse::opening::Openings<K>,
     next_id: AtomicU64,
@@ -310,7 +314,8 @@ where
                     by_key: HashMap::new(),
                 }),
                 events,
-                added: Notify::new(),
+                any: Arc::new(Notify::new()),
+                wakers: Default::default(),
                 openings: Default::default(),
                 next_id: AtomicU64::new(1),
             }),
@@ -423,7 +428,8 @@ where
     /// (`tokio::time::timeout`).
     pub async fn wait_for(&self, key: Option<&K>) -> ReverseTunnel<K> {
         loop {
-            let added = self.inner.added.notified();
+            let notify = self.waker(key);
+            let added = notify.notified();
             tokio::pin!(added);
             added.as_mut().enable();
             if let Some(t) = self.pick(key) {
@@ -433,15 +439,20 @@ where
         }
     }
 
-    /// Resolves when a tunnel is added, or one that was opening failed
-    /// (after it was created, enabled).
-    pub(crate) fn added(&self) -> tokio::sync::futures::Notified<'_> {
-        self.inner.added.notified()
+    /// What a call waiting for a tunnel of `key` (or any, for `None`)
+    /// waits on: notified when one is added, or one that was opening
+    /// failed. Keep it while waiting.
+    pub(crate) fn waker(&self, key: Option<&K>) -> Arc<Notify> {
+        match key {
+            Some(key) => self.inner.wakers.of(key),
+            None => self.inner.any.clone(),
+        }
     }
 
-    /// Wakes everything waiting in [`added`](Self::added).
-    pub(crate) fn wake_waiters(&self) {
-        self.inner.added.notify_waiters();
+    /// Wakes the calls waiting for `key`, and those waiting for any key.
+    pub(crate) fn wake_waiters(&self, key: &K) {
+        self.inner.wakers.wake(key);
+        self.inner.any.notify_waiters();
     }
 
     /// The tunnels opening now.
@@ -529,7 +540,7 @@ where
         }
         debug!(tunnel = tunnel.id(), "reverse tunnel registered");
         let _ = self.inner.events.send(TunnelEvent::Opened(tunnel.clone()));
-        self.inner.added.notify_waiters();
+        self.wake_waiters(tunnel.key());
         // Removal happens in the reader's teardown, before the opening RPC
         // ends, so a closed tunnel is never picked again (P-75).
         let registry = Arc::downgrade(&self.inner);

@@ -135,6 +135,9 @@ struct Route {
 /// How long a lookup is reused (at most a third of the TTL).
 const ROUTE_CACHE: Duration = Duration::from_secs(1);
 
+/// How long a lookup that found the key nowhere is reused.
+const NEGATIVE_CACHE: Duration = Duration::from_millis(250);
+
 /// Cached lookups beyond this many are pruned of stale ones.
 const ROUTES_PRUNE_AT: usize = 4096;
 
@@ -280,15 +283,21 @@ impl Cluster {
 impl ClusterInner {
     /// The live entries of `key`. With `cached`, a lookup younger than
     /// [`ROUTE_CACHE`] (and a third of the TTL) is reused, also while the
-    /// store is away; without, the store is asked and nothing kept. A key that
-    /// another replica publishes anew is forgotten at once (its
+    /// store is away, and an empty one younger than [`NEGATIVE_CACHE`]
+    /// (calls for keys nobody holds, made up or gone, do not each cost a
+    /// store round trip); without, the store is asked and nothing kept. A
+    /// key that another replica publishes anew is forgotten at once (its
     /// announcement), as is one whose replica failed a call
-    /// ([`forget`](Self::forget)); an empty answer is never reused.
+    /// ([`forget`](Self::forget)).
     pub(crate) async fn lookup(&self, key: &str, cached: bool) -> Result<Vec<Entry>, BoxError> {
         let fresh_for = ROUTE_CACHE.min(self.ttl / 3);
         if cached {
             let routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(route) = routes.get(key).filter(|r| r.at.elapsed() < fresh_for) {
+            let fresh = |r: &&Route| {
+                let age = r.at.elapsed();
+                age < fresh_for && (!r.entries.is_empty() || age < NEGATIVE_CACHE)
+            };
+            if let Some(route) = routes.get(key).filter(fresh) {
                 return Ok(route.entries.clone());
             }
         }
@@ -298,12 +307,19 @@ impl ClusterInner {
             return Ok(entries);
         }
         let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
-        if entries.is_empty() {
-            routes.remove(key);
-        } else {
-            if routes.len() >= ROUTES_PRUNE_AT {
-                routes.retain(|_, r| r.at.elapsed() < fresh_for);
-            }
+        if routes.len() >= ROUTES_PRUNE_AT {
+            routes.retain(|_, r| {
+                let keep_for = if r.entries.is_empty() {
+                    NEGATIVE_CACHE.min(fresh_for)
+                } else {
+                    fresh_for
+                };
+                r.at.elapsed() < keep_for
+            });
+        }
+        // Still full (a flood of made-up keys within the cache time): the
+        // answer is not kept, so the map stays bounded.
+        if routes.len() < ROUTES_PRUNE_AT || routes.contains_key(key) {
             let route = Route {
                 entries: entries.clone(),
                 at: std::time::Instant::now(),

@@ -84,7 +84,8 @@ where
         // Wake on a local tunnel or a replica publishing the key; subscribed
         // before looking, so neither is missed.
         let mut published = cluster.published.subscribe();
-        let added = registry.added();
+        let notify = registry.waker(Some(&key));
+        let added = notify.notified();
         tokio::pin!(added);
         added.as_mut().enable();
 
@@ -293,7 +294,8 @@ pub(crate) async fn wait_for_key(registry: &ReverseTunnelRegistry<String>, key: 
         let mut published = registry
             .cluster_link()
             .map(|link| link.cluster.inner.published.subscribe());
-        let added = registry.added();
+        let notify = registry.waker(Some(&owned));
+        let added = notify.notified();
         tokio::pin!(added);
         added.as_mut().enable();
         if registry.pick(Some(&owned)).is_some() {

@@ -1,0 +1,116 @@
+//! What callers can make a cluster's store do: calls for keys nobody holds
+//! and calls waiting for keys cost store lookups, so both are bounded. Real
+//! hubs, agents and `redis-server`; lookups counted by the store itself
+//! (`INFO commandstats`).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{cluster::*, store::Store, *};
+use tonic::Code;
+
+/// Scripts the store ran (a lookup or a publish each).
+async fn scripts_run(store: &Store) -> u64 {
+    let stats = store.cli(&["INFO", "commandstats"]).await;
+    stats
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| {
+            l.split(['=', ','])
+                .nth(1)
+                .and_then(|n| n.parse::<u64>().ok())
+        })
+        .sum()
+}
+
+/// 1,000 calls for a key no hub holds, one after another: the hub asks the
+/// store about once per 250 ms (a short negative cache), not once a call.
+#[cfg_attr(
+    missing_redis_server,
+    ignore = "needs `redis-server` on PATH (apt-get install redis-server)"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_for_an_unknown_key_do_not_each_ask_the_store() {
+    const CALLS: u64 = 1_000;
+    let store = Store::start().await;
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let cluster = Fixture::new(&store, &["plant-0"], 1).await;
+        let hub = cluster.addrs()[0];
+        let mut c = caller(hub, "nobody", false).await;
+        let before = scripts_run(&store).await;
+        let started = std::time::Instant::now();
+        for _ in 0..CALLS {
+            let err = c.unary(hello("anyone?")).await.expect_err("nobody");
+            assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+        }
+        let took = started.elapsed();
+        let asked = scripts_run(&store).await - before;
+        // At most one lookup per 250 ms, and the hub's renewals (none: it
+        // holds no key), with room for the edges.
+        let bound = took.as_millis() as u64 / 250 + 5;
+        println!("{CALLS} calls in {took:?} asked the store {asked} times (bound {bound})");
+        assert!(asked <= bound, "{asked} store scripts for {CALLS} calls");
+    })
+    .await
+    .expect("test timed out");
+    store.kill().await;
+}
+
+/// 200 calls wait for a key that never comes while 20 agents of other keys
+/// connect: a new tunnel wakes only the calls waiting for its key, so the
+/// waiters do not look the store up again (they did, each, on every new
+/// tunnel: 4,000 lookups).
+#[cfg_attr(
+    missing_redis_server,
+    ignore = "needs `redis-server` on PATH (apt-get install redis-server)"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_tunnel_wakes_only_the_calls_waiting_for_its_key() {
+    const WAITERS: usize = 200;
+    const AGENTS: usize = 20;
+    let store = Store::start().await;
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let keys = keys(AGENTS);
+        let cluster = Fixture::new(&store, &keys, 1).await;
+        let hub = cluster.addrs()[0];
+        let channel = hub_channel(hub).await;
+        let mut waiting = tokio::task::JoinSet::new();
+        for _ in 0..WAITERS {
+            let mut c = grpctunnel_testing::pb::echo_service_client::EchoServiceClient::new(
+                channel.clone(),
+            );
+            let mut req = hello("waiting");
+            req.metadata_mut()
+                .insert("grpctunnel-key", "late".parse().expect("ascii"));
+            req.metadata_mut()
+                .insert("grpctunnel-wait", "true".parse().expect("ascii"));
+            req.set_timeout(Duration::from_secs(60));
+            waiting.spawn(async move { c.unary(req).await });
+        }
+        // Every waiter has looked once (and waits): the store's count
+        // settles.
+        let settled = grpctunnel_testing::eventually(
+            "the waiters' first lookups",
+            Duration::from_secs(20),
+            || async {
+                let a = scripts_run(&store).await;
+                (a >= WAITERS as u64).then_some(a)
+            },
+        )
+        .await;
+        let mut agents = Vec::new();
+        for key in &keys {
+            agents.push(cluster.agent(&[hub], key).await);
+        }
+        let asked = scripts_run(&store).await - settled;
+        // The agents' publishes and the hub's renewals, not the waiters.
+        println!("{AGENTS} agents connecting with {WAITERS} calls waiting: {asked} store scripts");
+        assert!(asked < WAITERS as u64, "{asked} store scripts");
+        assert_eq!(waiting.len(), WAITERS, "the waiters still wait");
+        waiting.abort_all();
+    })
+    .await
+    .expect("test timed out");
+    store.kill().await;
+}
