@@ -100,6 +100,13 @@ impl CredentialSource {
                 .max_tunnels(c.max_tunnels)
                 .key_policy(c.key_policy);
             match (c.token(self.secret_files)?, &c.cert_sha256) {
+                (Some(token), _) if token.len() < MIN_TOKEN => {
+                    return Err(Failure::Usage(format!(
+                        "{what} credential {}: its token is {} bytes; give at least {MIN_TOKEN} (e.g. `openssl rand -base64 24`)",
+                        i + 1,
+                        token.len()
+                    )))
+                }
                 (Some(token), _) => out.insert(token, grant),
                 (None, Some(sha)) => out.insert_cert(sha, grant),
                 (None, None) => unreachable!("checked by HubConfig::load"),
@@ -108,6 +115,10 @@ impl CredentialSource {
         Ok(out)
     }
 }
+
+/// The shortest bearer token taken: 16 bytes (128 bits if random), beyond
+/// guessing.
+const MIN_TOKEN: usize = 16;
 
 /// Starts reloading the credentials on each SIGHUP, until the process
 /// ends. The handler is in place when this returns (SIGHUP's default

@@ -29,13 +29,16 @@ async fn sighup_revokes_one_agent_and_keeps_the_others_serving() {
         let config = dir.join("hub.toml");
         write_config(
             &config,
-            &[("t0ken-plant-a", "plant-a"), ("t0ken-plant-b", "plant-b")],
+            &[
+                ("t0ken-of-plant-a-agent", "plant-a"),
+                ("t0ken-of-plant-b-agent", "plant-b"),
+            ],
         );
         let config_arg = config.display().to_string();
         let mut hub = Process::spawn(&["hub", "--listen", "127.0.0.1:0", "--config", &config_arg]);
         let addr = hub.listening().await;
-        let _a = agent(&dir, addr, "plant-a", "t0ken-plant-a", upstream);
-        let _b = agent(&dir, addr, "plant-b", "t0ken-plant-b", upstream);
+        let _a = agent(&dir, addr, "plant-a", "t0ken-of-plant-a-agent", upstream);
+        let _b = agent(&dir, addr, "plant-b", "t0ken-of-plant-b-agent", upstream);
         caller(addr, "plant-a", true)
             .await
             .unary(hello("a"))
@@ -73,14 +76,14 @@ async fn sighup_revokes_one_agent_and_keeps_the_others_serving() {
         // never the text of it.
         std::fs::write(
             &config,
-            "[[agent]]\ntoken = \"t0ken-plant-a\nkeys = [\"plant-a\"]\n",
+            "[[agent]]\ntoken = \"t0ken-of-plant-a-agent\nkeys = [\"plant-a\"]\n",
         )
         .expect("broken config");
         hub.signal("HUP");
         let refused = hub.log_line("config reload refused").await;
         assert!(refused.contains("line 2"), "{refused}");
         assert!(
-            !refused.contains("t0ken-plant-a"),
+            !refused.contains("t0ken-of-plant-a-agent"),
             "a token in the log: {refused}"
         );
         to_a.unary(hello("a")).await.expect("agent a still serves");
@@ -88,7 +91,10 @@ async fn sighup_revokes_one_agent_and_keeps_the_others_serving() {
         // Agent a's token revoked: its tunnel closes, logged with why.
         write_config(
             &config,
-            &[("t0ken-plant-b", "plant-b"), ("t0ken-plant-c", "plant-c")],
+            &[
+                ("t0ken-of-plant-b-agent", "plant-b"),
+                ("t0ken-of-plant-c-agent", "plant-c"),
+            ],
         );
         let revoked_at = Instant::now();
         hub.signal("HUP");
@@ -104,7 +110,7 @@ async fn sighup_revokes_one_agent_and_keeps_the_others_serving() {
         hub.log_line("config reloaded").await;
 
         // The new credential works at once.
-        let _c = agent(&dir, addr, "plant-c", "t0ken-plant-c", upstream);
+        let _c = agent(&dir, addr, "plant-c", "t0ken-of-plant-c-agent", upstream);
         caller(addr, "plant-c", true)
             .await
             .unary(hello("c"))

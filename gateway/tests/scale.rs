@@ -65,7 +65,15 @@ async fn a_thousand_agents_reconnect_after_the_hub_restarts() {
         let dir = temp_dir();
         let keys: Vec<String> = (0..AGENTS).map(|i| format!("agent-{i}")).collect();
         let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-        let (mut hub1, addr) = hub(&dir, "s3cret-7", &key_refs).await;
+        // One token for the whole fleet: its tunnel quota raised.
+        let (mut hub1, addr) = hub_full(
+            &dir,
+            "s3cret-7-of-an-agent",
+            &key_refs,
+            "max_tunnels = 100000\n",
+            &[],
+        )
+        .await;
 
         let started = Instant::now();
         let mut agents = Vec::with_capacity(AGENTS);
@@ -76,7 +84,7 @@ async fn a_thousand_agents_reconnect_after_the_hub_restarts() {
                 .connect_lazy();
             let agent = ReverseTunnelServer::new(Routes::new(Echo::new().server()))
                 .metadata("grpctunnel-key", key)
-                .metadata("authorization", "Bearer s3cret-7")
+                .metadata("authorization", "Bearer s3cret-7-of-an-agent")
                 .keep_connected(transport);
             agents.push(agent);
         }

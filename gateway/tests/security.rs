@@ -16,9 +16,9 @@ async fn an_agent_cannot_register_a_key_its_credential_is_not_bound_to() {
     bounded(async {
         let dir = temp_dir();
         let upstream = upstream().await;
-        let (mut hub, addr) = hub(&dir, "s3cret-7", &["plant-7"]).await;
+        let (mut hub, addr) = hub(&dir, "s3cret-7-of-an-agent", &["plant-7"]).await;
         // The right token, another key: refused and logged.
-        let _thief = agent(&dir, addr, "plant-8", "s3cret-7", upstream);
+        let _thief = agent(&dir, addr, "plant-8", "s3cret-7-of-an-agent", upstream);
         let line = hub.log_line("agent refused").await;
         assert!(line.contains("plant-8"), "{line}");
         // A wrong token: refused too.
@@ -41,7 +41,11 @@ async fn the_hub_refuses_to_listen_beyond_loopback_and_needs_agents() {
     bounded(async {
         let dir = temp_dir();
         let config = dir.join("hub.toml");
-        std::fs::write(&config, "[[agent]]\ntoken = \"t\"\nkeys = [\"k\"]\n").expect("config");
+        std::fs::write(
+            &config,
+            "[[agent]]\ntoken = \"t0ken-of-sixteen-bytes\"\nkeys = [\"k\"]\n",
+        )
+        .expect("config");
         let config = config.display().to_string();
         // Beyond loopback: refused without TLS and caller credentials (it
         // never binds, so no traffic leaves loopback).
@@ -97,9 +101,16 @@ async fn callers_authenticate_and_are_limited_to_their_keys() {
     bounded(async {
         let dir = temp_dir();
         let upstream = upstream().await;
-        let callers = "[[caller]]\ntoken = \"c-7\"\nkeys = [\"plant-7\"]\n";
-        let (_hub, addr) = hub_full(&dir, "s3cret-7", &["plant-7", "plant-8"], callers, &[]).await;
-        let _agent7 = agent(&dir, addr, "plant-7", "s3cret-7", upstream);
+        let callers = "[[caller]]\ntoken = \"caller-7-t0ken-abc\"\nkeys = [\"plant-7\"]\n";
+        let (_hub, addr) = hub_full(
+            &dir,
+            "s3cret-7-of-an-agent",
+            &["plant-7", "plant-8"],
+            callers,
+            &[],
+        )
+        .await;
+        let _agent7 = agent(&dir, addr, "plant-7", "s3cret-7-of-an-agent", upstream);
 
         let mut plant7 = caller(addr, "plant-7", true).await;
         let err = plant7
@@ -113,12 +124,12 @@ async fn callers_authenticate_and_are_limited_to_their_keys() {
             .expect_err("unknown token");
         assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
         plant7
-            .unary(with_token(hello("mine"), "c-7"))
+            .unary(with_token(hello("mine"), "caller-7-t0ken-abc"))
             .await
             .expect("a key the caller may call");
         let mut plant8 = caller(addr, "plant-8", false).await;
         let err = plant8
-            .unary(with_token(hello("theirs"), "c-7"))
+            .unary(with_token(hello("theirs"), "caller-7-t0ken-abc"))
             .await
             .expect_err("not this caller's key");
         assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
@@ -139,7 +150,7 @@ async fn callers_authenticate_and_are_limited_to_their_keys() {
             Some(Code::Unauthenticated)
         );
         let tunnel = grpctunnel::TunnelChannel::builder()
-            .metadata("authorization", "Bearer c-7")
+            .metadata("authorization", "Bearer caller-7-t0ken-abc")
             .open(transport)
             .await
             .expect("open a tunnel to the hub");
@@ -198,10 +209,10 @@ async fn tls_from_caller_to_hub_and_from_agent_to_hub_and_upstream() {
                 .serve_with_incoming(TcpListenerStream::new(listener)),
         );
         let tls = ["--tls-cert", cert.as_str(), "--tls-key", key.as_str()];
-        let (_hub, addr) = hub_with(&dir, "s3cret-7", &["plant-7"], &tls).await;
+        let (_hub, addr) = hub_with(&dir, "s3cret-7-of-an-agent", &["plant-7"], &tls).await;
         let hub_url = format!("https://127.0.0.1:{}", addr.port());
         let token = dir.join("agent.token");
-        std::fs::write(&token, "s3cret-7").expect("token");
+        std::fs::write(&token, "s3cret-7-of-an-agent").expect("token");
         let _agent = Process::spawn(&[
             "agent",
             "--hub",
@@ -260,16 +271,16 @@ async fn the_hub_limits_tunnels_per_key() {
         let upstream = upstream().await;
         let (_hub, addr) = hub_with(
             &dir,
-            "s3cret-7",
+            "s3cret-7-of-an-agent",
             &["plant-7"],
             &["--max-tunnels-per-key", "1"],
         )
         .await;
-        let _first = agent(&dir, addr, "plant-7", "s3cret-7", upstream);
+        let _first = agent(&dir, addr, "plant-7", "s3cret-7-of-an-agent", upstream);
         let mut plant = caller(addr, "plant-7", true).await;
         plant.unary(hello("first")).await.expect("the first agent");
         // A second tunnel for the key is refused (and retried by its agent).
-        let mut second = agent(&dir, addr, "plant-7", "s3cret-7", upstream);
+        let mut second = agent(&dir, addr, "plant-7", "s3cret-7-of-an-agent", upstream);
         let line = second.log_line("cannot open the tunnel").await;
         assert!(
             line.contains("too many reverse tunnels for this key"),
@@ -306,7 +317,8 @@ async fn an_agent_authenticates_with_a_client_certificate() {
             "--client-ca",
             ca_pem.as_str(),
         ];
-        let (mut hub, addr) = hub_full(&dir, "s3cret-7", &["plant-7"], &more, &tls).await;
+        let (mut hub, addr) =
+            hub_full(&dir, "s3cret-7-of-an-agent", &["plant-7"], &more, &tls).await;
         let hub_url = format!("https://127.0.0.1:{}", addr.port());
         let spawn_cert_agent = |key: &str| {
             Process::spawn(&[
@@ -379,10 +391,17 @@ async fn callers_authenticate_with_a_client_certificate() {
             "--client-ca",
             certs.ca.as_str(),
         ];
-        let (_hub, addr) = hub_full(&dir, "s3cret-7", &["plant-7", "plant-8"], &more, &tls).await;
+        let (_hub, addr) = hub_full(
+            &dir,
+            "s3cret-7-of-an-agent",
+            &["plant-7", "plant-8"],
+            &more,
+            &tls,
+        )
+        .await;
         let hub_url = format!("https://127.0.0.1:{}", addr.port());
         let token = dir.join("agent.token");
-        std::fs::write(&token, "s3cret-7").expect("token");
+        std::fs::write(&token, "s3cret-7-of-an-agent").expect("token");
         let mut agents = Vec::new();
         for key in ["plant-7", "plant-8"] {
             let mut agent = Process::spawn(&[
@@ -460,10 +479,10 @@ async fn the_upstream_sees_the_callers_name_and_never_the_hub_credential() {
         let dir = temp_dir();
         let upstream = upstream().await;
         let callers =
-            "[[caller]]\nname = \"billing\"\ntoken = \"c-billing\"\nkeys = [\"plant-7\"]\n\
-                       [[caller]]\ntoken = \"c-e2e\"\nkeys = [\"*\"]\nforward_credential = true\n";
-        let (_hub, addr) = hub_full(&dir, "s3cret-7", &["plant-7"], callers, &[]).await;
-        let _agent = agent(&dir, addr, "plant-7", "s3cret-7", upstream);
+            "[[caller]]\nname = \"billing\"\ntoken = \"c-billing-t0ken-abc\"\nkeys = [\"plant-7\"]\n\
+                       [[caller]]\ntoken = \"c-e2e-caller-t0ken\"\nkeys = [\"*\"]\nforward_credential = true\n";
+        let (_hub, addr) = hub_full(&dir, "s3cret-7-of-an-agent", &["plant-7"], callers, &[]).await;
+        let _agent = agent(&dir, addr, "plant-7", "s3cret-7-of-an-agent", upstream);
         let mut plant7 = caller(addr, "plant-7", true).await;
 
         // What the upstream's handler saw, by key.
@@ -485,7 +504,7 @@ async fn the_upstream_sees_the_callers_name_and_never_the_hub_credential() {
                 .insert("grpctunnel-caller", "root".parse().expect("ascii"));
             req
         };
-        let reply = plant7.unary(echoing("c-billing")).await.expect("call");
+        let reply = plant7.unary(echoing("c-billing-t0ken-abc")).await.expect("call");
         assert_eq!(
             seen(reply),
             [("grpctunnel-caller".to_owned(), "billing".to_owned())],
@@ -493,11 +512,11 @@ async fn the_upstream_sees_the_callers_name_and_never_the_hub_credential() {
         );
         // The second caller has no name (it is named by its place) and
         // forwards its own token.
-        let reply = plant7.unary(echoing("c-e2e")).await.expect("call");
+        let reply = plant7.unary(echoing("c-e2e-caller-t0ken")).await.expect("call");
         assert_eq!(
             seen(reply),
             [
-                ("authorization".to_owned(), "Bearer c-e2e".to_owned()),
+                ("authorization".to_owned(), "Bearer c-e2e-caller-t0ken".to_owned()),
                 ("grpctunnel-caller".to_owned(), "caller-2".to_owned()),
             ]
         );
@@ -515,7 +534,7 @@ async fn secret_files_open_to_others_are_warned_about_or_refused() {
     bounded(async {
         let dir = temp_dir();
         let token = dir.join("open.token");
-        std::fs::write(&token, "s3cret-7\n").expect("token");
+        std::fs::write(&token, "s3cret-7-of-an-agent\n").expect("token");
         std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).expect("chmod");
         let token = token.display().to_string();
         let config = dir.join("hub.toml");
@@ -572,10 +591,10 @@ async fn secret_files_open_to_others_are_warned_about_or_refused() {
 async fn refusals_name_the_peer_and_a_flood_of_them_is_rate_limited() {
     bounded(async {
         let dir = temp_dir();
-        let callers = "[[caller]]\ntoken = \"c-7\"\nkeys = [\"plant-7\"]\n";
+        let callers = "[[caller]]\ntoken = \"caller-7-t0ken-abc\"\nkeys = [\"plant-7\"]\n";
         let (mut hub, addr) = hub_full(
             &dir,
-            "s3cret-7",
+            "s3cret-7-of-an-agent",
             &["plant-7"],
             callers,
             &["--admin", "127.0.0.1:0"],
@@ -649,7 +668,7 @@ async fn hub_with_key_policy(
     extra: &[&str],
 ) -> (Process, std::net::SocketAddr) {
     let token = dir.join("policy-agent.token");
-    std::fs::write(&token, "s3cret-7").expect("token");
+    std::fs::write(&token, "s3cret-7-of-an-agent").expect("token");
     let config = dir.join("hub.toml");
     std::fs::write(
         &config,
@@ -683,10 +702,16 @@ async fn key_policy_refuse_keeps_a_second_agent_out() {
         let upstream = upstream().await;
         let (mut hub, addr) =
             hub_with_key_policy(&dir, "refuse", &["--admin", "127.0.0.1:0"]).await;
-        let mut first = agent(&dir, addr, "plant-7", "s3cret-7", upstream);
+        let mut first = agent(&dir, addr, "plant-7", "s3cret-7-of-an-agent", upstream);
         first.log_line("tunnel open").await;
         // The second one's upstream is gone: had it joined, calls would fail.
-        let mut second = agent(&dir, addr, "plant-7", "s3cret-7", gone_upstream());
+        let mut second = agent(
+            &dir,
+            addr,
+            "plant-7",
+            "s3cret-7-of-an-agent",
+            gone_upstream(),
+        );
         let line = second.log_line("cannot open the tunnel").await;
         assert!(line.contains("held by another agent"), "{line}");
         let mut c = caller(addr, "plant-7", false).await;
@@ -719,9 +744,15 @@ async fn key_policy_replace_hands_the_key_to_the_newer_agent() {
         let upstream = upstream().await;
         let (mut hub, addr) = hub_with_key_policy(&dir, "replace", &[]).await;
         // The old agent: its upstream is gone.
-        let mut old = agent(&dir, addr, "plant-7", "s3cret-7", gone_upstream());
+        let mut old = agent(
+            &dir,
+            addr,
+            "plant-7",
+            "s3cret-7-of-an-agent",
+            gone_upstream(),
+        );
         old.log_line("tunnel open").await;
-        let mut new = agent(&dir, addr, "plant-7", "s3cret-7", upstream);
+        let mut new = agent(&dir, addr, "plant-7", "s3cret-7-of-an-agent", upstream);
         new.log_line("tunnel open").await;
         hub.log_line("agent replaced by a newer one").await;
         old.log_line("tunnel down").await;
@@ -733,6 +764,60 @@ async fn key_policy_replace_hands_the_key_to_the_newer_agent() {
                 .await
                 .expect("the new agent serves");
         }
+        let _ = std::fs::remove_dir_all(dir);
+    })
+    .await;
+}
+
+/// Tokens shorter than 16 bytes and cluster secrets shorter than 32 are
+/// refused when the hub starts (exit 2, naming the minimum).
+#[tokio::test]
+async fn short_tokens_and_cluster_secrets_are_refused() {
+    bounded(async {
+        let dir = temp_dir();
+        let config = dir.join("hub.toml");
+        std::fs::write(&config, "[[agent]]\ntoken = \"s3cret-7\"\nkeys = [\"k\"]\n")
+            .expect("config");
+        let config = config.display().to_string();
+        let out = Command::new(BIN)
+            .args(["hub", "--listen", "127.0.0.1:0", "--config", &config])
+            .output()
+            .await
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains("its token is 8 bytes; give at least 16"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("s3cret-7"), "{stderr}");
+
+        std::fs::write(
+            &config,
+            "[[agent]]\ntoken = \"s3cret-7-of-an-agent\"\nkeys = [\"k\"]\n",
+        )
+        .expect("config");
+        let secret = dir.join("cluster.secret");
+        std::fs::write(&secret, "short-secret").expect("secret");
+        let secret = secret.display().to_string();
+        let out = Command::new(BIN)
+            .args(["hub", "--listen", "127.0.0.1:0", "--config", &config])
+            .args([
+                "--cluster",
+                "redis://127.0.0.1:1",
+                "--advertise",
+                "http://127.0.0.1:1",
+            ])
+            .args(["--cluster-secret-file", &secret])
+            .output()
+            .await
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains("the cluster secret is 12 bytes; give at least 32"),
+            "{stderr}"
+        );
         let _ = std::fs::remove_dir_all(dir);
     })
     .await;

@@ -9,7 +9,7 @@ use super::{caller, free_port, hello, store::Store, temp_dir, upstream, Process}
 
 /// At least 32 bytes, as hubs require.
 pub const SECRET: &str = "cluster-s3cret-of-forty-two-bytes-at-least";
-pub const TOKEN: &str = "s3cret-7";
+pub const TOKEN: &str = "s3cret-7-of-an-agent";
 
 /// The hubs' shared config (agents' token bound to `keys`) and secret.
 pub fn cluster_files(dir: &std::path::Path, keys: &[String]) -> (String, String) {
@@ -18,7 +18,8 @@ pub fn cluster_files(dir: &std::path::Path, keys: &[String]) -> (String, String)
     std::fs::write(
         &config,
         format!(
-            "[[agent]]\ntoken = {TOKEN:?}\nkeys = [{}]\n",
+            // One token for the whole fleet: its tunnel quota raised.
+            "[[agent]]\ntoken = {TOKEN:?}\nmax_tunnels = 100000\nkeys = [{}]\n",
             keys.join(", ")
         ),
     )
