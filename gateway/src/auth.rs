@@ -21,19 +21,10 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    convert::Infallible,
     sync::Arc,
-    task::{Context, Poll},
 };
 
-use axum::body::Body;
-use tower::Service;
-
-use crate::{
-    key_policy::KeyPolicy,
-    limit::Held,
-    quota::{TunnelQuota, TunnelSlot},
-};
+use crate::key_policy::KeyPolicy;
 
 /// Tokens and certificates, and what each may do.
 #[derive(Debug, Default)]
@@ -107,6 +98,11 @@ fn digest(token: &str) -> [u8; 32] {
     sha2::Sha256::digest(token.as_bytes()).into()
 }
 
+/// A relay tunnel's (or relayed call's) proof of cluster membership,
+/// checked by the tunnel layer; and a relayed call's key.
+pub(crate) const RELAY_AUTH_HEADER: &str = "grpctunnel-relay-auth";
+pub(crate) const RELAY_KEY_HEADER: &str = "grpctunnel-relay-key";
+
 /// Header the hub sets on each call it admitted by a caller credential:
 /// the caller's name from the config.
 pub(crate) const CALLER_HEADER: &str = "grpctunnel-caller";
@@ -132,6 +128,11 @@ impl CallerKeys {
     /// Which credential this is.
     pub(crate) fn credential(&self) -> &CredentialId {
         &self.1
+    }
+
+    /// The most tunnels this credential may hold (`None`: the default).
+    pub(crate) fn max_tunnels(&self) -> Option<usize> {
+        self.0.max_tunnels
     }
 
     /// The key policy of an agent's credential.
@@ -230,6 +231,11 @@ impl Credentials {
         Some(CallerKeys(grant, CredentialId::Cert(sha)))
     }
 
+    /// Whether `id` still has a grant in these credentials.
+    pub(crate) fn knows(&self, id: &CredentialId) -> bool {
+        self.current(id).is_some()
+    }
+
     /// The grant of `id` in these credentials, if it still has one.
     fn current(&self, id: &CredentialId) -> Option<CallerKeys> {
         let grant = match id {
@@ -242,7 +248,7 @@ impl Credentials {
     /// The grant of the request's client certificate, or else of its
     /// bearer token; neither known is `UNAUTHENTICATED`, logged with `what`
     /// it was for, and counted.
-    fn grant(
+    pub(crate) fn grant(
         &self,
         headers: &http::HeaderMap,
         extensions: &http::Extensions,
@@ -362,165 +368,6 @@ impl Credentials {
                 )))
             }
         }
-    }
-}
-
-/// Checks credentials on the opening RPCs, in front of the tunnel service.
-#[derive(Debug, Clone)]
-pub(crate) struct Auth<S> {
-    inner: S,
-    agents: Live,
-    /// None listed: callers need no credential.
-    callers: Live,
-    key_header: http::HeaderName,
-    /// The tunnels each credential holds.
-    quota: std::sync::Arc<TunnelQuota>,
-    /// The agents' tunnels, for key policies.
-    registry: grpctunnel::ReverseTunnelRegistry<String>,
-}
-
-impl<S> Auth<S> {
-    pub(crate) fn new(
-        inner: S,
-        agents: Live,
-        callers: Live,
-        key_header: http::HeaderName,
-        quota: std::sync::Arc<TunnelQuota>,
-        registry: grpctunnel::ReverseTunnelRegistry<String>,
-    ) -> Self {
-        Self {
-            inner,
-            agents,
-            callers,
-            key_header,
-            quota,
-            registry,
-        }
-    }
-}
-
-const OPEN_REVERSE_TUNNEL: &str = "/grpctunnel.v1.TunnelService/OpenReverseTunnel";
-const OPEN_TUNNEL: &str = "/grpctunnel.v1.TunnelService/OpenTunnel";
-/// A relay tunnel's (or relayed call's) proof of cluster membership,
-/// checked by the tunnel layer; and a relayed call's key.
-pub(crate) const RELAY_AUTH_HEADER: &str = "grpctunnel-relay-auth";
-pub(crate) const RELAY_KEY_HEADER: &str = "grpctunnel-relay-key";
-
-impl<S> Service<http::Request<Body>> for Auth<S>
-where
-    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>,
-    S::Future: Send + 'static,
-{
-    type Response = http::Response<Body>;
-    type Error = Infallible;
-    type Future = futures_util::future::Either<
-        std::future::Ready<Result<http::Response<Body>, Infallible>>,
-        Slotted<S::Future>,
-    >;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
-        let admitted = match req.uri().path() {
-            OPEN_REVERSE_TUNNEL => self
-                .agents
-                .get()
-                .check_agent(req.headers(), req.extensions(), &self.key_header)
-                .and_then(|grant| {
-                    let key = req
-                        .headers()
-                        .get(&self.key_header)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or_default();
-                    crate::key_policy::admit(&self.registry, key, &grant, req.headers())?;
-                    let slot = self.tunnel_slot(&grant, "agent", req.extensions())?;
-                    // The tunnel keeps its grant: key policies compare
-                    // credentials.
-                    req.extensions_mut().insert(grant);
-                    Ok(Some(slot))
-                }),
-            // Another hub's relay tunnel: the tunnel service checks the
-            // proof of membership it carries, and serves its calls from this
-            // hub's own agents only.
-            OPEN_TUNNEL if req.headers().contains_key(RELAY_AUTH_HEADER) => Ok(None),
-            OPEN_TUNNEL => match self.callers.get() {
-                callers if callers.is_empty() => Ok(None),
-                // The caller's keys ride along with each tunneled call.
-                callers => callers
-                    .grant(
-                        req.headers(),
-                        req.extensions(),
-                        "caller",
-                        "a forward tunnel",
-                    )
-                    .and_then(|keys| {
-                        let slot = self.tunnel_slot(&keys, "caller", req.extensions())?;
-                        req.extensions_mut().insert(keys);
-                        Ok(Some(slot))
-                    }),
-            },
-            _ => Ok(None),
-        };
-        match admitted {
-            Err(status) => {
-                futures_util::future::Either::Left(std::future::ready(Ok(status.into_http())))
-            }
-            Ok(slot) => futures_util::future::Either::Right(Slotted {
-                inner: self.inner.call(req),
-                slot,
-            }),
-        }
-    }
-}
-
-impl<S> Auth<S> {
-    /// A place in the quota of `grant`'s credential for the tunnel it
-    /// opens; a refusal is logged (rate-limited) with the peer.
-    fn tunnel_slot(
-        &self,
-        grant: &CallerKeys,
-        who: &'static str,
-        extensions: &http::Extensions,
-    ) -> Result<TunnelSlot, tonic::Status> {
-        self.quota
-            .take(&grant.1, grant.0.max_tunnels, who)
-            .inspect_err(|status| {
-                crate::refusals::refused(
-                    extensions,
-                    who,
-                    "max_tunnels",
-                    "a tunnel",
-                    status.message(),
-                );
-            })
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// The response to an admitted request; an opening RPC's body holds
-    /// its tunnel's place in its credential's quota until it ends.
-    pub(crate) struct Slotted<F> {
-        #[pin]
-        inner: F,
-        slot: Option<TunnelSlot>,
-    }
-}
-
-impl<F> std::future::Future for Slotted<F>
-where
-    F: std::future::Future<Output = Result<http::Response<Body>, Infallible>>,
-{
-    type Output = Result<http::Response<Body>, Infallible>;
-
-    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let resp = std::task::ready!(this.inner.poll(cx))?;
-        Poll::Ready(Ok(match this.slot.take() {
-            Some(slot) => resp.map(|body| Body::new(Held::new(body, Some(slot)))),
-            None => resp,
-        }))
     }
 }
 

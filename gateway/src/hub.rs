@@ -18,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 use tower::Layer;
 
 use crate::{
-    auth::{Auth, Live},
+    admission::Auth,
+    auth::Live,
     metrics,
     reload::{CredentialSource, Loaded},
     route::{Local, RouteByKey, RouteConfig},
@@ -308,12 +309,14 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
             ),
         },
     );
+    let forward = std::sync::Arc::new(crate::revoke::OpenForward::default());
     crate::reload::on_sighup(
         source,
         agents.clone(),
         callers.clone(),
         admin_registry.clone(),
         key_header.clone(),
+        forward.clone(),
     )?;
     let quota = crate::quota::TunnelQuota::new(args.max_tunnels_per_credential);
     tokio::spawn(crate::key_policy::enforce(
@@ -327,6 +330,7 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
         key_header,
         quota,
         admin_registry.clone(),
+        forward,
     ));
 
     let metrics_handle = metrics::install()?;

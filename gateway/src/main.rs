@@ -10,6 +10,7 @@
 //! usage or configuration error.
 
 mod accept;
+mod admission;
 mod agent;
 mod auth;
 mod compression;
@@ -23,6 +24,7 @@ mod metrics;
 mod quota;
 mod refusals;
 mod reload;
+mod revoke;
 mod route;
 mod settings;
 

@@ -129,6 +129,7 @@ pub(crate) fn on_sighup(
     callers: Live,
     registry: ReverseTunnelRegistry<String>,
     key_header: http::HeaderName,
+    forward: std::sync::Arc<crate::revoke::OpenForward>,
 ) -> Result<(), Failure> {
     #[cfg(unix)]
     {
@@ -137,13 +138,13 @@ pub(crate) fn on_sighup(
             .map_err(|e| Failure::Run(format!("cannot listen for SIGHUP: {e}")))?;
         tokio::spawn(async move {
             while hangups.recv().await.is_some() {
-                reload(&source, &agents, &callers, &registry, &key_header);
+                reload(&source, &agents, &callers, &registry, &key_header, &forward);
             }
         });
     }
     #[cfg(not(unix))]
     {
-        let _ = (source, agents, callers, registry, key_header);
+        let _ = (source, agents, callers, registry, key_header, forward);
     }
     Ok(())
 }
@@ -155,6 +156,7 @@ fn reload(
     callers: &Live,
     registry: &ReverseTunnelRegistry<String>,
     key_header: &http::HeaderName,
+    forward: &crate::revoke::OpenForward,
 ) {
     let loaded = match source.load() {
         Ok(loaded) => loaded,
@@ -179,5 +181,17 @@ fn reload(
             ended += 1;
         }
     }
-    tracing::info!(agent_tunnels_closed = ended, "config reloaded");
+    // Callers' forward tunnels whose credential is gone (with no caller
+    // listed any more, none needs one).
+    let callers_now = callers.get();
+    let forward_ended = if callers_now.is_empty() {
+        0
+    } else {
+        forward.revoke(|id| callers_now.knows(id))
+    };
+    tracing::info!(
+        agent_tunnels_closed = ended,
+        forward_tunnels_closed = forward_ended,
+        "config reloaded"
+    );
 }

@@ -126,3 +126,77 @@ async fn sighup_revokes_one_agent_and_keeps_the_others_serving() {
     })
     .await
 }
+
+/// A caller's forward tunnel outlives the check made when it opened: a
+/// reload that revokes the caller's token ends the tunnel within a second
+/// (`UNAUTHENTICATED`, naming the revocation), while another caller's
+/// forward tunnel keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_ends_a_revoked_callers_forward_tunnel() {
+    use grpctunnel_testing::pb::echo_service_client::EchoServiceClient;
+    bounded(async {
+        let dir = temp_dir();
+        let upstream = upstream().await;
+        let config = dir.join("hub.toml");
+        let agent_entry = "[[agent]]\ntoken = \"t0ken-of-plant-a-agent\"\nkeys = [\"plant-a\"]\n";
+        let caller_entry = |token: &str| format!("[[caller]]\ntoken = {token:?}\nkeys = [\"*\"]\n");
+        std::fs::write(
+            &config,
+            format!(
+                "{agent_entry}{}{}",
+                caller_entry("leaked-caller-t0ken"),
+                caller_entry("kept-caller-t0ken")
+            ),
+        )
+        .expect("config");
+        let config_arg = config.display().to_string();
+        let mut hub = Process::spawn(&["hub", "--listen", "127.0.0.1:0", "--config", &config_arg]);
+        let addr = hub.listening().await;
+        let _a = agent(&dir, addr, "plant-a", "t0ken-of-plant-a-agent", upstream);
+        let tunnel = |token: &'static str| async move {
+            let channel = grpctunnel::TunnelChannel::builder()
+                .metadata("authorization", &format!("Bearer {token}"))
+                .open(hub_channel(addr).await)
+                .await
+                .expect("a forward tunnel");
+            let client = EchoServiceClient::new(channel.clone());
+            (channel, client)
+        };
+        let call = |mut client: EchoServiceClient<grpctunnel::TunnelChannel>| async move {
+            let mut req = hello("through the tunnel");
+            req.metadata_mut()
+                .insert("grpctunnel-key", "plant-a".parse().expect("ascii"));
+            req.metadata_mut()
+                .insert("grpctunnel-wait", "true".parse().expect("ascii"));
+            client.unary(req).await.map(|_| ())
+        };
+        let (leaked, leaked_client) = tunnel("leaked-caller-t0ken").await;
+        let (_kept, kept_client) = tunnel("kept-caller-t0ken").await;
+        call(leaked_client.clone()).await.expect("serves before");
+        call(kept_client.clone()).await.expect("serves before");
+
+        std::fs::write(
+            &config,
+            format!("{agent_entry}{}", caller_entry("kept-caller-t0ken")),
+        )
+        .expect("config");
+        let sent = Instant::now();
+        hub.signal("HUP");
+        let line = hub.log_line("config reloaded").await;
+        assert!(line.contains("forward_tunnels_closed=1"), "{line}");
+        tokio::time::timeout(Duration::from_secs(1), leaked.closed())
+            .await
+            .expect("the revoked caller's tunnel ends within a second of the reload");
+        println!(
+            "the revoked caller's forward tunnel ended {:?} after SIGHUP",
+            sent.elapsed()
+        );
+        let ended = leaked.terminal_error().expect("why it ended");
+        assert!(ended.chain().contains("revoked"), "{ended:?}");
+        call(kept_client)
+            .await
+            .expect("the other caller's tunnel serves");
+        let _ = std::fs::remove_dir_all(dir);
+    })
+    .await;
+}
