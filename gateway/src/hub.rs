@@ -293,6 +293,8 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
     ));
     tokio::spawn(log_agents(registry.subscribe()));
     let admin_registry = registry.clone();
+    let labels =
+        crate::metrics::Labels::new(config.agents.iter().flat_map(|a| a.keys.iter().cloned()));
     let route = RouteByKey::new(
         registry,
         local,
@@ -304,19 +306,20 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
             max_wait: Duration::from_secs(args.max_wait),
             max_waiters: args.max_waiters,
             max_health_watches: args.max_health_watches,
-            labels: crate::metrics::Labels::new(
-                config.agents.iter().flat_map(|a| a.keys.iter().cloned()),
-            ),
+            labels: labels.clone(),
         },
     );
     let forward = std::sync::Arc::new(crate::revoke::OpenForward::default());
     crate::reload::on_sighup(
         source,
-        agents.clone(),
-        callers.clone(),
-        admin_registry.clone(),
-        key_header.clone(),
-        forward.clone(),
+        crate::reload::InForce {
+            agents: agents.clone(),
+            callers: callers.clone(),
+            registry: admin_registry.clone(),
+            key_header: key_header.clone(),
+            forward: forward.clone(),
+            labels,
+        },
     )?;
     let quota = crate::quota::TunnelQuota::new(args.max_tunnels_per_credential);
     tokio::spawn(crate::key_policy::enforce(

@@ -65,8 +65,8 @@ pub(crate) struct Labels(Arc<LabelSets>);
 
 #[derive(Debug, Default)]
 struct LabelSets {
-    /// Keys some agent may register.
-    keys: HashSet<String>,
+    /// Keys some agent may register (replaced on a reload).
+    keys: std::sync::RwLock<Arc<HashSet<String>>>,
     /// Methods some call succeeded on.
     methods: Mutex<HashSet<String>>,
 }
@@ -75,13 +75,20 @@ impl Labels {
     /// Labels for the keys agents may register.
     pub(crate) fn new(keys: impl IntoIterator<Item = String>) -> Self {
         Self(Arc::new(LabelSets {
-            keys: keys.into_iter().collect(),
+            keys: std::sync::RwLock::new(Arc::new(keys.into_iter().collect())),
             methods: Mutex::default(),
         }))
     }
 
+    /// The keys agents may register from now on (a reload).
+    pub(crate) fn set_keys(&self, keys: impl IntoIterator<Item = String>) {
+        *self.0.keys.write().unwrap_or_else(|p| p.into_inner()) =
+            Arc::new(keys.into_iter().collect());
+    }
+
     fn key(&self, key: &str) -> String {
-        if self.0.keys.contains(key) {
+        let keys = self.0.keys.read().unwrap_or_else(|p| p.into_inner());
+        if keys.contains(key) {
             key.to_owned()
         } else {
             "other".to_owned()

@@ -120,17 +120,23 @@ impl CredentialSource {
 /// guessing.
 const MIN_TOKEN: usize = 16;
 
+/// What a reload changes in the running hub.
+pub(crate) struct InForce {
+    pub(crate) agents: Live,
+    pub(crate) callers: Live,
+    /// Agents' tunnels, closed when their credential no longer admits them.
+    pub(crate) registry: ReverseTunnelRegistry<String>,
+    pub(crate) key_header: http::HeaderName,
+    /// Callers' forward tunnels, ended when their credential is revoked.
+    pub(crate) forward: std::sync::Arc<crate::revoke::OpenForward>,
+    /// Metric labels: the keys agents may register.
+    pub(crate) labels: crate::metrics::Labels,
+}
+
 /// Starts reloading the credentials on each SIGHUP, until the process
 /// ends. The handler is in place when this returns (SIGHUP's default
 /// action ends the process, so it must be before the hub says it listens).
-pub(crate) fn on_sighup(
-    source: CredentialSource,
-    agents: Live,
-    callers: Live,
-    registry: ReverseTunnelRegistry<String>,
-    key_header: http::HeaderName,
-    forward: std::sync::Arc<crate::revoke::OpenForward>,
-) -> Result<(), Failure> {
+pub(crate) fn on_sighup(source: CredentialSource, live: InForce) -> Result<(), Failure> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -138,26 +144,27 @@ pub(crate) fn on_sighup(
             .map_err(|e| Failure::Run(format!("cannot listen for SIGHUP: {e}")))?;
         tokio::spawn(async move {
             while hangups.recv().await.is_some() {
-                reload(&source, &agents, &callers, &registry, &key_header, &forward);
+                reload(&source, &live);
             }
         });
     }
     #[cfg(not(unix))]
     {
-        let _ = (source, agents, callers, registry, key_header, forward);
+        let _ = (source, live);
     }
     Ok(())
 }
 
 /// One reload: the new credentials in force, or the old kept.
-fn reload(
-    source: &CredentialSource,
-    agents: &Live,
-    callers: &Live,
-    registry: &ReverseTunnelRegistry<String>,
-    key_header: &http::HeaderName,
-    forward: &crate::revoke::OpenForward,
-) {
+fn reload(source: &CredentialSource, live: &InForce) {
+    let InForce {
+        agents,
+        callers,
+        registry,
+        key_header,
+        forward,
+        labels,
+    } = live;
     let loaded = match source.load() {
         Ok(loaded) => loaded,
         Err(Failure::Usage(error) | Failure::Run(error)) => {
@@ -167,6 +174,13 @@ fn reload(
     };
     agents.set(loaded.agents);
     callers.set(loaded.callers);
+    labels.set_keys(
+        loaded
+            .config
+            .agents
+            .iter()
+            .flat_map(|a| a.keys.iter().cloned()),
+    );
     let now = agents.get();
     let mut ended = 0;
     for tunnel in registry.tunnels() {

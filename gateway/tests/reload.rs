@@ -35,7 +35,15 @@ async fn sighup_revokes_one_agent_and_keeps_the_others_serving() {
             ],
         );
         let config_arg = config.display().to_string();
-        let mut hub = Process::spawn(&["hub", "--listen", "127.0.0.1:0", "--config", &config_arg]);
+        let mut hub = Process::spawn(&[
+            "hub",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            &config_arg,
+            "--admin",
+            "127.0.0.1:0",
+        ]);
         let addr = hub.listening().await;
         let _a = agent(&dir, addr, "plant-a", "t0ken-of-plant-a-agent", upstream);
         let _b = agent(&dir, addr, "plant-b", "t0ken-of-plant-b-agent", upstream);
@@ -116,6 +124,15 @@ async fn sighup_revokes_one_agent_and_keeps_the_others_serving() {
             .unary(hello("c"))
             .await
             .expect("agent c, new in the config, serves");
+        // Its calls are counted under its own key (the label set follows
+        // the reload), not folded into `other`.
+        let (_, metrics) = http_get(hub.admin.expect("admin"), "/metrics").await;
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("grpctunnel_calls_total") && l.contains("key=\"plant-c\"")),
+            "{metrics}"
+        );
 
         stop.cancel();
         let (ok, failed, first) = steady.await.expect("steady caller");
