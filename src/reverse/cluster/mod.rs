@@ -33,6 +33,7 @@
 //!   publishes the key.
 
 mod directory;
+mod last_known;
 mod peer;
 #[cfg(feature = "redis")]
 mod redis;
@@ -117,6 +118,9 @@ pub(crate) struct ClusterInner {
     /// Recent lookups, so that a relayed call does not pay a store round
     /// trip each time (see [`ClusterInner::lookup`]).
     routes: Mutex<std::collections::HashMap<String, Route>>,
+    /// Where keys last were: used while the store is away or comes back
+    /// empty (see `last_known.rs`).
+    last_known: last_known::LastKnown,
     /// Calls this replica relays now, by (replica, key): added to the load
     /// a replica last published, so that a burst does not all go to the
     /// replica that looked idle at its last renewal.
@@ -171,6 +175,7 @@ impl Cluster {
                 peers: Mutex::default(),
                 published,
                 routes: Mutex::default(),
+                last_known: Default::default(),
                 relaying: Mutex::default(),
             }),
         }
@@ -301,8 +306,34 @@ impl ClusterInner {
                 return Ok(route.entries.clone());
             }
         }
-        let mut entries = self.directory.lookup(key).await?;
-        entries.retain(|e| self.admits(e));
+        let max_age = last_known::LastKnown::max_age(self.ttl);
+        let (entries, known) = match self.directory.lookup(key).await {
+            Ok(mut entries) => {
+                entries.retain(|e| self.admits(e));
+                if !entries.is_empty() {
+                    self.last_known.remember(key, &entries);
+                    (entries, false)
+                } else if self.last_known.empty_is_believed() {
+                    (entries, false)
+                } else {
+                    // Back, but maybe without what replicas publish yet.
+                    match self.last_known.recall(key, max_age) {
+                        Some(known) => (known, true),
+                        None => (entries, false),
+                    }
+                }
+            }
+            Err(err) => {
+                self.last_known.store_failed(self.ttl);
+                match self.last_known.recall(key, max_age) {
+                    Some(known) => (known, true),
+                    None => return Err(err),
+                }
+            }
+        };
+        if known {
+            tracing::debug!(%key, "the cluster directory cannot say: relaying to where the key last was");
+        }
         if !cached {
             return Ok(entries);
         }
@@ -397,6 +428,13 @@ impl ClusterInner {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(key);
+    }
+
+    /// Drops the cached lookup of `key` and where it last was: its replica
+    /// cannot be reached, or does not hold it any more.
+    pub(crate) fn drop_route(&self, key: &str) {
+        self.last_known.forget(key);
+        self.forget(key);
     }
 
     /// The pooled connection to `replica`.
@@ -549,10 +587,11 @@ where
                 }
                 Ok(()) => {}
                 Err(err) if !failing => {
+                    inner.last_known.store_failed(inner.ttl);
                     failing = true;
                     warn!(error = %err, "cannot update the cluster directory; local tunnels still serve, retrying at the next renewal");
                 }
-                Err(_) => {}
+                Err(_) => inner.last_known.store_failed(inner.ttl),
             }
         }
     });

@@ -21,6 +21,10 @@ use crate::{
     wire::timeout,
 };
 
+/// Response header of a relayed call the receiving replica refused because
+/// it holds no tunnel of the key.
+const RELAY_REFUSED_HEADER: &str = "grpctunnel-relay-refused";
+
 /// How long a replica may take to accept a connection before the next one
 /// that holds the key is tried (less when the call's deadline is nearer:
 /// all attempts of one call share it).
@@ -167,7 +171,7 @@ where
                         Ok(Err(err)) => with_sources(err.as_ref()),
                         _ => format!("no connection within {connect_for:?}"),
                     };
-                    cluster.forget(&name);
+                    cluster.drop_route(&name);
                     debug!(replica = %entry.replica, key = %name, error = %why, "replica unreachable; trying the next");
                     unreachable = Some(format!("replica {}: {why}", entry.replica));
                     continue;
@@ -185,10 +189,13 @@ where
             let req = http::Request::from_parts(attempt, tonic::body::Body::new(body.lend()));
             let relaying = cluster.relaying(&entry);
             match sender.call(req).await {
-                Ok(resp) => {
-                    // Refused at once (the key left that replica): look
-                    // afresh next time.
-                    if resp.headers().get("grpc-status").is_some_and(|s| s != "0") {
+                Ok(mut resp) => {
+                    // Refused (the key left that replica): look afresh
+                    // next time, and forget where it was. Another failure
+                    // is the call's own: look afresh only.
+                    if resp.headers_mut().remove(RELAY_REFUSED_HEADER).is_some() {
+                        cluster.drop_route(&name);
+                    } else if resp.headers().get("grpc-status").is_some_and(|s| s != "0") {
                         cluster.forget(&name);
                     }
                     return Ok(resp.map(|body| {
@@ -199,13 +206,13 @@ where
                     }));
                 }
                 Err(err) if body.is_home() => {
-                    cluster.forget(&name);
+                    cluster.drop_route(&name);
                     let why = with_sources(err.as_ref());
                     debug!(replica = %entry.replica, key = %name, error = %why, "replica unreachable; trying the next");
                     unreachable = Some(format!("replica {}: {why}", entry.replica));
                 }
                 Err(err) => {
-                    cluster.forget(&name);
+                    cluster.drop_route(&name);
                     return failed(tonic::Status::unavailable(format!(
                         "replica {} holding key {name:?}: {}",
                         entry.replica,
@@ -367,9 +374,16 @@ where
     }
     let key = (link.from)(name);
     let Some(tunnel) = registry.pick(Some(&key)) else {
-        return refuse(tonic::Status::unavailable(format!(
+        let mut resp = refuse(tonic::Status::unavailable(format!(
             "no tunnel for key {name:?} on this replica (any more)"
         )));
+        // Tells the relaying replica that the key is not here (not that the
+        // call failed): it forgets where the key was.
+        resp.headers_mut().insert(
+            RELAY_REFUSED_HEADER,
+            http::HeaderValue::from_static("no-key"),
+        );
+        return resp;
     };
     let mut channel = tunnel.channel();
     match channel.call(req).await {
