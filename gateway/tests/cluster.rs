@@ -413,3 +413,63 @@ async fn a_library_registry_waits_for_and_calls_a_key_on_another_replica() {
     .expect("test timed out");
     store.kill().await;
 }
+
+/// A hub cut off from the store (its store connection blackholed: nothing
+/// answers, nothing is refused) keeps serving its own agent; the other hub
+/// drops it from its routes within the TTL (the store expires what it no
+/// longer renews); healed, it is found again.
+#[cfg_attr(
+    missing_redis_server,
+    ignore = "needs `redis-server` on PATH (apt-get install redis-server)"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_cut_off_from_the_store_serves_its_agents_and_leaves_the_routes() {
+    use common::freeze::FreezingRelay;
+    let store = Store::start().await;
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let link =
+            FreezingRelay::start(format!("127.0.0.1:{}", store.port).parse().expect("addr")).await;
+        let dir = temp_dir();
+        let files = cluster_files(&dir, &["cut-0".to_owned(), "plant-0".to_owned()]);
+        let up = upstream().await;
+        // Hub A reaches the store through the relay; hub B directly.
+        let (_a, a) = cluster_hub(
+            &files,
+            &format!("redis://{}", link.addr),
+            free_port(),
+            "tunnel",
+        )
+        .await;
+        let (_b, b) = cluster_hub(&files, &store.url(), free_port(), "tunnel").await;
+        let _on_a = cluster_agent(&dir, &[a], "cut-0", up).await;
+        let _on_b = cluster_agent(&dir, &[b], "plant-0", up).await;
+        four_kinds(b, "cut-0").await.expect("relayed to a");
+
+        link.partition();
+        let cut = Instant::now();
+        // B stops finding A's key once its entry expires (TTL 2 s).
+        let via_b = tokio::sync::Mutex::new(caller(b, "cut-0", false).await);
+        let gone = eventually("b drops a's key", Duration::from_secs(10), || async {
+            via_b.lock().await.unary(hello("x")).await.err()
+        })
+        .await;
+        let dropped_after = cut.elapsed();
+        assert_eq!(gone.code(), Code::Unavailable, "{gone:?}");
+        assert!(gone.message().contains("on any replica"), "{gone:?}");
+        println!("hub b dropped the cut-off hub's key {dropped_after:?} after the cut (TTL 2 s)");
+        assert!(dropped_after < Duration::from_secs(4), "{dropped_after:?}");
+        // A still serves its own agent, without the store.
+        four_kinds(a, "cut-0")
+            .await
+            .expect("a serves its own agent");
+
+        link.heal();
+        four_kinds(b, "cut-0")
+            .await
+            .expect("found again once healed");
+        let _ = std::fs::remove_dir_all(dir);
+    })
+    .await
+    .expect("test timed out");
+    store.kill().await;
+}

@@ -1,6 +1,7 @@
 //! A loopback TCP relay whose open connections can be frozen: kept open,
 //! nothing forwarded either way, as when a NAT or load balancer drops its
-//! mapping without a word. Connections made after a freeze flow again.
+//! mapping without a word. Connections made after a freeze flow again;
+//! during a partition they are held silent too, until it heals.
 
 use std::{
     net::SocketAddr,
@@ -18,6 +19,8 @@ pub struct FreezingRelay {
     pub addr: SocketAddr,
     /// Cancelled to freeze the connections accepted so far.
     current: Arc<Mutex<CancellationToken>>,
+    /// While set, new connections are accepted and held, silent.
+    partitioned: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl FreezingRelay {
@@ -27,8 +30,17 @@ impl FreezingRelay {
         let addr = listener.local_addr().expect("addr");
         let current = Arc::new(Mutex::new(CancellationToken::new()));
         let tokens = current.clone();
+        let partitioned = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cut = partitioned.clone();
         tokio::spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
+                if cut.load(std::sync::atomic::Ordering::SeqCst) {
+                    tokio::spawn(async move {
+                        std::future::pending::<()>().await;
+                        drop(inbound);
+                    });
+                    continue;
+                }
                 let Ok(outbound) = TcpStream::connect(target).await else {
                     continue;
                 };
@@ -39,7 +51,25 @@ impl FreezingRelay {
                 tokio::spawn(pump(out_read, in_write, frozen));
             }
         });
-        Self { addr, current }
+        Self {
+            addr,
+            current,
+            partitioned,
+        }
+    }
+
+    /// Cuts the link: connections open now freeze, new ones are held
+    /// silent, until [`heal`](Self::heal).
+    pub fn partition(&self) {
+        self.partitioned
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.freeze();
+    }
+
+    /// New connections flow again (those frozen stay frozen).
+    pub fn heal(&self) {
+        self.partitioned
+            .store(false, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Freezes every connection open now.

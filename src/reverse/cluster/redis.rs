@@ -80,7 +80,9 @@ pub struct RedisDirectory {
 }
 
 struct Shared {
-    conn: ConnectionManager,
+    /// Replaced after a command timed out (see [`Shared::checked`]).
+    conn: std::sync::Mutex<ConnectionManager>,
+    client: redis::Client,
     prefix: String,
     publish: Script,
     lookup: Script,
@@ -197,15 +199,11 @@ impl RedisDirectory {
     }
 
     fn from_client(client: redis::Client, prefix: &str) -> Result<Self, BoxError> {
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(1));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
+        let conn = manager(&client)?;
         let (published, _) = broadcast::channel(1024);
         let inner = Arc::new(Shared {
-            conn,
+            conn: std::sync::Mutex::new(conn),
+            client: client.clone(),
             prefix: prefix.to_owned(),
             publish: Script::new(PUBLISH),
             lookup: Script::new(LOOKUP),
@@ -218,6 +216,42 @@ impl RedisDirectory {
 
     fn hash(&self, key: &str) -> String {
         format!("{}key:{key}", self.inner.prefix)
+    }
+}
+
+/// A connection manager: connected on first use, reconnected after the
+/// connection fails.
+fn manager(client: &redis::Client) -> Result<ConnectionManager, BoxError> {
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(1)))
+        .set_response_timeout(Some(Duration::from_secs(2)))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_secs(1));
+    Ok(ConnectionManager::new_lazy_with_config(
+        client.clone(),
+        config,
+    )?)
+}
+
+impl Shared {
+    fn conn(&self) -> ConnectionManager {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// `result`, after replacing the connection if it timed out: the
+    /// `redis` crate reconnects after a connection error, not after a
+    /// timeout, so a connection whose peer went silent (a network
+    /// partition: nothing answers, nothing is refused) would time out every
+    /// command for good, even once the network heals.
+    fn checked<T>(&self, result: redis::RedisResult<T>) -> Result<T, BoxError> {
+        if let Err(err) = &result {
+            if err.is_timeout() {
+                if let Ok(fresh) = manager(&self.client) {
+                    *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
+                }
+            }
+        }
+        Ok(result?)
     }
 }
 
@@ -265,29 +299,34 @@ impl Directory for RedisDirectory {
             for entry in &entries {
                 invocation.arg(&entry.key);
             }
-            let mut conn = self.inner.conn.clone();
-            let _: i64 = invocation.invoke_async(&mut conn).await?;
+            let mut conn = self.inner.conn();
+            let _: i64 = self
+                .inner
+                .checked(invocation.invoke_async(&mut conn).await)?;
             Ok(())
         })
     }
 
     fn withdraw<'a>(&'a self, key: &'a str, replica: &'a str) -> DirectoryFuture<'a, ()> {
         Box::pin(async move {
-            let mut conn = self.inner.conn.clone();
-            let _: i64 = conn.hdel(self.hash(key), replica).await?;
+            let mut conn = self.inner.conn();
+            let _: i64 = self
+                .inner
+                .checked(conn.hdel(self.hash(key), replica).await)?;
             Ok(())
         })
     }
 
     fn lookup<'a>(&'a self, key: &'a str) -> DirectoryFuture<'a, Vec<Entry>> {
         Box::pin(async move {
-            let mut conn = self.inner.conn.clone();
-            let flat: Vec<String> = self
-                .inner
-                .lookup
-                .key(self.hash(key))
-                .invoke_async(&mut conn)
-                .await?;
+            let mut conn = self.inner.conn();
+            let flat: Vec<String> = self.inner.checked(
+                self.inner
+                    .lookup
+                    .key(self.hash(key))
+                    .invoke_async(&mut conn)
+                    .await,
+            )?;
             Ok(flat
                 .chunks(2)
                 .filter_map(|pair| match pair {
