@@ -407,10 +407,7 @@ async fn an_agent_failing_every_call_at_once_takes_few_of_its_keys_calls() {
     tokio::time::timeout(Duration::from_secs(120), async {
         let dir = temp_dir();
         let upstream = upstream().await;
-        let gone = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-            l.local_addr().expect("addr")
-        };
+        let gone = gone_upstream();
         let (_hub, addr) = hub(&dir, "s3cret-7-of-an-agent", &["plant-7"]).await;
         let mut broken = agent(&dir, addr, "plant-7", "s3cret-7-of-an-agent", gone);
         broken.log_line("tunnel open").await;

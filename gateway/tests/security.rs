@@ -686,12 +686,6 @@ async fn hub_with_key_policy(
     (hub, addr)
 }
 
-/// A loopback address nothing listens on: an agent's upstream that is gone.
-fn gone_upstream() -> std::net::SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
-}
-
 /// `key_policy = "refuse"`: while an agent holds its key, a second agent
 /// process with the same credential is refused `ALREADY_EXISTS` (a leaked
 /// token cannot join the key); once the first is gone, the second gets it.

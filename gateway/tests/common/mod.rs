@@ -56,6 +56,13 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A loopback address nothing listens on: an agent's upstream that is gone
+/// (its calls fail at once, `UNAVAILABLE`).
+pub fn gone_upstream() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
 /// The echo service on a free loopback port.
 pub async fn upstream() -> SocketAddr {
     upstream_with(Echo::new()).await
