@@ -338,7 +338,6 @@ where
         self
     }
 
-    /// Refuses a tunnel that would exceed the limits.
     /// Whether one more tunnel of `key` fits the limits. Tunnels still
     /// opening count (an agent that never sends its `Settings` holds a
     /// place until the settings timeout), less `own`: the tunnel being
