@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{cluster::*, store::Store, *};
+use common::{cluster::*, sentinel::Replicated, store::Store, *};
 use grpctunnel_testing::{eventually, Echo};
 use tonic::Code;
 
@@ -207,28 +207,9 @@ async fn the_store_going_away_and_coming_back_empty_fails_no_call() {
         four_kinds(a, "plant-0").await.expect("relayed");
 
         // Calls back to back, relayed through a and local at b, for the
-        // whole test: counted, the first failures kept.
+        // whole test.
         let stop = tokio_util::sync::CancellationToken::new();
-        let steady = |hub| {
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                let mut c = caller(hub, "plant-0", false).await;
-                let (mut ok, mut failed, mut first) = (0u32, 0u32, Vec::new());
-                while !stop.is_cancelled() {
-                    match c.unary(hello("steady")).await {
-                        Ok(_) => ok += 1,
-                        Err(status) => {
-                            failed += 1;
-                            if first.len() < 3 {
-                                first.push(status);
-                            }
-                        }
-                    }
-                }
-                (ok, failed, first)
-            })
-        };
-        let (relayed, local) = (steady(a), steady(b));
+        let (relayed, local) = (steady(a, "plant-0", &stop), steady(b, "plant-0", &stop));
 
         // The outage and the empty store are what is tested: their length
         // is the condition, not a wait for something to happen.
@@ -238,16 +219,69 @@ async fn the_store_going_away_and_coming_back_empty_fails_no_call() {
         // Two TTLs with the store back (and empty at first).
         tokio::time::sleep(Duration::from_secs(4)).await;
         stop.cancel();
-        for (what, task) in [("relayed", relayed), ("local", local)] {
-            let (ok, failed, first) = task.await.expect("steady caller");
-            println!("{what}: {ok} calls across the outage and the empty store, {failed} failed");
-            assert_eq!(failed, 0, "{what}: {first:?}");
-            assert!(ok > 100, "{what}: only {ok} calls");
-        }
+        let callers = vec![("relayed", relayed), ("local", local)];
+        no_call_failed(callers, "across the outage and the empty store").await;
         // The key is in the store again.
         let entries = store.cli(&["HGETALL", "grpctunnel:key:plant-0"]).await;
         assert!(!entries.is_empty(), "republished");
         store.kill().await;
+    })
+    .await
+    .expect("test timed out");
+}
+
+/// A replicated store (a primary, a replica, three Sentinels, all real):
+/// the primary killed under relayed and local load, the hubs find the
+/// promoted replica through the Sentinels; no call fails, and a key first
+/// published after the failover is reachable from every hub.
+#[cfg_attr(
+    missing_redis_server,
+    ignore = "needs `redis-server` on PATH (apt-get install redis-server)"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hubs_follow_a_sentinel_failover_and_fail_no_call() {
+    let mut store = Replicated::start().await;
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let cluster = Fixture::on(&store.url(), &["plant-0", "plant-1"], 3).await;
+        let [a, b, c] = cluster.addrs()[..] else {
+            unreachable!("three hubs")
+        };
+        // Hub b relays as plain gRPC, c in tunnels (`Fixture::on`).
+        let _agent = cluster.agent(&[a], "plant-0").await;
+        // Under steady traffic, every hub has routed the key before.
+        for hub in [b, c] {
+            four_kinds(hub, "plant-0").await.expect("relayed");
+        }
+        let stop = tokio_util::sync::CancellationToken::new();
+        let callers = vec![
+            ("relayed as gRPC", steady(b, "plant-0", &stop)),
+            ("relayed in a tunnel", steady(c, "plant-0", &stop)),
+            ("local", steady(a, "plant-0", &stop)),
+        ];
+
+        let failed_over = Instant::now();
+        let primary = store.kill_primary().await;
+        println!(
+            "the Sentinels promoted the replica in {:?}",
+            failed_over.elapsed()
+        );
+        let _new = cluster.agent(&[c], "plant-1").await;
+        for hub in [a, b, c] {
+            four_kinds(hub, "plant-1")
+                .await
+                .expect("a key published after the failover");
+        }
+        println!(
+            "plant-1 reachable from every hub {:?} after the kill",
+            failed_over.elapsed()
+        );
+        let entries = primary.cli(&["HGETALL", "grpctunnel:key:plant-1"]).await;
+        assert!(
+            entries.contains("127.0.0.1"),
+            "on the new primary: {entries:?}"
+        );
+        stop.cancel();
+        no_call_failed(callers, "across the failover").await;
     })
     .await
     .expect("test timed out");

@@ -199,6 +199,11 @@ impl Fixture {
     /// as plain gRPC, the others in tunnels (the default), so that every
     /// cluster test runs both and their mix.
     pub async fn new(store: &Store, keys: &[&str], n: usize) -> Self {
+        Self::on(&store.url(), keys, n).await
+    }
+
+    /// [`new`](Self::new) on the store at `url`.
+    pub async fn on(url: &str, keys: &[&str], n: usize) -> Self {
         let dir = temp_dir();
         let upstream = upstream().await;
         let owned: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
@@ -206,7 +211,7 @@ impl Fixture {
         let mut hubs = Vec::new();
         for i in 0..n {
             let relay = if i % 2 == 1 { "grpc" } else { "tunnel" };
-            hubs.push(cluster_hub(&files, &store.url(), free_port(), relay).await);
+            hubs.push(cluster_hub(&files, url, free_port(), relay).await);
         }
         Self {
             dir,
@@ -228,5 +233,46 @@ impl Fixture {
 impl Drop for Fixture {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// What a [`steady`] caller saw: calls that succeeded, calls that failed,
+/// and the first few failures.
+pub type Tally = (u32, u32, Vec<tonic::Status>);
+
+/// Calls for `key` through `hub` back to back until `stop`: counted, the
+/// first failures kept.
+pub fn steady(
+    hub: SocketAddr,
+    key: &'static str,
+    stop: &tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<Tally> {
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        let mut c = caller(hub, key, false).await;
+        let (mut ok, mut failed, mut first) = (0u32, 0u32, Vec::new());
+        while !stop.is_cancelled() {
+            match c.unary(hello("steady")).await {
+                Ok(_) => ok += 1,
+                Err(status) => {
+                    failed += 1;
+                    if first.len() < 3 {
+                        first.push(status);
+                    }
+                }
+            }
+        }
+        (ok, failed, first)
+    })
+}
+
+/// Asserts that none of `callers` saw a failed call, and each made more
+/// than 100; prints their counts, saying `during` what.
+pub async fn no_call_failed(callers: Vec<(&str, tokio::task::JoinHandle<Tally>)>, during: &str) {
+    for (what, task) in callers {
+        let (ok, failed, first) = task.await.expect("steady caller");
+        println!("{what}: {ok} calls {during}, {failed} failed");
+        assert_eq!(failed, 0, "{what}: {first:?}");
+        assert!(ok > 100, "{what}: only {ok} calls");
     }
 }

@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod freeze;
 pub mod go_programs;
 pub mod recorder;
+pub mod sentinel;
 pub mod store;
 
 use std::{
@@ -92,10 +93,15 @@ pub struct Process {
 }
 
 impl Process {
+    /// Starts the binary with `args`, logging at `info` (or as `E2E_LOG`
+    /// says, e.g. `E2E_LOG=info,grpctunnel=debug` to debug a test).
     pub fn spawn(args: &[&str]) -> Self {
         let mut child = Command::new(BIN)
             .args(args)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("E2E_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)

@@ -56,7 +56,26 @@ impl Store {
         Self::start_with(port, &args).await
     }
 
+    /// Starts a replica of `primary` on a free port, once it holds a copy
+    /// of the primary's data.
+    pub async fn start_replica_of(primary: &Store) -> Self {
+        let port = super::free_port();
+        let args = [
+            "--port",
+            &port.to_string(),
+            "--replicaof",
+            "127.0.0.1",
+            &primary.port.to_string(),
+        ];
+        Self::start_until(port, &args, "REPLICA sync: Finished with success").await
+    }
+
     async fn start_with(port: u16, args: &[&str]) -> Self {
+        Self::start_until(port, args, "Ready to accept connections").await
+    }
+
+    /// Starts one with `args`, once it logged `ready`.
+    async fn start_until(port: u16, args: &[&str], ready: &str) -> Self {
         let dir = super::temp_dir();
         let spawned = Command::new("redis-server")
             .args(args)
@@ -73,11 +92,11 @@ impl Store {
         let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
         super::bounded(async {
             while let Some(line) = lines.next_line().await.expect("stdout") {
-                if line.contains("Ready to accept connections") {
+                if line.contains(ready) {
                     return;
                 }
             }
-            panic!("redis-server ended before it was ready");
+            panic!("redis-server ended before it logged {ready:?}");
         })
         .await;
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });

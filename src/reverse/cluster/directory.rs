@@ -64,7 +64,10 @@ pub trait Directory: Send + Sync + 'static {
     fn lookup<'a>(&'a self, key: &'a str) -> DirectoryFuture<'a, Vec<Entry>>;
 
     /// Keys as replicas publish them for the first time, best effort (it
-    /// wakes calls that wait for a key). A stream that ends is not
-    /// restarted: return one that lasts for the directory's life.
+    /// wakes calls that wait for a key). An empty string says that
+    /// announcements may have been missed (the feed was down and is back):
+    /// every waiting call looks again, and cached lookups are dropped. A
+    /// stream that ends is not restarted: return one that lasts for the
+    /// directory's life.
     fn published(&self) -> Pin<Box<dyn Stream<Item = String> + Send>>;
 }

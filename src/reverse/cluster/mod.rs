@@ -430,6 +430,14 @@ impl ClusterInner {
             .remove(key);
     }
 
+    /// Drops every cached lookup: announcements may have been missed.
+    fn forget_all(&self) {
+        self.routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
     /// Drops the cached lookup of `key` and where it last was: its replica
     /// cannot be reached, or does not hold it any more.
     pub(crate) fn drop_route(&self, key: &str) {
@@ -547,7 +555,11 @@ where
         use futures_util::StreamExt;
         let mut keys = feed.directory.published();
         while let Some(key) = keys.next().await {
-            feed.forget(&key);
+            if key.is_empty() {
+                feed.forget_all();
+            } else {
+                feed.forget(&key);
+            }
             let _ = feed.published.send(key);
         }
     });

@@ -258,7 +258,8 @@ where
         let wake = async {
             loop {
                 match published.recv().await {
-                    Ok(k) if k == name => return,
+                    // Announced, or announcements missed: look again.
+                    Ok(k) if k == name || k.is_empty() => return,
                     Ok(_) => {}
                     // Missed some: look again.
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
@@ -320,7 +321,8 @@ pub(crate) async fn wait_for_key(registry: &ReverseTunnelRegistry<String>, key: 
             match published.as_mut() {
                 Some(feed) => loop {
                     match feed.recv().await {
-                        Ok(k) if k == key => return,
+                        // Announced, or announcements missed: look again.
+                        Ok(k) if k == key || k.is_empty() => return,
                         Ok(_) => {}
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => {

@@ -9,18 +9,19 @@
 //! itself expires once no replica renews it. A field that is new (or was
 //! expired) is announced on the channel `<prefix>published`.
 
-use std::{
-    pin::Pin,
-    sync::{Arc, Weak},
-    time::Duration,
-};
+mod options;
+mod store;
+
+use std::{pin::Pin, sync::Arc, time::Duration};
 
 use futures_core::Stream;
 use futures_util::StreamExt;
-use redis::{aio::ConnectionManager, AsyncCommands, Script};
+use redis::{AsyncCommands, Script};
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
 
+pub use self::options::RedisOptions;
+use self::store::{Source, Store};
 use crate::{
     error::BoxError,
     reverse::cluster::{Directory, DirectoryFuture, Entry},
@@ -68,7 +69,8 @@ end
 return out
 ";
 
-/// A cluster [`Directory`] on Redis or Valkey (feature `redis`).
+/// A cluster [`Directory`] on Redis or Valkey (feature `redis`), one server
+/// or a replicated store behind Redis Sentinel ([`RedisOptions::open`]).
 ///
 /// Connections are made on first use and remade after a failure (the
 /// `redis` crate's `ConnectionManager`), so a replica starts, and serves
@@ -80,93 +82,11 @@ pub struct RedisDirectory {
 }
 
 struct Shared {
-    /// Replaced after a command timed out (see [`Shared::checked`]).
-    conn: std::sync::Mutex<ConnectionManager>,
-    client: redis::Client,
+    store: Arc<Store>,
     prefix: String,
     publish: Script,
     lookup: Script,
     published: broadcast::Sender<String>,
-}
-
-/// How to reach the store: [`RedisDirectory::options`].
-#[derive(Clone, Default)]
-pub struct RedisOptions {
-    prefix: Option<String>,
-    password: Option<String>,
-    #[cfg(feature = "redis-tls")]
-    ca: Option<Vec<u8>>,
-}
-
-impl RedisOptions {
-    /// Keys under `prefix` (default `grpctunnel:`; several clusters may
-    /// share one store).
-    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = Some(prefix.into());
-        self
-    }
-
-    /// The store's password (`requirepass`, or an ACL user's with the URL's
-    /// user name), instead of one in the URL: read it from a file, keep it
-    /// out of command lines and logs.
-    pub fn password(mut self, password: impl Into<String>) -> Self {
-        self.password = Some(password.into());
-        self
-    }
-
-    /// For a `rediss://` URL: trust this CA (PEM) for the store's
-    /// certificate instead of the system's roots (feature `redis-tls`).
-    #[cfg(feature = "redis-tls")]
-    pub fn ca_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
-        self.ca = Some(pem.into());
-        self
-    }
-
-    /// The directory in the store at `url`: `redis://host:6379/0`, or, with
-    /// feature `redis-tls`, `rediss://host:6380` (TLS through rustls; the
-    /// process needs a rustls crypto provider, e.g. rustls's `ring`
-    /// feature, as tonic's `tls-ring` gives). Needs a Tokio runtime.
-    ///
-    /// # Errors
-    ///
-    /// If `url` is not a Redis URL (the error never quotes it: it may hold
-    /// a password), or names TLS without feature `redis-tls`.
-    pub fn open(self, url: &str) -> Result<RedisDirectory, BoxError> {
-        use redis::IntoConnectionInfo;
-        let info = url
-            .into_connection_info()
-            .map_err(|e| format!("not a Redis URL: {e}"))?;
-        let info = match self.password {
-            Some(password) => {
-                let redis = info.redis_settings().clone().set_password(password);
-                info.set_redis_settings(redis)
-            }
-            None => info,
-        };
-        #[cfg(feature = "redis-tls")]
-        let client = match self.ca {
-            Some(pem) => redis::Client::build_with_tls(
-                info,
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(pem),
-                },
-            )?,
-            None => redis::Client::open(info)?,
-        };
-        #[cfg(not(feature = "redis-tls"))]
-        let client = redis::Client::open(info)?;
-        RedisDirectory::from_client(client, self.prefix.as_deref().unwrap_or("grpctunnel:"))
-    }
-}
-
-impl std::fmt::Debug for RedisOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisOptions")
-            .field("prefix", &self.prefix)
-            .field("password", &self.password.as_ref().map(|_| "<hidden>"))
-            .finish_non_exhaustive()
-    }
 }
 
 impl RedisDirectory {
@@ -198,85 +118,26 @@ impl RedisDirectory {
         RedisOptions::default()
     }
 
-    fn from_client(client: redis::Client, prefix: &str) -> Result<Self, BoxError> {
-        let conn = manager(&client)?;
+    fn from_source(source: Source, prefix: &str) -> Result<Self, BoxError> {
+        let store = Arc::new(Store::new(source)?);
         let (published, _) = broadcast::channel(1024);
+        tokio::spawn(store::listen(
+            Arc::downgrade(&store),
+            format!("{prefix}published"),
+            published.clone(),
+        ));
         let inner = Arc::new(Shared {
-            conn: std::sync::Mutex::new(conn),
-            client: client.clone(),
+            store,
             prefix: prefix.to_owned(),
             publish: Script::new(PUBLISH),
             lookup: Script::new(LOOKUP),
             published,
         });
-        let channel = format!("{prefix}published");
-        tokio::spawn(listen(client, channel, Arc::downgrade(&inner)));
         Ok(Self { inner })
     }
 
     fn hash(&self, key: &str) -> String {
         format!("{}key:{key}", self.inner.prefix)
-    }
-}
-
-/// A connection manager: connected on first use, reconnected after the
-/// connection fails.
-fn manager(client: &redis::Client) -> Result<ConnectionManager, BoxError> {
-    let config = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(1)))
-        .set_response_timeout(Some(Duration::from_secs(2)))
-        .set_number_of_retries(1)
-        .set_max_delay(Duration::from_secs(1));
-    Ok(ConnectionManager::new_lazy_with_config(
-        client.clone(),
-        config,
-    )?)
-}
-
-impl Shared {
-    fn conn(&self) -> ConnectionManager {
-        self.conn.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// `result`, after replacing the connection if it timed out: the
-    /// `redis` crate reconnects after a connection error, not after a
-    /// timeout, so a connection whose peer went silent (a network
-    /// partition: nothing answers, nothing is refused) would time out every
-    /// command for good, even once the network heals.
-    fn checked<T>(&self, result: redis::RedisResult<T>) -> Result<T, BoxError> {
-        if let Err(err) = &result {
-            if err.is_timeout() {
-                if let Ok(fresh) = manager(&self.client) {
-                    *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
-                }
-            }
-        }
-        Ok(result?)
-    }
-}
-
-/// Forwards the announcements of new keys, resubscribing after the store
-/// comes back (tried every second while it is away), until the directory
-/// is dropped.
-async fn listen(client: redis::Client, channel: String, directory: Weak<Shared>) {
-    loop {
-        if directory.strong_count() == 0 {
-            return;
-        }
-        if let Ok(mut pubsub) = client.get_async_pubsub().await {
-            if pubsub.subscribe(&channel).await.is_ok() {
-                let mut messages = pubsub.on_message();
-                while let Some(msg) = messages.next().await {
-                    let Some(shared) = directory.upgrade() else {
-                        return;
-                    };
-                    if let Ok(key) = msg.get_payload::<String>() {
-                        let _ = shared.published.send(key);
-                    }
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
@@ -299,9 +160,10 @@ impl Directory for RedisDirectory {
             for entry in &entries {
                 invocation.arg(&entry.key);
             }
-            let mut conn = self.inner.conn();
+            let mut conn = self.inner.store.conn().await?;
             let _: i64 = self
                 .inner
+                .store
                 .checked(invocation.invoke_async(&mut conn).await)?;
             Ok(())
         })
@@ -309,9 +171,10 @@ impl Directory for RedisDirectory {
 
     fn withdraw<'a>(&'a self, key: &'a str, replica: &'a str) -> DirectoryFuture<'a, ()> {
         Box::pin(async move {
-            let mut conn = self.inner.conn();
+            let mut conn = self.inner.store.conn().await?;
             let _: i64 = self
                 .inner
+                .store
                 .checked(conn.hdel(self.hash(key), replica).await)?;
             Ok(())
         })
@@ -319,8 +182,8 @@ impl Directory for RedisDirectory {
 
     fn lookup<'a>(&'a self, key: &'a str) -> DirectoryFuture<'a, Vec<Entry>> {
         Box::pin(async move {
-            let mut conn = self.inner.conn();
-            let flat: Vec<String> = self.inner.checked(
+            let mut conn = self.inner.store.conn().await?;
+            let flat: Vec<String> = self.inner.store.checked(
                 self.inner
                     .lookup
                     .key(self.hash(key))
