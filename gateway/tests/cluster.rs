@@ -216,14 +216,21 @@ async fn the_store_going_away_and_coming_back_empty_fails_no_call() {
         store.kill().await;
         tokio::time::sleep(Duration::from_secs(10)).await;
         let store = Store::start_on(port).await;
+        let back = Instant::now();
+        eventually("b republishes its key", Duration::from_secs(10), || async {
+            let entries = store.cli(&["HGETALL", "grpctunnel:key:plant-0"]).await;
+            (!entries.is_empty()).then_some(())
+        })
+        .await;
+        println!(
+            "the key was in the store again {:?} after it restarted",
+            back.elapsed()
+        );
         // Two TTLs with the store back (and empty at first).
         tokio::time::sleep(Duration::from_secs(4)).await;
         stop.cancel();
         let callers = vec![("relayed", relayed), ("local", local)];
         no_call_failed(callers, "across the outage and the empty store").await;
-        // The key is in the store again.
-        let entries = store.cli(&["HGETALL", "grpctunnel:key:plant-0"]).await;
-        assert!(!entries.is_empty(), "republished");
         store.kill().await;
     })
     .await
@@ -464,7 +471,14 @@ async fn a_hub_cut_off_from_the_store_serves_its_agents_and_leaves_the_routes() 
         let link =
             FreezingRelay::start(format!("127.0.0.1:{}", store.port).parse().expect("addr")).await;
         let dir = temp_dir();
-        let files = cluster_files(&dir, &["cut-0".to_owned(), "plant-0".to_owned()]);
+        let files = cluster_files(
+            &dir,
+            &[
+                "cut-0".to_owned(),
+                "plant-0".to_owned(),
+                "late-0".to_owned(),
+            ],
+        );
         let up = upstream().await;
         // Hub A reaches the store through the relay; hub B directly.
         let (_a, a) = cluster_hub(
@@ -501,6 +515,26 @@ async fn a_hub_cut_off_from_the_store_serves_its_agents_and_leaves_the_routes() 
         four_kinds(b, "cut-0")
             .await
             .expect("found again once healed");
+
+        // A's subscription to announcements went silent with the cut (its
+        // connection stays frozen); healed, A subscribes again, so a call
+        // waiting at A for a key that then appears at B is woken.
+        let mut probe = caller(a, "late-0", false).await;
+        let status = probe.unary(hello("x")).await.expect_err("no late-0 yet");
+        assert!(status.message().contains("on any replica"), "{status:?}");
+        let waiting = tokio::spawn(async move {
+            let mut c = caller(a, "late-0", true).await;
+            let reply = c.unary(hello("late")).await;
+            (reply, Instant::now())
+        });
+        let _late = cluster_agent(&dir, &[b], "late-0", up).await;
+        let opened = Instant::now();
+        let (reply, at) = waiting.await.expect("waiting caller");
+        reply.expect("woken by b's announcement");
+        println!(
+            "a call waiting at a was served {:?} after the key's tunnel opened at b",
+            at.saturating_duration_since(opened)
+        );
         let _ = std::fs::remove_dir_all(dir);
     })
     .await

@@ -596,6 +596,10 @@ where
                 Ok(()) if failing => {
                     failing = false;
                     tracing::info!("cluster directory reachable again");
+                    // It may have come back empty (a restart, a replica
+                    // promoted before it had every entry): all of this
+                    // replica's keys, now rather than at the next renewal.
+                    tick.reset_immediately();
                 }
                 Ok(()) => {}
                 Err(err) if !failing => {
