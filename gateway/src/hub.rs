@@ -154,7 +154,9 @@ pub(crate) struct HubArgs {
     #[arg(long, default_value_t = 100, env = "GRPCTUNNEL_MAX_HEALTH_WATCHES")]
     max_health_watches: usize,
     /// Share one key space with other hubs through this Redis/Valkey store
-    /// (`redis://host:6379`, or `rediss://host:6380` over TLS): any hub then
+    /// (`redis://host:6379`, `rediss://host:6380` over TLS, or a replicated
+    /// store's Sentinels and master name,
+    /// `redis+sentinel://s1:26379,s2:26379,s3:26379/mymaster`): any hub then
     /// routes any key, relaying a call to the hub its agent is connected
     /// to. Needs `--advertise` and `--cluster-secret-file`. Its password
     /// belongs in `--cluster-password-file`, not in the URL (the URL is
@@ -613,6 +615,10 @@ mod tests {
         assert_eq!(
             masked("rediss://hub:p@ss:w@rd@store:6380/1?protocol=3"),
             "rediss://hub:***@store:6380/1?protocol=3"
+        );
+        assert_eq!(
+            masked("redis+sentinel://:hunter2@s1:26379,s2:26379/mymaster"),
+            "redis+sentinel://:***@s1:26379,s2:26379/mymaster"
         );
         assert_eq!(masked("hunter2@store"), "(not a URL)");
     }
