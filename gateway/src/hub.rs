@@ -553,7 +553,14 @@ fn cluster(args: &HubArgs) -> Result<Option<grpctunnel::cluster::Cluster>, Failu
         ),
         None => None,
     };
-    let keepalive = args.keepalive.keepalive;
+    // Peer hubs are pinged at least once a TTL: a hub the network cut off
+    // silently is found (its relay tunnel closes, and it is skipped while
+    // unreachable) as soon as the store would drop it, not after
+    // `--keepalive`.
+    let keepalive = match args.keepalive.keepalive {
+        0 => 0,
+        secs => secs.min((args.cluster_ttl.ceil() as u64).max(1)),
+    };
     tracing::info!(store = %shown, %advertise, "joining the cluster");
     let mut cluster = grpctunnel::cluster::Cluster::new(directory, advertise.clone(), secret)
         .ttl(Duration::from_secs_f64(args.cluster_ttl))

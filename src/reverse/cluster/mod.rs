@@ -459,6 +459,24 @@ impl ClusterInner {
         Ok(peer)
     }
 
+    /// Moves the entries of replicas that could not be reached lately
+    /// ([`peer::UNREACHABLE_FOR`]) after the others, keeping each group's
+    /// order; they stay, so a key only they hold is still tried.
+    pub(crate) fn reachable_first(&self, entries: &mut [Entry]) {
+        let now = self.born.elapsed();
+        let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        entries.sort_by_key(|e| {
+            peers
+                .get(&e.replica)
+                .is_some_and(|peer| peer.is_unreachable(now))
+        });
+    }
+
+    /// `peer` could not be reached: tried last for a while.
+    pub(crate) fn unreachable(&self, peer: &Peer) {
+        peer.unreachable(self.born.elapsed());
+    }
+
     /// Forgets the connections to replicas no call went to for three
     /// TTLs (replicas that left; calls still on one keep it until they end).
     fn prune_peers(&self) {

@@ -44,7 +44,13 @@ pub(crate) struct Peer {
     tunnel: Mutex<Option<TunnelChannel>>,
     /// Held while a tunnel opens, so that one opens at a time.
     opening: tokio::sync::Mutex<()>,
+    /// Until then (since the cluster was made, in ms) it is tried last: it
+    /// could not be reached lately.
+    unreachable_until: AtomicU64,
 }
+
+/// How long a replica that could not be reached is tried last.
+pub(crate) const UNREACHABLE_FOR: Duration = Duration::from_secs(5);
 
 /// What one relayed call goes out on.
 pub(crate) enum Sender {
@@ -67,7 +73,19 @@ impl Peer {
             last_used: AtomicU64::new(now.as_millis() as u64),
             tunnel: Mutex::new(None),
             opening: tokio::sync::Mutex::new(()),
+            unreachable_until: AtomicU64::new(0),
         }
+    }
+
+    /// It could not be reached at `now`: try it last for a while.
+    pub(crate) fn unreachable(&self, now: Duration) {
+        let until = (now + UNREACHABLE_FOR).as_millis() as u64;
+        self.unreachable_until.store(until, Ordering::Relaxed);
+    }
+
+    /// Whether it could not be reached lately, at `now`.
+    pub(crate) fn is_unreachable(&self, now: Duration) -> bool {
+        (now.as_millis() as u64) < self.unreachable_until.load(Ordering::Relaxed)
     }
 
     /// Notes a call going there at `now` (since the cluster was made).

@@ -141,6 +141,7 @@ where
         parts.headers.insert(RELAY_KEY_HEADER, key_value);
         let body = Lent::new(body);
         let mut unreachable = None;
+        cluster.reachable_first(&mut entries);
         for entry in entries {
             let peer = match cluster.peer(&entry.replica) {
                 Ok(peer) => peer,
@@ -172,6 +173,7 @@ where
                         _ => format!("no connection within {connect_for:?}"),
                     };
                     cluster.drop_route(&name);
+                    cluster.unreachable(&peer);
                     debug!(replica = %entry.replica, key = %name, error = %why, "replica unreachable; trying the next");
                     unreachable = Some(format!("replica {}: {why}", entry.replica));
                     continue;
@@ -207,12 +209,14 @@ where
                 }
                 Err(err) if body.is_home() => {
                     cluster.drop_route(&name);
+                    cluster.unreachable(&peer);
                     let why = with_sources(err.as_ref());
                     debug!(replica = %entry.replica, key = %name, error = %why, "replica unreachable; trying the next");
                     unreachable = Some(format!("replica {}: {why}", entry.replica));
                 }
                 Err(err) => {
                     cluster.drop_route(&name);
+                    cluster.unreachable(&peer);
                     return failed(tonic::Status::unavailable(format!(
                         "replica {} holding key {name:?}: {}",
                         entry.replica,
