@@ -123,7 +123,7 @@ impl RedisOptions {
         }
         Ok(Source::Sentinel(tokio::sync::Mutex::new(Asking {
             sentinels: builder.build()?,
-            failed_at: None,
+            answer: None,
         })))
     }
 }

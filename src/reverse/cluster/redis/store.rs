@@ -16,15 +16,17 @@ use crate::error::BoxError;
 /// How long asking the Sentinels for the primary may take, and how long a
 /// subscription may stay silent to a ping before it is remade.
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
-/// After the Sentinels could not name a primary, callers fail at once for
-/// this long instead of each asking again.
-const ASK_BACKOFF: Duration = Duration::from_millis(250);
+/// The Sentinels' answer (a primary, or that none is reachable) is reused
+/// this long: a burst of callers, or of failures, asks them once.
+const ASK_AGAIN_AFTER: Duration = Duration::from_millis(250);
 /// How often a quiet subscription is pinged: a subscription whose store
 /// went silent (a partition drops packets, nothing is refused) would
 /// otherwise wait for announcements that never come.
 const PING_EVERY: Duration = Duration::from_secs(3);
 
-/// Where the store is.
+/// Where the store is. One per directory, made once: the variants' sizes
+/// do not matter.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Source {
     /// One server at a fixed address.
     Fixed(redis::Client),
@@ -33,10 +35,12 @@ pub(super) enum Source {
     Sentinel(tokio::sync::Mutex<Asking>),
 }
 
-/// The Sentinels, and when they last failed to name a primary.
+/// The Sentinels, and their last answer.
 pub(super) struct Asking {
     pub(super) sentinels: SentinelClient,
-    pub(super) failed_at: Option<Instant>,
+    /// When they were last asked, and what they said (the primary, or why
+    /// none).
+    pub(super) answer: Option<(Instant, Result<redis::Client, String>)>,
 }
 
 /// The store's connection, remade as [`Source`] says.
@@ -70,7 +74,13 @@ impl Store {
         if let Some(conn) = self.current() {
             return Ok(conn);
         }
-        let conn = manager(&self.client().await?)?;
+        let client = self.client().await?;
+        // Made meanwhile by another caller (a burst after a failure asks
+        // the Sentinels once).
+        if let Some(conn) = self.current() {
+            return Ok(conn);
+        }
+        let conn = manager(&client)?;
         self.set(Some(conn.clone()));
         Ok(conn)
     }
@@ -82,26 +92,19 @@ impl Store {
             Source::Sentinel(asking) => asking,
         };
         let mut asking = asking.lock().await;
-        if let Some(at) = asking.failed_at {
-            if at.elapsed() < ASK_BACKOFF {
-                return Err("the Sentinels name no reachable primary".into());
+        if let Some((at, answer)) = &asking.answer {
+            if at.elapsed() < ASK_AGAIN_AFTER {
+                return answer.clone().map_err(Into::into);
             }
         }
         let asked = tokio::time::timeout(ASK_TIMEOUT, asking.sentinels.async_get_client()).await;
-        match asked {
-            Ok(Ok(client)) => {
-                asking.failed_at = None;
-                Ok(client)
-            }
-            Ok(Err(err)) => {
-                asking.failed_at = Some(Instant::now());
-                Err(format!("the Sentinels name no reachable primary: {err}").into())
-            }
-            Err(_) => {
-                asking.failed_at = Some(Instant::now());
-                Err("the Sentinels did not answer in time".into())
-            }
-        }
+        let answer: Result<redis::Client, String> = match asked {
+            Ok(Ok(client)) => Ok(client),
+            Ok(Err(err)) => Err(format!("the Sentinels name no reachable primary: {err}")),
+            Err(_) => Err("the Sentinels did not answer in time".into()),
+        };
+        asking.answer = Some((Instant::now(), answer.clone()));
+        answer.map_err(Into::into)
     }
 
     /// `result`, after dropping the connection if it can no longer serve:
