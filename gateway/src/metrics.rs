@@ -5,8 +5,8 @@
 //! |---|---|---|
 //! | `grpctunnel_agents_connected` | gauge | |
 //! | `grpctunnel_tunnels` | gauge | `key` |
-//! | `grpctunnel_calls_total` | counter | `key`, `method`, `code` |
-//! | `grpctunnel_call_duration_seconds` | histogram | `key`, `method` |
+//! | `grpc_server_handled_total` | counter | `grpc_service`, `grpc_method`, `grpc_code`, `key` |
+//! | `grpc_server_handling_seconds` | histogram | `grpc_service`, `grpc_method`, `key` |
 //! | `grpctunnel_received_bytes_total` | counter | `key` (request bytes from callers, as sent) |
 //! | `grpctunnel_sent_bytes_total` | counter | `key` (response bytes to callers, as sent) |
 //! | `grpctunnel_auth_failures_total` | counter | `who` (agent, caller), `reason` |
@@ -18,11 +18,21 @@
 //!
 //! - `key`: a key some `[[agent]]` of the config may register; any other
 //!   key a caller names is `other`.
-//! - `method`: the call's path (`/pkg.Service/Method`) once some call to it
-//!   succeeded (an agent serves it), at most 1,000 of them; until then, and
-//!   for paths not of that form or longer than 128 bytes, `other`.
-//! - `code`: the gRPC status code `0` to `16`, `cancelled` (the caller went
-//!   away), or `unknown` for anything else an agent sends.
+//! - `grpc_service`, `grpc_method`: the call's path (`/pkg.Service/Method`)
+//!   once some call to it succeeded (an agent serves it), at most 1,000 of
+//!   them; until then, and for paths not of that form or longer than 128
+//!   bytes, both `other`.
+//! - `grpc_code`: the status code's name as gRPC spells it (`OK`,
+//!   `Unavailable`, ...); `Canceled` also when the caller went away
+//!   without one, and `Unknown` for anything else an agent sends.
+//!
+//! The call metrics follow go-grpc-prometheus, whose names existing gRPC
+//! dashboards and alerts already chart (`sum by (grpc_code)
+//! (rate(grpc_server_handled_total[1m]))`), rather than OpenTelemetry's
+//! RPC conventions (numeric `rpc_grpc_status_code`, milliseconds), which
+//! fewer Prometheus dashboards use; `key` is added. go-grpc-prometheus's
+//! `grpc_type` label is left out: a hub that relays bytes cannot tell a
+//! unary call from a stream without the service's schema.
 //!
 //! Latencies are histograms with fixed buckets (not summaries, whose
 //! memory grows with the values seen: calling 500 keys grew a hub by
@@ -113,12 +123,40 @@ impl Labels {
     }
 }
 
-/// The `code` label: `0` to `16`, `cancelled`, or `unknown`.
-fn code_label(code: &str) -> &str {
-    match code.parse::<u8>() {
-        Ok(n) if n <= 16 => code,
-        _ if code == "cancelled" => code,
-        _ => "unknown",
+/// The `grpc_code` label: the name of status code `code` (`0` to `16`),
+/// `Canceled` for `cancelled` (the caller went away), else `Unknown`.
+fn code_label(code: &str) -> &'static str {
+    const NAMES: [&str; 17] = [
+        "OK",
+        "Canceled",
+        "Unknown",
+        "InvalidArgument",
+        "DeadlineExceeded",
+        "NotFound",
+        "AlreadyExists",
+        "PermissionDenied",
+        "ResourceExhausted",
+        "FailedPrecondition",
+        "Aborted",
+        "OutOfRange",
+        "Unimplemented",
+        "Internal",
+        "Unavailable",
+        "DataLoss",
+        "Unauthenticated",
+    ];
+    match code.parse::<usize>() {
+        Ok(n) if n < NAMES.len() => NAMES[n],
+        _ if code == "cancelled" => "Canceled",
+        _ => "Unknown",
+    }
+}
+
+/// The `grpc_service` and `grpc_method` labels of a `method` label.
+fn service_and_method(label: &str) -> (String, String) {
+    match label.strip_prefix('/').and_then(|p| p.split_once('/')) {
+        Some((service, method)) => (service.to_owned(), method.to_owned()),
+        None => ("other".to_owned(), "other".to_owned()),
     }
 }
 
@@ -296,11 +334,22 @@ impl CallRecord {
         }
         self.permit = None;
         let key = self.key.clone();
-        let method = self.labels.method(&self.path, code);
-        metrics::counter!("grpctunnel_calls_total", "key" => key.clone(), "method" => method.clone(), "code" => code_label(code).to_owned())
-            .increment(1);
-        metrics::histogram!("grpctunnel_call_duration_seconds", "key" => key, "method" => method)
-            .record(self.start.elapsed().as_secs_f64());
+        let (service, method) = service_and_method(&self.labels.method(&self.path, code));
+        metrics::counter!(
+            "grpc_server_handled_total",
+            "grpc_service" => service.clone(),
+            "grpc_method" => method.clone(),
+            "grpc_code" => code_label(code),
+            "key" => key.clone()
+        )
+        .increment(1);
+        metrics::histogram!(
+            "grpc_server_handling_seconds",
+            "grpc_service" => service,
+            "grpc_method" => method,
+            "key" => key
+        )
+        .record(self.start.elapsed().as_secs_f64());
     }
 }
 
@@ -389,7 +438,29 @@ impl http_body::Body for Metered {
 
 #[cfg(test)]
 mod tests {
-    use super::method_label;
+    use super::{code_label, method_label, service_and_method};
+
+    #[test]
+    fn codes_are_named_as_grpc_names_them() {
+        assert_eq!(code_label("0"), "OK");
+        assert_eq!(code_label("14"), "Unavailable");
+        assert_eq!(code_label("16"), "Unauthenticated");
+        assert_eq!(code_label("cancelled"), "Canceled");
+        for other in ["17", "-1", "", "ok"] {
+            assert_eq!(code_label(other), "Unknown", "{other}");
+        }
+        assert_eq!(
+            service_and_method("/grpc.testing.TestService/UnaryCall"),
+            (
+                "grpc.testing.TestService".to_owned(),
+                "UnaryCall".to_owned()
+            )
+        );
+        assert_eq!(
+            service_and_method("other"),
+            ("other".to_owned(), "other".to_owned())
+        );
+    }
 
     #[test]
     fn only_well_formed_paths_become_method_labels() {

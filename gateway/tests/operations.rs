@@ -43,17 +43,18 @@ async fn metrics_and_healthz_on_the_admin_port() {
                 .unwrap_or_else(|| panic!("no {prefix} in:\n{body}"))
                 .to_owned()
         };
-        let unary = "method=\"/grpctunnel.testing.v1.EchoService/Unary\"";
+        // go-grpc-prometheus's names and labels, plus `key`.
+        let unary = "grpc_service=\"grpctunnel.testing.v1.EchoService\",grpc_method=\"Unary\"";
         assert!(
             line(&format!(
-                "grpctunnel_calls_total{{key=\"plant-7\",{unary},code=\"0\"}}"
+                "grpc_server_handled_total{{{unary},grpc_code=\"OK\",key=\"plant-7\"}}"
             ))
             .ends_with(" 3"),
             "{body}"
         );
         assert!(
             line(&format!(
-                "grpctunnel_calls_total{{key=\"other\",{unary},code=\"14\"}}"
+                "grpc_server_handled_total{{{unary},grpc_code=\"Unavailable\",key=\"other\"}}"
             ))
             .ends_with(" 1"),
             "{body}"
@@ -72,7 +73,10 @@ async fn metrics_and_healthz_on_the_admin_port() {
             assert!(bytes >= 3.0 * "counted".len() as f64, "{text}");
         }
         line(&format!(
-            "grpctunnel_call_duration_seconds_count{{key=\"plant-7\",{unary}}} 3"
+            "grpc_server_handling_seconds_count{{{unary},key=\"plant-7\"}} 3"
+        ));
+        line(&format!(
+            "grpc_server_handling_seconds_bucket{{{unary},key=\"plant-7\",le=\"60\"}} 3"
         ));
         assert!(
             line("grpctunnel_agents_connected").ends_with(" 1"),
@@ -82,7 +86,7 @@ async fn metrics_and_healthz_on_the_admin_port() {
             line("grpctunnel_tunnels{key=\"plant-7\"}").ends_with(" 1"),
             "{body}"
         );
-        line("grpctunnel_call_duration_seconds");
+        line("grpc_server_handling_seconds");
         line("grpctunnel_auth_failures_total{who=\"agent\",reason=\"unknown_token\"}");
         drop(hub);
         let _ = std::fs::remove_dir_all(dir);

@@ -128,9 +128,9 @@ async fn sighup_revokes_one_agent_and_keeps_the_others_serving() {
         // the reload), not folded into `other`.
         let (_, metrics) = http_get(hub.admin.expect("admin"), "/metrics").await;
         assert!(
-            metrics
-                .lines()
-                .any(|l| l.starts_with("grpctunnel_calls_total") && l.contains("key=\"plant-c\"")),
+            metrics.lines().any(
+                |l| l.starts_with("grpc_server_handled_total") && l.contains("key=\"plant-c\"")
+            ),
             "{metrics}"
         );
 
