@@ -27,6 +27,7 @@ mod reload;
 mod revoke;
 mod route;
 mod settings;
+mod token;
 
 use std::process::ExitCode;
 
@@ -62,6 +63,9 @@ enum Command {
     Hub(hub::HubArgs),
     /// Dial a hub and serve a private gRPC server (any language) through it.
     Agent(agent::AgentArgs),
+    /// Print a new random credential as hub config lines (TOML, to append
+    /// to hub.toml): an agent's, bound to its keys, or a caller's.
+    Token(token::TokenArgs),
 }
 
 /// A failure and the exit code it deserves.
@@ -86,6 +90,13 @@ fn main() -> ExitCode {
         eprintln!("grpctunnel: --worker-threads must be at least 1");
         return ExitCode::from(2);
     }
+    // Made here, run (polled) on the runtime below.
+    let serve: std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Failure>>>> =
+        match cli.command {
+            Command::Hub(args) => Box::pin(hub::run(args)),
+            Command::Agent(args) => Box::pin(agent::run(args)),
+            Command::Token(args) => return exit_code(token::run(args)),
+        };
     let runtime = match cli.worker_threads {
         Some(1) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -103,12 +114,11 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Hub(args) => hub::run(args).await,
-            Command::Agent(args) => agent::run(args).await,
-        }
-    });
+    exit_code(runtime.block_on(serve))
+}
+
+/// The exit code for `result`, its failure printed.
+fn exit_code(result: Result<(), Failure>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Usage(text)) => {

@@ -307,3 +307,77 @@ async fn a_silently_dropped_agent_connection_is_found_and_replaced() {
     })
     .await
 }
+
+/// The first minute of a new user: `grpctunnel token` for an agent and a
+/// caller, its output appended to `hub.toml` as it is, a hub on that
+/// config, the agent with its token file, and a call presenting the
+/// caller's token. The token files are new, owner-only, and never
+/// overwritten.
+#[tokio::test]
+async fn tokens_from_the_binary_start_a_hub_an_agent_and_a_caller() {
+    bounded(async {
+        let dir = temp_dir();
+        let upstream = upstream().await;
+        let token = |args: &[&str]| {
+            let out = std::process::Command::new(BIN)
+                .arg("token")
+                .args(args)
+                .output()
+                .expect("grpctunnel token");
+            let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+            (out.status.code(), text(&out.stdout), text(&out.stderr))
+        };
+        let agent_file = dir.join("plant-7.token").display().to_string();
+        let caller_file = dir.join("me.token").display().to_string();
+        let (code, agent_lines, _) = token(&["--key", "plant-7", "--out", &agent_file]);
+        assert_eq!(code, Some(0));
+        let (code, caller_lines, _) = token(&["--caller", "me", "--out", &caller_file]);
+        assert_eq!(code, Some(0));
+        assert!(agent_lines.contains("[[agent]]"), "{agent_lines}");
+        assert!(caller_lines.contains("keys = [\"*\"]"), "{caller_lines}");
+        let (code, _, err) = token(&["--key", "plant-7", "--out", &agent_file]);
+        assert_eq!(code, Some(2), "an existing token file is kept: {err}");
+        let (code, _, err) = token(&[]);
+        assert_eq!(code, Some(2), "an agent's token needs a key: {err}");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&agent_file)
+                .expect("file")
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let agent_token = std::fs::read_to_string(&agent_file).expect("token");
+        let caller_token = std::fs::read_to_string(&caller_file).expect("token");
+        assert_eq!(agent_token.trim().len(), 64);
+        assert_ne!(agent_token, caller_token);
+
+        let config = dir.join("hub.toml");
+        std::fs::write(&config, agent_lines + &caller_lines).expect("config");
+        let config = config.display().to_string();
+        let mut hub = Process::spawn(&["hub", "--listen", "127.0.0.1:0", "--config", &config]);
+        let addr = hub.listening().await;
+        let mut agent = Process::spawn(&[
+            "agent",
+            "--hub",
+            &format!("http://{addr}"),
+            "--key",
+            "plant-7",
+            "--token-file",
+            &agent_file,
+            "--upstream",
+            &format!("http://{upstream}"),
+        ]);
+        agent.log_line("tunnel open").await;
+        let caller_token: &'static str = Box::leak(caller_token.trim().to_owned().into_boxed_str());
+        let mut me = caller_with_token(addr, "plant-7", caller_token).await;
+        let reply = me.unary(hello("first minute")).await.expect("call");
+        assert_eq!(reply.into_inner().payload.as_ref(), b"first minute");
+        let mut stranger = caller_with_token(addr, "plant-7", "not-the-token-of-anyone").await;
+        let status = stranger.unary(hello("x")).await.expect_err("refused");
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+        let _ = std::fs::remove_dir_all(dir);
+    })
+    .await
+}
