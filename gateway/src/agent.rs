@@ -8,6 +8,7 @@ use grpctunnel::ReverseTunnelServer;
 use tonic::transport::Endpoint;
 
 use crate::{
+    agent_admin::AgentMetrics,
     compression::inflate_response,
     limit::{CallLimit, Held},
     shutdown_signal, Failure,
@@ -90,6 +91,12 @@ pub(crate) struct AgentArgs {
     /// Repeat it, or separate with commas. Default: everything.
     #[arg(long, value_delimiter = ',', env = "GRPCTUNNEL_ALLOW")]
     allow: Vec<String>,
+    /// Serve Prometheus `/metrics` (tunnels open per hub; the calls hubs
+    /// sent by method and status, their latency and bytes) and `/healthz`
+    /// (200 while a tunnel to some hub is open, else 503) on this
+    /// loopback address.
+    #[arg(long, env = "GRPCTUNNEL_AGENT_ADMIN")]
+    admin: Option<std::net::SocketAddr>,
 }
 
 /// Whether a call to `path` (`/pkg.Service/Method`) is allowed. With an
@@ -186,13 +193,25 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Failure> {
         "identity"
     });
     let limit = CallLimit::new(args.max_calls);
+    let observed = match args.admin {
+        Some(addr) => Some(AgentMetrics::serve(addr, &args.key).await?),
+        None => None,
+    };
+    let metered = observed.clone();
     let proxy = tower::service_fn(move |mut req: http::Request<tonic::body::Body>| {
         let upstream = upstream.clone();
         let allow = allow.clone();
         let permit = limit.acquire();
         req.headers_mut()
             .insert("grpc-accept-encoding", accept.clone());
-        async move {
+        let (req, record) = match &metered {
+            Some(metrics) => {
+                let (req, record) = metrics.start(req);
+                (req, Some(record))
+            }
+            None => (req, None),
+        };
+        let served = async move {
             if !allowed(&allow, req.uri().path()) {
                 let path = req.uri().path().to_owned();
                 let why = if canonical(&path).is_some() {
@@ -212,6 +231,13 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Failure> {
             Ok::<_, tonic::transport::Error>(
                 resp.map(|body| tonic::body::Body::new(Held::new(body, permit))),
             )
+        };
+        async move {
+            let resp = served.await?;
+            Ok::<_, tonic::transport::Error>(match record {
+                Some(record) => AgentMetrics::finish(resp, record),
+                None => resp,
+            })
         }
     });
     let authorization = token.map(|token| format!("Bearer {token}"));
@@ -243,7 +269,12 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Failure> {
     for (hub, endpoint) in hubs {
         for _ in 0..args.tunnels {
             let connection = agent.keep_connected(endpoint.clone());
-            reports.spawn(report(connection.watch(), args.key.clone(), hub.clone()));
+            reports.spawn(report(
+                connection.watch(),
+                args.key.clone(),
+                hub.clone(),
+                observed.clone(),
+            ));
             connections.push(connection);
         }
     }
@@ -261,12 +292,16 @@ async fn report(
     mut state: tokio::sync::watch::Receiver<grpctunnel::reverse::ConnectionState>,
     key: String,
     hub: String,
+    metrics: Option<AgentMetrics>,
 ) {
     let mut connected = false;
     while state.changed().await.is_ok() {
         let now = state.borrow().clone();
         if now.connected != connected {
             connected = now.connected;
+            if let Some(metrics) = &metrics {
+                metrics.tunnel(&hub, connected);
+            }
             if connected {
                 tracing::info!(%key, %hub, "tunnel open");
             } else {

@@ -12,6 +12,7 @@
 mod accept;
 mod admission;
 mod agent;
+mod agent_admin;
 mod auth;
 mod compression;
 mod config;

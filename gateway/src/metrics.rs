@@ -189,7 +189,8 @@ pub(crate) fn install() -> Result<PrometheusHandle, Failure> {
     Ok(handle)
 }
 
-/// Serves `/metrics` and `/healthz` on `listener` until `stop` resolves.
+/// Serves the hub's `/metrics` and `/healthz` on `listener` until `stop`
+/// resolves.
 pub(crate) async fn serve_admin(
     listener: tokio::net::TcpListener,
     handle: PrometheusHandle,
@@ -198,30 +199,43 @@ pub(crate) async fn serve_admin(
     draining: Arc<AtomicBool>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Failure> {
-    let previous = Arc::new(Mutex::new(HashSet::new()));
-    let metrics = move || {
-        let handle = handle.clone();
-        let registry = registry.clone();
-        let previous = previous.clone();
-        let cluster = cluster.clone();
-        async move {
-            record_tunnels(&registry, &previous);
-            if let Some(cluster) = &cluster {
-                metrics::counter!("grpctunnel_cluster_refused_entries_total")
-                    .absolute(cluster.refused_entries());
-            }
-            handle.render()
+    let previous = Mutex::new(HashSet::new());
+    let render = move || {
+        record_tunnels(&registry, &previous);
+        if let Some(cluster) = &cluster {
+            metrics::counter!("grpctunnel_cluster_refused_entries_total")
+                .absolute(cluster.refused_entries());
+        }
+        handle.render()
+    };
+    let health = move || {
+        if draining.load(Ordering::Relaxed) {
+            (http::StatusCode::SERVICE_UNAVAILABLE, "draining")
+        } else {
+            (http::StatusCode::OK, "ok")
         }
     };
+    serve_endpoints(listener, render, health, stop).await
+}
+
+/// Serves `/metrics` (what `render` returns) and `/healthz` (what `health`
+/// says) on `listener` until `stop` resolves: the admin port of the hub
+/// and of the agent.
+pub(crate) async fn serve_endpoints(
+    listener: tokio::net::TcpListener,
+    render: impl Fn() -> String + Send + Sync + 'static,
+    health: impl Fn() -> (http::StatusCode, &'static str) + Send + Sync + 'static,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), Failure> {
+    let render = Arc::new(render);
+    let health = Arc::new(health);
+    let metrics = move || {
+        let render = render.clone();
+        async move { render() }
+    };
     let healthz = move || {
-        let draining = draining.clone();
-        async move {
-            if draining.load(Ordering::Relaxed) {
-                (http::StatusCode::SERVICE_UNAVAILABLE, "draining")
-            } else {
-                (http::StatusCode::OK, "ok")
-            }
-        }
+        let health = health.clone();
+        async move { health() }
     };
     let app = Router::new()
         .route("/metrics", get(metrics))

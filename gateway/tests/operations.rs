@@ -381,3 +381,71 @@ async fn tokens_from_the_binary_start_a_hub_an_agent_and_a_caller() {
     })
     .await
 }
+
+/// The agent's admin port: `/metrics` counts its tunnels per hub and the
+/// calls hubs sent it by method and status; `/healthz` is 200 while a
+/// tunnel is open and 503 once its hub is gone.
+#[tokio::test]
+async fn an_agent_reports_its_tunnels_and_calls_on_its_admin_port() {
+    bounded(async {
+        let dir = temp_dir();
+        let upstream = upstream().await;
+        let (hub, addr) = hub(&dir, "s3cret-7-of-an-agent", &["plant-7"]).await;
+        let mut agent = agent_with(
+            &dir,
+            addr,
+            "plant-7",
+            "s3cret-7-of-an-agent",
+            upstream,
+            &["--admin", "127.0.0.1:0"],
+        );
+        let admin = agent.admin_port().await;
+        agent.log_line("tunnel open").await;
+        let mut plant = caller(addr, "plant-7", true).await;
+        for _ in 0..3 {
+            plant.unary(hello("counted")).await.expect("call");
+        }
+        let (status, body) = http_get(admin, "/healthz").await;
+        assert!(status.contains("200"), "{status} {body}");
+        let (_, body) = http_get(admin, "/metrics").await;
+        let line = |prefix: &str| {
+            body.lines()
+                .find(|l| l.starts_with(prefix))
+                .unwrap_or_else(|| panic!("no {prefix} in:\n{body}"))
+                .to_owned()
+        };
+        assert!(
+            line(&format!(
+                "grpctunnel_agent_tunnels_open{{hub=\"http://{addr}\"}}"
+            ))
+            .ends_with(" 1"),
+            "{body}"
+        );
+        let unary = "grpc_service=\"grpctunnel.testing.v1.EchoService\",grpc_method=\"Unary\"";
+        assert!(
+            line(&format!(
+                "grpc_server_handled_total{{{unary},grpc_code=\"OK\",key=\"plant-7\"}}"
+            ))
+            .ends_with(" 3"),
+            "{body}"
+        );
+        line(&format!(
+            "grpc_server_handling_seconds_count{{{unary},key=\"plant-7\"}} 3"
+        ));
+
+        // Its hub gone, the agent is not serving.
+        drop(hub);
+        agent.log_line("tunnel down").await;
+        let (status, body) = http_get(admin, "/healthz").await;
+        assert!(status.contains("503"), "{status} {body}");
+        let (_, body) = http_get(admin, "/metrics").await;
+        assert!(
+            body.contains(&format!(
+                "grpctunnel_agent_tunnels_open{{hub=\"http://{addr}\"}} 0"
+            )),
+            "{body}"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    })
+    .await
+}

@@ -138,6 +138,21 @@ impl Process {
         panic!("the hub ended without listening");
     }
 
+    /// The `ADMIN <addr>` line of a process that serves only an admin
+    /// port (an agent with `--admin`).
+    pub async fn admin_port(&mut self) -> SocketAddr {
+        let stdout = self.child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        while let Some(line) = lines.next_line().await.expect("stdout") {
+            if let Some(addr) = line.strip_prefix("ADMIN ") {
+                let addr = addr.parse().expect("an address");
+                self.admin = Some(addr);
+                return addr;
+            }
+        }
+        panic!("the process ended without an admin port");
+    }
+
     /// Waits for a log line containing `text`; returns it.
     pub async fn log_line(&mut self, text: &str) -> String {
         while let Some(line) = self.logs.recv().await {
