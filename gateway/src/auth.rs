@@ -24,7 +24,7 @@ use std::{
     sync::Arc,
 };
 
-use crate::key_policy::KeyPolicy;
+use crate::{config::KeyPolicy, limit::CallPermit};
 
 /// Tokens and certificates, and what each may do.
 #[derive(Debug, Default)]
@@ -165,10 +165,6 @@ impl Live {
         *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(credentials);
     }
 }
-
-/// A caller's call in flight, counted against its limit until dropped.
-#[derive(Debug)]
-pub(crate) struct CallPermit(#[allow(dead_code)] Option<tokio::sync::OwnedSemaphorePermit>);
 
 /// A call the caller credentials admitted.
 #[derive(Debug)]
@@ -346,13 +342,13 @@ impl Credentials {
         }
         let Some((calls, max)) = &grant.0.calls else {
             return Ok(Admitted {
-                permit: CallPermit(None),
+                permit: CallPermit::unlimited(),
                 caller: grant,
             });
         };
         match calls.clone().try_acquire_owned() {
             Ok(permit) => Ok(Admitted {
-                permit: CallPermit(Some(permit)),
+                permit: CallPermit::counted(permit),
                 caller: grant,
             }),
             Err(_) => {

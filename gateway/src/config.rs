@@ -69,7 +69,7 @@ pub(crate) struct Credential {
     /// For agents: what happens when another agent comes for a key this
     /// one holds (`share`, `replace`, `refuse`; see `key_policy.rs`).
     #[serde(default)]
-    pub(crate) key_policy: crate::key_policy::KeyPolicy,
+    pub(crate) key_policy: KeyPolicy,
 }
 
 impl Credential {
@@ -179,7 +179,7 @@ impl HubConfig {
                     path.display()
                 )));
             }
-            if what == "caller" && credential.key_policy != crate::key_policy::KeyPolicy::Share {
+            if what == "caller" && credential.key_policy != KeyPolicy::Share {
                 return Err(Failure::Usage(format!(
                     "config {}: key_policy is for agents",
                     path.display()
@@ -243,4 +243,14 @@ fn read_token(path: &str) -> Result<String, Failure> {
         return Err(Failure::Usage(format!("token file {path} is empty")));
     }
     Ok(token)
+}
+/// What happens to a second agent of a key (`key_policy` of an
+/// `[[agent]]`; applied in `key_policy.rs`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum KeyPolicy {
+    #[default]
+    Share,
+    Replace,
+    Refuse,
 }

@@ -19,26 +19,14 @@
 //! tunnels (`--tunnels N`, reconnects) are never counted as another
 //! agent's. A tunnel without that header is an agent of its own.
 
+use crate::{auth::CallerKeys, config::KeyPolicy};
 use grpctunnel::{
     reverse::{ReverseTunnel, TunnelEvents},
     ReverseTunnelRegistry, TunnelEvent,
 };
-use serde::Deserialize;
-
-use crate::auth::CallerKeys;
 
 /// The header naming the agent process a tunnel comes from.
 pub(crate) const INSTANCE_HEADER: &str = "grpctunnel-agent-instance";
-
-/// What happens to a second agent of a key.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub(crate) enum KeyPolicy {
-    #[default]
-    Share,
-    Replace,
-    Refuse,
-}
 
 /// A random name for this agent process (std's `RandomState` is seeded
 /// from the OS's randomness).

@@ -1,6 +1,7 @@
-//! The agent's limit of calls in flight (`--max-calls`): a call beyond it
-//! is refused with `RESOURCE_EXHAUSTED` before it reaches the upstream; a
-//! call counts until its response body ends (or is dropped).
+//! Limits of calls in flight. The agent's (`--max-calls`): a call beyond
+//! it is refused with `RESOURCE_EXHAUSTED` before it reaches the upstream;
+//! a call counts until its response body ends (or is dropped). And a
+//! caller's at the hub ([`CallPermit`], `max_calls` of a `[[caller]]`).
 
 use std::{
     pin::Pin,
@@ -79,5 +80,22 @@ where
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// A caller's call in flight at the hub, counted against its credential's
+/// limit (`max_calls` of a `[[caller]]`) until dropped.
+#[derive(Debug)]
+pub(crate) struct CallPermit(#[allow(dead_code)] Option<OwnedSemaphorePermit>);
+
+impl CallPermit {
+    /// A call of a caller without a limit.
+    pub(crate) fn unlimited() -> Self {
+        Self(None)
+    }
+
+    /// A call holding one of its caller's `permit`s.
+    pub(crate) fn counted(permit: OwnedSemaphorePermit) -> Self {
+        Self(Some(permit))
     }
 }

@@ -16,6 +16,7 @@ mod agent_admin;
 mod auth;
 mod compression;
 mod config;
+mod failure;
 mod hub;
 mod keepalive;
 mod key_policy;
@@ -28,11 +29,15 @@ mod reload;
 mod revoke;
 mod route;
 mod settings;
+mod signal;
 mod token;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+
+pub(crate) use failure::Failure;
+pub(crate) use signal::shutdown_signal;
 
 /// Reach a gRPC server behind NAT: an agent next to it dials a hub, and any
 /// gRPC client calls it through the hub by key.
@@ -69,19 +74,12 @@ enum Command {
     Token(token::TokenArgs),
 }
 
-/// A failure and the exit code it deserves.
-#[derive(Debug)]
-pub(crate) enum Failure {
-    /// Bad flags or configuration: exit code 2.
-    Usage(String),
-    /// Serving failed: exit code 1.
-    Run(String),
-}
-
 fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     // Before any thread: the config file's settings become variables.
-    if let Err(Failure::Usage(text) | Failure::Run(text)) = settings::apply_config_file(&args) {
+    if let Err(Failure::Usage(text) | Failure::Run(text)) =
+        settings::apply_config_file(&args, &Cli::command())
+    {
         eprintln!("grpctunnel: {text}");
         return ExitCode::from(2);
     }
@@ -147,26 +145,42 @@ fn init_logs(format: LogFormat) {
     }
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-pub(crate) async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
+#[cfg(test)]
+mod tests {
+    //! The config file's settings against the real command line.
+    use super::{settings::settings, Cli, CommandFactory, Failure};
+
+    fn parse(text: &str) -> toml::Table {
+        toml::from_str(text).expect("toml")
     }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
+
+    #[test]
+    fn each_key_names_a_flags_variable() {
+        let got = settings(
+            &Cli::command(),
+            "agent",
+            &parse("hub = [\"https://a:1\", \"https://b:2\"]\nmax_message_size = 10\nupstream_accept_gzip = true\nlog_format = \"json\""),
+        )
+        .expect("settings");
+        let find = |k: &str| got.iter().find(|(key, ..)| key == k).cloned().expect(k);
+        assert_eq!(find("hub").1, "GRPCTUNNEL_HUB");
+        assert_eq!(find("hub").2, "https://a:1,https://b:2");
+        assert_eq!(find("max_message_size").2, "10");
+        assert_eq!(find("upstream_accept_gzip").2, "true");
+        assert_eq!(find("log_format").1, "GRPCTUNNEL_LOG_FORMAT");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_and_hub_tables_are_not_settings() {
+        let err = settings(&Cli::command(), "agent", &parse("lisen = \"x\"")).expect_err("typo");
+        assert!(matches!(err, Failure::Usage(t) if t.contains("lisen")));
+        let got = settings(
+            &Cli::command(),
+            "hub",
+            &parse("listen = \"127.0.0.1:1\"\n[[agent]]\ntoken = \"t\"\nkeys = [\"k\"]"),
+        )
+        .expect("settings");
+        assert_eq!(got.len(), 1);
+        assert!(settings(&Cli::command(), "hub", &parse("config = \"other.toml\"")).is_err());
     }
 }

@@ -320,7 +320,7 @@ pub(crate) struct CallRecord {
     key: String,
     path: String,
     start: Instant,
-    permit: Option<crate::auth::CallPermit>,
+    permit: Option<crate::limit::CallPermit>,
     done: bool,
 }
 
@@ -329,7 +329,7 @@ impl CallRecord {
         labels: &Labels,
         key: &str,
         path: &str,
-        permit: Option<crate::auth::CallPermit>,
+        permit: Option<crate::limit::CallPermit>,
     ) -> Self {
         Self {
             labels: labels.clone(),

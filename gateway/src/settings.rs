@@ -18,17 +18,15 @@
 
 use std::ffi::OsString;
 
-use clap::CommandFactory;
-
-use crate::{Cli, Failure};
+use crate::Failure;
 
 /// Keys of the hub's file that are not flags: its credential tables.
 const HUB_TABLES: &[&str] = &["agent", "caller"];
 
 /// Reads the config file named in `args` (or `GRPCTUNNEL_CONFIG`) and
-/// exports its settings as environment variables. Must run before any
-/// thread starts.
-pub(crate) fn apply_config_file(args: &[OsString]) -> Result<(), Failure> {
+/// exports its settings, flags of `cli` (the binary's command line), as
+/// environment variables. Must run before any thread starts.
+pub(crate) fn apply_config_file(args: &[OsString], cli: &clap::Command) -> Result<(), Failure> {
     let args: Vec<String> = args
         .iter()
         .map(|a| a.to_string_lossy().into_owned())
@@ -47,7 +45,7 @@ pub(crate) fn apply_config_file(args: &[OsString]) -> Result<(), Failure> {
             crate::config::toml_error(&text, &e)
         ))
     })?;
-    for (_, variable, value) in settings(subcommand, &table)? {
+    for (_, variable, value) in settings(cli, subcommand, &table)? {
         if std::env::var_os(&variable).is_none() {
             std::env::set_var(variable, value);
         }
@@ -69,13 +67,13 @@ fn config_path(args: &[String]) -> Option<String> {
     None
 }
 
-/// Each setting of `table` for `subcommand`: its key, its flag's
+/// Each setting of `table` for `subcommand` of `cli`: its key, its flag's
 /// environment variable and its value as that variable's text.
-fn settings(
+pub(crate) fn settings(
+    cli: &clap::Command,
     subcommand: &str,
     table: &toml::Table,
 ) -> Result<Vec<(String, String, String)>, Failure> {
-    let cli = Cli::command();
     let command = cli
         .find_subcommand(subcommand)
         .expect("hub and agent are subcommands");
@@ -126,38 +124,6 @@ fn text(key: &str, value: &toml::Value) -> Result<String, Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn parse(text: &str) -> toml::Table {
-        toml::from_str(text).expect("toml")
-    }
-
-    #[test]
-    fn each_key_names_a_flags_variable() {
-        let got = settings(
-            "agent",
-            &parse("hub = [\"https://a:1\", \"https://b:2\"]\nmax_message_size = 10\nupstream_accept_gzip = true\nlog_format = \"json\""),
-        )
-        .expect("settings");
-        let find = |k: &str| got.iter().find(|(key, ..)| key == k).cloned().expect(k);
-        assert_eq!(find("hub").1, "GRPCTUNNEL_HUB");
-        assert_eq!(find("hub").2, "https://a:1,https://b:2");
-        assert_eq!(find("max_message_size").2, "10");
-        assert_eq!(find("upstream_accept_gzip").2, "true");
-        assert_eq!(find("log_format").1, "GRPCTUNNEL_LOG_FORMAT");
-    }
-
-    #[test]
-    fn unknown_keys_are_refused_and_hub_tables_are_not_settings() {
-        let err = settings("agent", &parse("lisen = \"x\"")).expect_err("typo");
-        assert!(matches!(err, Failure::Usage(t) if t.contains("lisen")));
-        let got = settings(
-            "hub",
-            &parse("listen = \"127.0.0.1:1\"\n[[agent]]\ntoken = \"t\"\nkeys = [\"k\"]"),
-        )
-        .expect("settings");
-        assert_eq!(got.len(), 1);
-        assert!(settings("hub", &parse("config = \"other.toml\"")).is_err());
-    }
 
     #[test]
     fn the_config_flag_is_found_in_both_spellings() {

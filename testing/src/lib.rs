@@ -7,8 +7,11 @@
 //! * [`run_cases`] runs the named case matrix against any transport that a
 //!   generated tonic client accepts, and returns a [`Report`].
 //! * [`eventually`] waits, bounded, for state that has no event to wait on.
+//! * [`imports`] reads the `crate::` paths of source files, for layering
+//!   tests.
 
 pub mod cases;
+pub mod imports;
 pub mod service;
 mod wait;
 
