@@ -184,6 +184,17 @@ pub mod cluster {
     };
     #[cfg(feature = "redis")]
     pub use crate::reverse::cluster::{RedisDirectory, RedisOptions};
+
+    /// Header of a call one replica relays to another, and of the tunnel
+    /// it relays calls in: a proof of membership in the cluster. The
+    /// tunnel layer takes requests carrying it as relays (they never reach
+    /// the inner service); a gateway in front should strip it from
+    /// callers' calls that reach its own routing.
+    pub const RELAY_AUTH_HEADER: &str = crate::server::RELAY_AUTH_HEADER;
+
+    /// Header of a relayed call: the key whose tunnels serve it. Strip it,
+    /// as [`RELAY_AUTH_HEADER`], from callers' calls.
+    pub const RELAY_KEY_HEADER: &str = crate::server::RELAY_KEY_HEADER;
 }
 mod wire;
 

@@ -100,8 +100,7 @@ fn digest(token: &str) -> [u8; 32] {
 
 /// A relay tunnel's (or relayed call's) proof of cluster membership,
 /// checked by the tunnel layer; and a relayed call's key.
-pub(crate) const RELAY_AUTH_HEADER: &str = "grpctunnel-relay-auth";
-pub(crate) const RELAY_KEY_HEADER: &str = "grpctunnel-relay-key";
+pub(crate) use grpctunnel::cluster::{RELAY_AUTH_HEADER, RELAY_KEY_HEADER};
 
 /// Header the hub sets on each call it admitted by a caller credential:
 /// the caller's name from the config.
