@@ -29,13 +29,7 @@ async fn ten_thousand_waiters_without_deadlines_end_at_max_wait() {
     const CALLS: usize = 10_000;
     tokio::time::timeout(Duration::from_secs(120), async {
         let dir = temp_dir();
-        let (_hub, addr) = hub_with(
-            &dir,
-            "s3cret-7-of-an-agent",
-            &["plant-7"],
-            &["--max-wait", "2"],
-        )
-        .await;
+        let (_hub, addr) = hub_with(&dir, AGENT_TOKEN, &["plant-7"], &["--max-wait", "2"]).await;
         let mut channels = Vec::new();
         for _ in 0..50 {
             channels.push(hub_channel(addr).await);
@@ -73,13 +67,8 @@ async fn waiters_beyond_max_waiters_are_refused() {
     bounded(async {
         let dir = temp_dir();
         let upstream = upstream().await;
-        let (_hub, addr) = hub_with(
-            &dir,
-            "s3cret-7-of-an-agent",
-            &["plant-7"],
-            &["--max-waiters", "10"],
-        )
-        .await;
+        let (_hub, addr) =
+            hub_with(&dir, AGENT_TOKEN, &["plant-7"], &["--max-waiters", "10"]).await;
         let channel = hub_channel(addr).await;
         let mut calls = tokio::task::JoinSet::new();
         for _ in 0..11 {
@@ -89,7 +78,7 @@ async fn waiters_beyond_max_waiters_are_refused() {
         let err = refused.expect_err("the eleventh waiter is refused before any agent");
         assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
         assert!(err.message().contains("--max-waiters"), "{err:?}");
-        let _agent = agent(&dir, addr, "plant-7", "s3cret-7-of-an-agent", upstream);
+        let _agent = agent(&dir, addr, "plant-7", AGENT_TOKEN, upstream);
         let mut served = 0;
         while let Some(done) = calls.join_next().await {
             done.expect("no panic").expect("served once the agent came");
@@ -111,13 +100,8 @@ async fn made_up_methods_and_keys_leave_metrics_and_memory_bounded() {
     tokio::time::timeout(Duration::from_secs(280), async {
         let dir = temp_dir();
         let upstream = upstream().await;
-        let (hub, addr) = hub_with(
-            &dir,
-            "s3cret-7-of-an-agent",
-            &["plant-7"],
-            &["--admin", "127.0.0.1:0"],
-        )
-        .await;
+        let (hub, addr) =
+            hub_with(&dir, AGENT_TOKEN, &["plant-7"], &["--admin", "127.0.0.1:0"]).await;
         let admin = hub.admin.expect("admin port");
         let pid = hub.child.id().expect("running");
         // The agent refuses what its upstream does not serve, so made-up
@@ -130,7 +114,7 @@ async fn made_up_methods_and_keys_leave_metrics_and_memory_bounded() {
             &dir,
             addr,
             "plant-7",
-            "s3cret-7-of-an-agent",
+            AGENT_TOKEN,
             upstream,
             &["--allow", "grpctunnel.testing.v1.EchoService"],
         );
@@ -240,7 +224,7 @@ async fn ten_thousand_stalled_openings_from_one_credential_do_not_lock_out_anoth
         let flood = "fl00d-t0ken-of-a-leaked-agent";
         let (_hub, addr) = hub_full(
             &dir,
-            "s3cret-7-of-an-agent",
+            AGENT_TOKEN,
             &["plant-7"],
             &format!("[[agent]]\ntoken = {flood:?}\nkeys = [\"flood\"]\n"),
             // Longer than the flood takes, so that every place stays taken
@@ -283,7 +267,7 @@ async fn ten_thousand_stalled_openings_from_one_credential_do_not_lock_out_anoth
         assert_eq!(refused, OPENINGS - QUOTA);
 
         // Another credential's agent connects and serves while they stall.
-        let mut agent = agent(&dir, addr, "plant-7", "s3cret-7-of-an-agent", upstream);
+        let mut agent = agent(&dir, addr, "plant-7", AGENT_TOKEN, upstream);
         agent.log_line("tunnel open").await;
         let mut c = caller(addr, "plant-7", true).await;
         c.unary(hello("past the flood")).await.expect("served");

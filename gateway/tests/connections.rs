@@ -126,11 +126,11 @@ async fn silent_connections_to_a_tls_hub_are_closed_at_the_handshake_timeout() {
             "--admin",
             "127.0.0.1:0",
         ];
-        let (mut hub, addr) = hub_with(&dir, "s3cret-7-of-an-agent", &["plant-7"], &flags).await;
+        let (mut hub, addr) = hub_with(&dir, AGENT_TOKEN, &["plant-7"], &flags).await;
         let admin = hub.admin.expect("admin port");
         let pid = hub.child.id().expect("running");
         let token = dir.join("agent.token");
-        std::fs::write(&token, "s3cret-7-of-an-agent").expect("token");
+        std::fs::write(&token, AGENT_TOKEN).expect("token");
         let _agent = Process::spawn(&[
             "agent",
             "--hub",
@@ -223,7 +223,7 @@ async fn plaintext_connections_without_the_http2_preface_are_closed_at_the_hands
     bounded(async {
         let dir = temp_dir();
         let flags = ["--handshake-timeout", "1", "--admin", "127.0.0.1:0"];
-        let (hub, addr) = hub_with(&dir, "s3cret-7-of-an-agent", &["plant-7"], &flags).await;
+        let (hub, addr) = hub_with(&dir, AGENT_TOKEN, &["plant-7"], &flags).await;
         let admin = hub.admin.expect("admin port");
         // Before the hub accepts any of them: its clock starts later.
         let start = Instant::now();
@@ -313,7 +313,7 @@ async fn connections_beyond_max_connections_are_closed_at_once() {
             "--admin",
             "127.0.0.1:0",
         ];
-        let (mut hub, addr) = hub_with(&dir, "s3cret-7-of-an-agent", &["plant-7"], &flags).await;
+        let (mut hub, addr) = hub_with(&dir, AGENT_TOKEN, &["plant-7"], &flags).await;
         let admin = hub.admin.expect("admin port");
         let mut open = Vec::new();
         for _ in 0..MAX {
@@ -380,7 +380,7 @@ async fn the_hub_announces_max_streams_per_connection_and_clients_queue_beyond_i
     bounded(async {
         let dir = temp_dir();
         let flags = ["--max-streams-per-connection", "3"];
-        let (hub, addr) = hub_with(&dir, "s3cret-7-of-an-agent", &["plant-7"], &flags).await;
+        let (hub, addr) = hub_with(&dir, AGENT_TOKEN, &["plant-7"], &flags).await;
         let H2 {
             mut send,
             max_streams,
@@ -434,7 +434,7 @@ async fn health_watches_beyond_max_health_watches_are_refused() {
     bounded(async {
         let dir = temp_dir();
         let flags = ["--max-health-watches", "3", "--admin", "127.0.0.1:0"];
-        let (hub, addr) = hub_with(&dir, "s3cret-7-of-an-agent", &["plant-7"], &flags).await;
+        let (hub, addr) = hub_with(&dir, AGENT_TOKEN, &["plant-7"], &flags).await;
         let admin = hub.admin.expect("admin port");
         let mut health = HealthClient::new(hub_channel(addr).await);
         let watch = |mut health: HealthClient<tonic::transport::Channel>| async move {

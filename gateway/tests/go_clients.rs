@@ -163,8 +163,8 @@ async fn grpc_go_interop_cases_through_hub_and_agent_by_key_header() {
     bounded_suite(async {
         let dir = temp_dir();
         let (_server, upstream) = interop_server(&go.bin("server")).await;
-        let (_hub, addr) = hub(&dir, "s3cret-7-of-an-agent", &["plant-7"]).await;
-        let mut agent = agent(&dir, addr, "plant-7", "s3cret-7-of-an-agent", upstream);
+        let (_hub, addr) = hub(&dir, AGENT_TOKEN, &["plant-7"]).await;
+        let mut agent = agent(&dir, addr, "plant-7", AGENT_TOKEN, upstream);
         bounded(agent.log_line("tunnel open")).await;
         let cases: Vec<&str> = STANDARD_CASES
             .iter()
@@ -211,9 +211,9 @@ async fn grpc_go_interop_cases_over_tls_routed_by_authority() {
             "--authority-suffix",
             "hub.test",
         ];
-        let (_hub, addr) = hub_with(&dir, "s3cret-7-of-an-agent", &["plant-7"], &flags).await;
+        let (_hub, addr) = hub_with(&dir, AGENT_TOKEN, &["plant-7"], &flags).await;
         let token = dir.join("agent.token");
-        std::fs::write(&token, "s3cret-7-of-an-agent").expect("token");
+        std::fs::write(&token, AGENT_TOKEN).expect("token");
         let mut agent = Process::spawn(&[
             "agent",
             "--hub",
@@ -263,12 +263,12 @@ async fn gzip_compressed_calls_both_ways_with_grpc_go() {
     bounded_suite(async {
         let dir = temp_dir();
         let (_upstream, upstream) = listening_child(&go.bin("upstream")).await;
-        let (_hub, addr) = hub(&dir, "s3cret-7-of-an-agent", &["plant-7"]).await;
+        let (_hub, addr) = hub(&dir, AGENT_TOKEN, &["plant-7"]).await;
         let mut agent = agent_with(
             &dir,
             addr,
             "plant-7",
-            "s3cret-7-of-an-agent",
+            AGENT_TOKEN,
             upstream,
             &["--upstream-accept-gzip"],
         );
@@ -300,8 +300,8 @@ async fn grpcurl_lists_and_calls_through_the_hub_by_reflection() {
     bounded_suite(async {
         let dir = temp_dir();
         let (_upstream, upstream) = listening_child(&go.bin("upstream")).await;
-        let (_hub, addr) = hub(&dir, "s3cret-7-of-an-agent", &["plant-7"]).await;
-        let mut agent = agent(&dir, addr, "plant-7", "s3cret-7-of-an-agent", upstream);
+        let (_hub, addr) = hub(&dir, AGENT_TOKEN, &["plant-7"]).await;
+        let mut agent = agent(&dir, addr, "plant-7", AGENT_TOKEN, upstream);
         bounded(agent.log_line("tunnel open")).await;
         let grpcurl = go.bin("grpcurl");
         let hub = addr.to_string();

@@ -15,15 +15,10 @@ async fn metrics_and_healthz_on_the_admin_port() {
     bounded(async {
         let dir = temp_dir();
         let upstream = upstream().await;
-        let (hub, addr) = hub_with(
-            &dir,
-            "s3cret-7-of-an-agent",
-            &["plant-7"],
-            &["--admin", "127.0.0.1:0"],
-        )
-        .await;
+        let (hub, addr) =
+            hub_with(&dir, AGENT_TOKEN, &["plant-7"], &["--admin", "127.0.0.1:0"]).await;
         let admin = hub.admin.expect("the admin port");
-        let _agent = agent(&dir, addr, "plant-7", "s3cret-7-of-an-agent", upstream);
+        let _agent = agent(&dir, addr, "plant-7", AGENT_TOKEN, upstream);
         let _stranger = agent(&dir, addr, "plant-7", "guess", upstream);
         let mut plant = caller(addr, "plant-7", true).await;
         for _ in 0..3 {
@@ -101,14 +96,8 @@ async fn sigterm_drains_calls_in_flight_within_the_bound() {
     bounded(async {
         let dir = temp_dir();
         let upstream = upstream().await;
-        let (hub, addr) = hub_with(
-            &dir,
-            "s3cret-7-of-an-agent",
-            &["plant-7"],
-            &["--drain", "3"],
-        )
-        .await;
-        let _agent = agent(&dir, addr, "plant-7", "s3cret-7-of-an-agent", upstream);
+        let (hub, addr) = hub_with(&dir, AGENT_TOKEN, &["plant-7"], &["--drain", "3"]).await;
+        let _agent = agent(&dir, addr, "plant-7", AGENT_TOKEN, upstream);
         let mut plant = caller(addr, "plant-7", true).await;
         let (finishing, mut finishing_responses) = bidi_in_flight(&mut plant).await;
         let (lingering, mut lingering_responses) = bidi_in_flight(&mut plant).await;
@@ -185,9 +174,9 @@ async fn an_agent_runs_from_its_config_file() {
     bounded(async {
         let dir = temp_dir();
         let upstream = upstream().await;
-        let (_hub, addr) = hub(&dir, "s3cret-7-of-an-agent", &["plant-7"]).await;
+        let (_hub, addr) = hub(&dir, AGENT_TOKEN, &["plant-7"]).await;
         let token = dir.join("agent.token");
-        std::fs::write(&token, "s3cret-7-of-an-agent").expect("token");
+        std::fs::write(&token, AGENT_TOKEN).expect("token");
         let config = dir.join("agent.toml");
         std::fs::write(
             &config,
@@ -222,9 +211,9 @@ async fn callers_and_agents_limit_their_calls_in_flight() {
         let dir = temp_dir();
         let upstream = upstream().await;
         let callers = "[[caller]]\ntoken = \"one-at-a-time-t0ken\"\nkeys = [\"*\"]\nmax_calls = 1\n\n[[caller]]\ntoken = \"unlimited-caller-t0ken\"\nkeys = [\"*\"]\n";
-        let (_hub, addr) = hub_full(&dir, "s3cret-7-of-an-agent", &["plant-7", "plant-8"], callers, &[]).await;
-        let mut agent7 = agent(&dir, addr, "plant-7", "s3cret-7-of-an-agent", upstream);
-        let mut agent8 = agent_with(&dir, addr, "plant-8", "s3cret-7-of-an-agent", upstream, &["--max-calls", "2"]);
+        let (_hub, addr) = hub_full(&dir, AGENT_TOKEN, &["plant-7", "plant-8"], callers, &[]).await;
+        let mut agent7 = agent(&dir, addr, "plant-7", AGENT_TOKEN, upstream);
+        let mut agent8 = agent_with(&dir, addr, "plant-8", AGENT_TOKEN, upstream, &["--max-calls", "2"]);
         agent7.log_line("tunnel open").await;
         agent8.log_line("tunnel open").await;
 
@@ -266,19 +255,14 @@ async fn a_silently_dropped_agent_connection_is_found_and_replaced() {
     bounded(async {
         let dir = temp_dir();
         let upstream = upstream().await;
-        let (mut hub, addr) = hub_with(
-            &dir,
-            "s3cret-7-of-an-agent",
-            &["plant-7"],
-            &["--keepalive", "1"],
-        )
-        .await;
+        let (mut hub, addr) =
+            hub_with(&dir, AGENT_TOKEN, &["plant-7"], &["--keepalive", "1"]).await;
         let relay = common::freeze::FreezingRelay::start(addr).await;
         let mut agent = agent_with(
             &dir,
             relay.addr,
             "plant-7",
-            "s3cret-7-of-an-agent",
+            AGENT_TOKEN,
             upstream,
             &["--keepalive", "1"],
         );
@@ -390,12 +374,12 @@ async fn an_agent_reports_its_tunnels_and_calls_on_its_admin_port() {
     bounded(async {
         let dir = temp_dir();
         let upstream = upstream().await;
-        let (hub, addr) = hub(&dir, "s3cret-7-of-an-agent", &["plant-7"]).await;
+        let (hub, addr) = hub(&dir, AGENT_TOKEN, &["plant-7"]).await;
         let mut agent = agent_with(
             &dir,
             addr,
             "plant-7",
-            "s3cret-7-of-an-agent",
+            AGENT_TOKEN,
             upstream,
             &["--admin", "127.0.0.1:0"],
         );

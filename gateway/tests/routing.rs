@@ -16,8 +16,8 @@ async fn calls_reach_the_upstream_through_hub_and_agent() {
     bounded(async {
         let dir = temp_dir();
         let upstream = upstream().await;
-        let (hub, addr) = hub(&dir, "s3cret-7-of-an-agent", &["plant-7"]).await;
-        let _agent = agent(&dir, addr, "plant-7", "s3cret-7-of-an-agent", upstream);
+        let (hub, addr) = hub(&dir, AGENT_TOKEN, &["plant-7"]).await;
+        let _agent = agent(&dir, addr, "plant-7", AGENT_TOKEN, upstream);
         // Waits for the agent (an event: its tunnel registering), bounded by
         // the call's deadline.
         let mut plant = caller(addr, "plant-7", true).await;
@@ -57,8 +57,8 @@ async fn calls_in_flight_fail_unavailable_when_the_agent_is_killed() {
     bounded(async {
         let dir = temp_dir();
         let upstream = upstream().await;
-        let (_hub, addr) = hub(&dir, "s3cret-7-of-an-agent", &["plant-7"]).await;
-        let mut agent = agent(&dir, addr, "plant-7", "s3cret-7-of-an-agent", upstream);
+        let (_hub, addr) = hub(&dir, AGENT_TOKEN, &["plant-7"]).await;
+        let mut agent = agent(&dir, addr, "plant-7", AGENT_TOKEN, upstream);
         let mut plant = caller(addr, "plant-7", true).await;
         // A bidi call, in flight: one round trip, the request stream open.
         let (requests, mut responses) = bidi_in_flight(&mut plant).await;
@@ -90,13 +90,13 @@ async fn a_call_right_after_the_agent_logs_its_tunnel_open_needs_no_wait() {
     bounded(async {
         let dir = temp_dir();
         let upstream = upstream().await;
-        let (_hub, addr) = hub(&dir, "s3cret-7-of-an-agent", &KEYS).await;
+        let (_hub, addr) = hub(&dir, AGENT_TOKEN, &KEYS).await;
         let mut agents = Vec::new();
         for key in KEYS {
             // Connected before, so that the call leaves the moment the
             // agent logs.
             let mut plant = caller(addr, key, false).await;
-            let mut agent = agent(&dir, addr, key, "s3cret-7-of-an-agent", upstream);
+            let mut agent = agent(&dir, addr, key, AGENT_TOKEN, upstream);
             agent.log_line("tunnel open").await;
             let reply = plant
                 .unary(hello("right away"))
@@ -116,8 +116,8 @@ async fn an_agent_reconnects_after_the_hub_restarts() {
     bounded(async {
         let dir = temp_dir();
         let upstream = upstream().await;
-        let (hub1, addr) = hub(&dir, "s3cret-7-of-an-agent", &["plant-7"]).await;
-        let _agent = agent(&dir, addr, "plant-7", "s3cret-7-of-an-agent", upstream);
+        let (hub1, addr) = hub(&dir, AGENT_TOKEN, &["plant-7"]).await;
+        let _agent = agent(&dir, addr, "plant-7", AGENT_TOKEN, upstream);
         let mut plant = caller(addr, "plant-7", true).await;
         plant
             .unary(hello("before"))
@@ -148,7 +148,7 @@ async fn health_authority_routing_and_an_agents_allow_list() {
         let upstream = upstream().await;
         let (_hub, addr) = hub_with(
             &dir,
-            "s3cret-7-of-an-agent",
+            AGENT_TOKEN,
             &["plant-7"],
             &["--authority-suffix", "hub.example"],
         )
@@ -157,7 +157,7 @@ async fn health_authority_routing_and_an_agents_allow_list() {
             &dir,
             addr,
             "plant-7",
-            "s3cret-7-of-an-agent",
+            AGENT_TOKEN,
             upstream,
             &["--allow", "grpctunnel.testing.v1.EchoService/Unary"],
         );
@@ -215,15 +215,8 @@ async fn a_10_mib_message_crosses_when_configured_end_to_end() {
         let dir = temp_dir();
         let upstream = upstream().await;
         let size = ["--max-message-size", "16777216"];
-        let (_hub, addr) = hub_with(&dir, "s3cret-7-of-an-agent", &["plant-7"], &size).await;
-        let _agent = agent_with(
-            &dir,
-            addr,
-            "plant-7",
-            "s3cret-7-of-an-agent",
-            upstream,
-            &size,
-        );
+        let (_hub, addr) = hub_with(&dir, AGENT_TOKEN, &["plant-7"], &size).await;
+        let _agent = agent_with(&dir, addr, "plant-7", AGENT_TOKEN, upstream, &size);
         let mut plant = caller(addr, "plant-7", true)
             .await
             .max_decoding_message_size(16 << 20)
@@ -248,8 +241,8 @@ async fn gzip_compressed_calls_cross_the_gateway() {
     bounded(async {
         let dir = temp_dir();
         let upstream = upstream().await;
-        let (_hub, addr) = hub(&dir, "s3cret-7-of-an-agent", &["plant-7"]).await;
-        let _agent = agent(&dir, addr, "plant-7", "s3cret-7-of-an-agent", upstream);
+        let (_hub, addr) = hub(&dir, AGENT_TOKEN, &["plant-7"]).await;
+        let _agent = agent(&dir, addr, "plant-7", AGENT_TOKEN, upstream);
         let mut plant = caller(addr, "plant-7", true)
             .await
             .send_compressed(CompressionEncoding::Gzip)
@@ -287,15 +280,15 @@ async fn an_agent_serves_several_hubs_with_several_tunnels() {
         let dir_a = temp_dir();
         let dir_b = temp_dir();
         let upstream = upstream().await;
-        let (mut hub_a, addr_a) = hub(&dir_a, "s3cret-7-of-an-agent", &["plant-7"]).await;
-        let (mut hub_b, addr_b) = hub(&dir_b, "s3cret-7-of-an-agent", &["plant-7"]).await;
+        let (mut hub_a, addr_a) = hub(&dir_a, AGENT_TOKEN, &["plant-7"]).await;
+        let (mut hub_b, addr_b) = hub(&dir_b, AGENT_TOKEN, &["plant-7"]).await;
         // `agent_with` names hub B; hub A comes second.
         let hub_a_url = format!("http://{addr_a}");
         let _agent = agent_with(
             &dir_a,
             addr_b,
             "plant-7",
-            "s3cret-7-of-an-agent",
+            AGENT_TOKEN,
             upstream,
             &["--hub", &hub_a_url, "--tunnels", "2"],
         );
@@ -343,8 +336,8 @@ async fn long_streams_of_small_messages_keep_their_connections() {
     tokio::time::timeout(Duration::from_secs(240), async {
         let dir = temp_dir();
         let upstream = upstream().await;
-        let (_hub, addr) = hub(&dir, "s3cret-7-of-an-agent", &["plant-7"]).await;
-        let _agent = agent(&dir, addr, "plant-7", "s3cret-7-of-an-agent", upstream);
+        let (_hub, addr) = hub(&dir, AGENT_TOKEN, &["plant-7"]).await;
+        let _agent = agent(&dir, addr, "plant-7", AGENT_TOKEN, upstream);
         let mut plant = caller(addr, "plant-7", true).await;
         ping_pong(&mut plant, 5_000).await;
         for i in 0..2_000 {
@@ -369,12 +362,12 @@ async fn an_agents_allow_list_refuses_paths_that_are_not_canonical() {
     bounded(async {
         let dir = temp_dir();
         let upstream = upstream().await;
-        let (_hub, addr) = hub(&dir, "s3cret-7-of-an-agent", &["plant-7"]).await;
+        let (_hub, addr) = hub(&dir, AGENT_TOKEN, &["plant-7"]).await;
         let _agent = agent_with(
             &dir,
             addr,
             "plant-7",
-            "s3cret-7-of-an-agent",
+            AGENT_TOKEN,
             upstream,
             &["--allow", "grpctunnel.testing.v1.EchoService"],
         );
@@ -408,10 +401,10 @@ async fn an_agent_failing_every_call_at_once_takes_few_of_its_keys_calls() {
         let dir = temp_dir();
         let upstream = upstream().await;
         let gone = gone_upstream();
-        let (_hub, addr) = hub(&dir, "s3cret-7-of-an-agent", &["plant-7"]).await;
-        let mut broken = agent(&dir, addr, "plant-7", "s3cret-7-of-an-agent", gone);
+        let (_hub, addr) = hub(&dir, AGENT_TOKEN, &["plant-7"]).await;
+        let mut broken = agent(&dir, addr, "plant-7", AGENT_TOKEN, gone);
         broken.log_line("tunnel open").await;
-        let mut healthy = agent(&dir, addr, "plant-7", "s3cret-7-of-an-agent", upstream);
+        let mut healthy = agent(&dir, addr, "plant-7", AGENT_TOKEN, upstream);
         healthy.log_line("tunnel open").await;
         let channel = hub_channel(addr).await;
         let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(32));

@@ -66,14 +66,8 @@ async fn a_thousand_agents_reconnect_after_the_hub_restarts() {
         let keys: Vec<String> = (0..AGENTS).map(|i| format!("agent-{i}")).collect();
         let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
         // One token for the whole fleet: its tunnel quota raised.
-        let (mut hub1, addr) = hub_full(
-            &dir,
-            "s3cret-7-of-an-agent",
-            &key_refs,
-            "max_tunnels = 100000\n",
-            &[],
-        )
-        .await;
+        let (mut hub1, addr) =
+            hub_full(&dir, AGENT_TOKEN, &key_refs, "max_tunnels = 100000\n", &[]).await;
 
         let started = Instant::now();
         let mut agents = Vec::with_capacity(AGENTS);

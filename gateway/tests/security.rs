@@ -16,9 +16,9 @@ async fn an_agent_cannot_register_a_key_its_credential_is_not_bound_to() {
     bounded(async {
         let dir = temp_dir();
         let upstream = upstream().await;
-        let (mut hub, addr) = hub(&dir, "s3cret-7-of-an-agent", &["plant-7"]).await;
+        let (mut hub, addr) = hub(&dir, AGENT_TOKEN, &["plant-7"]).await;
         // The right token, another key: refused and logged.
-        let _thief = agent(&dir, addr, "plant-8", "s3cret-7-of-an-agent", upstream);
+        let _thief = agent(&dir, addr, "plant-8", AGENT_TOKEN, upstream);
         let line = hub.log_line("agent refused").await;
         assert!(line.contains("plant-8"), "{line}");
         // A wrong token: refused too.
@@ -102,15 +102,8 @@ async fn callers_authenticate_and_are_limited_to_their_keys() {
         let dir = temp_dir();
         let upstream = upstream().await;
         let callers = "[[caller]]\ntoken = \"caller-7-t0ken-abc\"\nkeys = [\"plant-7\"]\n";
-        let (_hub, addr) = hub_full(
-            &dir,
-            "s3cret-7-of-an-agent",
-            &["plant-7", "plant-8"],
-            callers,
-            &[],
-        )
-        .await;
-        let _agent7 = agent(&dir, addr, "plant-7", "s3cret-7-of-an-agent", upstream);
+        let (_hub, addr) = hub_full(&dir, AGENT_TOKEN, &["plant-7", "plant-8"], callers, &[]).await;
+        let _agent7 = agent(&dir, addr, "plant-7", AGENT_TOKEN, upstream);
 
         let mut plant7 = caller(addr, "plant-7", true).await;
         let err = plant7
@@ -209,10 +202,10 @@ async fn tls_from_caller_to_hub_and_from_agent_to_hub_and_upstream() {
                 .serve_with_incoming(TcpListenerStream::new(listener)),
         );
         let tls = ["--tls-cert", cert.as_str(), "--tls-key", key.as_str()];
-        let (_hub, addr) = hub_with(&dir, "s3cret-7-of-an-agent", &["plant-7"], &tls).await;
+        let (_hub, addr) = hub_with(&dir, AGENT_TOKEN, &["plant-7"], &tls).await;
         let hub_url = format!("https://127.0.0.1:{}", addr.port());
         let token = dir.join("agent.token");
-        std::fs::write(&token, "s3cret-7-of-an-agent").expect("token");
+        std::fs::write(&token, AGENT_TOKEN).expect("token");
         let _agent = Process::spawn(&[
             "agent",
             "--hub",
@@ -271,16 +264,16 @@ async fn the_hub_limits_tunnels_per_key() {
         let upstream = upstream().await;
         let (_hub, addr) = hub_with(
             &dir,
-            "s3cret-7-of-an-agent",
+            AGENT_TOKEN,
             &["plant-7"],
             &["--max-tunnels-per-key", "1"],
         )
         .await;
-        let _first = agent(&dir, addr, "plant-7", "s3cret-7-of-an-agent", upstream);
+        let _first = agent(&dir, addr, "plant-7", AGENT_TOKEN, upstream);
         let mut plant = caller(addr, "plant-7", true).await;
         plant.unary(hello("first")).await.expect("the first agent");
         // A second tunnel for the key is refused (and retried by its agent).
-        let mut second = agent(&dir, addr, "plant-7", "s3cret-7-of-an-agent", upstream);
+        let mut second = agent(&dir, addr, "plant-7", AGENT_TOKEN, upstream);
         let line = second.log_line("cannot open the tunnel").await;
         assert!(
             line.contains("too many reverse tunnels for this key"),
@@ -317,8 +310,7 @@ async fn an_agent_authenticates_with_a_client_certificate() {
             "--client-ca",
             ca_pem.as_str(),
         ];
-        let (mut hub, addr) =
-            hub_full(&dir, "s3cret-7-of-an-agent", &["plant-7"], &more, &tls).await;
+        let (mut hub, addr) = hub_full(&dir, AGENT_TOKEN, &["plant-7"], &more, &tls).await;
         let hub_url = format!("https://127.0.0.1:{}", addr.port());
         let spawn_cert_agent = |key: &str| {
             Process::spawn(&[
@@ -391,17 +383,10 @@ async fn callers_authenticate_with_a_client_certificate() {
             "--client-ca",
             certs.ca.as_str(),
         ];
-        let (_hub, addr) = hub_full(
-            &dir,
-            "s3cret-7-of-an-agent",
-            &["plant-7", "plant-8"],
-            &more,
-            &tls,
-        )
-        .await;
+        let (_hub, addr) = hub_full(&dir, AGENT_TOKEN, &["plant-7", "plant-8"], &more, &tls).await;
         let hub_url = format!("https://127.0.0.1:{}", addr.port());
         let token = dir.join("agent.token");
-        std::fs::write(&token, "s3cret-7-of-an-agent").expect("token");
+        std::fs::write(&token, AGENT_TOKEN).expect("token");
         let mut agents = Vec::new();
         for key in ["plant-7", "plant-8"] {
             let mut agent = Process::spawn(&[
@@ -481,8 +466,8 @@ async fn the_upstream_sees_the_callers_name_and_never_the_hub_credential() {
         let callers =
             "[[caller]]\nname = \"billing\"\ntoken = \"c-billing-t0ken-abc\"\nkeys = [\"plant-7\"]\n\
                        [[caller]]\ntoken = \"c-e2e-caller-t0ken\"\nkeys = [\"*\"]\nforward_credential = true\n";
-        let (_hub, addr) = hub_full(&dir, "s3cret-7-of-an-agent", &["plant-7"], callers, &[]).await;
-        let _agent = agent(&dir, addr, "plant-7", "s3cret-7-of-an-agent", upstream);
+        let (_hub, addr) = hub_full(&dir, AGENT_TOKEN, &["plant-7"], callers, &[]).await;
+        let _agent = agent(&dir, addr, "plant-7", AGENT_TOKEN, upstream);
         let mut plant7 = caller(addr, "plant-7", true).await;
 
         // What the upstream's handler saw, by key.
@@ -594,7 +579,7 @@ async fn refusals_name_the_peer_and_a_flood_of_them_is_rate_limited() {
         let callers = "[[caller]]\ntoken = \"caller-7-t0ken-abc\"\nkeys = [\"plant-7\"]\n";
         let (mut hub, addr) = hub_full(
             &dir,
-            "s3cret-7-of-an-agent",
+            AGENT_TOKEN,
             &["plant-7"],
             callers,
             &["--admin", "127.0.0.1:0"],
@@ -668,7 +653,7 @@ async fn hub_with_key_policy(
     extra: &[&str],
 ) -> (Process, std::net::SocketAddr) {
     let token = dir.join("policy-agent.token");
-    std::fs::write(&token, "s3cret-7-of-an-agent").expect("token");
+    std::fs::write(&token, AGENT_TOKEN).expect("token");
     let config = dir.join("hub.toml");
     std::fs::write(
         &config,
@@ -696,16 +681,10 @@ async fn key_policy_refuse_keeps_a_second_agent_out() {
         let upstream = upstream().await;
         let (mut hub, addr) =
             hub_with_key_policy(&dir, "refuse", &["--admin", "127.0.0.1:0"]).await;
-        let mut first = agent(&dir, addr, "plant-7", "s3cret-7-of-an-agent", upstream);
+        let mut first = agent(&dir, addr, "plant-7", AGENT_TOKEN, upstream);
         first.log_line("tunnel open").await;
         // The second one's upstream is gone: had it joined, calls would fail.
-        let mut second = agent(
-            &dir,
-            addr,
-            "plant-7",
-            "s3cret-7-of-an-agent",
-            gone_upstream(),
-        );
+        let mut second = agent(&dir, addr, "plant-7", AGENT_TOKEN, gone_upstream());
         let line = second.log_line("cannot open the tunnel").await;
         assert!(line.contains("held by another agent"), "{line}");
         let mut c = caller(addr, "plant-7", false).await;
@@ -738,15 +717,9 @@ async fn key_policy_replace_hands_the_key_to_the_newer_agent() {
         let upstream = upstream().await;
         let (mut hub, addr) = hub_with_key_policy(&dir, "replace", &[]).await;
         // The old agent: its upstream is gone.
-        let mut old = agent(
-            &dir,
-            addr,
-            "plant-7",
-            "s3cret-7-of-an-agent",
-            gone_upstream(),
-        );
+        let mut old = agent(&dir, addr, "plant-7", AGENT_TOKEN, gone_upstream());
         old.log_line("tunnel open").await;
-        let mut new = agent(&dir, addr, "plant-7", "s3cret-7-of-an-agent", upstream);
+        let mut new = agent(&dir, addr, "plant-7", AGENT_TOKEN, upstream);
         new.log_line("tunnel open").await;
         hub.log_line("agent replaced by a newer one").await;
         old.log_line("tunnel down").await;

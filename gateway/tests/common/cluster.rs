@@ -9,7 +9,7 @@ use super::{caller, free_port, hello, store::Store, temp_dir, upstream, Process}
 
 /// At least 32 bytes, as hubs require.
 pub const SECRET: &str = "cluster-s3cret-of-forty-two-bytes-at-least";
-pub const TOKEN: &str = "s3cret-7-of-an-agent";
+pub const TOKEN: &str = super::AGENT_TOKEN;
 
 /// The hubs' shared config (agents' token bound to `keys`) and secret.
 pub fn cluster_files(dir: &std::path::Path, keys: &[String]) -> (String, String) {

@@ -31,6 +31,10 @@ use tonic::{service::interceptor::InterceptedService, transport::Channel};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_grpctunnel");
 
+/// The agents' token of the tests' hubs (at least 16 bytes, as hubs
+/// require).
+pub const AGENT_TOKEN: &str = "s3cret-7-of-an-agent";
+
 /// Bounds a test: a hang fails instead of blocking CI.
 pub async fn bounded<T>(fut: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(60), fut)
