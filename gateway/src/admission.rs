@@ -19,6 +19,7 @@ use crate::{
     limit::Held,
     quota::{TunnelQuota, TunnelSlot},
     revoke::OpenForward,
+    session::Session,
 };
 
 const OPEN_REVERSE_TUNNEL: &str = "/grpctunnel.v1.TunnelService/OpenReverseTunnel";
@@ -92,10 +93,13 @@ where
                         .unwrap_or_default();
                     crate::key_policy::admit(&self.registry, key, &grant, req.headers())?;
                     let slot = self.tunnel_slot(&grant, "agent", req.extensions())?;
-                    // The tunnel keeps its grant: key policies compare
-                    // credentials.
+                    // The tunnel keeps its grant (key policies compare
+                    // credentials) and its session (the admin API reads
+                    // it, and ends the tunnel through it).
                     req.extensions_mut().insert(grant);
-                    Ok(Some((slot, None)))
+                    let session = Session::new();
+                    req.extensions_mut().insert(session.clone());
+                    Ok(Some((slot, Watch::Agent(session))))
                 }),
             // Another hub's relay tunnel: the tunnel service checks the
             // proof of membership it carries, and serves its calls from this
@@ -115,7 +119,10 @@ where
                         let slot = self.tunnel_slot(&keys, "caller", req.extensions())?;
                         let credential = keys.credential().clone();
                         req.extensions_mut().insert(keys);
-                        Ok(Some((slot, Some((self.forward.clone(), credential)))))
+                        Ok(Some((
+                            slot,
+                            Watch::Caller(self.forward.clone(), credential),
+                        )))
                     }),
             },
             _ => Ok(None),
@@ -127,7 +134,7 @@ where
             Ok(Some((slot, watch))) => futures_util::future::Either::Right(Slotted {
                 inner: self.inner.call(req),
                 slot: Some(slot),
-                watch,
+                watch: Some(watch),
             }),
             Ok(None) => futures_util::future::Either::Right(Slotted {
                 inner: self.inner.call(req),
@@ -161,6 +168,15 @@ impl<S> Auth<S> {
     }
 }
 
+/// What ends an admitted tunnel early.
+#[derive(Debug)]
+pub(crate) enum Watch {
+    /// An agent's tunnel: its session's disconnect.
+    Agent(Session),
+    /// A caller's forward tunnel: its credential's revocation.
+    Caller(Arc<OpenForward>, crate::auth::CredentialId),
+}
+
 pin_project_lite::pin_project! {
     /// The response to an admitted request; an opening RPC's body holds
     /// its tunnel's place in its credential's quota until it ends.
@@ -168,8 +184,8 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: F,
         slot: Option<TunnelSlot>,
-        // A caller's forward tunnel: ended when its credential is revoked.
-        watch: Option<(Arc<OpenForward>, crate::auth::CredentialId)>,
+        // What ends the tunnel early.
+        watch: Option<Watch>,
     }
 }
 
@@ -187,9 +203,10 @@ where
             None => resp,
         };
         Poll::Ready(Ok(match this.watch.take() {
-            Some((forward, credential)) => {
+            Some(Watch::Caller(forward, credential)) => {
                 resp.map(|body| Body::new(forward.watch(credential, body)))
             }
+            Some(Watch::Agent(session)) => resp.map(|body| Body::new(session.watch(body))),
             None => resp,
         }))
     }

@@ -258,7 +258,12 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Failure> {
     let mut agent = ReverseTunnelServer::new(proxy)
         .max_message_size(args.max_message_size)
         .metadata(&args.key_header.to_ascii_lowercase(), &args.key)
-        .metadata(crate::key_policy::INSTANCE_HEADER, &instance);
+        .metadata(crate::key_policy::INSTANCE_HEADER, &instance)
+        // For the hub's admin API (`grpctunnel agents`).
+        .metadata(
+            crate::session::AGENT_VERSION_HEADER,
+            env!("CARGO_PKG_VERSION"),
+        );
     if let Some(authorization) = &authorization {
         agent = agent.metadata("authorization", authorization);
     }
@@ -268,9 +273,9 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Failure> {
     let mut reports = tokio::task::JoinSet::new();
     for (hub, endpoint) in hubs {
         for _ in 0..args.tunnels {
-            let connection = agent.keep_connected(endpoint.clone());
+            let connection = std::sync::Arc::new(agent.keep_connected(endpoint.clone()));
             reports.spawn(report(
-                connection.watch(),
+                connection.clone(),
                 args.key.clone(),
                 hub.clone(),
                 observed.clone(),
@@ -278,22 +283,51 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Failure> {
             connections.push(connection);
         }
     }
-    shutdown_signal().await;
+    // Until a signal, or until every hub's operator said not to reconnect.
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    loop {
+        tokio::select! {
+            () = &mut signal => break,
+            Some(_) = reports.join_next() => {
+                if reports.is_empty() {
+                    tracing::warn!("no hub left to serve: every tunnel was disconnected by its hub's operator");
+                    break;
+                }
+            }
+        }
+    }
     tracing::info!("stopping");
-    for connection in connections {
-        connection.shutdown().await;
+    for connection in &connections {
+        connection.stop();
+    }
+    for connection in &connections {
+        connection.wait_until(|s| s.stopped).await;
     }
     reports.abort_all();
     Ok(())
 }
 
-/// Logs a tunnel's state changes.
+/// Whether a tunnel's end is a hub operator's disconnect that says not to
+/// reconnect (`grpctunnel disconnect` without `--reconnect`).
+fn told_to_stay_away(error: &grpctunnel::Error) -> bool {
+    error.status().is_some_and(|status| {
+        status
+            .metadata()
+            .get(crate::session::RECONNECT_HEADER)
+            .is_some_and(|v| v == "false")
+    })
+}
+
+/// Logs a tunnel's state changes; returns when its hub's operator
+/// disconnected it for good (it is stopped then).
 async fn report(
-    mut state: tokio::sync::watch::Receiver<grpctunnel::reverse::ConnectionState>,
+    connection: std::sync::Arc<grpctunnel::reverse::KeepConnected>,
     key: String,
     hub: String,
     metrics: Option<AgentMetrics>,
 ) {
+    let mut state = connection.watch();
     let mut connected = false;
     while state.changed().await.is_ok() {
         let now = state.borrow().clone();
@@ -304,6 +338,16 @@ async fn report(
             }
             if connected {
                 tracing::info!(%key, %hub, "tunnel open");
+            } else if now.last_error.as_ref().is_some_and(told_to_stay_away) {
+                connection.stop();
+                let error = now
+                    .last_error
+                    .as_ref()
+                    .and_then(grpctunnel::Error::status)
+                    .map(|s| s.message().to_owned())
+                    .unwrap_or_default();
+                tracing::warn!(%key, %hub, %error, "tunnel closed by the hub's operator; not dialing this hub again");
+                return;
             } else {
                 let error = now
                     .last_error

@@ -63,6 +63,7 @@ impl AgentMetrics {
             listener,
             move || handle.render(),
             health,
+            axum::Router::new(),
             std::future::pending(),
         ));
         Ok(Self {

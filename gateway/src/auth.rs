@@ -129,6 +129,12 @@ impl CallerKeys {
         &self.1
     }
 
+    /// Who this is: the credential's `name` in the config, or its place
+    /// there (`agent-2`).
+    pub(crate) fn name(&self) -> &str {
+        self.0.name.to_str().unwrap_or_default()
+    }
+
     /// The most tunnels this credential may hold (`None`: the default).
     pub(crate) fn max_tunnels(&self) -> Option<usize> {
         self.0.max_tunnels

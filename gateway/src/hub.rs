@@ -320,7 +320,7 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
             registry: admin_registry.clone(),
             key_header: key_header.clone(),
             forward: forward.clone(),
-            labels,
+            labels: labels.clone(),
         },
     )?;
     let quota = crate::quota::TunnelQuota::new(args.max_tunnels_per_credential);
@@ -341,31 +341,42 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
     let metrics_handle = metrics::install()?;
     let draining = Arc::new(AtomicBool::new(false));
     let stopped = CancellationToken::new();
-    if let Some(admin) = args.admin {
-        metrics::check_admin(admin)?;
-        let listener = tokio::net::TcpListener::bind(admin)
-            .await
-            .map_err(|e| Failure::Run(format!("cannot listen on {admin}: {e}")))?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| Failure::Run(format!("admin listener: {e}")))?;
-        tracing::info!(%addr, "admin port listening");
-        println!("ADMIN {addr}");
-        let stop = stopped.clone().cancelled_owned();
-        tokio::spawn(metrics::serve_admin(
-            listener,
-            metrics_handle,
-            admin_registry,
-            cluster,
-            draining.clone(),
-            stop,
-        ));
-    }
     let listener = listen(args.listen)
         .map_err(|e| Failure::Run(format!("cannot listen on {}: {e}", args.listen)))?;
     let addr = listener
         .local_addr()
         .map_err(|e| Failure::Run(format!("listener: {e}")))?;
+    if let Some(admin) = args.admin {
+        metrics::check_admin(admin)?;
+        let admin_listener = tokio::net::TcpListener::bind(admin)
+            .await
+            .map_err(|e| Failure::Run(format!("cannot listen on {admin}: {e}")))?;
+        let admin_addr = admin_listener
+            .local_addr()
+            .map_err(|e| Failure::Run(format!("admin listener: {e}")))?;
+        tracing::info!(addr = %admin_addr, "admin port listening");
+        println!("ADMIN {admin_addr}");
+        // Rows name this hub as other hubs and operators reach it.
+        let name = args.advertise.clone().unwrap_or_else(|| addr.to_string());
+        let api = crate::admin::AdminApi::new(
+            admin_registry.clone(),
+            name,
+            labels.clone(),
+            draining.clone(),
+            health_reporter.clone(),
+            Duration::from_secs(args.drain),
+        );
+        let stop = stopped.clone().cancelled_owned();
+        tokio::spawn(metrics::serve_admin(
+            admin_listener,
+            metrics_handle,
+            admin_registry,
+            cluster,
+            draining.clone(),
+            crate::admin::router(api),
+            stop,
+        ));
+    }
     tracing::info!(%addr, "hub listening");
     // For scripts and tests: the address actually bound (port 0 picks one).
     println!("LISTENING {addr}");

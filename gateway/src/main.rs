@@ -10,10 +10,12 @@
 //! usage or configuration error.
 
 mod accept;
+mod admin;
 mod admission;
 mod agent;
 mod agent_admin;
 mod auth;
+mod call_stats;
 mod compression;
 mod config;
 mod failure;
@@ -28,6 +30,7 @@ mod refusals;
 mod reload;
 mod revoke;
 mod route;
+mod session;
 mod settings;
 mod signal;
 mod token;
@@ -72,6 +75,18 @@ enum Command {
     /// Print a new random credential as hub config lines (TOML, to append
     /// to hub.toml): an agent's, bound to its keys, or a caller's.
     Token(token::TokenArgs),
+    /// List the agents connected to a hub (through its admin port).
+    Agents(admin::cli::AgentsArgs),
+    /// Print agents connecting to, leaving and draining from a hub, live.
+    Watch(admin::cli::WatchArgs),
+    /// End an agent's tunnels on a hub, with a reason the agent logs.
+    Disconnect(admin::cli::DisconnectArgs),
+    /// Drain a hub: no new agents, its keys to other hubs, its tunnels
+    /// closed once their calls finish.
+    Drain(admin::cli::DrainArgs),
+    /// Calls per key and method over the last minute: count, errors,
+    /// p50/p99, bytes.
+    Stats(admin::cli::StatsArgs),
 }
 
 fn main() -> ExitCode {
@@ -95,6 +110,11 @@ fn main() -> ExitCode {
             Command::Hub(args) => Box::pin(hub::run(args)),
             Command::Agent(args) => Box::pin(agent::run(args)),
             Command::Token(args) => return exit_code(token::run(args)),
+            Command::Agents(args) => Box::pin(admin::cli::agents(args)),
+            Command::Watch(args) => Box::pin(admin::cli::watch(args)),
+            Command::Disconnect(args) => Box::pin(admin::cli::disconnect(args)),
+            Command::Drain(args) => Box::pin(admin::cli::drain(args)),
+            Command::Stats(args) => Box::pin(admin::cli::stats(args)),
         };
     let runtime = match cli.worker_threads {
         Some(1) => tokio::runtime::Builder::new_current_thread()

@@ -43,7 +43,7 @@ use std::{
     net::SocketAddr,
     pin::Pin,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex,
     },
     task::{Context, Poll},
@@ -57,13 +57,10 @@ use http_body::Frame;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use pin_project_lite::pin_project;
 
-use crate::Failure;
-
-/// Latency histogram buckets, in seconds: 0.5 ms to 60 s.
-const LATENCY_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-    60.0,
-];
+use crate::{
+    call_stats::{Call, CallStats, Summary, LATENCY_BUCKETS},
+    Failure,
+};
 
 /// Most distinct `method` label values.
 const MAX_METHODS: usize = 1000;
@@ -79,6 +76,8 @@ struct LabelSets {
     keys: std::sync::RwLock<Arc<HashSet<String>>>,
     /// Methods some call succeeded on.
     methods: Mutex<HashSet<String>>,
+    /// The calls of the last minute, by the same labels.
+    stats: CallStats,
 }
 
 impl Labels {
@@ -87,7 +86,14 @@ impl Labels {
         Self(Arc::new(LabelSets {
             keys: std::sync::RwLock::new(Arc::new(keys.into_iter().collect())),
             methods: Mutex::default(),
+            stats: CallStats::default(),
         }))
+    }
+
+    /// The calls of the last minute for keys starting with `prefix`, by
+    /// key and method.
+    pub(crate) fn last_minute(&self, prefix: &str) -> Vec<Summary> {
+        self.0.stats.snapshot(prefix)
     }
 
     /// The keys agents may register from now on (a reload).
@@ -197,6 +203,7 @@ pub(crate) async fn serve_admin(
     registry: ReverseTunnelRegistry<String>,
     cluster: Option<grpctunnel::cluster::Cluster>,
     draining: Arc<AtomicBool>,
+    api: Router,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Failure> {
     let previous = Mutex::new(HashSet::new());
@@ -215,16 +222,17 @@ pub(crate) async fn serve_admin(
             (http::StatusCode::OK, "ok")
         }
     };
-    serve_endpoints(listener, render, health, stop).await
+    serve_endpoints(listener, render, health, api, stop).await
 }
 
-/// Serves `/metrics` (what `render` returns) and `/healthz` (what `health`
-/// says) on `listener` until `stop` resolves: the admin port of the hub
-/// and of the agent.
+/// Serves `/metrics` (what `render` returns), `/healthz` (what `health`
+/// says) and the routes of `api` on `listener` until `stop` resolves: the
+/// admin port of the hub and of the agent.
 pub(crate) async fn serve_endpoints(
     listener: tokio::net::TcpListener,
     render: impl Fn() -> String + Send + Sync + 'static,
     health: impl Fn() -> (http::StatusCode, &'static str) + Send + Sync + 'static,
+    api: Router,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Failure> {
     let render = Arc::new(render);
@@ -239,7 +247,8 @@ pub(crate) async fn serve_endpoints(
     };
     let app = Router::new()
         .route("/metrics", get(metrics))
-        .route("/healthz", get(healthz));
+        .route("/healthz", get(healthz))
+        .merge(api);
     axum::serve(listener, app)
         .with_graceful_shutdown(stop)
         .await
@@ -322,6 +331,10 @@ pub(crate) struct CallRecord {
     start: Instant,
     permit: Option<crate::limit::CallPermit>,
     done: bool,
+    /// Request bytes, counted by the request body.
+    received: Arc<AtomicU64>,
+    /// Response bytes.
+    sent: u64,
 }
 
 impl CallRecord {
@@ -338,6 +351,8 @@ impl CallRecord {
             start: Instant::now(),
             permit,
             done: false,
+            received: Arc::default(),
+            sent: 0,
         }
     }
 
@@ -348,7 +363,17 @@ impl CallRecord {
         }
         self.permit = None;
         let key = self.key.clone();
-        let (service, method) = service_and_method(&self.labels.method(&self.path, code));
+        let label = self.labels.method(&self.path, code);
+        let seconds = self.start.elapsed().as_secs_f64();
+        self.labels.0.stats.record(Call {
+            key: &key,
+            method: &label,
+            code: code_label(code),
+            seconds,
+            bytes_received: self.received.load(Ordering::Relaxed),
+            bytes_sent: self.sent,
+        });
+        let (service, method) = service_and_method(&label);
         metrics::counter!(
             "grpc_server_handled_total",
             "grpc_service" => service.clone(),
@@ -363,7 +388,7 @@ impl CallRecord {
             "grpc_method" => method,
             "key" => key
         )
-        .record(self.start.elapsed().as_secs_f64());
+        .record(seconds);
     }
 }
 
@@ -391,6 +416,8 @@ pin_project! {
         inner: Body,
         bytes: metrics::Counter,
         record: Option<CallRecord>,
+        // A request body's count, for its call's record.
+        received: Option<Arc<AtomicU64>>,
     }
 }
 
@@ -401,6 +428,7 @@ impl Metered {
             inner,
             bytes: metrics::counter!("grpctunnel_received_bytes_total", "key" => record.key.clone()),
             record: None,
+            received: Some(record.received.clone()),
         }
     }
 
@@ -410,6 +438,7 @@ impl Metered {
             inner,
             bytes: metrics::counter!("grpctunnel_sent_bytes_total", "key" => record.key.clone()),
             record: Some(record),
+            received: None,
         }
     }
 }
@@ -425,7 +454,14 @@ impl http_body::Body for Metered {
         let this = self.project();
         let frame = std::task::ready!(this.inner.poll_frame(cx));
         if let Some(Ok(Some(data))) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
-            this.bytes.increment(data.len() as u64);
+            let n = data.len() as u64;
+            this.bytes.increment(n);
+            if let Some(received) = this.received {
+                received.fetch_add(n, Ordering::Relaxed);
+            }
+            if let Some(record) = this.record.as_mut() {
+                record.sent += n;
+            }
         }
         if let Some(record) = this.record {
             match &frame {

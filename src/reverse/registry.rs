@@ -78,6 +78,12 @@ pub(crate) struct Inner<K> {
 struct State<K> {
     all: Pool<K>,
     by_key: HashMap<K, Pool<K>>,
+    /// Tunnels out of the pools, finishing their calls ([`drain`]).
+    ///
+    /// [`drain`]: ReverseTunnelRegistry::drain
+    draining: Vec<ReverseTunnel<K>>,
+    /// The registry drains: it takes no tunnel any more.
+    closed: bool,
 }
 
 struct Pool<K> {
@@ -175,6 +181,8 @@ struct TunnelEntry<K> {
     channel: TunnelChannel,
     /// Whether picking leaves it out for now (outlier ejection).
     ejection: crate::reverse::outlier::Ejection,
+    /// Out of the pools, finishing its calls.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl<K> ReverseTunnel<K> {
@@ -185,6 +193,13 @@ impl<K> ReverseTunnel<K> {
     /// to its other tunnels (to all of them, if all are ejected).
     pub fn is_ejected(&self) -> bool {
         self.inner.ejection.is_ejected()
+    }
+
+    /// Whether the tunnel is draining ([`ReverseTunnelRegistry::drain`]):
+    /// out of its pools, it takes no new call and closes once its calls in
+    /// flight have finished.
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::Relaxed)
     }
 
     /// A number unique to this tunnel within its registry.
@@ -246,6 +261,9 @@ impl<K: fmt::Debug> fmt::Debug for ReverseTunnel<K> {
 pub enum TunnelEvent<K = ()> {
     /// A tunnel is ready and in its pools.
     Opened(ReverseTunnel<K>),
+    /// A tunnel left its pools to finish its calls
+    /// ([`ReverseTunnelRegistry::drain`]); `Closed` follows when it ends.
+    Draining(ReverseTunnel<K>),
     /// A tunnel ended and left its pools.
     Closed(ReverseTunnel<K>),
     /// This subscriber fell behind and missed this many events; take a
@@ -312,6 +330,8 @@ where
                 state: Mutex::new(State {
                     all: Pool::default(),
                     by_key: HashMap::new(),
+                    draining: Vec::new(),
+                    closed: false,
                 }),
                 events,
                 any: Arc::new(Notify::new()),
@@ -343,6 +363,9 @@ where
     /// place until the settings timeout), less `own`: the tunnel being
     /// added, itself still counted as opening.
     fn check(&self, state: &State<K>, key: &K, own: usize) -> Result<(), tonic::Status> {
+        if state.closed {
+            return Err(Self::draining_status());
+        }
         let (opening_all, opening_key) = self.opening_counts(key);
         let (opening_all, opening_key) = (
             opening_all.saturating_sub(own),
@@ -386,9 +409,60 @@ where
         ReverseChannel::new(self.clone(), Some(key.to_owned()))
     }
 
-    /// A snapshot of every live tunnel.
+    /// A snapshot of every live tunnel, draining ones included (last).
     pub fn tunnels(&self) -> Vec<ReverseTunnel<K>> {
-        self.lock().all.tunnels.clone()
+        let state = self.lock();
+        let mut all = state.all.tunnels.clone();
+        all.extend(state.draining.iter().cloned());
+        all
+    }
+
+    /// Drains the registry: it takes no new tunnel (an agent's
+    /// `OpenReverseTunnel` is refused with `UNAVAILABLE`), every tunnel
+    /// leaves its pools at once (so new calls go elsewhere: in a cluster,
+    /// to the key's other replicas, as the keys leave the directory) and
+    /// closes once its calls in flight have finished, or after `grace`
+    /// (those still running then fail with `UNAVAILABLE`).
+    ///
+    /// Resolves, with how many tunnels it drained, once they have all
+    /// closed. Each sends [`TunnelEvent::Draining`], then `Closed`.
+    pub async fn drain(&self, grace: std::time::Duration) -> usize {
+        let tunnels = {
+            let mut state = self.lock();
+            state.closed = true;
+            let tunnels = std::mem::take(&mut state.all.tunnels);
+            state.by_key.clear();
+            for tunnel in &tunnels {
+                tunnel.inner.draining.store(true, Ordering::Relaxed);
+            }
+            state.draining.extend(tunnels.iter().cloned());
+            tunnels
+        };
+        #[cfg(feature = "cluster")]
+        if let Some(link) = self.inner.cluster.get() {
+            let keys: std::collections::HashSet<&K> = tunnels.iter().map(|t| t.key()).collect();
+            for key in keys {
+                link.update(key, false);
+            }
+        }
+        for tunnel in &tunnels {
+            let _ = self
+                .inner
+                .events
+                .send(TunnelEvent::Draining(tunnel.clone()));
+        }
+        let n = tunnels.len();
+        let shutdowns = tunnels.into_iter().map(|tunnel| async move {
+            let channel = tunnel.channel();
+            channel.shutdown(grace).await;
+        });
+        futures_util::future::join_all(shutdowns).await;
+        n
+    }
+
+    /// Whether the registry drains ([`drain`](Self::drain)).
+    pub fn is_draining(&self) -> bool {
+        self.lock().closed
     }
 
     /// A snapshot of the live tunnels of `key`.
@@ -501,6 +575,11 @@ where
         self.check(&self.lock(), &key, 0)
     }
 
+    /// The refusal of a tunnel that comes to a draining registry.
+    fn draining_status() -> tonic::Status {
+        tonic::Status::unavailable("this server is draining: it takes no new tunnel")
+    }
+
     pub(crate) fn add(
         &self,
         headers: http::HeaderMap,
@@ -516,6 +595,7 @@ where
                 extensions,
                 channel: channel.clone(),
                 ejection: Default::default(),
+                draining: Default::default(),
             }),
         };
         {
@@ -554,6 +634,7 @@ where
         let id = tunnel.id();
         {
             let mut state = self.lock();
+            state.draining.retain(|t| t.inner.id != id);
             state.all.remove(id);
             let key = tunnel.key();
             if let Some(pool) = state.by_key.get_mut(key) {

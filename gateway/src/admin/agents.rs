@@ -1,0 +1,149 @@
+//! The admin API's view of agent tunnels: a row per tunnel, and the
+//! listing's order and pages.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use grpctunnel::reverse::ReverseTunnel;
+
+use super::pb;
+use crate::{
+    auth::CallerKeys,
+    session::{Session, AGENT_VERSION_HEADER},
+};
+
+/// Most agents in one page (the default too).
+pub(crate) const MAX_PAGE: usize = 1000;
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn unix_ms(at: SystemTime) -> i64 {
+    at.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+/// The row of `tunnel`, held by `hub`.
+pub(crate) fn row(tunnel: &ReverseTunnel<String>, hub: &str) -> pb::Agent {
+    let channel = tunnel.channel();
+    let stats = channel.stats();
+    let session = tunnel.extensions().get::<Session>();
+    let text = |name: &str| {
+        tunnel
+            .metadata()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    pb::Agent {
+        key: tunnel.key().clone(),
+        tunnel_id: tunnel.id(),
+        peer: tunnel
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
+        credential: tunnel
+            .extensions()
+            .get::<CallerKeys>()
+            .map(|g| g.name().to_owned())
+            .unwrap_or_default(),
+        hub: hub.to_owned(),
+        connected_unix_ms: session.map(|s| unix_ms(s.since())).unwrap_or_default(),
+        protocol_revision: match channel.revision() {
+            grpctunnel::Revision::Zero => 0,
+            _ => 1,
+        },
+        agent_version: text(AGENT_VERSION_HEADER),
+        calls_in_flight: channel.active_calls() as u64,
+        calls: stats.streams_total,
+        bytes_sent: stats.bytes_sent,
+        bytes_received: stats.bytes_received,
+        last_error: if tunnel.is_ejected() {
+            "set aside: its agent failed calls in a row with server errors".to_owned()
+        } else {
+            String::new()
+        },
+        draining: tunnel.is_draining(),
+    }
+}
+
+/// Why `tunnel` ended: the operator's reason, or the tunnel's error.
+pub(crate) fn why_closed(tunnel: &ReverseTunnel<String>) -> String {
+    if let Some(reason) = tunnel
+        .extensions()
+        .get::<Session>()
+        .and_then(Session::reason)
+    {
+        return format!("disconnected by the hub's operator: {reason}");
+    }
+    tunnel
+        .channel()
+        .terminal_error()
+        .map(|e| e.chain())
+        .unwrap_or_default()
+}
+
+/// A page of `rows` (sorted by key, then tunnel id) after `token`: the
+/// rows, and the token of the next page (empty on the last).
+pub(crate) fn page(
+    mut rows: Vec<pb::Agent>,
+    size: u32,
+    token: &str,
+) -> Result<(Vec<pb::Agent>, String), tonic::Status> {
+    rows.sort_by(|a, b| (&a.key, a.tunnel_id).cmp(&(&b.key, b.tunnel_id)));
+    let size = match size as usize {
+        0 => MAX_PAGE,
+        n => n.min(MAX_PAGE),
+    };
+    let start = if token.is_empty() {
+        0
+    } else {
+        let (id, key) = token
+            .split_once(':')
+            .and_then(|(id, key)| Some((id.parse::<u64>().ok()?, key)))
+            .ok_or_else(|| tonic::Status::invalid_argument("page_token: not one this API gave"))?;
+        rows.partition_point(|a| (a.key.as_str(), a.tunnel_id) <= (key, id))
+    };
+    let end = (start + size).min(rows.len());
+    let next = if end < rows.len() {
+        let last = &rows[end - 1];
+        format!("{}:{}", last.tunnel_id, last.key)
+    } else {
+        String::new()
+    };
+    Ok((rows.drain(start..end).collect(), next))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent(key: &str, id: u64) -> pb::Agent {
+        pb::Agent {
+            key: key.to_owned(),
+            tunnel_id: id,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn pages_follow_on_from_their_token() {
+        let rows: Vec<_> = (0..5).map(|i| agent(&format!("k:{}", i % 2), i)).collect();
+        let (first, next) = page(rows.clone(), 2, "").expect("page");
+        assert_eq!(
+            first.iter().map(|a| a.tunnel_id).collect::<Vec<_>>(),
+            [0, 2]
+        );
+        let (second, next) = page(rows.clone(), 2, &next).expect("page");
+        assert_eq!(
+            second.iter().map(|a| a.tunnel_id).collect::<Vec<_>>(),
+            [4, 1]
+        );
+        let (last, next) = page(rows.clone(), 2, &next).expect("page");
+        assert_eq!(last.iter().map(|a| a.tunnel_id).collect::<Vec<_>>(), [3]);
+        assert!(next.is_empty());
+        assert_eq!(
+            page(rows, 0, "nope").expect_err("bad token").code(),
+            tonic::Code::InvalidArgument
+        );
+    }
+}

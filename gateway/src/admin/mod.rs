@@ -1,0 +1,20 @@
+//! The hub's admin API, `grpctunnel.admin.v1.Admin`
+//! (`proto/grpctunnel/admin/v1/admin.proto`), served on its admin port
+//! next to `/metrics` and `/healthz`, and the command-line client that
+//! speaks it (`grpctunnel agents`, `watch`, `disconnect`, `drain`,
+//! `stats`).
+
+mod agents;
+pub(crate) mod cli;
+pub(crate) mod pb;
+mod service;
+
+pub(crate) use service::AdminApi;
+
+/// The admin service as a route of the admin port's router.
+pub(crate) fn router(api: AdminApi) -> axum::Router {
+    axum::Router::new().route_service(
+        "/grpctunnel.admin.v1.Admin/{*method}",
+        pb::admin_server::AdminServer::new(api),
+    )
+}

@@ -1,0 +1,257 @@
+//! `grpctunnel.admin.v1.Admin` on the hub: the agents it holds, their
+//! events, ending one, draining the hub, the last minute's calls.
+
+use std::{
+    pin::Pin,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, SystemTime},
+};
+
+use futures_util::{stream, Stream, StreamExt};
+use grpctunnel::{reverse::ReverseTunnel, ReverseTunnelRegistry, TunnelEvent};
+use tonic::{Request, Response, Status};
+
+use super::{
+    agents::{page, row, unix_ms, why_closed},
+    pb::{self, agent_event::Kind},
+};
+use crate::{metrics::Labels, session::Session};
+
+/// Most `WatchAgents` streams open at once.
+const MAX_WATCHERS: usize = 64;
+
+/// Longest drain grace an operator may ask for.
+const MAX_GRACE: Duration = Duration::from_secs(3600);
+
+/// The hub's admin service.
+#[derive(Clone)]
+pub(crate) struct AdminApi {
+    registry: ReverseTunnelRegistry<String>,
+    /// This hub, as rows name it.
+    hub: String,
+    labels: Labels,
+    /// Set by a drain (or SIGTERM): `/healthz` answers 503.
+    draining: Arc<AtomicBool>,
+    health: tonic_health::server::HealthReporter,
+    /// The drain grace when a request gives none (`--drain`).
+    grace: Duration,
+    watchers: Arc<tokio::sync::Semaphore>,
+}
+
+impl AdminApi {
+    pub(crate) fn new(
+        registry: ReverseTunnelRegistry<String>,
+        hub: String,
+        labels: Labels,
+        draining: Arc<AtomicBool>,
+        health: tonic_health::server::HealthReporter,
+        grace: Duration,
+    ) -> Self {
+        Self {
+            registry,
+            hub,
+            labels,
+            draining,
+            health,
+            grace,
+            watchers: Arc::new(tokio::sync::Semaphore::new(MAX_WATCHERS)),
+        }
+    }
+
+    /// The snapshot a watch starts with (and resyncs with), by key.
+    fn snapshot(&self, prefix: &str) -> Vec<pb::AgentEvent> {
+        let now = unix_ms(SystemTime::now());
+        let mut tunnels = self.registry.tunnels();
+        tunnels.retain(|t| t.key().starts_with(prefix));
+        tunnels.sort_by(|a, b| (a.key(), a.id()).cmp(&(b.key(), b.id())));
+        let mut events: Vec<_> = tunnels
+            .iter()
+            .map(|t| event(Kind::Snapshot, Some(row(t, &self.hub)), now, String::new()))
+            .collect();
+        events.push(event(Kind::SnapshotEnd, None, now, String::new()));
+        events
+    }
+
+    /// The events one registry event becomes for a watcher of `prefix`.
+    fn on_event(&self, prefix: &str, e: TunnelEvent<String>) -> Vec<pb::AgentEvent> {
+        let now = unix_ms(SystemTime::now());
+        let one = |kind, t: &ReverseTunnel<String>, reason: String| {
+            if t.key().starts_with(prefix) {
+                vec![event(kind, Some(row(t, &self.hub)), now, reason)]
+            } else {
+                Vec::new()
+            }
+        };
+        match e {
+            TunnelEvent::Opened(t) => one(Kind::Connected, &t, String::new()),
+            TunnelEvent::Draining(t) => one(Kind::Draining, &t, String::new()),
+            TunnelEvent::Closed(t) => one(Kind::Disconnected, &t, why_closed(&t)),
+            TunnelEvent::Lagged(_) => {
+                let mut events = vec![event(Kind::Resync, None, now, String::new())];
+                events.extend(self.snapshot(prefix));
+                events
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
+fn event(kind: Kind, agent: Option<pb::Agent>, unix_ms: i64, reason: String) -> pb::AgentEvent {
+    pb::AgentEvent {
+        kind: kind as i32,
+        agent,
+        unix_ms,
+        reason,
+    }
+}
+
+type Events = Pin<Box<dyn Stream<Item = Result<pb::AgentEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for AdminApi {
+    async fn list_agents(
+        &self,
+        request: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        let req = request.into_inner();
+        if req.cluster {
+            return Err(Status::unimplemented(
+                "listing every hub of a cluster is not built yet: ask each hub",
+            ));
+        }
+        let rows = self
+            .registry
+            .tunnels()
+            .iter()
+            .filter(|t| t.key().starts_with(&req.key_prefix))
+            .map(|t| row(t, &self.hub))
+            .collect();
+        let (agents, next_page_token) = page(rows, req.page_size, &req.page_token)?;
+        Ok(Response::new(pb::ListAgentsResponse {
+            agents,
+            next_page_token,
+            unreachable_hubs: Vec::new(),
+        }))
+    }
+
+    type WatchAgentsStream = Events;
+
+    async fn watch_agents(
+        &self,
+        request: Request<pb::WatchAgentsRequest>,
+    ) -> Result<Response<Events>, Status> {
+        let permit = self.watchers.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "too many agent watches open on this hub (max {MAX_WATCHERS})"
+            ))
+        })?;
+        let prefix = request.into_inner().key_prefix;
+        // Subscribed before the snapshot: nothing falls between them.
+        let events = self.registry.subscribe();
+        let snapshot = self.snapshot(&prefix);
+        let api = self.clone();
+        let live = events.flat_map(move |e| {
+            let _held = &permit;
+            stream::iter(api.on_event(&prefix, e))
+        });
+        let all = stream::iter(snapshot).chain(live).map(Ok);
+        Ok(Response::new(Box::pin(all)))
+    }
+
+    async fn disconnect_agent(
+        &self,
+        request: Request<pb::DisconnectAgentRequest>,
+    ) -> Result<Response<pb::DisconnectAgentResponse>, Status> {
+        use pb::disconnect_agent_request::Target;
+        let req = request.into_inner();
+        let tunnels = self.registry.tunnels();
+        let chosen: Vec<_> = match &req.target {
+            Some(Target::TunnelId(id)) => tunnels.iter().filter(|t| t.id() == *id).collect(),
+            Some(Target::Key(key)) => tunnels.iter().filter(|t| t.key() == key).collect(),
+            None => {
+                return Err(Status::invalid_argument(
+                    "name a tunnel_id or a key to disconnect",
+                ))
+            }
+        };
+        if chosen.is_empty() {
+            return Err(Status::not_found(
+                "no agent tunnel on this hub matches (tunnel ids are per hub)",
+            ));
+        }
+        let mut disconnected = 0;
+        for tunnel in chosen {
+            tracing::warn!(
+                key = %tunnel.key(),
+                tunnel = tunnel.id(),
+                reason = %req.reason,
+                reconnect = req.reconnect,
+                "agent tunnel disconnected by the admin API"
+            );
+            match tunnel.extensions().get::<Session>() {
+                Some(session) => {
+                    if session.disconnect(&req.reason, req.reconnect) {
+                        disconnected += 1;
+                    }
+                }
+                None => {
+                    tunnel.channel().close();
+                    disconnected += 1;
+                }
+            }
+        }
+        Ok(Response::new(pb::DisconnectAgentResponse { disconnected }))
+    }
+
+    async fn drain(
+        &self,
+        request: Request<pb::DrainRequest>,
+    ) -> Result<Response<pb::DrainResponse>, Status> {
+        let grace = match request.into_inner().grace_seconds {
+            0 => self.grace,
+            s => Duration::from_secs(s.into()).min(MAX_GRACE),
+        };
+        tracing::warn!(?grace, "draining, as the admin API asked");
+        self.draining.store(true, Ordering::Relaxed);
+        self.health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        let tunnels = self.registry.drain(grace).await;
+        tracing::info!(tunnels, "drained: no agent tunnel left");
+        Ok(Response::new(pb::DrainResponse {
+            tunnels: tunnels as u32,
+        }))
+    }
+
+    async fn stats(
+        &self,
+        request: Request<pb::StatsRequest>,
+    ) -> Result<Response<pb::StatsResponse>, Status> {
+        let prefix = request.into_inner().key_prefix;
+        let methods = self
+            .labels
+            .last_minute(&prefix)
+            .into_iter()
+            .map(|s| pb::MethodStats {
+                key: s.key,
+                method: s.method,
+                calls_by_code: s
+                    .codes
+                    .into_iter()
+                    .map(|(code, n)| (code.to_owned(), n))
+                    .collect(),
+                p50_seconds: s.p50,
+                p99_seconds: s.p99,
+                bytes_received: s.bytes_received,
+                bytes_sent: s.bytes_sent,
+            })
+            .collect();
+        Ok(Response::new(pb::StatsResponse {
+            window_seconds: crate::call_stats::WINDOW_SECS,
+            methods,
+        }))
+    }
+}

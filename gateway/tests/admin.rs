@@ -1,0 +1,232 @@
+//! The hub's admin API and its command-line client, against real
+//! processes: a hub with `--admin`, agent processes, and the `grpctunnel
+//! agents`, `watch`, `disconnect`, `drain` and `stats` commands.
+
+mod common;
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use common::*;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// Runs `grpctunnel ARGS`: its exit code, stdout and stderr.
+async fn cli(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = tokio::process::Command::new(BIN)
+        .args(args)
+        .output()
+        .await
+        .expect("grpctunnel runs");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
+/// `grpctunnel agents --json` on `admin`: the agents, as JSON values.
+async fn agents(admin: SocketAddr) -> Vec<serde_json::Value> {
+    let (code, out, err) = cli(&["agents", "--admin", &admin.to_string(), "--json"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    serde_json::from_str::<Vec<serde_json::Value>>(&out).expect("a JSON array")
+}
+
+/// The stdout lines of `process`, as they come.
+fn stdout_lines(process: &mut Process) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+    let stdout = process.child.stdout.take().expect("stdout");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stdout).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
+/// The next `watch --json` event for which `wanted` holds.
+async fn next_event(
+    lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    wanted: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    while let Some(line) = lines.recv().await {
+        let event: serde_json::Value = serde_json::from_str(&line).expect("one JSON per line");
+        if wanted(&event) {
+            return event;
+        }
+    }
+    panic!("the watch ended");
+}
+
+fn is(event: &serde_json::Value, kind: &str, key: &str) -> bool {
+    event["event"] == kind && event["agent"]["key"] == key
+}
+
+/// `agents` lists every tunnel with where it comes from and how busy it
+/// is; `watch` sees a kill -9'd agent leave; `disconnect` ends an agent's
+/// tunnel with a reason the agent logs, and the agent stays away unless
+/// told to reconnect; `stats` counts the last minute's calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_list_watch_and_disconnect_agents() {
+    bounded(async {
+        let dir = temp_dir();
+        let up = upstream().await;
+        let (hub, addr) = hub_full(
+            &dir,
+            AGENT_TOKEN,
+            &["stay-1", "back-2", "killed-3"],
+            "name = \"fleet-a\"\n",
+            &["--admin", "127.0.0.1:0"],
+        )
+        .await;
+        let admin = hub.admin.expect("ADMIN line");
+        let mut stay = agent(&dir, addr, "stay-1", AGENT_TOKEN, up);
+        let mut back = agent(&dir, addr, "back-2", AGENT_TOKEN, up);
+        let mut killed = agent(&dir, addr, "killed-3", AGENT_TOKEN, up);
+        for a in [&mut stay, &mut back, &mut killed] {
+            a.log_line("tunnel open").await;
+        }
+        let mut c = caller(addr, "stay-1", false).await;
+        for _ in 0..7 {
+            c.unary(hello("counted")).await.expect("call");
+        }
+
+        let listed = agents(admin).await;
+        assert_eq!(listed.len(), 3, "{listed:?}");
+        let keys: Vec<&str> = listed.iter().map(|a| a["key"].as_str().unwrap()).collect();
+        assert_eq!(keys, ["back-2", "killed-3", "stay-1"], "sorted by key");
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        for a in &listed {
+            assert_eq!(a["credential"], "fleet-a", "{a}");
+            assert_eq!(a["hub"], addr.to_string(), "{a}");
+            assert_eq!(a["agent_version"], env!("CARGO_PKG_VERSION"), "{a}");
+            assert_eq!(a["protocol_revision"], 1, "{a}");
+            assert!(a["peer"].as_str().unwrap().starts_with("127.0.0.1:"), "{a}");
+            let since = a["connected_unix_ms"].as_i64().unwrap();
+            assert!(since <= now_ms && now_ms - since < 60_000, "{a}");
+        }
+        let stay_row = &listed[2];
+        assert_eq!(stay_row["calls"], 7, "{stay_row}");
+        assert!(
+            stay_row["bytes_received"].as_u64().unwrap() > 0,
+            "{stay_row}"
+        );
+        assert_eq!(listed[0]["calls"], 0);
+        // The table names the same.
+        let (code, table, _) = cli(&["agents", "--admin", &admin.to_string()]).await;
+        assert_eq!(code, Some(0));
+        assert!(table.starts_with("KEY "), "{table}");
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with("stay-1 ") && l.contains("fleet-a")),
+            "{table}"
+        );
+        // Only a prefix.
+        let (code, out, _) = cli(&[
+            "agents",
+            "--admin",
+            &admin.to_string(),
+            "--json",
+            "--prefix",
+            "back",
+        ])
+        .await;
+        assert_eq!(code, Some(0));
+        assert_eq!(
+            serde_json::from_str::<Vec<serde_json::Value>>(&out)
+                .unwrap()
+                .len(),
+            1
+        );
+
+        // A watch sees the three, then a kill -9'd agent leave.
+        let mut watch = Process::spawn(&["watch", "--admin", &admin.to_string(), "--json"]);
+        let mut events = stdout_lines(&mut watch);
+        for key in ["back-2", "killed-3", "stay-1"] {
+            next_event(&mut events, |e| is(e, "SNAPSHOT", key)).await;
+        }
+        next_event(&mut events, |e| e["event"] == "SNAPSHOT_END").await;
+        killed.child.start_kill().expect("kill -9");
+        let killed_at = Instant::now();
+        let gone = next_event(&mut events, |e| is(e, "DISCONNECTED", "killed-3")).await;
+        let seen_after = killed_at.elapsed();
+        println!("watch saw the killed agent leave {seen_after:?} after kill -9");
+        // Well within the default keepalive (--keepalive 30 s).
+        assert!(seen_after < Duration::from_secs(30), "{seen_after:?}");
+        assert!(
+            !gone["reason"].as_str().unwrap_or_default().is_empty(),
+            "{gone}"
+        );
+
+        // Disconnected for good: the agent logs the reason and stays away.
+        let (code, out, err) = cli(&[
+            "disconnect",
+            "--admin",
+            &admin.to_string(),
+            "stay-1",
+            "--reason",
+            "moved to the new plant",
+        ])
+        .await;
+        assert_eq!(code, Some(0), "{err}");
+        assert!(out.contains("disconnected 1"), "{out}");
+        let said = stay.log_line("tunnel closed by the hub's operator").await;
+        assert!(said.contains("moved to the new plant"), "{said}");
+        let left = next_event(&mut events, |e| is(e, "DISCONNECTED", "stay-1")).await;
+        assert!(
+            left["reason"]
+                .as_str()
+                .unwrap()
+                .contains("moved to the new plant"),
+            "{left}"
+        );
+        stay.log_line("no hub left to serve").await;
+        let exit = stay.child.wait().await.expect("exits");
+        assert_eq!(exit.code(), Some(0), "an agent told to stay away stops");
+        let status = c.unary(hello("x")).await.expect_err("no agent of stay-1");
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+
+        // Disconnected with --reconnect: it comes back.
+        let id = listed[0]["tunnel_id"].as_u64().unwrap().to_string();
+        let (code, _, err) = cli(&[
+            "disconnect",
+            "--admin",
+            &admin.to_string(),
+            &id,
+            "--reason",
+            "rebalancing",
+            "--reconnect",
+        ])
+        .await;
+        assert_eq!(code, Some(0), "{err}");
+        let said = back.log_line("tunnel down; reconnecting").await;
+        assert!(said.contains("rebalancing"), "{said}");
+        next_event(&mut events, |e| is(e, "CONNECTED", "back-2")).await;
+        back.log_line("tunnel open").await;
+
+        // Nothing to disconnect: NotFound, exit 1.
+        let (code, _, err) = cli(&["disconnect", "--admin", &admin.to_string(), "nobody"]).await;
+        assert_eq!(code, Some(1), "{err}");
+        assert!(err.contains("NotFound"), "{err}");
+
+        // The last minute's calls.
+        let (code, table, err) = cli(&["stats", "--admin", &admin.to_string()]).await;
+        assert_eq!(code, Some(0), "{err}");
+        let row = table
+            .lines()
+            .find(|l| l.starts_with("stay-1 ") && l.contains("/Unary"))
+            .unwrap_or_else(|| panic!("no stay-1 row: {table}"));
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        // KEY METHOD CALLS ERRORS: 7 calls and the refused one.
+        assert_eq!(cells[2], "8", "{table}");
+        assert_eq!(cells[3], "1", "{table}");
+
+        drop(watch);
+        hub.terminate().await;
+        let _ = std::fs::remove_dir_all(dir);
+    })
+    .await
+}
