@@ -230,3 +230,60 @@ async fn operators_list_watch_and_disconnect_agents() {
     })
     .await
 }
+
+/// `grpctunnel drain` on one hub of a cluster, under load through both
+/// hubs, with the agent connected to both: the drained hub's tunnel
+/// closes, its key leaves the store, its health turns 503, the agent's
+/// reconnections to it are refused, and no call fails: those through
+/// either hub go to the other hub's tunnel.
+#[cfg_attr(
+    missing_redis_server,
+    ignore = "needs `redis-server` on PATH (apt-get install redis-server)"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_hub_hands_its_agents_calls_to_the_other_hubs() {
+    use common::{cluster::*, store::Store};
+    let store = Store::start().await;
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let cluster = Fixture::new(&store, &["drain-0"], 2).await;
+        let [a, b] = cluster.addrs()[..] else {
+            unreachable!("two hubs")
+        };
+        let admin_a = cluster.hubs[0].0.admin.expect("ADMIN line");
+        let admin_b = cluster.hubs[1].0.admin.expect("ADMIN line");
+        let mut agent = cluster.agent(&[a, b], "drain-0").await;
+        four_kinds(a, "drain-0").await.expect("through a");
+        four_kinds(b, "drain-0").await.expect("through b");
+        assert_eq!(agents(admin_a).await.len(), 1);
+
+        let stop = tokio_util::sync::CancellationToken::new();
+        let callers = vec![
+            ("through the drained hub", steady(a, "drain-0", &stop)),
+            ("through the drained hub, 2", steady(a, "drain-0", &stop)),
+            ("through the other hub", steady(b, "drain-0", &stop)),
+            ("through the other hub, 2", steady(b, "drain-0", &stop)),
+        ];
+        let (code, out, err) = cli(&["drain", "--admin", &admin_a.to_string()]).await;
+        assert_eq!(code, Some(0), "{err}");
+        assert!(out.contains("drained 1 tunnel"), "{out}");
+        assert!(agents(admin_a).await.is_empty(), "a holds no tunnel");
+        assert_eq!(agents(admin_b).await.len(), 1, "b still does");
+        let (status, body) = http_get(admin_a, "/healthz").await;
+        assert!(status.contains("503"), "{status} {body}");
+        assert!(store
+            .cli(&["HGETALL", "grpctunnel:key:drain-0"])
+            .await
+            .lines()
+            .all(|l| !l.contains(&a.port().to_string())));
+        let refused = agent.log_line("cannot open the tunnel").await;
+        assert!(refused.contains("draining"), "{refused}");
+        // The load goes on after the drain for a while: its length is the
+        // condition tested, not a wait for an event.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        stop.cancel();
+        no_call_failed(callers, "across the drain").await;
+        four_kinds(a, "drain-0").await.expect("a relays to b");
+    })
+    .await
+    .expect("test timed out");
+}

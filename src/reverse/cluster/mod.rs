@@ -34,6 +34,7 @@
 
 mod directory;
 mod last_known;
+mod lent;
 mod peer;
 #[cfg(feature = "redis")]
 mod redis;

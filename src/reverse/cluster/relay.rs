@@ -4,7 +4,6 @@
 use std::{
     hash::Hash,
     pin::Pin,
-    sync::{Arc, Mutex},
     task::{Context, Poll},
     time::{Duration, Instant},
 };
@@ -12,6 +11,7 @@ use std::{
 use tower_service::Service;
 use tracing::{debug, warn};
 
+use super::lent::Lent;
 use crate::{
     client::{ResponseBody, ResponseFuture},
     error::Error,
@@ -192,11 +192,17 @@ where
             let relaying = cluster.relaying(&entry);
             match sender.call(req).await {
                 Ok(mut resp) => {
-                    // Refused (the key left that replica): look afresh
-                    // next time, and forget where it was. Another failure
-                    // is the call's own: look afresh only.
+                    // Refused (the key left that replica: it drained, or
+                    // its agent just went): forget where the key was, and
+                    // try the next replica (or the local tunnel) with the
+                    // body intact, if it is. Another failure is the call's
+                    // own: look afresh next time only.
                     if resp.headers_mut().remove(RELAY_REFUSED_HEADER).is_some() {
                         cluster.drop_route(&name);
+                        if body.replayable() {
+                            debug!(replica = %entry.replica, key = %name, "replica refused the key; trying the next");
+                            continue;
+                        }
                     } else if resp.headers().get("grpc-status").is_some_and(|s| s != "0") {
                         cluster.forget(&name);
                     }
@@ -207,7 +213,7 @@ where
                         }))
                     }));
                 }
-                Err(err) if body.is_home() => {
+                Err(err) if body.replayable() => {
                     cluster.drop_route(&name);
                     cluster.unreachable(&peer);
                     let why = with_sources(err.as_ref());
@@ -495,98 +501,5 @@ impl http_body::Body for Counted {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
-    }
-}
-
-/// A request body lent to one attempt at a time: the attempt that first
-/// reads it keeps it; until then it can be taken back for another.
-struct Lent {
-    slot: Arc<Mutex<Option<tonic::body::Body>>>,
-}
-
-impl Lent {
-    fn new(body: tonic::body::Body) -> Self {
-        Self {
-            slot: Arc::new(Mutex::new(Some(body))),
-        }
-    }
-
-    /// A body for one attempt.
-    fn lend(&self) -> Borrowed {
-        Borrowed {
-            slot: self.slot.clone(),
-            body: None,
-        }
-    }
-
-    /// Whether no attempt has read the body yet.
-    fn is_home(&self) -> bool {
-        self.slot
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some()
-    }
-
-    fn take_back(self) -> Option<tonic::body::Body> {
-        self.slot.lock().unwrap_or_else(|p| p.into_inner()).take()
-    }
-}
-
-/// The body of one attempt: takes the request body on its first read.
-struct Borrowed {
-    slot: Arc<Mutex<Option<tonic::body::Body>>>,
-    body: Option<tonic::body::Body>,
-}
-
-impl http_body::Body for Borrowed {
-    type Data = bytes::Bytes;
-    type Error = tonic::Status;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, tonic::Status>>> {
-        if self.body.is_none() {
-            let taken = self.slot.lock().unwrap_or_else(|p| p.into_inner()).take();
-            match taken {
-                Some(body) => self.body = Some(body),
-                None => {
-                    return Poll::Ready(Some(Err(tonic::Status::internal(
-                        "request body taken by another attempt",
-                    ))))
-                }
-            }
-        }
-        let body = self.body.as_mut().expect("taken above");
-        Pin::new(body).poll_frame(cx)
-    }
-
-    // Passed through so that hyper ends the stream with the last DATA
-    // frame: a separate empty END_STREAM frame after each small request
-    // would spend the peer's h2 budget for small DATA frames (h2 0.4
-    // ends a connection with ENHANCE_YOUR_CALM once it is spent).
-    fn is_end_stream(&self) -> bool {
-        match &self.body {
-            Some(body) => body.is_end_stream(),
-            None => self
-                .slot
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .as_ref()
-                .is_some_and(http_body::Body::is_end_stream),
-        }
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        match &self.body {
-            Some(body) => body.size_hint(),
-            None => self
-                .slot
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .as_ref()
-                .map(http_body::Body::size_hint)
-                .unwrap_or_default(),
-        }
     }
 }
