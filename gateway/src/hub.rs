@@ -328,16 +328,6 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
         admin_registry.clone(),
         admin_registry.subscribe(),
     ));
-    let service = tower::util::MapRequestLayer::new(crate::accept::tcp_info).layer(Auth::new(
-        tunnels.layer(route),
-        agents,
-        callers,
-        key_header,
-        quota,
-        admin_registry.clone(),
-        forward,
-    ));
-
     let metrics_handle = metrics::install()?;
     let draining = Arc::new(AtomicBool::new(false));
     let stopped = CancellationToken::new();
@@ -346,6 +336,36 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
     let addr = listener
         .local_addr()
         .map_err(|e| Failure::Run(format!("listener: {e}")))?;
+    // The admin API: on the admin port, and in a cluster to the other
+    // hubs' proved `ListAgents`. Rows name this hub as other hubs and
+    // operators reach it.
+    let name = args.advertise.clone().unwrap_or_else(|| addr.to_string());
+    let mut api = crate::admin::AdminApi::new(
+        admin_registry.clone(),
+        name,
+        labels.clone(),
+        draining.clone(),
+        health_reporter.clone(),
+        Duration::from_secs(args.drain),
+    );
+    if let Some(cluster) = &cluster {
+        api = api.in_cluster(cluster.clone());
+    }
+    let members = cluster.clone().map(|c| (c, api.clone()));
+    let service = tower::util::MapRequestLayer::new(crate::accept::tcp_info).layer(
+        crate::admin::MemberAdmin::new(
+            Auth::new(
+                tunnels.layer(route),
+                agents,
+                callers,
+                key_header,
+                quota,
+                admin_registry.clone(),
+                forward,
+            ),
+            members,
+        ),
+    );
     if let Some(admin) = args.admin {
         metrics::check_admin(admin)?;
         let admin_listener = tokio::net::TcpListener::bind(admin)
@@ -356,16 +376,6 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
             .map_err(|e| Failure::Run(format!("admin listener: {e}")))?;
         tracing::info!(addr = %admin_addr, "admin port listening");
         println!("ADMIN {admin_addr}");
-        // Rows name this hub as other hubs and operators reach it.
-        let name = args.advertise.clone().unwrap_or_else(|| addr.to_string());
-        let api = crate::admin::AdminApi::new(
-            admin_registry.clone(),
-            name,
-            labels.clone(),
-            draining.clone(),
-            health_reporter.clone(),
-            Duration::from_secs(args.drain),
-        );
         let stop = stopped.clone().cancelled_owned();
         tokio::spawn(metrics::serve_admin(
             admin_listener,

@@ -23,10 +23,20 @@ async fn cli(args: &[&str]) -> (Option<i32>, String, String) {
     (out.status.code(), text(&out.stdout), text(&out.stderr))
 }
 
-/// `grpctunnel agents --json` on `admin`: the agents, as JSON values.
+/// `grpctunnel agents --json` on `admin`: the agents (of every hub of its
+/// cluster), as JSON values.
 async fn agents(admin: SocketAddr) -> Vec<serde_json::Value> {
-    let (code, out, err) = cli(&["agents", "--admin", &admin.to_string(), "--json"]).await;
+    agents_with(admin, &[]).await
+}
+
+/// [`agents`] with more flags.
+async fn agents_with(admin: SocketAddr, extra: &[&str]) -> Vec<serde_json::Value> {
+    let admin = admin.to_string();
+    let mut args = vec!["agents", "--admin", &admin, "--json"];
+    args.extend_from_slice(extra);
+    let (code, out, err) = cli(&args).await;
     assert_eq!(code, Some(0), "{err}");
+    assert!(!err.contains("did not answer"), "{err}");
     serde_json::from_str::<Vec<serde_json::Value>>(&out).expect("a JSON array")
 }
 
@@ -254,7 +264,7 @@ async fn a_drained_hub_hands_its_agents_calls_to_the_other_hubs() {
         let mut agent = cluster.agent(&[a, b], "drain-0").await;
         four_kinds(a, "drain-0").await.expect("through a");
         four_kinds(b, "drain-0").await.expect("through b");
-        assert_eq!(agents(admin_a).await.len(), 1);
+        assert_eq!(agents(admin_a).await.len(), 2, "one tunnel on each hub");
 
         let stop = tokio_util::sync::CancellationToken::new();
         let callers = vec![
@@ -266,8 +276,13 @@ async fn a_drained_hub_hands_its_agents_calls_to_the_other_hubs() {
         let (code, out, err) = cli(&["drain", "--admin", &admin_a.to_string()]).await;
         assert_eq!(code, Some(0), "{err}");
         assert!(out.contains("drained 1 tunnel"), "{out}");
-        assert!(agents(admin_a).await.is_empty(), "a holds no tunnel");
-        assert_eq!(agents(admin_b).await.len(), 1, "b still does");
+        assert!(
+            agents_with(admin_a, &["--this-hub"]).await.is_empty(),
+            "a holds no tunnel"
+        );
+        let left = agents(admin_a).await;
+        assert_eq!(left.len(), 1, "b still does: {left:?}");
+        assert_eq!(left[0]["hub"], format!("http://{b}"));
         let (status, body) = http_get(admin_a, "/healthz").await;
         assert!(status.contains("503"), "{status} {body}");
         assert!(store
@@ -283,6 +298,108 @@ async fn a_drained_hub_hands_its_agents_calls_to_the_other_hubs() {
         stop.cancel();
         no_call_failed(callers, "across the drain").await;
         four_kinds(a, "drain-0").await.expect("a relays to b");
+    })
+    .await
+    .expect("test timed out");
+}
+
+/// 1,000 agents over three hubs of one store: `grpctunnel agents` on any
+/// hub lists all of them, each with the hub it is connected to (the other
+/// hubs asked through the relay links, with proofs made with the cluster
+/// secret); a member call without a valid proof lists nothing.
+#[cfg_attr(
+    missing_redis_server,
+    ignore = "needs `redis-server` on PATH (apt-get install redis-server)"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_hub_lists_the_agents_of_every_hub() {
+    use common::{cluster::*, store::Store};
+    use grpctunnel::ReverseTunnelServer;
+    use grpctunnel_testing::Echo;
+    const AGENTS: usize = 1000;
+    let store = Store::start().await;
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let keys: Vec<String> = (0..AGENTS).map(|i| format!("fleet-{i}")).collect();
+        let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let cluster = Fixture::new(&store, &key_refs, 3).await;
+        let hubs = cluster.addrs();
+        let admins: Vec<SocketAddr> = cluster
+            .hubs
+            .iter()
+            .map(|h| h.0.admin.expect("ADMIN line"))
+            .collect();
+        let mut fleet = Vec::with_capacity(AGENTS);
+        for (i, key) in keys.iter().enumerate() {
+            // One connection per agent, as real agents have; agent i on
+            // hub i % 3.
+            let transport =
+                tonic::transport::Endpoint::from_shared(format!("http://{}", hubs[i % 3]))
+                    .expect("endpoint")
+                    .connect_lazy();
+            let agent = ReverseTunnelServer::new(tonic::service::Routes::new(Echo::new().server()))
+                .metadata("grpctunnel-key", key)
+                .metadata("authorization", &format!("Bearer {AGENT_TOKEN}"))
+                .keep_connected(transport);
+            fleet.push(agent);
+        }
+        for agent in &fleet {
+            agent.wait_until(|s| s.connected).await;
+        }
+        for (h, admin) in admins.iter().enumerate() {
+            let started = Instant::now();
+            let listed = agents(*admin).await;
+            println!(
+                "hub {h} listed {} agents of 3 hubs in {:?}",
+                listed.len(),
+                started.elapsed()
+            );
+            assert_eq!(listed.len(), AGENTS);
+            for a in &listed {
+                let key = a["key"].as_str().expect("a key");
+                let i: usize = key["fleet-".len()..].parse().expect("numbered");
+                assert_eq!(
+                    a["hub"].as_str(),
+                    Some(format!("http://{}", hubs[i % 3]).as_str()),
+                    "{a}"
+                );
+            }
+            // This hub's own only.
+            let (code, out, _) = cli(&[
+                "agents",
+                "--admin",
+                &admin.to_string(),
+                "--json",
+                "--this-hub",
+            ])
+            .await;
+            assert_eq!(code, Some(0));
+            let own: Vec<serde_json::Value> = serde_json::from_str(&out).expect("json");
+            assert_eq!(own.len(), AGENTS / 3 + usize::from(h < AGENTS % 3));
+        }
+
+        // A member call without a proof made with the cluster secret.
+        let forged = "v1.0.AAAAAAAAAAAAAAAAAAAAAA.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+        let channel = hub_channel(hubs[0]).await;
+        let mut client = tonic::client::Grpc::new(channel);
+        client.ready().await.expect("ready");
+        let mut req = tonic::Request::new(());
+        req.metadata_mut()
+            .insert("grpctunnel-relay-auth", forged.parse().expect("ascii"));
+        let refused = client
+            .unary::<(), (), _>(
+                req,
+                "/grpctunnel.admin.v1.Admin/ListAgents"
+                    .parse()
+                    .expect("path"),
+                tonic_prost::ProstCodec::<(), ()>::default(),
+            )
+            .await
+            .expect_err("refused");
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+        assert!(refused.message().contains("member call"), "{refused:?}");
+        for agent in fleet {
+            agent.shutdown().await;
+        }
     })
     .await
     .expect("test timed out");

@@ -82,14 +82,19 @@ pub(crate) fn why_closed(tunnel: &ReverseTunnel<String>) -> String {
         .unwrap_or_default()
 }
 
-/// A page of `rows` (sorted by key, then tunnel id) after `token`: the
-/// rows, and the token of the next page (empty on the last).
+/// How rows are ordered: by key, hub, then tunnel id.
+fn order(a: &pb::Agent) -> (&str, &str, u64) {
+    (&a.key, &a.hub, a.tunnel_id)
+}
+
+/// A page of `rows` (sorted by key, hub, then tunnel id) after `token`:
+/// the rows, and the token of the next page (empty on the last).
 pub(crate) fn page(
     mut rows: Vec<pb::Agent>,
     size: u32,
     token: &str,
 ) -> Result<(Vec<pb::Agent>, String), tonic::Status> {
-    rows.sort_by(|a, b| (&a.key, a.tunnel_id).cmp(&(&b.key, b.tunnel_id)));
+    rows.sort_by(|a, b| order(a).cmp(&order(b)));
     let size = match size as usize {
         0 => MAX_PAGE,
         n => n.min(MAX_PAGE),
@@ -97,16 +102,23 @@ pub(crate) fn page(
     let start = if token.is_empty() {
         0
     } else {
-        let (id, key) = token
-            .split_once(':')
-            .and_then(|(id, key)| Some((id.parse::<u64>().ok()?, key)))
-            .ok_or_else(|| tonic::Status::invalid_argument("page_token: not one this API gave"))?;
-        rows.partition_point(|a| (a.key.as_str(), a.tunnel_id) <= (key, id))
+        // `<id> <hub> <key>`: ids and hubs hold no space, keys may.
+        let mut parts = token.splitn(3, ' ');
+        let (id, hub, key) = (parts.next(), parts.next(), parts.next());
+        let after = match (id.and_then(|i| i.parse::<u64>().ok()), hub, key) {
+            (Some(id), Some(hub), Some(key)) => (key, hub, id),
+            _ => {
+                return Err(tonic::Status::invalid_argument(
+                    "page_token: not one this API gave",
+                ))
+            }
+        };
+        rows.partition_point(|a| order(a) <= after)
     };
     let end = (start + size).min(rows.len());
     let next = if end < rows.len() {
         let last = &rows[end - 1];
-        format!("{}:{}", last.tunnel_id, last.key)
+        format!("{} {} {}", last.tunnel_id, last.hub, last.key)
     } else {
         String::new()
     };
@@ -127,7 +139,7 @@ mod tests {
 
     #[test]
     fn pages_follow_on_from_their_token() {
-        let rows: Vec<_> = (0..5).map(|i| agent(&format!("k:{}", i % 2), i)).collect();
+        let rows: Vec<_> = (0..5).map(|i| agent(&format!("k {}", i % 2), i)).collect();
         let (first, next) = page(rows.clone(), 2, "").expect("page");
         assert_eq!(
             first.iter().map(|a| a.tunnel_id).collect::<Vec<_>>(),

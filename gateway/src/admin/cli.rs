@@ -50,6 +50,10 @@ pub(crate) struct AgentsArgs {
     /// One JSON array instead of a table.
     #[arg(long)]
     json: bool,
+    /// Only this hub's agents (default: in a cluster, every hub's, each
+    /// hub asked through the relay links).
+    #[arg(long)]
+    this_hub: bool,
 }
 
 /// An agent as `--json` prints it.
@@ -97,22 +101,25 @@ pub(crate) async fn agents(args: AgentsArgs) -> Result<(), Failure> {
     let mut client = args.admin.client().await?;
     let mut agents = Vec::new();
     let mut token = String::new();
-    loop {
+    let unreachable = loop {
         let page = client
             .list_agents(pb::ListAgentsRequest {
                 key_prefix: args.prefix.clone(),
                 page_size: 0,
                 page_token: token,
-                cluster: false,
+                cluster: !args.this_hub,
             })
             .await
             .map_err(|s| failed("listing agents", s))?
             .into_inner();
         agents.extend(page.agents);
         if page.next_page_token.is_empty() {
-            break;
+            break page.unreachable_hubs;
         }
         token = page.next_page_token;
+    };
+    for hub in &unreachable {
+        eprintln!("grpctunnel: hub {hub} did not answer: its agents are not listed");
     }
     if args.json {
         let rows: Vec<AgentJson<'_>> = agents.iter().map(AgentJson::from).collect();

@@ -6,9 +6,11 @@
 
 mod agents;
 pub(crate) mod cli;
+mod members;
 pub(crate) mod pb;
 mod service;
 
+pub(crate) use members::MemberAdmin;
 pub(crate) use service::AdminApi;
 
 /// The admin service as a route of the admin port's router.

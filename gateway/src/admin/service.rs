@@ -39,6 +39,8 @@ pub(crate) struct AdminApi {
     /// The drain grace when a request gives none (`--drain`).
     grace: Duration,
     watchers: Arc<tokio::sync::Semaphore>,
+    /// The cluster whose members `ListAgents` may ask.
+    cluster: Option<grpctunnel::cluster::Cluster>,
 }
 
 impl AdminApi {
@@ -58,7 +60,48 @@ impl AdminApi {
             health,
             grace,
             watchers: Arc::new(tokio::sync::Semaphore::new(MAX_WATCHERS)),
+            cluster: None,
         }
+    }
+
+    /// `ListAgents` may cover every member of `cluster`.
+    pub(crate) fn in_cluster(mut self, cluster: grpctunnel::cluster::Cluster) -> Self {
+        self.cluster = Some(cluster);
+        self
+    }
+
+    /// The agents of every other member whose keys start with `prefix`,
+    /// and the members that did not answer (asked all at once).
+    async fn members_agents(&self, prefix: &str) -> Result<(Vec<pb::Agent>, Vec<String>), Status> {
+        let Some(cluster) = &self.cluster else {
+            return Ok((Vec::new(), Vec::new()));
+        };
+        let members = cluster.members().await.map_err(|e| {
+            Status::unavailable(format!(
+                "cannot list the cluster's hubs from its store: {e}"
+            ))
+        })?;
+        let asked = members
+            .iter()
+            .filter(|m| m.as_str() != cluster.advertise())
+            .map(|member| async move {
+                (
+                    member,
+                    super::members::agents_of(cluster, member, prefix).await,
+                )
+            });
+        let mut agents = Vec::new();
+        let mut unreachable = Vec::new();
+        for (member, answer) in futures_util::future::join_all(asked).await {
+            match answer {
+                Ok(theirs) => agents.extend(theirs),
+                Err(why) => {
+                    tracing::warn!(hub = %member, %why, "a hub did not list its agents");
+                    unreachable.push(member.clone());
+                }
+            }
+        }
+        Ok((agents, unreachable))
     }
 
     /// The snapshot a watch starts with (and resyncs with), by key.
@@ -117,23 +160,24 @@ impl pb::admin_server::Admin for AdminApi {
         request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
         let req = request.into_inner();
-        if req.cluster {
-            return Err(Status::unimplemented(
-                "listing every hub of a cluster is not built yet: ask each hub",
-            ));
-        }
-        let rows = self
+        let mut rows: Vec<_> = self
             .registry
             .tunnels()
             .iter()
             .filter(|t| t.key().starts_with(&req.key_prefix))
             .map(|t| row(t, &self.hub))
             .collect();
+        let mut unreachable_hubs = Vec::new();
+        if req.cluster {
+            let (theirs, unreachable) = self.members_agents(&req.key_prefix).await?;
+            rows.extend(theirs);
+            unreachable_hubs = unreachable;
+        }
         let (agents, next_page_token) = page(rows, req.page_size, &req.page_token)?;
         Ok(Response::new(pb::ListAgentsResponse {
             agents,
             next_page_token,
-            unreachable_hubs: Vec::new(),
+            unreachable_hubs,
         }))
     }
 

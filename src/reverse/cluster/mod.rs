@@ -35,6 +35,7 @@
 mod directory;
 mod last_known;
 mod lent;
+mod members;
 mod peer;
 #[cfg(feature = "redis")]
 mod redis;
@@ -364,7 +365,7 @@ impl ClusterInner {
     /// Whether `entry` may be dialled: sealed with the secret, with this
     /// replica's scheme, and listed (with [`Cluster::peers`]). A refusal
     /// is counted, and logged the first time for each address.
-    fn admits(&self, entry: &Entry) -> bool {
+    pub(crate) fn admits(&self, entry: &Entry) -> bool {
         let why = if !self.sealer.check_entry(entry) {
             "its seal does not verify (written without the cluster secret, or expired)"
         } else if scheme(&entry.replica) != scheme(&self.advertise) {
@@ -604,9 +605,8 @@ where
                     let mut entries = registry.entries(&inner.advertise);
                     drop(registry);
                     inner.prune_peers();
-                    if entries.is_empty() {
-                        continue;
-                    }
+                    // Listed as a member with its keys, even with none.
+                    entries.push(inner.member_entry());
                     inner.seal(&mut entries);
                     inner.directory.publish(entries, inner.ttl).await
                 }

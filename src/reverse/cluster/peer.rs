@@ -99,6 +99,11 @@ impl Peer {
     }
 
     /// The replica's advertised URL.
+    /// The pooled HTTP/2 connection to the replica.
+    pub(crate) fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
     pub(crate) fn url(&self) -> &str {
         &self.url
     }

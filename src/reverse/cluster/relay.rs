@@ -425,7 +425,7 @@ where
 }
 
 /// Checks a relay proof; a refusal is logged (at most once a second).
-fn check(
+pub(super) fn check(
     cluster: &crate::reverse::cluster::ClusterInner,
     proof: Option<&http::HeaderValue>,
     purpose: Purpose<'_>,
