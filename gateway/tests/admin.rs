@@ -283,6 +283,7 @@ async fn a_drained_hub_hands_its_agents_calls_to_the_other_hubs() {
         let left = agents(admin_a).await;
         assert_eq!(left.len(), 1, "b still does: {left:?}");
         assert_eq!(left[0]["hub"], format!("http://{b}"));
+        assert_eq!(agents_with(admin_b, &["--this-hub"]).await.len(), 1);
         let (status, body) = http_get(admin_a, "/healthz").await;
         assert!(status.contains("503"), "{status} {body}");
         assert!(store
