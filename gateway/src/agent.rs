@@ -8,6 +8,7 @@ use grpctunnel::ReverseTunnelServer;
 use tonic::transport::Endpoint;
 
 use crate::{
+    admin::ping::{AgentPing, AGENT_ADMIN_PREFIX},
     agent_admin::AgentMetrics,
     compression::inflate_response,
     limit::{CallLimit, Held},
@@ -198,8 +199,11 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Failure> {
         None => None,
     };
     let metered = observed.clone();
+    // The hub's pings (`grpctunnel ping`) are answered here, not upstream.
+    let pings = AgentPing::new(upstream.clone()).server();
     let proxy = tower::service_fn(move |mut req: http::Request<tonic::body::Body>| {
         let upstream = upstream.clone();
+        let pings = pings.clone();
         let allow = allow.clone();
         let permit = limit.acquire();
         req.headers_mut()
@@ -212,6 +216,12 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Failure> {
             None => (req, None),
         };
         let served = async move {
+            if req.uri().path().starts_with(AGENT_ADMIN_PREFIX) {
+                let resp = tower::ServiceExt::oneshot(pings, req)
+                    .await
+                    .unwrap_or_else(|never| match never {});
+                return Ok(resp);
+            }
             if !allowed(&allow, req.uri().path()) {
                 let path = req.uri().path().to_owned();
                 let why = if canonical(&path).is_some() {

@@ -87,6 +87,9 @@ enum Command {
     /// Calls per key and method over the last minute: count, errors,
     /// p50/p99, bytes.
     Stats(admin::cli::StatsArgs),
+    /// A round trip through a hub and the tunnel to an agent of KEY, which
+    /// checks its upstream: the time of each leg.
+    Ping(admin::cli::PingArgs),
 }
 
 fn main() -> ExitCode {
@@ -115,6 +118,7 @@ fn main() -> ExitCode {
             Command::Disconnect(args) => Box::pin(admin::cli::disconnect(args)),
             Command::Drain(args) => Box::pin(admin::cli::drain(args)),
             Command::Stats(args) => Box::pin(admin::cli::stats(args)),
+            Command::Ping(args) => Box::pin(admin::cli::ping(args)),
         };
     let runtime = match cli.worker_threads {
         Some(1) => tokio::runtime::Builder::new_current_thread()

@@ -22,6 +22,7 @@ use axum::body::Body;
 use grpctunnel::ReverseTunnelRegistry;
 
 use crate::{
+    admin::ping::AGENT_ADMIN_PREFIX,
     auth::{Live, CALLER_HEADER, RELAY_AUTH_HEADER, RELAY_KEY_HEADER},
     compression::{accepts_gzip, deflate_response, inflate_request},
     metrics::{code_of, CallRecord, Labels, Metered},
@@ -202,6 +203,12 @@ impl Service<http::Request<Body>> for RouteByKey {
                 self.key_header
             )));
         };
+        // The agents' own service is for the hub (`grpctunnel ping`).
+        if req.uri().path().starts_with(AGENT_ADMIN_PREFIX) {
+            return answer(tonic::Status::permission_denied(
+                "grpctunnel.admin.v1.AgentAdmin is the hub's to call, not callers'",
+            ));
+        }
         // Only the hub names the caller to the upstream; relay headers from
         // a caller mean nothing past the hub (the library took real relays
         // before they got here).

@@ -217,6 +217,53 @@ async fn operators_list_watch_and_disconnect_agents() {
         next_event(&mut events, |e| is(e, "CONNECTED", "back-2")).await;
         back.log_line("tunnel open").await;
 
+        // A ping's legs, the agent's upstream answering.
+        let (code, out, err) = cli(&["ping", "--admin", &admin.to_string(), "back-2"]).await;
+        assert_eq!(code, Some(0), "{err}");
+        for leg in [
+            "here -> hub",
+            "hub -> agent and back",
+            "agent -> upstream and back",
+        ] {
+            let line = out
+                .lines()
+                .find(|l| l.contains(leg))
+                .unwrap_or_else(|| panic!("{leg}: {out}"));
+            let ms: f64 = line
+                .split(": ")
+                .nth(1)
+                .and_then(|t| t.split(' ').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("a time: {line}"));
+            assert!(ms > 0.0 && ms < 5_000.0, "{line}");
+        }
+        assert!(!out.contains("unreachable"), "{out}");
+        assert!(
+            out.contains(concat!("agent version ", env!("CARGO_PKG_VERSION"))),
+            "{out}"
+        );
+        // Callers may not make the hub's calls to agents.
+        let mut c2 = caller(addr, "back-2", false).await;
+        let refused = raw_unary(
+            hub_channel(addr).await,
+            "back-2",
+            "/grpctunnel.admin.v1.AgentAdmin/Ping",
+            false,
+        )
+        .await
+        .expect_err("refused");
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+        c2.unary(hello("still fine"))
+            .await
+            .expect("other calls pass");
+        // An agent whose upstream is gone: the hub and agent legs answer,
+        // the upstream's says why not.
+        let mut orphan = agent(&dir, addr, "stay-1", AGENT_TOKEN, gone_upstream());
+        orphan.log_line("tunnel open").await;
+        let (code, out, err) = cli(&["ping", "--admin", &admin.to_string(), "stay-1"]).await;
+        assert_eq!(code, Some(0), "{err}");
+        assert!(out.contains("unreachable"), "{out}");
+
         // Nothing to disconnect: NotFound, exit 1.
         let (code, _, err) = cli(&["disconnect", "--admin", &admin.to_string(), "nobody"]).await;
         assert_eq!(code, Some(1), "{err}");
@@ -321,7 +368,8 @@ async fn any_hub_lists_the_agents_of_every_hub() {
     let store = Store::start().await;
     tokio::time::timeout(Duration::from_secs(120), async {
         let keys: Vec<String> = (0..AGENTS).map(|i| format!("fleet-{i}")).collect();
-        let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let mut key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        key_refs.push("pinged-0");
         let cluster = Fixture::new(&store, &key_refs, 3).await;
         let hubs = cluster.addrs();
         let admins: Vec<SocketAddr> = cluster
@@ -377,6 +425,15 @@ async fn any_hub_lists_the_agents_of_every_hub() {
             let own: Vec<serde_json::Value> = serde_json::from_str(&out).expect("json");
             assert_eq!(own.len(), AGENTS / 3 + usize::from(h < AGENTS % 3));
         }
+
+        // A ping through hub 0 to an agent on hub 1 is relayed there.
+        let _pinged = cluster.agent(&hubs[1..2], "pinged-0").await;
+        let (code, out, err) = cli(&["ping", "--admin", &admins[0].to_string(), "pinged-0"]).await;
+        assert_eq!(code, Some(0), "{err}");
+        assert!(
+            out.contains(&format!("(relayed to hub http://{})", hubs[1])),
+            "{out}"
+        );
 
         // A member call without a proof made with the cluster secret.
         let forged = "v1.0.AAAAAAAAAAAAAAAAAAAAAA.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";

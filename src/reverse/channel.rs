@@ -26,6 +26,30 @@ use crate::{
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
+/// Where a call through a [`ReverseChannel`] went: in its response's
+/// extensions (`tonic::Response::extensions` for a generated client), for
+/// logs and diagnostics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ServedBy {
+    /// A tunnel of this registry, by its [`id`](ReverseTunnel::id).
+    Tunnel(u64),
+    /// Another replica of the cluster, by its advertised URL: the call was
+    /// relayed there.
+    Replica(String),
+}
+
+/// `resp` marked as served by `by`.
+pub(crate) fn served(
+    resp: Result<http::Response<ResponseBody>, Error>,
+    by: ServedBy,
+) -> Result<http::Response<ResponseBody>, Error> {
+    resp.map(|mut resp| {
+        resp.extensions_mut().insert(by);
+        resp
+    })
+}
+
 /// A channel over the reverse tunnels of a registry (all of them, or those
 /// of one key), made by [`ReverseTunnelRegistry::channel`] and
 /// [`ReverseTunnelRegistry::get`].
@@ -184,7 +208,7 @@ where
         if let Some(tunnel) = self.registry.pick(self.key.as_ref()) {
             let mut channel = tunnel.channel();
             self.last.record(tunnel.id(), &channel);
-            return ReverseResponseFuture::call(channel.call(req));
+            return ReverseResponseFuture::call(channel.call(req), tunnel.id());
         }
         if !self.past_opening && self.registry.is_opening(self.key.as_ref()) {
             return self.after_opening(req);
@@ -198,7 +222,7 @@ where
             )));
         }
         if !self.wait {
-            return ReverseResponseFuture::call(ResponseFuture::failed(
+            return ReverseResponseFuture::failed(ResponseFuture::failed(
                 tonic::Status::unavailable("no channels ready"),
             ));
         }
@@ -222,7 +246,7 @@ where
             };
             let mut channel = tunnel.channel();
             last.record(tunnel.id(), &channel);
-            channel.call(req).await
+            served(channel.call(req).await, ServedBy::Tunnel(tunnel.id()))
         }))
     }
 }
@@ -262,7 +286,7 @@ where
                 Some(tunnel) => {
                     let mut channel = tunnel.channel();
                     rest.last.record(tunnel.id(), &channel);
-                    channel.call(req).await
+                    served(channel.call(req).await, ServedBy::Tunnel(tunnel.id()))
                 }
                 None => rest.call(req).await,
             }
@@ -275,6 +299,8 @@ pin_project! {
     pub struct ReverseResponseFuture {
         #[pin]
         kind: Kind,
+        // The tunnel a direct call went to.
+        tunnel: Option<u64>,
     }
 }
 
@@ -287,15 +313,24 @@ pin_project! {
 }
 
 impl ReverseResponseFuture {
-    fn call(fut: ResponseFuture) -> Self {
+    fn call(fut: ResponseFuture, tunnel: u64) -> Self {
         Self {
             kind: Kind::Call { fut },
+            tunnel: Some(tunnel),
+        }
+    }
+
+    fn failed(fut: ResponseFuture) -> Self {
+        Self {
+            kind: Kind::Call { fut },
+            tunnel: None,
         }
     }
 
     fn wait(fut: BoxFuture<Result<http::Response<ResponseBody>, Error>>) -> Self {
         Self {
             kind: Kind::Wait { fut },
+            tunnel: None,
         }
     }
 }
@@ -304,8 +339,15 @@ impl Future for ReverseResponseFuture {
     type Output = Result<http::Response<ResponseBody>, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            KindProj::Call { fut } => fut.poll(cx),
+        let this = self.project();
+        match this.kind.project() {
+            KindProj::Call { fut } => {
+                let resp = std::task::ready!(fut.poll(cx));
+                Poll::Ready(match this.tunnel.take() {
+                    Some(id) => served(resp, ServedBy::Tunnel(id)),
+                    None => resp,
+                })
+            }
             KindProj::Wait { fut } => fut.as_mut().poll(cx),
         }
     }

@@ -20,7 +20,7 @@ mod serve;
 mod wakers;
 
 pub use crate::server::DEFAULT_SHUTDOWN_GRACE;
-pub use channel::{ReverseChannel, ReverseResponseFuture};
+pub use channel::{ReverseChannel, ReverseResponseFuture, ServedBy};
 pub use keep::{Backoff, ConnectionState, KeepConnected};
 pub use registry::{
     ReverseTunnel, ReverseTunnelRegistry, TunnelEvent, TunnelEvents, DEFAULT_MAX_REVERSE_TUNNELS,

@@ -347,6 +347,52 @@ pub(crate) async fn drain(args: DrainArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// `grpctunnel ping`.
+#[derive(Debug, Args)]
+pub(crate) struct PingArgs {
+    #[command(flatten)]
+    admin: AdminAddr,
+    /// The key of the agent to ping.
+    key: String,
+}
+
+/// Pings an agent through the hub; prints the time of each leg.
+pub(crate) async fn ping(args: PingArgs) -> Result<(), Failure> {
+    let mut client = args.admin.client().await?;
+    let started = std::time::Instant::now();
+    let pong = client
+        .ping(pb::PingRequest {
+            key: args.key.clone(),
+        })
+        .await
+        .map_err(|s| failed(&format!("pinging {}", args.key), s))?
+        .into_inner();
+    let total = started.elapsed().as_secs_f64();
+    let ms = |s: f64| format!("{:.2} ms", s.max(0.0) * 1e3);
+    println!("ping {}: {} in all", args.key, ms(total));
+    println!(
+        "  here -> hub {} and back: {}",
+        args.admin.admin,
+        ms(total - pong.hub_round_trip_seconds)
+    );
+    let via = if pong.relayed {
+        format!(" (relayed to hub {})", pong.hub)
+    } else {
+        String::new()
+    };
+    println!(
+        "  hub -> agent{via} and back: {}",
+        ms(pong.hub_round_trip_seconds - pong.upstream_seconds)
+    );
+    println!(
+        "  agent -> upstream and back: {} (the upstream answered: {})",
+        ms(pong.upstream_seconds),
+        pong.upstream_status
+    );
+    println!("agent version {}", pong.agent_version);
+    Ok(())
+}
+
 /// `grpctunnel stats`.
 #[derive(Debug, Args)]
 pub(crate) struct StatsArgs {

@@ -8,6 +8,7 @@ mod agents;
 pub(crate) mod cli;
 mod members;
 pub(crate) mod pb;
+pub(crate) mod ping;
 mod service;
 
 pub(crate) use members::MemberAdmin;

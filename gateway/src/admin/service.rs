@@ -270,6 +270,19 @@ impl pb::admin_server::Admin for AdminApi {
         }))
     }
 
+    async fn ping(
+        &self,
+        request: Request<pb::PingRequest>,
+    ) -> Result<Response<pb::PingResponse>, Status> {
+        let key = request.into_inner().key;
+        if key.is_empty() {
+            return Err(Status::invalid_argument("name the key to ping"));
+        }
+        super::ping::ping(&self.registry, &self.hub, &key)
+            .await
+            .map(Response::new)
+    }
+
     async fn stats(
         &self,
         request: Request<pb::StatsRequest>,

@@ -12,6 +12,7 @@ use tower_service::Service;
 use tracing::{debug, warn};
 
 use super::lent::Lent;
+use crate::reverse::channel::{served, ServedBy};
 use crate::{
     client::{ResponseBody, ResponseFuture},
     error::Error,
@@ -97,7 +98,8 @@ where
         if let Some(tunnel) = &local {
             if !compare {
                 let req = req.take().expect("sent once");
-                return tunnel.channel().call(req).await;
+                let resp = tunnel.channel().call(req).await;
+                return served(resp, ServedBy::Tunnel(tunnel.id()));
             }
         }
         // A waiting call looks afresh: it must see a key that appears.
@@ -118,7 +120,8 @@ where
             let here = tunnel.channel().active_calls() as u64;
             if entries.first().is_none_or(|e| cluster.load_of(e) >= here) {
                 let req = req.take().expect("sent once");
-                return tunnel.channel().call(req).await;
+                let resp = tunnel.channel().call(req).await;
+                return served(resp, ServedBy::Tunnel(tunnel.id()));
             }
             // Only the replicas less loaded than here are worth the hop.
             entries.retain(|e| cluster.load_of(e) < here);
@@ -206,12 +209,13 @@ where
                     } else if resp.headers().get("grpc-status").is_some_and(|s| s != "0") {
                         cluster.forget(&name);
                     }
-                    return Ok(resp.map(|body| {
+                    let resp = resp.map(|body| {
                         ResponseBody::relayed(tonic::body::Body::new(Counted {
                             inner: body,
                             _relaying: relaying,
                         }))
-                    }));
+                    });
+                    return served(Ok(resp), ServedBy::Replica(entry.replica.clone()));
                 }
                 Err(err) if body.replayable() => {
                     cluster.drop_route(&name);
@@ -256,7 +260,8 @@ where
         if let Some(tunnel) = &local {
             // No less-loaded replica could be reached: serve it here.
             back.headers_mut().remove(RELAY_KEY_HEADER);
-            return tunnel.channel().call(back).await;
+            let resp = tunnel.channel().call(back).await;
+            return served(resp, ServedBy::Tunnel(tunnel.id()));
         }
         req = Some(back);
         if !wait {
