@@ -179,8 +179,8 @@ pub mod server;
 #[cfg(feature = "cluster")]
 pub mod cluster {
     pub use crate::reverse::cluster::{
-        Cluster, Directory, DirectoryFuture, Entry, RelayTransport, DEFAULT_RELAY_WINDOW,
-        DEFAULT_TTL,
+        Cluster, Directory, DirectoryFuture, Entry, RelayTransport, RelayedCalls,
+        DEFAULT_RELAY_WINDOW, DEFAULT_TTL,
     };
     #[cfg(feature = "redis")]
     pub use crate::reverse::cluster::{RedisDirectory, RedisOptions};
@@ -195,6 +195,12 @@ pub mod cluster {
     /// Header of a relayed call: the key whose tunnels serve it. Strip it,
     /// as [`RELAY_AUTH_HEADER`], from callers' calls.
     pub const RELAY_KEY_HEADER: &str = crate::server::RELAY_KEY_HEADER;
+
+    /// Header of a relayed call: the advertised URL of the replica that
+    /// relayed it, for the receiving replica's logs (see
+    /// [`ReverseTunnelRegistry::relayed_through`](crate::ReverseTunnelRegistry::relayed_through));
+    /// not part of the proof. Removed before the call reaches an agent.
+    pub const RELAY_FROM_HEADER: &str = "grpctunnel-relay-from";
 }
 mod wire;
 

@@ -62,6 +62,12 @@ pub(crate) struct HubArgs {
     /// only; none by default).
     #[arg(long, env = "GRPCTUNNEL_ADMIN")]
     admin: Option<SocketAddr>,
+    /// Write one line per call (caller, key, method, status, duration,
+    /// bytes, peer, where it went or came from) to `stderr` (in the log,
+    /// as `--log-format` says) or to a file (JSON lines, appended). Off by
+    /// default.
+    #[arg(long, value_name = "stderr|PATH", env = "GRPCTUNNEL_ACCESS_LOG")]
+    access_log: Option<String>,
     /// Largest message, in bytes, a tunnel carries either way (callers'
     /// requests to agents, their answers). The agents need the same.
     #[arg(long, default_value_t = grpctunnel::DEFAULT_MAX_MESSAGE_SIZE, env = "GRPCTUNNEL_MAX_MESSAGE_SIZE")]
@@ -256,6 +262,18 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
     } = source.load()?;
     let (agents, callers) = (Live::new(agents), Live::new(callers));
 
+    let listener = listen(args.listen)
+        .map_err(|e| Failure::Run(format!("cannot listen on {}: {e}", args.listen)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Failure::Run(format!("listener: {e}")))?;
+    // This hub, as admin rows and access-log lines name it.
+    let name = args.advertise.clone().unwrap_or_else(|| addr.to_string());
+    let access_log = args
+        .access_log
+        .as_deref()
+        .map(|dest| crate::access_log::AccessLog::open(dest, &name))
+        .transpose()?;
     let header = key_header.clone();
     let registry = ReverseTunnelRegistry::with_key(move |headers, _| {
         headers
@@ -268,6 +286,16 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
     let cluster = cluster(&args)?;
     let registry = match cluster.clone() {
         Some(cluster) => registry.cluster(cluster),
+        None => registry,
+    };
+    let labels =
+        crate::metrics::Labels::new(config.agents.iter().flat_map(|a| a.keys.iter().cloned()));
+    // Calls other hubs relay here get their access-log lines too.
+    let registry = match &access_log {
+        Some(log) => registry.relayed_through(crate::relayed_in::RelayedInLayer {
+            log: log.clone(),
+            labels: labels.clone(),
+        }),
         None => registry,
     };
     if !(args.settings_timeout.is_finite() && args.settings_timeout > 0.0) {
@@ -295,8 +323,6 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
     ));
     tokio::spawn(log_agents(registry.subscribe()));
     let admin_registry = registry.clone();
-    let labels =
-        crate::metrics::Labels::new(config.agents.iter().flat_map(|a| a.keys.iter().cloned()));
     let route = RouteByKey::new(
         registry,
         local,
@@ -309,6 +335,7 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
             max_waiters: args.max_waiters,
             max_health_watches: args.max_health_watches,
             labels: labels.clone(),
+            access_log,
         },
     );
     let forward = std::sync::Arc::new(crate::revoke::OpenForward::default());
@@ -331,15 +358,8 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
     let metrics_handle = metrics::install()?;
     let draining = Arc::new(AtomicBool::new(false));
     let stopped = CancellationToken::new();
-    let listener = listen(args.listen)
-        .map_err(|e| Failure::Run(format!("cannot listen on {}: {e}", args.listen)))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| Failure::Run(format!("listener: {e}")))?;
     // The admin API: on the admin port, and in a cluster to the other
-    // hubs' proved `ListAgents`. Rows name this hub as other hubs and
-    // operators reach it.
-    let name = args.advertise.clone().unwrap_or_else(|| addr.to_string());
+    // hubs' proved `ListAgents`.
     let mut api = crate::admin::AdminApi::new(
         admin_registry.clone(),
         name,

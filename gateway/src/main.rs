@@ -10,6 +10,7 @@
 //! usage or configuration error.
 
 mod accept;
+mod access_log;
 mod admin;
 mod admission;
 mod agent;
@@ -27,6 +28,7 @@ mod log_budget;
 mod metrics;
 mod quota;
 mod refusals;
+mod relayed_in;
 mod reload;
 mod revoke;
 mod route;

@@ -58,6 +58,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use pin_project_lite::pin_project;
 
 use crate::{
+    access_log::{AccessLog, Line},
     call_stats::{Call, CallStats, Summary, LATENCY_BUCKETS},
     Failure,
 };
@@ -335,6 +336,11 @@ pub(crate) struct CallRecord {
     received: Arc<AtomicU64>,
     /// Response bytes.
     sent: u64,
+    /// Counted in the metrics (a call another hub relayed here is not:
+    /// that hub counted it).
+    metered: bool,
+    /// Its access-log line, when the hub writes them.
+    access: Option<Box<(AccessLog, Line)>>,
 }
 
 impl CallRecord {
@@ -353,6 +359,34 @@ impl CallRecord {
             done: false,
             received: Arc::default(),
             sent: 0,
+            metered: true,
+            access: None,
+        }
+    }
+
+    /// A call another hub relayed here: logged, not counted (the hub it
+    /// came through counts it).
+    pub(crate) fn relayed_in(labels: &Labels, key: &str, path: &str) -> Self {
+        let mut record = Self::start(labels, key, path, None);
+        record.metered = false;
+        record
+    }
+
+    /// The call gets a line in `log` when it ends; `line` holds what is
+    /// known now (caller, key, method, peer, where it came from).
+    pub(crate) fn log_to(&mut self, log: &AccessLog, line: Line) {
+        self.access = Some(Box::new((log.clone(), line)));
+    }
+
+    /// Where the call went, for its access-log line.
+    pub(crate) fn served_by(&mut self, by: Option<&grpctunnel::reverse::ServedBy>) {
+        use grpctunnel::reverse::ServedBy;
+        if let Some((_, line)) = self.access.as_deref_mut() {
+            match by {
+                Some(ServedBy::Tunnel(id)) => line.tunnel_id = Some(*id),
+                Some(ServedBy::Replica(url)) => line.relayed_to = url.clone(),
+                _ => {}
+            }
         }
     }
 
@@ -362,9 +396,20 @@ impl CallRecord {
             return;
         }
         self.permit = None;
+        let seconds = self.start.elapsed().as_secs_f64();
+        if let Some(access) = self.access.take() {
+            let (log, mut line) = *access;
+            line.status = code_label(code).to_owned();
+            line.duration_ms = seconds * 1e3;
+            line.bytes_received = self.received.load(Ordering::Relaxed);
+            line.bytes_sent = self.sent;
+            log.write(line);
+        }
+        if !self.metered {
+            return;
+        }
         let key = self.key.clone();
         let label = self.labels.method(&self.path, code);
-        let seconds = self.start.elapsed().as_secs_f64();
         self.labels.0.stats.record(Call {
             key: &key,
             method: &label,

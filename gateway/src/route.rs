@@ -22,6 +22,7 @@ use axum::body::Body;
 use grpctunnel::ReverseTunnelRegistry;
 
 use crate::{
+    access_log::{AccessLog, Line},
     admin::ping::AGENT_ADMIN_PREFIX,
     auth::{Live, CALLER_HEADER, RELAY_AUTH_HEADER, RELAY_KEY_HEADER},
     compression::{accepts_gzip, deflate_response, inflate_request},
@@ -53,6 +54,8 @@ pub(crate) struct RouteByKey {
     max_wait: std::time::Duration,
     /// The metric label values calls may create.
     labels: Labels,
+    /// Where each call's line goes, if anywhere.
+    access_log: Option<AccessLog>,
     /// A permit for each call waiting for its agent.
     waiters: Arc<tokio::sync::Semaphore>,
     max_waiters: usize,
@@ -89,6 +92,8 @@ pub(crate) struct RouteConfig {
     pub(crate) max_health_watches: usize,
     /// The metric label values calls may create.
     pub(crate) labels: Labels,
+    /// `--access-log`.
+    pub(crate) access_log: Option<AccessLog>,
 }
 
 impl RouteByKey {
@@ -108,6 +113,7 @@ impl RouteByKey {
             max_waiters,
             max_health_watches,
             labels,
+            access_log,
         } = config;
         let authority_suffix = authority_suffix.map(|s| format!(".{}", s.trim_start_matches('.')));
         Self {
@@ -119,6 +125,7 @@ impl RouteByKey {
             max_message_size,
             max_wait,
             labels,
+            access_log,
             waiters: Arc::new(tokio::sync::Semaphore::new(max_waiters)),
             max_waiters,
             watches: Arc::new(tokio::sync::Semaphore::new(
@@ -216,6 +223,7 @@ impl Service<http::Request<Body>> for RouteByKey {
         headers.remove(CALLER_HEADER);
         headers.remove(RELAY_AUTH_HEADER);
         headers.remove(RELAY_KEY_HEADER);
+        headers.remove(grpctunnel::cluster::RELAY_FROM_HEADER);
         let callers = self.callers.get();
         let permit = if callers.is_empty() {
             None
@@ -250,6 +258,25 @@ impl Service<http::Request<Body>> for RouteByKey {
             }
         };
         let mut record = CallRecord::start(&self.labels, &key, req.uri().path(), permit);
+        if let Some(log) = &self.access_log {
+            let text = |name: &str| {
+                req.headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            let line = Line {
+                caller: text(CALLER_HEADER),
+                key: key.clone(),
+                method: req.uri().path().to_owned(),
+                peer: crate::refusals::peer(req.extensions())
+                    .map(|a| a.to_string())
+                    .unwrap_or_default(),
+                ..Line::default()
+            };
+            record.log_to(log, line);
+        }
         let req = req.map(|body| Body::new(Metered::request(body, &record)));
         // A tunnel carries no compressed message: inflate gzip here.
         let req = match inflate_request(req, self.max_message_size) {
@@ -295,6 +322,7 @@ impl Service<http::Request<Body>> for RouteByKey {
             };
             match channel.oneshot(req).await {
                 Ok(resp) => {
+                    record.served_by(resp.extensions().get());
                     if let Some(code) = code_of(resp.headers()) {
                         // Trailers-only: the call is over.
                         record.finish(&code);

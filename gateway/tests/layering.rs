@@ -5,11 +5,11 @@
 //! 4  main                    the binary: its subcommands
 //! 3  hub, agent              the two roles, wiring what is below
 //! 2  route, admission, reload, key_policy, quota, revoke, accept,
-//!    agent_admin, settings, token, admin (API and its CLI)
+//!    agent_admin, settings, token, admin (API and its CLI), relayed_in
 //!                            what a role is made of
 //! 1  auth                    credentials and what each may do
-//! 0  config, metrics, call_stats, session, refusals, log_budget,
-//!    limit, keepalive, compression, failure, signal
+//! 0  config, metrics, call_stats, session, access_log, refusals,
+//!    log_budget, limit, keepalive, compression, failure, signal
 //!                            leaves: settings, counting, limits, errors
 //! ```
 //!
@@ -30,11 +30,11 @@ use grpctunnel_testing::imports::{code, crate_paths, root_names, rust_files};
 /// The layer of a module of the gateway's `src/`.
 fn layer(module: &str) -> Option<u8> {
     Some(match module {
-        "config" | "metrics" | "call_stats" | "session" | "refusals" | "log_budget" | "limit"
-        | "keepalive" | "compression" | "failure" | "signal" => 0,
+        "config" | "metrics" | "call_stats" | "session" | "access_log" | "refusals"
+        | "log_budget" | "limit" | "keepalive" | "compression" | "failure" | "signal" => 0,
         "auth" => 1,
         "route" | "admission" | "reload" | "key_policy" | "quota" | "revoke" | "accept"
-        | "agent_admin" | "settings" | "token" | "admin" => 2,
+        | "agent_admin" | "settings" | "token" | "admin" | "relayed_in" => 2,
         "hub" | "agent" => 3,
         "main" => 4,
         _ => return None,

@@ -54,7 +54,10 @@ where
 
     fn relay(&self, req: http::Request<tonic::body::Body>) -> RelayFuture {
         #[cfg(feature = "cluster")]
-        return Box::pin(crate::reverse::cluster::receive(self.0.clone(), req));
+        return match self.0.relayed(req) {
+            Ok(through_layer) => through_layer,
+            Err(req) => Box::pin(crate::reverse::cluster::receive(self.0.clone(), req)),
+        };
         #[cfg(not(feature = "cluster"))]
         {
             drop(req);

@@ -45,7 +45,7 @@ const EVENT_CAPACITY: usize = 1024;
 /// [`get`](Self::get) (the tunnels of one key): both pick a tunnel
 /// round-robin per call. Cloning the registry is cheap.
 pub struct ReverseTunnelRegistry<K = ()> {
-    inner: Arc<Inner<K>>,
+    pub(crate) inner: Arc<Inner<K>>,
 }
 
 impl<K> Clone for ReverseTunnelRegistry<K> {

@@ -40,6 +40,7 @@ mod peer;
 #[cfg(feature = "redis")]
 mod redis;
 mod relay;
+mod relayed;
 mod seal;
 
 use std::{
@@ -61,6 +62,7 @@ pub use peer::RelayTransport;
 #[cfg(feature = "redis")]
 pub use redis::{RedisDirectory, RedisOptions};
 pub(crate) use relay::{balance, check_relay_tunnel, forward, receive, wait_for_key};
+pub use relayed::RelayedCalls;
 pub use seal::DEFAULT_RELAY_WINDOW;
 
 use crate::{error::BoxError, reverse::registry::Inner, DEFAULT_MAX_MESSAGE_SIZE};
@@ -546,6 +548,8 @@ pub(crate) struct ClusterLink<K> {
     pub(crate) from: fn(&str) -> K,
     /// Keys whose first tunnel opened (`true`) or last closed, in order.
     updates: mpsc::UnboundedSender<(String, bool)>,
+    /// The application's layer around relayed calls, if any.
+    pub(crate) relayed: std::sync::OnceLock<RelayedCalls>,
 }
 
 impl<K> ClusterLink<K> {
@@ -635,6 +639,7 @@ where
         name,
         from,
         updates,
+        relayed: std::sync::OnceLock::new(),
     }
 }
 

@@ -142,6 +142,12 @@ where
             return failed(tonic::Status::internal("the key is not valid header text")).await;
         };
         parts.headers.insert(RELAY_KEY_HEADER, key_value);
+        // For the receiving replica's logs.
+        if let Ok(from) = http::HeaderValue::from_str(&cluster.advertise) {
+            parts
+                .headers
+                .insert(crate::cluster::RELAY_FROM_HEADER, from);
+        }
         let body = Lent::new(body);
         let mut unreachable = None;
         cluster.reachable_first(&mut entries);
@@ -260,6 +266,7 @@ where
         if let Some(tunnel) = &local {
             // No less-loaded replica could be reached: serve it here.
             back.headers_mut().remove(RELAY_KEY_HEADER);
+            back.headers_mut().remove(crate::cluster::RELAY_FROM_HEADER);
             let resp = tunnel.channel().call(back).await;
             return served(resp, ServedBy::Tunnel(tunnel.id()));
         }
@@ -375,6 +382,7 @@ where
     let headers = req.headers_mut();
     let proof = headers.remove(RELAY_AUTH_HEADER);
     let key = headers.remove(RELAY_KEY_HEADER);
+    headers.remove(crate::cluster::RELAY_FROM_HEADER);
     let Some(name) = key.as_ref().and_then(|k| k.to_str().ok()) else {
         return refuse(tonic::Status::invalid_argument(format!(
             "relayed call without {RELAY_KEY_HEADER}"
@@ -404,7 +412,10 @@ where
     };
     let mut channel = tunnel.channel();
     match channel.call(req).await {
-        Ok(resp) => resp.map(tonic::body::Body::new),
+        Ok(mut resp) => {
+            resp.extensions_mut().insert(ServedBy::Tunnel(tunnel.id()));
+            resp.map(tonic::body::Body::new)
+        }
         Err(err) => refuse(err.to_status()),
     }
 }

@@ -1,0 +1,98 @@
+//! The calls other hubs relay to this one, logged: the library serves them
+//! from this hub's tunnels without passing the hub's routing, so the hub
+//! hands it this layer ([`grpctunnel::ReverseTunnelRegistry::relayed_through`]) to
+//! write their access-log lines, naming the hub they came from. They are
+//! not counted in this hub's metrics: the hub they came through counts
+//! them.
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use grpctunnel::cluster::{RelayedCalls, RELAY_FROM_HEADER, RELAY_KEY_HEADER};
+use tower::Service;
+
+use crate::{
+    access_log::{AccessLog, Line},
+    metrics::{code_of, CallRecord, Labels, Metered},
+};
+
+/// Wraps the relayed calls' service in [`RelayedIn`].
+#[derive(Clone)]
+pub(crate) struct RelayedInLayer {
+    pub(crate) log: AccessLog,
+    pub(crate) labels: Labels,
+}
+
+impl tower::Layer<RelayedCalls> for RelayedInLayer {
+    type Service = RelayedIn;
+
+    fn layer(&self, inner: RelayedCalls) -> RelayedIn {
+        RelayedIn {
+            inner,
+            log: self.log.clone(),
+            labels: self.labels.clone(),
+        }
+    }
+}
+
+/// Relayed calls, each with its access-log line.
+#[derive(Clone)]
+pub(crate) struct RelayedIn {
+    inner: RelayedCalls,
+    log: AccessLog,
+    labels: Labels,
+}
+
+type Resp = http::Response<tonic::body::Body>;
+
+impl Service<http::Request<tonic::body::Body>> for RelayedIn {
+    type Response = Resp;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Resp, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        let text = |name: &str| {
+            req.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let key = text(RELAY_KEY_HEADER);
+        let path = req.uri().path().to_owned();
+        let mut record = CallRecord::relayed_in(&self.labels, &key, &path);
+        let line = Line {
+            key,
+            method: path,
+            relayed_from: text(RELAY_FROM_HEADER),
+            peer: crate::refusals::peer(req.extensions())
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            ..Line::default()
+        };
+        record.log_to(&self.log, line);
+        let req = req.map(|body| {
+            tonic::body::Body::new(Metered::request(axum::body::Body::new(body), &record))
+        });
+        let served = self.inner.call(req);
+        Box::pin(async move {
+            let resp = served.await?;
+            record.served_by(resp.extensions().get());
+            if let Some(code) = code_of(resp.headers()) {
+                record.finish(&code);
+                return Ok(resp);
+            }
+            Ok(resp.map(|body| {
+                tonic::body::Body::new(Metered::response(axum::body::Body::new(body), record))
+            }))
+        })
+    }
+}
