@@ -2,8 +2,9 @@
 //!
 //! - Marks which programs the end-to-end tests need are missing here (`go`
 //!   for grpc-go's interop programs and grpcurl, `redis-server` for the
-//!   cluster tests), so those tests show as ignored with the reason instead
-//!   of passing untested; see `build_support/probe.rs`.
+//!   cluster tests, `chromium` for the dashboard's), so those tests show as
+//!   ignored with the reason instead of passing untested; see
+//!   `build_support/probe.rs`.
 //! - Compiles the hub's admin API (`proto/grpctunnel/admin/v1/admin.proto`,
 //!   at the repository's root) with `protox`, as the library compiles the
 //!   tunnel protocol: no system `protoc` is needed.
@@ -14,7 +15,7 @@ use std::{env, io, path::PathBuf};
 mod probe;
 
 fn main() -> io::Result<()> {
-    probe::programs(&["go", "redis-server"]);
+    probe::programs(&["go", "redis-server", "chromium"]);
     let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it"));
     let protos = manifest.join("../proto");
     println!("cargo:rerun-if-changed=../proto/grpctunnel/admin");

@@ -4,12 +4,54 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use grpctunnel::reverse::ReverseTunnel;
+use serde::Serialize;
 
 use super::pb;
 use crate::{
     auth::CallerKeys,
     session::{Session, AGENT_VERSION_HEADER},
 };
+
+/// An agent as `grpctunnel agents --json` prints it and the dashboard
+/// reads it.
+#[derive(Debug, Serialize)]
+pub(crate) struct AgentJson<'a> {
+    pub(crate) key: &'a str,
+    pub(crate) tunnel_id: u64,
+    pub(crate) hub: &'a str,
+    pub(crate) peer: &'a str,
+    pub(crate) credential: &'a str,
+    pub(crate) connected_unix_ms: i64,
+    pub(crate) protocol_revision: u32,
+    pub(crate) agent_version: &'a str,
+    pub(crate) calls_in_flight: u64,
+    pub(crate) calls: u64,
+    pub(crate) bytes_sent: u64,
+    pub(crate) bytes_received: u64,
+    pub(crate) last_error: &'a str,
+    pub(crate) draining: bool,
+}
+
+impl<'a> From<&'a pb::Agent> for AgentJson<'a> {
+    fn from(a: &'a pb::Agent) -> Self {
+        Self {
+            key: &a.key,
+            tunnel_id: a.tunnel_id,
+            hub: &a.hub,
+            peer: &a.peer,
+            credential: &a.credential,
+            connected_unix_ms: a.connected_unix_ms,
+            protocol_revision: a.protocol_revision,
+            agent_version: &a.agent_version,
+            calls_in_flight: a.calls_in_flight,
+            calls: a.calls,
+            bytes_sent: a.bytes_sent,
+            bytes_received: a.bytes_received,
+            last_error: &a.last_error,
+            draining: a.draining,
+        }
+    }
+}
 
 /// Most agents in one page (the default too).
 pub(crate) const MAX_PAGE: usize = 1000;

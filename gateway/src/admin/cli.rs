@@ -6,7 +6,10 @@ use std::{net::SocketAddr, time::Duration};
 use clap::Args;
 use serde::Serialize;
 
-use super::pb::{self, admin_client::AdminClient, agent_event::Kind};
+use super::{
+    agents::AgentJson,
+    pb::{self, admin_client::AdminClient, agent_event::Kind},
+};
 use crate::Failure;
 
 /// Where the hub's admin port is (its `--admin`).
@@ -54,46 +57,6 @@ pub(crate) struct AgentsArgs {
     /// hub asked through the relay links).
     #[arg(long)]
     this_hub: bool,
-}
-
-/// An agent as `--json` prints it.
-#[derive(Debug, Serialize)]
-struct AgentJson<'a> {
-    key: &'a str,
-    tunnel_id: u64,
-    hub: &'a str,
-    peer: &'a str,
-    credential: &'a str,
-    connected_unix_ms: i64,
-    protocol_revision: u32,
-    agent_version: &'a str,
-    calls_in_flight: u64,
-    calls: u64,
-    bytes_sent: u64,
-    bytes_received: u64,
-    last_error: &'a str,
-    draining: bool,
-}
-
-impl<'a> From<&'a pb::Agent> for AgentJson<'a> {
-    fn from(a: &'a pb::Agent) -> Self {
-        Self {
-            key: &a.key,
-            tunnel_id: a.tunnel_id,
-            hub: &a.hub,
-            peer: &a.peer,
-            credential: &a.credential,
-            connected_unix_ms: a.connected_unix_ms,
-            protocol_revision: a.protocol_revision,
-            agent_version: &a.agent_version,
-            calls_in_flight: a.calls_in_flight,
-            calls: a.calls,
-            bytes_sent: a.bytes_sent,
-            bytes_received: a.bytes_received,
-            last_error: &a.last_error,
-            draining: a.draining,
-        }
-    }
 }
 
 /// Lists the hub's agents, every page.

@@ -6,6 +6,7 @@
 
 mod agents;
 pub(crate) mod cli;
+mod dashboard;
 mod members;
 pub(crate) mod pb;
 pub(crate) mod ping;
@@ -14,10 +15,13 @@ mod service;
 pub(crate) use members::MemberAdmin;
 pub(crate) use service::AdminApi;
 
-/// The admin service as a route of the admin port's router.
+/// The admin service and the dashboard, as routes of the admin port's
+/// router.
 pub(crate) fn router(api: AdminApi) -> axum::Router {
-    axum::Router::new().route_service(
-        "/grpctunnel.admin.v1.Admin/{*method}",
-        pb::admin_server::AdminServer::new(api),
-    )
+    axum::Router::new()
+        .route_service(
+            "/grpctunnel.admin.v1.Admin/{*method}",
+            pb::admin_server::AdminServer::new(api.clone()),
+        )
+        .merge(dashboard::router(api))
 }

@@ -41,7 +41,22 @@ pub(crate) struct AdminApi {
     watchers: Arc<tokio::sync::Semaphore>,
     /// The cluster whose members `ListAgents` may ask.
     cluster: Option<grpctunnel::cluster::Cluster>,
+    /// The last tunnels that closed, newest last.
+    disconnects: Arc<std::sync::Mutex<std::collections::VecDeque<Disconnect>>>,
 }
+
+/// A tunnel that closed, for the dashboard.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct Disconnect {
+    pub(crate) key: String,
+    pub(crate) tunnel_id: u64,
+    pub(crate) peer: String,
+    pub(crate) reason: String,
+    pub(crate) unix_ms: i64,
+}
+
+/// Disconnects the dashboard remembers.
+const RECENT_DISCONNECTS: usize = 50;
 
 impl AdminApi {
     pub(crate) fn new(
@@ -52,7 +67,13 @@ impl AdminApi {
         health: tonic_health::server::HealthReporter,
         grace: Duration,
     ) -> Self {
+        let disconnects = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
+        tokio::spawn(remember_disconnects(
+            registry.subscribe(),
+            Arc::downgrade(&disconnects),
+        ));
         Self {
+            disconnects,
             registry,
             hub,
             labels,
@@ -62,6 +83,69 @@ impl AdminApi {
             watchers: Arc::new(tokio::sync::Semaphore::new(MAX_WATCHERS)),
             cluster: None,
         }
+    }
+
+    /// This hub's name, as rows give it.
+    pub(crate) fn hub(&self) -> &str {
+        &self.hub
+    }
+
+    /// Whether the hub drains.
+    pub(crate) fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// This hub's agents whose keys start with `prefix`.
+    pub(crate) fn local_agents(&self, prefix: &str) -> Vec<pb::Agent> {
+        let mut rows: Vec<_> = self
+            .registry
+            .tunnels()
+            .iter()
+            .filter(|t| t.key().starts_with(prefix))
+            .map(|t| row(t, &self.hub))
+            .collect();
+        rows.sort_by(|a, b| (&a.key, a.tunnel_id).cmp(&(&b.key, b.tunnel_id)));
+        rows
+    }
+
+    /// The last minute's calls, by key and method.
+    pub(crate) fn last_minute(&self) -> Vec<crate::call_stats::Summary> {
+        self.labels.last_minute("")
+    }
+
+    /// The tunnels that closed lately, newest last.
+    pub(crate) fn recent_disconnects(&self) -> Vec<Disconnect> {
+        self.disconnects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// The hubs of the cluster (just this one outside a cluster).
+    pub(crate) async fn hubs(&self) -> Vec<String> {
+        match &self.cluster {
+            Some(cluster) => cluster
+                .members()
+                .await
+                .unwrap_or_else(|_| vec![self.hub.clone()]),
+            None => vec![self.hub.clone()],
+        }
+    }
+
+    /// Agent events from now on.
+    pub(crate) fn subscribe(&self) -> grpctunnel::reverse::TunnelEvents<String> {
+        self.registry.subscribe()
+    }
+
+    /// A place among the live watchers (watches and dashboards).
+    pub(crate) fn watcher(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        self.watchers.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "too many agent watches open on this hub (max {MAX_WATCHERS})"
+            ))
+        })
     }
 
     /// `ListAgents` may cover every member of `cluster`.
@@ -142,6 +226,29 @@ impl AdminApi {
     }
 }
 
+/// Keeps the last [`RECENT_DISCONNECTS`] closed tunnels while the API
+/// lives.
+async fn remember_disconnects(
+    mut events: grpctunnel::reverse::TunnelEvents<String>,
+    into: std::sync::Weak<std::sync::Mutex<std::collections::VecDeque<Disconnect>>>,
+) {
+    while let Some(e) = events.next().await {
+        let TunnelEvent::Closed(t) = e else { continue };
+        let Some(into) = into.upgrade() else { return };
+        let mut recent = into.lock().unwrap_or_else(|p| p.into_inner());
+        if recent.len() == RECENT_DISCONNECTS {
+            recent.pop_front();
+        }
+        recent.push_back(Disconnect {
+            key: t.key().clone(),
+            tunnel_id: t.id(),
+            peer: t.remote_addr().map(|a| a.to_string()).unwrap_or_default(),
+            reason: why_closed(&t),
+            unix_ms: unix_ms(SystemTime::now()),
+        });
+    }
+}
+
 fn event(kind: Kind, agent: Option<pb::Agent>, unix_ms: i64, reason: String) -> pb::AgentEvent {
     pb::AgentEvent {
         kind: kind as i32,
@@ -187,11 +294,7 @@ impl pb::admin_server::Admin for AdminApi {
         &self,
         request: Request<pb::WatchAgentsRequest>,
     ) -> Result<Response<Events>, Status> {
-        let permit = self.watchers.clone().try_acquire_owned().map_err(|_| {
-            Status::resource_exhausted(format!(
-                "too many agent watches open on this hub (max {MAX_WATCHERS})"
-            ))
-        })?;
+        let permit = self.watcher()?;
         let prefix = request.into_inner().key_prefix;
         // Subscribed before the snapshot: nothing falls between them.
         let events = self.registry.subscribe();

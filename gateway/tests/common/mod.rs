@@ -3,6 +3,7 @@
 //! in the test process, callers, and test certificates.
 #![allow(dead_code)] // each test file uses part of it
 
+pub mod browser;
 pub mod cluster;
 pub mod freeze;
 pub mod go_programs;
