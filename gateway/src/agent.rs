@@ -12,7 +12,10 @@ use crate::{
     agent_admin::AgentMetrics,
     compression::inflate_response,
     limit::{CallLimit, Held},
-    shutdown_signal, Failure,
+    metrics::CallRecord,
+    shutdown_signal,
+    trace::{call_attributes, Tracing},
+    Failure,
 };
 
 /// `grpctunnel agent` flags.
@@ -92,6 +95,11 @@ pub(crate) struct AgentArgs {
     /// Repeat it, or separate with commas. Default: everything.
     #[arg(long, value_delimiter = ',', env = "GRPCTUNNEL_ALLOW")]
     allow: Vec<String>,
+    /// Export a span per call (OpenTelemetry, OTLP/gRPC) to this collector,
+    /// e.g. `http://127.0.0.1:4317`: a child of the hub's span, and the
+    /// parent the upstream receives in `traceparent`.
+    #[arg(long, value_name = "URL", env = "GRPCTUNNEL_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     /// Serve Prometheus `/metrics` (tunnels open per hub; the calls hubs
     /// sent by method and status, their latency and bytes) and `/healthz`
     /// (200 while a tunnel to some hub is open, else 503) on this
@@ -199,6 +207,15 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Failure> {
         None => None,
     };
     let metered = observed.clone();
+    let tracer = args
+        .otlp_endpoint
+        .as_deref()
+        .map(|url| Tracing::to(url, "grpctunnel-agent"))
+        .transpose()?;
+    let tracing = tracer.clone();
+    // A span's record, when there is no admin port to count calls for.
+    let unmetered = crate::metrics::Labels::new([args.key.clone()]);
+    let key = args.key.clone();
     // The hub's pings (`grpctunnel ping`) are answered here, not upstream.
     let pings = AgentPing::new(upstream.clone()).server();
     let proxy = tower::service_fn(move |mut req: http::Request<tonic::body::Body>| {
@@ -208,12 +225,24 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Failure> {
         let permit = limit.acquire();
         req.headers_mut()
             .insert("grpc-accept-encoding", accept.clone());
-        let (req, record) = match &metered {
-            Some(metrics) => {
-                let (req, record) = metrics.start(req);
+        let span = tracing.as_ref().map(|t| {
+            let attributes = call_attributes(req.uri().path(), &key);
+            t.start("grpctunnel.agent", req.headers_mut(), attributes)
+        });
+        let (req, record) = match (&metered, span) {
+            (Some(metrics), span) => {
+                let (req, mut record) = metrics.start(req);
+                if let Some(span) = span {
+                    record.trace(span);
+                }
                 (req, Some(record))
             }
-            None => (req, None),
+            (None, Some(span)) => {
+                let mut record = CallRecord::unmetered(&unmetered, &key, req.uri().path());
+                record.trace(span);
+                (req, Some(record))
+            }
+            (None, None) => (req, None),
         };
         let served = async move {
             if req.uri().path().starts_with(AGENT_ADMIN_PREFIX) {
@@ -315,6 +344,9 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Failure> {
         connection.wait_until(|s| s.stopped).await;
     }
     reports.abort_all();
+    if let Some(tracer) = &tracer {
+        tracer.shutdown();
+    }
     Ok(())
 }
 

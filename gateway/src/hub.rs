@@ -68,6 +68,10 @@ pub(crate) struct HubArgs {
     /// default.
     #[arg(long, value_name = "stderr|PATH", env = "GRPCTUNNEL_ACCESS_LOG")]
     access_log: Option<String>,
+    /// Export a span per call (OpenTelemetry, OTLP/gRPC) to this collector,
+    /// e.g. `http://127.0.0.1:4317`, continuing callers' W3C `traceparent`.
+    #[arg(long, value_name = "URL", env = "GRPCTUNNEL_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     /// Largest message, in bytes, a tunnel carries either way (callers'
     /// requests to agents, their answers). The agents need the same.
     #[arg(long, default_value_t = grpctunnel::DEFAULT_MAX_MESSAGE_SIZE, env = "GRPCTUNNEL_MAX_MESSAGE_SIZE")]
@@ -274,6 +278,11 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
         .as_deref()
         .map(|dest| crate::access_log::AccessLog::open(dest, &name))
         .transpose()?;
+    let tracer = args
+        .otlp_endpoint
+        .as_deref()
+        .map(|url| crate::trace::Tracing::to(url, "grpctunnel-hub"))
+        .transpose()?;
     let header = key_header.clone();
     let registry = ReverseTunnelRegistry::with_key(move |headers, _| {
         headers
@@ -290,13 +299,16 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
     };
     let labels =
         crate::metrics::Labels::new(config.agents.iter().flat_map(|a| a.keys.iter().cloned()));
-    // Calls other hubs relay here get their access-log lines too.
-    let registry = match &access_log {
-        Some(log) => registry.relayed_through(crate::relayed_in::RelayedInLayer {
-            log: log.clone(),
+    // Calls other hubs relay here get their access-log lines and spans
+    // too.
+    let registry = if access_log.is_some() || tracer.is_some() {
+        registry.relayed_through(crate::relayed_in::RelayedInLayer {
+            log: access_log.clone(),
+            tracing: tracer.clone(),
             labels: labels.clone(),
-        }),
-        None => registry,
+        })
+    } else {
+        registry
     };
     if !(args.settings_timeout.is_finite() && args.settings_timeout > 0.0) {
         return Err(Failure::Usage(
@@ -336,6 +348,7 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
             max_health_watches: args.max_health_watches,
             labels: labels.clone(),
             access_log,
+            tracing: tracer.clone(),
         },
     );
     let forward = std::sync::Arc::new(crate::revoke::OpenForward::default());
@@ -461,6 +474,9 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
         () = deadline => tracing::warn!("drain bound reached: closing the connections still open"),
     }
     stopped.cancel();
+    if let Some(tracer) = &tracer {
+        tracer.shutdown();
+    }
     tracing::info!("hub stopped");
     Ok(())
 }

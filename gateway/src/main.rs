@@ -36,6 +36,7 @@ mod session;
 mod settings;
 mod signal;
 mod token;
+mod trace;
 
 use std::process::ExitCode;
 

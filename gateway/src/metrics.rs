@@ -341,6 +341,8 @@ pub(crate) struct CallRecord {
     metered: bool,
     /// Its access-log line, when the hub writes them.
     access: Option<Box<(AccessLog, Line)>>,
+    /// Its span, when the process exports traces.
+    span: Option<crate::trace::CallSpan>,
 }
 
 impl CallRecord {
@@ -361,12 +363,19 @@ impl CallRecord {
             sent: 0,
             metered: true,
             access: None,
+            span: None,
         }
     }
 
-    /// A call another hub relayed here: logged, not counted (the hub it
-    /// came through counts it).
-    pub(crate) fn relayed_in(labels: &Labels, key: &str, path: &str) -> Self {
+    /// The call's span ends with it.
+    pub(crate) fn trace(&mut self, span: crate::trace::CallSpan) {
+        self.span = Some(span);
+    }
+
+    /// A call recorded only for its access-log line or span, not counted:
+    /// one another hub relayed here (that hub counts it), or an agent's
+    /// call with no admin port.
+    pub(crate) fn unmetered(labels: &Labels, key: &str, path: &str) -> Self {
         let mut record = Self::start(labels, key, path, None);
         record.metered = false;
         record
@@ -388,6 +397,17 @@ impl CallRecord {
                 _ => {}
             }
         }
+        if let (Some(span), Some(by)) = (&self.span, by) {
+            span.set(match by {
+                ServedBy::Tunnel(id) => {
+                    opentelemetry::KeyValue::new("grpctunnel.tunnel_id", *id as i64)
+                }
+                ServedBy::Replica(url) => {
+                    opentelemetry::KeyValue::new("grpctunnel.relayed_to", url.clone())
+                }
+                _ => opentelemetry::KeyValue::new("grpctunnel.served_by", "other"),
+            });
+        }
     }
 
     /// The call ended with `code` (a gRPC status code, or a word).
@@ -397,6 +417,9 @@ impl CallRecord {
         }
         self.permit = None;
         let seconds = self.start.elapsed().as_secs_f64();
+        if let Some(mut span) = self.span.take() {
+            span.end(code);
+        }
         if let Some(access) = self.access.take() {
             let (log, mut line) = *access;
             line.status = code_label(code).to_owned();

@@ -1,8 +1,9 @@
-//! The calls other hubs relay to this one, logged: the library serves them
-//! from this hub's tunnels without passing the hub's routing, so the hub
-//! hands it this layer ([`grpctunnel::ReverseTunnelRegistry::relayed_through`]) to
-//! write their access-log lines, naming the hub they came from. They are
-//! not counted in this hub's metrics: the hub they came through counts
+//! The calls other hubs relay to this one, logged and traced: the library
+//! serves them from this hub's tunnels without passing the hub's routing,
+//! so the hub hands it this layer
+//! ([`grpctunnel::ReverseTunnelRegistry::relayed_through`]) to write their
+//! access-log lines, naming the hub they came from, and their spans. They
+//! are not counted in this hub's metrics: the hub they came through counts
 //! them.
 
 use std::{
@@ -18,12 +19,14 @@ use tower::Service;
 use crate::{
     access_log::{AccessLog, Line},
     metrics::{code_of, CallRecord, Labels, Metered},
+    trace::{call_attributes, Tracing},
 };
 
 /// Wraps the relayed calls' service in [`RelayedIn`].
 #[derive(Clone)]
 pub(crate) struct RelayedInLayer {
-    pub(crate) log: AccessLog,
+    pub(crate) log: Option<AccessLog>,
+    pub(crate) tracing: Option<Tracing>,
     pub(crate) labels: Labels,
 }
 
@@ -34,6 +37,7 @@ impl tower::Layer<RelayedCalls> for RelayedInLayer {
         RelayedIn {
             inner,
             log: self.log.clone(),
+            tracing: self.tracing.clone(),
             labels: self.labels.clone(),
         }
     }
@@ -43,7 +47,8 @@ impl tower::Layer<RelayedCalls> for RelayedInLayer {
 #[derive(Clone)]
 pub(crate) struct RelayedIn {
     inner: RelayedCalls,
-    log: AccessLog,
+    log: Option<AccessLog>,
+    tracing: Option<Tracing>,
     labels: Labels,
 }
 
@@ -58,7 +63,7 @@ impl Service<http::Request<tonic::body::Body>> for RelayedIn {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<tonic::body::Body>) -> Self::Future {
         let text = |name: &str| {
             req.headers()
                 .get(name)
@@ -67,18 +72,29 @@ impl Service<http::Request<tonic::body::Body>> for RelayedIn {
                 .to_owned()
         };
         let key = text(RELAY_KEY_HEADER);
+        let from = text(RELAY_FROM_HEADER);
         let path = req.uri().path().to_owned();
-        let mut record = CallRecord::relayed_in(&self.labels, &key, &path);
-        let line = Line {
-            key,
-            method: path,
-            relayed_from: text(RELAY_FROM_HEADER),
-            peer: crate::refusals::peer(req.extensions())
-                .map(|a| a.to_string())
-                .unwrap_or_default(),
-            ..Line::default()
-        };
-        record.log_to(&self.log, line);
+        let mut record = CallRecord::unmetered(&self.labels, &key, &path);
+        if let Some(tracing) = &self.tracing {
+            let mut attributes = call_attributes(&path, &key);
+            attributes.push(opentelemetry::KeyValue::new(
+                "grpctunnel.relayed_from",
+                from.clone(),
+            ));
+            record.trace(tracing.start("grpctunnel.hub", req.headers_mut(), attributes));
+        }
+        if let Some(log) = &self.log {
+            let line = Line {
+                key,
+                method: path,
+                relayed_from: from,
+                peer: crate::refusals::peer(req.extensions())
+                    .map(|a| a.to_string())
+                    .unwrap_or_default(),
+                ..Line::default()
+            };
+            record.log_to(log, line);
+        }
         let req = req.map(|body| {
             tonic::body::Body::new(Metered::request(axum::body::Body::new(body), &record))
         });

@@ -27,6 +27,7 @@ use crate::{
     auth::{Live, CALLER_HEADER, RELAY_AUTH_HEADER, RELAY_KEY_HEADER},
     compression::{accepts_gzip, deflate_response, inflate_request},
     metrics::{code_of, CallRecord, Labels, Metered},
+    trace::{call_attributes, Tracing},
 };
 use tower::{Service, ServiceExt};
 
@@ -56,6 +57,8 @@ pub(crate) struct RouteByKey {
     labels: Labels,
     /// Where each call's line goes, if anywhere.
     access_log: Option<AccessLog>,
+    /// Where each call's span goes, if anywhere.
+    tracing: Option<Tracing>,
     /// A permit for each call waiting for its agent.
     waiters: Arc<tokio::sync::Semaphore>,
     max_waiters: usize,
@@ -94,6 +97,8 @@ pub(crate) struct RouteConfig {
     pub(crate) labels: Labels,
     /// `--access-log`.
     pub(crate) access_log: Option<AccessLog>,
+    /// `--otlp-endpoint`.
+    pub(crate) tracing: Option<Tracing>,
 }
 
 impl RouteByKey {
@@ -114,6 +119,7 @@ impl RouteByKey {
             max_health_watches,
             labels,
             access_log,
+            tracing,
         } = config;
         let authority_suffix = authority_suffix.map(|s| format!(".{}", s.trim_start_matches('.')));
         Self {
@@ -126,6 +132,7 @@ impl RouteByKey {
             max_wait,
             labels,
             access_log,
+            tracing,
             waiters: Arc::new(tokio::sync::Semaphore::new(max_waiters)),
             max_waiters,
             watches: Arc::new(tokio::sync::Semaphore::new(
@@ -276,6 +283,10 @@ impl Service<http::Request<Body>> for RouteByKey {
                 ..Line::default()
             };
             record.log_to(log, line);
+        }
+        if let Some(tracing) = &self.tracing {
+            let attributes = call_attributes(req.uri().path(), &key);
+            record.trace(tracing.start("grpctunnel.hub", req.headers_mut(), attributes));
         }
         let req = req.map(|body| Body::new(Metered::request(body, &record)));
         // A tunnel carries no compressed message: inflate gzip here.

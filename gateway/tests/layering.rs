@@ -8,8 +8,8 @@
 //!    agent_admin, settings, token, admin (API and its CLI), relayed_in
 //!                            what a role is made of
 //! 1  auth                    credentials and what each may do
-//! 0  config, metrics, call_stats, session, access_log, refusals,
-//!    log_budget, limit, keepalive, compression, failure, signal
+//! 0  config, metrics, call_stats, session, access_log, trace,
+//!    refusals, log_budget, limit, keepalive, compression, failure, signal
 //!                            leaves: settings, counting, limits, errors
 //! ```
 //!
@@ -30,7 +30,7 @@ use grpctunnel_testing::imports::{code, crate_paths, root_names, rust_files};
 /// The layer of a module of the gateway's `src/`.
 fn layer(module: &str) -> Option<u8> {
     Some(match module {
-        "config" | "metrics" | "call_stats" | "session" | "access_log" | "refusals"
+        "config" | "metrics" | "call_stats" | "session" | "access_log" | "trace" | "refusals"
         | "log_budget" | "limit" | "keepalive" | "compression" | "failure" | "signal" => 0,
         "auth" => 1,
         "route" | "admission" | "reload" | "key_policy" | "quota" | "revoke" | "accept"
