@@ -59,11 +59,9 @@ impl AgentMetrics {
                 )
             }
         };
-        tokio::spawn(crate::metrics::serve_endpoints(
+        tokio::spawn(crate::metrics::serve_plain(
             listener,
-            move || handle.render(),
-            health,
-            axum::Router::new(),
+            crate::metrics::endpoints(move || handle.render(), health),
             std::future::pending(),
         ));
         Ok(Self {

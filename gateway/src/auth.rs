@@ -232,6 +232,34 @@ impl Credentials {
         Some(CallerKeys(grant, CredentialId::Cert(sha)))
     }
 
+    /// The name of the credential presented: a bearer `token`, or a client
+    /// certificate whose SHA-256 (lowercase hex) is `cert`.
+    pub(crate) fn name_of(&self, token: Option<&str>, cert: Option<&str>) -> Option<String> {
+        let grant = match (cert.and_then(|sha| self.by_cert.get(sha)), token) {
+            (Some(grant), _) => grant,
+            (None, Some(token)) => self.by_token.get(&digest(token))?,
+            (None, None) => return None,
+        };
+        Some(grant.name.to_str().unwrap_or_default().to_owned())
+    }
+
+    /// The SHA-256 (lowercase hex) of the leaf client certificate in
+    /// `extensions` (tonic's TLS connect info), if any.
+    pub(crate) fn peer_cert_sha256(extensions: &http::Extensions) -> Option<String> {
+        use sha2::Digest;
+        let info =
+            extensions.get::<tonic::transport::server::TlsConnectInfo<
+                tonic::transport::server::TcpConnectInfo,
+            >>()?;
+        let leaf = info.peer_certs()?.first()?.clone();
+        Some(
+            sha2::Sha256::digest(leaf.as_ref())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+        )
+    }
+
     /// Whether `id` still has a grant in these credentials.
     pub(crate) fn knows(&self, id: &CredentialId) -> bool {
         self.current(id).is_some()

@@ -37,6 +37,10 @@ pub(crate) struct HubConfig {
     /// Callers allowed to call (none: any caller).
     #[serde(default, rename = "caller")]
     pub(crate) callers: Vec<Credential>,
+    /// Operators: their credential opens the admin API (and dashboard) on
+    /// an admin port beyond loopback, and on the hub's own port.
+    #[serde(default, rename = "admin", deserialize_with = "admins")]
+    pub(crate) admins: Vec<Credential>,
 }
 
 /// One credential (a bearer token, or for agents a client certificate's
@@ -50,7 +54,9 @@ pub(crate) struct Credential {
     pub(crate) token: Option<String>,
     /// A file holding the bearer token (surrounding whitespace ignored).
     pub(crate) token_file: Option<String>,
-    /// Keys this credential may use; `*` is any key (callers only).
+    /// Keys this credential may use; `*` is any key (callers only; an
+    /// admin has none).
+    #[serde(default)]
     pub(crate) keys: Vec<String>,
     /// Most calls in flight at once for this caller (default: the hub's
     /// `--max-calls-per-caller`).
@@ -150,6 +156,7 @@ impl HubConfig {
         let all = config.agents.iter().map(|c| ("agent", c));
         for (i, (what, credential)) in all
             .chain(config.callers.iter().map(|c| ("caller", c)))
+            .chain(config.admins.iter().map(|c| ("admin", c)))
             .enumerate()
         {
             let given = [
@@ -178,6 +185,20 @@ impl HubConfig {
                     "config {}: forward_credential is for callers",
                     path.display()
                 )));
+            }
+            if what == "admin" {
+                let other = !credential.keys.is_empty()
+                    || credential.forward_credential
+                    || credential.max_calls.is_some()
+                    || credential.max_tunnels.is_some()
+                    || credential.key_policy != KeyPolicy::Share;
+                if other {
+                    return Err(Failure::Usage(format!(
+                        "config {}: an [[admin]] takes a token, token_file or cert_sha256 and a name, nothing else",
+                        path.display()
+                    )));
+                }
+                continue;
             }
             if what == "caller" && credential.key_policy != KeyPolicy::Share {
                 return Err(Failure::Usage(format!(
@@ -217,6 +238,15 @@ impl HubConfig {
             )));
         }
         Ok(config)
+    }
+}
+
+/// `[[admin]]` tables; `admin = "127.0.0.1:9090"` is the `--admin`
+/// setting, not credentials (settings.rs reads it).
+fn admins<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Credential>, D::Error> {
+    match toml::Value::deserialize(d)? {
+        toml::Value::String(_) => Ok(Vec::new()),
+        tables => tables.try_into().map_err(serde::de::Error::custom),
     }
 }
 

@@ -58,10 +58,18 @@ pub(crate) struct HubArgs {
     /// binds to keys.
     #[arg(long, requires = "tls_cert", env = "GRPCTUNNEL_CLIENT_CA")]
     client_ca: Option<PathBuf>,
-    /// Admin address for Prometheus `/metrics` and `/healthz` (loopback
-    /// only; none by default).
+    /// Admin address: Prometheus `/metrics`, `/healthz`, the admin API
+    /// (`grpctunnel agents`, ...) and the dashboard at `/`. None by
+    /// default. On loopback it is open; beyond loopback it takes TLS (the
+    /// hub's `--tls-cert`) and an `[[admin]]` credential of the config on
+    /// every request.
     #[arg(long, env = "GRPCTUNNEL_ADMIN")]
     admin: Option<SocketAddr>,
+    /// With an admin port beyond loopback: `/metrics` and `/healthz` need
+    /// no credential (for a Prometheus and a load balancer that have
+    /// none). The admin API and dashboard still do.
+    #[arg(long, env = "GRPCTUNNEL_ADMIN_OPEN_METRICS")]
+    admin_open_metrics: bool,
     /// Write one line per call (caller, key, method, status, duration,
     /// bytes, peer, where it went or came from) to `stderr` (in the log,
     /// as `--log-format` says) or to a file (JSON lines, appended). Off by
@@ -262,9 +270,10 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
     let Loaded {
         agents,
         callers,
+        admins,
         config,
     } = source.load()?;
-    let (agents, callers) = (Live::new(agents), Live::new(callers));
+    let (agents, callers, admins) = (Live::new(agents), Live::new(callers), Live::new(admins));
 
     let listener = listen(args.listen)
         .map_err(|e| Failure::Run(format!("cannot listen on {}: {e}", args.listen)))?;
@@ -357,6 +366,7 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
         crate::reload::InForce {
             agents: agents.clone(),
             callers: callers.clone(),
+            admins: admins.clone(),
             registry: admin_registry.clone(),
             key_header: key_header.clone(),
             forward: forward.clone(),
@@ -384,7 +394,7 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
     if let Some(cluster) = &cluster {
         api = api.in_cluster(cluster.clone());
     }
-    let members = cluster.clone().map(|c| (c, api.clone()));
+
     let service = tower::util::MapRequestLayer::new(crate::accept::tcp_info).layer(
         crate::admin::MemberAdmin::new(
             Auth::new(
@@ -396,11 +406,26 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
                 admin_registry.clone(),
                 forward,
             ),
-            members,
+            api.clone(),
+            cluster.clone(),
+            admins.clone(),
         ),
     );
     if let Some(admin) = args.admin {
-        metrics::check_admin(admin)?;
+        // Beyond loopback: TLS, and an [[admin]] credential on every
+        // request (admin/access.rs).
+        let guarded = if admin.ip().is_loopback() {
+            None
+        } else if admins.get().is_empty() || tls.is_none() {
+            return Err(Failure::Usage(format!(
+                "refusing to serve the admin port on {admin} without TLS (--tls-cert, --tls-key) and [[admin]] credentials in the config; or use a loopback address"
+            )));
+        } else {
+            Some(crate::admin::access::AdminAccess {
+                admins: admins.clone(),
+                open_metrics: args.admin_open_metrics,
+            })
+        };
         let admin_listener = tokio::net::TcpListener::bind(admin)
             .await
             .map_err(|e| Failure::Run(format!("cannot listen on {admin}: {e}")))?;
@@ -410,15 +435,21 @@ pub(crate) async fn run(args: HubArgs) -> Result<(), Failure> {
         tracing::info!(addr = %admin_addr, "admin port listening");
         println!("ADMIN {admin_addr}");
         let stop = stopped.clone().cancelled_owned();
-        tokio::spawn(metrics::serve_admin(
-            admin_listener,
-            metrics_handle,
-            admin_registry,
-            cluster,
-            draining.clone(),
-            crate::admin::router(api),
-            stop,
-        ));
+        let app = metrics::admin_router(metrics_handle, admin_registry, cluster, draining.clone())
+            .merge(crate::admin::router(api));
+        match (guarded, &tls) {
+            (Some(access), Some(tls)) => {
+                tokio::spawn(crate::admin::access::serve_tls(
+                    admin_listener,
+                    tls.clone(),
+                    access.guard(app),
+                    stop,
+                ));
+            }
+            _ => {
+                tokio::spawn(metrics::serve_plain(admin_listener, app, stop));
+            }
+        }
     }
     tracing::info!(%addr, "hub listening");
     // For scripts and tests: the address actually bound (port 0 picks one).

@@ -209,5 +209,16 @@ mod tests {
         .expect("settings");
         assert_eq!(got.len(), 1);
         assert!(settings(&Cli::command(), "hub", &parse("config = \"other.toml\"")).is_err());
+        // `[[admin]]` is credentials, `admin = "..."` the --admin setting.
+        let tables = settings(
+            &Cli::command(),
+            "hub",
+            &parse("[[admin]]\nname = \"ops\"\ntoken = \"t\""),
+        )
+        .expect("settings");
+        assert!(tables.is_empty());
+        let flag = settings(&Cli::command(), "hub", &parse("admin = \"127.0.0.1:9090\""))
+            .expect("settings");
+        assert_eq!(flag[0].1, "GRPCTUNNEL_ADMIN");
     }
 }

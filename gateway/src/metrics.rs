@@ -196,17 +196,13 @@ pub(crate) fn install() -> Result<PrometheusHandle, Failure> {
     Ok(handle)
 }
 
-/// Serves the hub's `/metrics` and `/healthz` on `listener` until `stop`
-/// resolves.
-pub(crate) async fn serve_admin(
-    listener: tokio::net::TcpListener,
+/// The hub's `/metrics` and `/healthz`.
+pub(crate) fn admin_router(
     handle: PrometheusHandle,
     registry: ReverseTunnelRegistry<String>,
     cluster: Option<grpctunnel::cluster::Cluster>,
     draining: Arc<AtomicBool>,
-    api: Router,
-    stop: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), Failure> {
+) -> Router {
     let previous = Mutex::new(HashSet::new());
     let render = move || {
         record_tunnels(&registry, &previous);
@@ -223,19 +219,15 @@ pub(crate) async fn serve_admin(
             (http::StatusCode::OK, "ok")
         }
     };
-    serve_endpoints(listener, render, health, api, stop).await
+    endpoints(render, health)
 }
 
-/// Serves `/metrics` (what `render` returns), `/healthz` (what `health`
-/// says) and the routes of `api` on `listener` until `stop` resolves: the
-/// admin port of the hub and of the agent.
-pub(crate) async fn serve_endpoints(
-    listener: tokio::net::TcpListener,
+/// `/metrics` (what `render` returns) and `/healthz` (what `health`
+/// says): the admin port of the hub and of the agent.
+pub(crate) fn endpoints(
     render: impl Fn() -> String + Send + Sync + 'static,
     health: impl Fn() -> (http::StatusCode, &'static str) + Send + Sync + 'static,
-    api: Router,
-    stop: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), Failure> {
+) -> Router {
     let render = Arc::new(render);
     let health = Arc::new(health);
     let metrics = move || {
@@ -246,10 +238,18 @@ pub(crate) async fn serve_endpoints(
         let health = health.clone();
         async move { health() }
     };
-    let app = Router::new()
+    Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
-        .merge(api);
+}
+
+/// Serves `app` in plaintext on `listener` (a loopback address) until
+/// `stop` resolves.
+pub(crate) async fn serve_plain(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), Failure> {
     axum::serve(listener, app)
         .with_graceful_shutdown(stop)
         .await

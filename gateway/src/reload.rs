@@ -45,6 +45,7 @@ pub(crate) struct CredentialSource {
 pub(crate) struct Loaded {
     pub(crate) agents: Credentials,
     pub(crate) callers: Credentials,
+    pub(crate) admins: Credentials,
     pub(crate) config: HubConfig,
 }
 
@@ -57,7 +58,8 @@ impl CredentialSource {
         };
         let agents = self.table("agent", &config.agents, None)?;
         let callers = self.table("caller", &config.callers, self.max_calls_per_caller)?;
-        if (agents.has_certs() || callers.has_certs()) && !self.client_ca {
+        let admins = self.table("admin", &config.admins, None)?;
+        if (agents.has_certs() || callers.has_certs() || admins.has_certs()) && !self.client_ca {
             return Err(Failure::Usage(
                 "credentials bound to client certificates need --client-ca (mTLS)".into(),
             ));
@@ -77,6 +79,7 @@ impl CredentialSource {
         Ok(Loaded {
             agents,
             callers,
+            admins,
             config,
         })
     }
@@ -124,6 +127,8 @@ const MIN_TOKEN: usize = 16;
 pub(crate) struct InForce {
     pub(crate) agents: Live,
     pub(crate) callers: Live,
+    /// Operators' credentials: a reload that drops one refuses it at once.
+    pub(crate) admins: Live,
     /// Agents' tunnels, closed when their credential no longer admits them.
     pub(crate) registry: ReverseTunnelRegistry<String>,
     pub(crate) key_header: http::HeaderName,
@@ -160,6 +165,7 @@ fn reload(source: &CredentialSource, live: &InForce) {
     let InForce {
         agents,
         callers,
+        admins,
         registry,
         key_header,
         forward,
@@ -174,6 +180,7 @@ fn reload(source: &CredentialSource, live: &InForce) {
     };
     agents.set(loaded.agents);
     callers.set(loaded.callers);
+    admins.set(loaded.admins);
     labels.set_keys(
         loaded
             .config

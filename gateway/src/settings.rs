@@ -82,6 +82,11 @@ pub(crate) fn settings(
         if subcommand == "hub" && HUB_TABLES.contains(&key.as_str()) {
             continue;
         }
+        // `[[admin]]` is the operators' credentials; `admin = "addr"`
+        // the --admin setting.
+        if subcommand == "hub" && key == "admin" && value.is_array() {
+            continue;
+        }
         let arg = command
             .get_arguments()
             .chain(cli.get_arguments())

@@ -342,7 +342,7 @@ async fn a_drained_hub_hands_its_agents_calls_to_the_other_hubs() {
         assert!(refused.contains("draining"), "{refused}");
         // The load goes on after the drain for a while: its length is the
         // condition tested, not a wait for an event.
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
         stop.cancel();
         no_call_failed(callers, "across the drain").await;
         four_kinds(a, "drain-0").await.expect("a relays to b");

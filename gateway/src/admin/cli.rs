@@ -1,7 +1,9 @@
 //! The admin API's command-line client: `grpctunnel agents`, `watch`,
 //! `disconnect`, `drain` and `stats`, each speaking to a hub's admin port.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{path::PathBuf, time::Duration};
+
+use tonic::service::interceptor::InterceptedService;
 
 use clap::Args;
 use serde::Serialize;
@@ -12,28 +14,82 @@ use super::{
 };
 use crate::Failure;
 
-/// Where the hub's admin port is (its `--admin`).
+/// Where the hub's admin port is (its `--admin`), and the credential for
+/// one beyond loopback.
 #[derive(Debug, Args)]
 pub(crate) struct AdminAddr {
-    /// The hub's admin address (its `--admin`).
+    /// The hub's admin address: `127.0.0.1:9090` (its `--admin`), or
+    /// `https://hub.example:9090` for one beyond loopback.
     #[arg(long, default_value = "127.0.0.1:9090", env = "GRPCTUNNEL_ADMIN")]
-    admin: SocketAddr,
+    admin: String,
+    /// File holding an `[[admin]]` token of the hub's config (needed
+    /// beyond loopback).
+    #[arg(long, env = "GRPCTUNNEL_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<PathBuf>,
+    /// CA certificate (PEM) of the hub's certificate, for an `https://`
+    /// admin address; without it the system's roots are used.
+    #[arg(long, env = "GRPCTUNNEL_ADMIN_CA_FILE")]
+    admin_ca_file: Option<PathBuf>,
 }
 
+/// Adds the admin token, if any, to each call.
+#[derive(Clone)]
+pub(crate) struct Bearer(Option<tonic::metadata::AsciiMetadataValue>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            req.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(req)
+    }
+}
+
+type Client = AdminClient<InterceptedService<tonic::transport::Channel, Bearer>>;
+
 impl AdminAddr {
-    async fn client(&self) -> Result<AdminClient<tonic::transport::Channel>, Failure> {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.admin))
+    async fn client(&self) -> Result<Client, Failure> {
+        let url = if self.admin.contains("://") {
+            self.admin.clone()
+        } else {
+            format!("http://{}", self.admin)
+        };
+        let mut endpoint = tonic::transport::Endpoint::from_shared(url.clone())
             .map_err(|e| Failure::Usage(format!("--admin {}: {e}", self.admin)))?
-            .connect_timeout(Duration::from_secs(5))
-            .connect()
-            .await
-            .map_err(|e| {
-                Failure::Run(format!(
-                    "cannot reach the hub's admin port at {}: {e}",
-                    self.admin
-                ))
-            })?;
-        Ok(AdminClient::new(channel))
+            .connect_timeout(Duration::from_secs(5));
+        if url.starts_with("https://") {
+            let tls = match &self.admin_ca_file {
+                Some(path) => {
+                    let pem = std::fs::read(path).map_err(|e| {
+                        Failure::Usage(format!("cannot read {}: {e}", path.display()))
+                    })?;
+                    tonic::transport::ClientTlsConfig::new()
+                        .ca_certificate(tonic::transport::Certificate::from_pem(pem))
+                }
+                None => tonic::transport::ClientTlsConfig::new().with_native_roots(),
+            };
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| Failure::Usage(format!("TLS: {e}")))?;
+        }
+        let token = match &self.admin_token_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", path.display())))?;
+                let value = format!("Bearer {}", text.trim())
+                    .parse()
+                    .map_err(|_| Failure::Usage(format!("{}: not a token", path.display())))?;
+                Some(value)
+            }
+            None => None,
+        };
+        let channel = endpoint.connect().await.map_err(|e| {
+            Failure::Run(format!(
+                "cannot reach the hub's admin port at {}: {e}",
+                self.admin
+            ))
+        })?;
+        Ok(AdminClient::with_interceptor(channel, Bearer(token)))
     }
 }
 

@@ -1,9 +1,9 @@
 //! `ListAgents` across a cluster: the hub asked asks every other member
 //! over the relay links, each call proved with the cluster secret as a
 //! relayed call is ([`grpctunnel::cluster::Cluster::member_call`]); and
-//! the members' side, [`MemberAdmin`], in front of the hub's service: a
-//! call to the admin API that carries such a proof is checked and, if it
-//! holds, served (`ListAgents` of this hub only; nothing else).
+//! [`MemberAdmin`], in front of the hub's service: the admin API on the
+//! hub's own port, for members' proved `ListAgents` and for holders of an
+//! `[[admin]]` credential.
 
 use std::{
     convert::Infallible,
@@ -72,21 +72,65 @@ pub(crate) async fn agents_of(
         .map_err(|_| format!("no answer within {MEMBER_TIMEOUT:?}"))?
 }
 
-/// In front of the hub's service: another member's proved `ListAgents`
-/// is served here; every other request goes on to `inner`.
+/// In front of the hub's service: the admin API on the hub's own port.
+/// Another member's proved `ListAgents` is served (that call only); so is
+/// any admin call that presents an `[[admin]]` credential (client
+/// certificate or bearer token). Any other request to the admin API's
+/// paths is `UNAUTHENTICATED`: it never reaches an agent. Every other
+/// request goes on to `inner`.
 #[derive(Clone)]
 pub(crate) struct MemberAdmin<S> {
     inner: S,
-    members: Option<(Cluster, AdminServer<super::AdminApi>)>,
+    api: AdminServer<super::AdminApi>,
+    cluster: Option<Cluster>,
+    admins: crate::auth::Live,
 }
 
 impl<S> MemberAdmin<S> {
-    /// `members`: the cluster whose proofs are checked, and the API that
-    /// answers them (none outside a cluster: nothing is intercepted).
-    pub(crate) fn new(inner: S, members: Option<(Cluster, super::AdminApi)>) -> Self {
+    pub(crate) fn new(
+        inner: S,
+        api: super::AdminApi,
+        cluster: Option<Cluster>,
+        admins: crate::auth::Live,
+    ) -> Self {
         Self {
             inner,
-            members: members.map(|(c, api)| (c, AdminServer::new(api))),
+            api: AdminServer::new(api),
+            cluster,
+            admins,
+        }
+    }
+
+    /// Why `req`, a call to the admin API, may not be served; `None` when
+    /// it may.
+    fn refusal(&self, req: &http::Request<Body>) -> Option<tonic::Status> {
+        let path = req.uri().path();
+        if req.headers().contains_key(RELAY_AUTH_HEADER) {
+            let Some(cluster) = &self.cluster else {
+                return Some(tonic::Status::unauthenticated(
+                    "member call refused: this hub is not in a cluster",
+                ));
+            };
+            if path != LIST_AGENTS {
+                return Some(tonic::Status::permission_denied(
+                    "another hub may only list this hub's agents",
+                ));
+            }
+            return cluster.check_member_call(req.headers(), path).err();
+        }
+        let token = super::access::presented_token(req.headers());
+        let cert = crate::auth::Credentials::peer_cert_sha256(req.extensions());
+        match self.admins.get().name_of(token.as_deref(), cert.as_deref()) {
+            Some(name) => {
+                tracing::info!(admin = %name, %path, "admin call on the hub's port");
+                None
+            }
+            None => {
+                crate::metrics::auth_failure("admin", "unknown_token");
+                Some(tonic::Status::unauthenticated(
+                    "the admin API needs an [[admin]] credential (bearer token or client certificate)",
+                ))
+            }
         }
     }
 }
@@ -107,26 +151,14 @@ where
     }
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        let path = req.uri().path();
-        let proved = req.headers().contains_key(RELAY_AUTH_HEADER);
-        let Some((cluster, api)) = &self.members else {
-            return futures_util::future::Either::Left(self.inner.call(req));
-        };
-        if !(proved && path.starts_with(ADMIN_PREFIX)) {
+        if !req.uri().path().starts_with(ADMIN_PREFIX) {
             return futures_util::future::Either::Left(self.inner.call(req));
         }
-        let refused = if path != LIST_AGENTS {
-            Some(tonic::Status::permission_denied(
-                "another hub may only list this hub's agents",
-            ))
-        } else {
-            cluster.check_member_call(req.headers(), path).err()
-        };
-        if let Some(status) = refused {
+        if let Some(status) = self.refusal(&req) {
             let resp = status.into_http::<Body>();
             return futures_util::future::Either::Right(Box::pin(std::future::ready(Ok(resp))));
         }
-        let mut api = api.clone();
+        let mut api = self.api.clone();
         futures_util::future::Either::Right(Box::pin(async move {
             let resp = api.call(req).await?;
             Ok(resp.map(Body::new))

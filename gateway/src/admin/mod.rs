@@ -4,6 +4,7 @@
 //! speaks it (`grpctunnel agents`, `watch`, `disconnect`, `drain`,
 //! `stats`).
 
+pub(crate) mod access;
 mod agents;
 pub(crate) mod cli;
 mod dashboard;

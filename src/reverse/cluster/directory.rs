@@ -61,6 +61,12 @@ pub trait Directory: Send + Sync + 'static {
 
     /// The live entries of `key`, on every replica, with the seals they
     /// were published with.
+    ///
+    /// Replicas also publish an entry each under a key no tunnel can have
+    /// (it holds a NUL byte): the cluster's members
+    /// ([`Cluster::members`](super::Cluster::members)). A store may keep it
+    /// apart from the keys ([`RedisDirectory`](super::RedisDirectory):
+    /// `grpctunnel:members`).
     fn lookup<'a>(&'a self, key: &'a str) -> DirectoryFuture<'a, Vec<Entry>>;
 
     /// Keys as replicas publish them for the first time, best effort (it

@@ -136,7 +136,12 @@ impl RedisDirectory {
         Ok(Self { inner })
     }
 
+    /// The Redis hash of `key`: `<prefix>key:<key>`; the replicas'
+    /// membership entries apart from the keys, in `<prefix>members`.
     fn hash(&self, key: &str) -> String {
+        if key == super::members::MEMBERS_KEY {
+            return format!("{}members", self.inner.prefix);
+        }
         format!("{}key:{key}", self.inner.prefix)
     }
 }
