@@ -122,3 +122,96 @@ fn the_checker_sees_nested_groups_and_root_names() {
     );
     assert_eq!(layer("server"), Some(3));
 }
+
+/// The layer of a module of `src/reverse/`: the registry owns the
+/// tunnels; the cluster and the channel use it, never the other way.
+fn reverse_layer(module: &str) -> Option<u8> {
+    Some(match module {
+        "wakers" | "outlier" | "opening" | "served" => 0,
+        "registry" => 1,
+        "cluster" => 2,
+        "channel" => 3,
+        "accept" | "serve" | "keep" => 4,
+        _ => return None,
+    })
+}
+
+#[test]
+fn reverse_modules_point_down_with_no_circle() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let reverse = src.join("reverse");
+    let lib_names = root_names(&fs::read_to_string(src.join("lib.rs")).expect("lib.rs"));
+    let names = root_names(&fs::read_to_string(reverse.join("mod.rs")).expect("mod.rs"));
+    let mut files = Vec::new();
+    rust_files(&reverse, &mut files);
+    files.sort();
+    let mut graph: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+    let mut wrong = Vec::new();
+    for file in &files {
+        let rel = file.strip_prefix(&reverse).expect("under reverse/");
+        let mine = rel
+            .iter()
+            .next()
+            .and_then(|c| c.to_str())
+            .map(|c| c.trim_end_matches(".rs").to_owned())
+            .expect("a path");
+        if mine == "mod" {
+            continue; // the face: its re-exports
+        }
+        let text = code(&fs::read_to_string(file).expect("readable"));
+        let mut refs = grpctunnel_testing::imports::sub_paths(&text, "reverse::");
+        if rel.components().count() == 1 {
+            // A file of reverse/ itself: `super::x` is reverse's `x`.
+            refs.extend(grpctunnel_testing::imports::sub_paths(&text, "super::"));
+        }
+        // Names the crate root re-exports from reverse/.
+        refs.extend(
+            crate_paths(&text)
+                .into_iter()
+                .filter(|n| lib_names.get(n).is_some_and(|m| m == "reverse")),
+        );
+        for name in refs {
+            let theirs = names.get(&name).cloned().unwrap_or(name);
+            if theirs == mine || theirs == "crate" {
+                continue;
+            }
+            if reverse_layer(&theirs).is_none() {
+                if theirs.chars().next().is_some_and(char::is_lowercase) {
+                    wrong.push(format!(
+                        "{}: `reverse::{theirs}` has no layer",
+                        rel.display()
+                    ));
+                }
+                continue;
+            }
+            graph.entry(mine.clone()).or_default().insert(theirs);
+        }
+    }
+    for (module, named) in &graph {
+        let Some(l) = reverse_layer(module) else {
+            wrong.push(format!("reverse/{module} has no layer in this test"));
+            continue;
+        };
+        for theirs in named {
+            let t = reverse_layer(theirs).expect("checked above");
+            if t > l {
+                wrong.push(format!(
+                    "reverse/{module} (layer {l}) uses reverse/{theirs} (layer {t})"
+                ));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    // The arrows the layering is about are seen.
+    for (from, to) in [
+        ("channel", "registry"),
+        ("channel", "cluster"),
+        ("cluster", "registry"),
+        ("registry", "wakers"),
+    ] {
+        assert!(
+            graph.get(from).is_some_and(|n| n.contains(to)),
+            "{from} does not use {to}: {graph:?}"
+        );
+    }
+}

@@ -91,7 +91,10 @@ where
         // Counted from before the agent sees the answer to its opening RPC
         // (so it may think itself connected already), until it is
         // published or failed: calls for its key wait for it meanwhile.
-        let opening = registry.opening(registry.key_of(&tunnel.headers, &tunnel.extensions));
+        let opening = Opening::new(
+            registry.clone(),
+            registry.key_of(&tunnel.headers, &tunnel.extensions),
+        );
         tokio::spawn(
             async move {
                 // P-13, P-73: published only once Settings (if negotiated) arrived.
@@ -122,5 +125,28 @@ where
             }
             .instrument(span),
         );
+    }
+}
+
+/// One tunnel opening: counted until dropped (after it joined the
+/// registry, or failed); dropping it wakes the calls waiting on it.
+struct Opening<K: Clone + Eq + Hash + Send + Sync + 'static> {
+    registry: ReverseTunnelRegistry<K>,
+    key: K,
+}
+
+impl<K: Clone + Eq + Hash + Send + Sync + 'static> Opening<K> {
+    /// Counts a tunnel of `key` as opening until the guard drops.
+    fn new(registry: ReverseTunnelRegistry<K>, key: K) -> Self {
+        registry.openings().add(&key);
+        Self { registry, key }
+    }
+}
+
+impl<K: Clone + Eq + Hash + Send + Sync + 'static> Drop for Opening<K> {
+    fn drop(&mut self) {
+        self.registry.openings().remove(&self.key);
+        // Waiters look again: at the tunnel, or at no opening left.
+        self.registry.wake_waiters(&self.key);
     }
 }

@@ -20,35 +20,15 @@ use crate::{
     client::{ResponseBody, ResponseFuture, TunnelChannel},
     engine::stats::Stats,
     error::{BoxError, Error},
-    reverse::{ReverseTunnel, ReverseTunnelRegistry},
+    reverse::{
+        opening::OPENING_WAIT,
+        served::{served, ServedBy},
+        ReverseTunnel, ReverseTunnelRegistry,
+    },
     wire::timeout,
 };
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
-/// Where a call through a [`ReverseChannel`] went: in its response's
-/// extensions (`tonic::Response::extensions` for a generated client), for
-/// logs and diagnostics.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ServedBy {
-    /// A tunnel of this registry, by its [`id`](ReverseTunnel::id).
-    Tunnel(u64),
-    /// Another replica of the cluster, by its advertised URL: the call was
-    /// relayed there.
-    Replica(String),
-}
-
-/// `resp` marked as served by `by`.
-pub(crate) fn served(
-    resp: Result<http::Response<ResponseBody>, Error>,
-    by: ServedBy,
-) -> Result<http::Response<ResponseBody>, Error> {
-    resp.map(|mut resp| {
-        resp.extensions_mut().insert(by);
-        resp
-    })
-}
 
 /// A channel over the reverse tunnels of a registry (all of them, or those
 /// of one key), made by [`ReverseTunnelRegistry::channel`] and
@@ -251,6 +231,66 @@ where
     }
 }
 
+impl<K> ReverseTunnelRegistry<K>
+where
+    K: Clone + Eq + Hash + Send + Sync + 'static,
+{
+    /// A channel over every tunnel, picking one round-robin per call. With
+    /// no tunnel, calls fail at once with `UNAVAILABLE` `no channels ready`
+    /// unless [`ReverseChannel::wait_for_ready`] is set.
+    pub fn channel(&self) -> ReverseChannel<K> {
+        ReverseChannel::new(self.clone(), None)
+    }
+
+    /// A channel over the tunnels of `key`, picking one round-robin per call.
+    ///
+    /// Takes the key borrowed, as `HashMap::get` does: with `String` keys,
+    /// `registry.get("agent-7")`.
+    pub fn get<Q>(&self, key: &Q) -> ReverseChannel<K>
+    where
+        Q: ToOwned<Owned = K> + ?Sized,
+    {
+        ReverseChannel::new(self.clone(), Some(key.to_owned()))
+    }
+
+    /// Waits up to [`OPENING_WAIT`] for a tunnel of `key` (or any) to be
+    /// ready; `None` once none is opening any more, or the wait ran out.
+    async fn wait_for_opening(&self, key: Option<&K>) -> Option<ReverseTunnel<K>> {
+        let wait = async {
+            loop {
+                let notify = self.waker(key);
+                let added = notify.notified();
+                tokio::pin!(added);
+                added.as_mut().enable();
+                if let Some(tunnel) = self.pick(key) {
+                    return Some(tunnel);
+                }
+                if !self.is_opening(key) {
+                    return None;
+                }
+                added.await;
+            }
+        };
+        tokio::time::timeout(OPENING_WAIT, wait)
+            .await
+            .ok()
+            .flatten()
+    }
+}
+
+#[cfg(feature = "cluster")]
+impl ReverseTunnelRegistry<String> {
+    /// Waits until `key` is served somewhere: by a tunnel of this
+    /// registry, or (in a cluster) by another replica; returns the channel
+    /// of the key ([`get`](Self::get)). [`wait_for`](Self::wait_for) sees
+    /// this replica's tunnels only, since it returns one. Bound it with a
+    /// timeout of your own.
+    pub async fn wait_for_key(&self, key: &str) -> ReverseChannel<String> {
+        crate::reverse::cluster::wait_for_key(self, key).await;
+        self.get(key)
+    }
+}
+
 impl<K> ReverseChannel<K>
 where
     K: Clone + Eq + Hash + Send + Sync + 'static,
@@ -269,17 +309,15 @@ where
         ReverseResponseFuture::wait(Box::pin(async move {
             let opened = rest.registry.wait_for_opening(rest.key.as_ref());
             let opened = match timeout {
-                Some(t) if t < crate::reverse::opening::OPENING_WAIT => {
-                    match tokio::time::timeout(t, opened).await {
-                        Ok(opened) => opened,
-                        Err(_) => {
-                            return ResponseFuture::failed(tonic::Status::deadline_exceeded(
-                                "context deadline exceeded while a tunnel was opening",
-                            ))
-                            .await
-                        }
+                Some(t) if t < OPENING_WAIT => match tokio::time::timeout(t, opened).await {
+                    Ok(opened) => opened,
+                    Err(_) => {
+                        return ResponseFuture::failed(tonic::Status::deadline_exceeded(
+                            "context deadline exceeded while a tunnel was opening",
+                        ))
+                        .await
                     }
-                }
+                },
                 _ => opened.await,
             };
             match opened {

@@ -17,13 +17,15 @@ mod opening;
 mod outlier;
 mod registry;
 mod serve;
+mod served;
 mod wakers;
 
 pub use crate::server::DEFAULT_SHUTDOWN_GRACE;
-pub use channel::{ReverseChannel, ReverseResponseFuture, ServedBy};
+pub use channel::{ReverseChannel, ReverseResponseFuture};
 pub use keep::{Backoff, ConnectionState, KeepConnected};
 pub use registry::{
     ReverseTunnel, ReverseTunnelRegistry, TunnelEvent, TunnelEvents, DEFAULT_MAX_REVERSE_TUNNELS,
     DEFAULT_MAX_REVERSE_TUNNELS_PER_KEY,
 };
 pub use serve::ReverseTunnelServer;
+pub use served::ServedBy;

@@ -20,7 +20,10 @@ use tokio::sync::{broadcast, Notify};
 use tokio_stream::wrappers::{errors::BroadcastStreamRecvError, BroadcastStream};
 use tracing::debug;
 
-use crate::{client::TunnelChannel, reverse::channel::ReverseChannel};
+use crate::{
+    client::TunnelChannel,
+    reverse::{opening::Openings, outlier::Ejection, wakers::Wakers},
+};
 
 type KeyFn<K> = dyn Fn(&http::HeaderMap, &http::Extensions) -> K + Send + Sync;
 
@@ -45,7 +48,7 @@ const EVENT_CAPACITY: usize = 1024;
 /// [`get`](Self::get) (the tunnels of one key): both pick a tunnel
 /// round-robin per call. Cloning the registry is cheap.
 pub struct ReverseTunnelRegistry<K = ()> {
-    pub(crate) inner: Arc<Inner<K>>,
+    inner: Arc<Inner<K>>,
 }
 
 impl<K> Clone for ReverseTunnelRegistry<K> {
@@ -56,11 +59,11 @@ impl<K> Clone for ReverseTunnelRegistry<K> {
     }
 }
 
-pub(crate) struct Inner<K> {
+struct Inner<K> {
     key_fn: Box<KeyFn<K>>,
-    /// The cluster this registry's keys are shared with.
-    #[cfg(feature = "cluster")]
-    cluster: std::sync::OnceLock<crate::reverse::cluster::ClusterLink<K>>,
+    /// Told when a key's first tunnel joins the pools and its last leaves
+    /// (a cluster publishing the registry's keys).
+    watch: std::sync::OnceLock<Arc<dyn KeyWatch<K>>>,
     max_tunnels: usize,
     max_per_key: usize,
     state: Mutex<State<K>>,
@@ -69,9 +72,9 @@ pub(crate) struct Inner<K> {
     /// any tunnel.
     any: Arc<Notify>,
     /// Woken for one key: calls waiting for that key.
-    wakers: crate::reverse::wakers::Wakers<K>,
+    wakers: Wakers<K>,
     /// Tunnels accepted and not ready yet.
-    openings: crate::reverse::opening::Openings<K>,
+    openings: Openings<K>,
     next_id: AtomicU64,
 }
 
@@ -180,7 +183,7 @@ struct TunnelEntry<K> {
     extensions: http::Extensions,
     channel: TunnelChannel,
     /// Whether picking leaves it out for now (outlier ejection).
-    ejection: crate::reverse::outlier::Ejection,
+    ejection: Ejection,
     /// Out of the pools, finishing its calls.
     draining: std::sync::atomic::AtomicBool,
 }
@@ -323,8 +326,7 @@ where
         Self {
             inner: Arc::new(Inner {
                 key_fn: Box::new(key),
-                #[cfg(feature = "cluster")]
-                cluster: std::sync::OnceLock::new(),
+                watch: std::sync::OnceLock::new(),
                 max_tunnels: DEFAULT_MAX_REVERSE_TUNNELS,
                 max_per_key: DEFAULT_MAX_REVERSE_TUNNELS_PER_KEY,
                 state: Mutex::new(State {
@@ -391,24 +393,6 @@ where
         self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A channel over every tunnel, picking one round-robin per call. With
-    /// no tunnel, calls fail at once with `UNAVAILABLE` `no channels ready`
-    /// unless [`ReverseChannel::wait_for_ready`] is set.
-    pub fn channel(&self) -> ReverseChannel<K> {
-        ReverseChannel::new(self.clone(), None)
-    }
-
-    /// A channel over the tunnels of `key`, picking one round-robin per call.
-    ///
-    /// Takes the key borrowed, as `HashMap::get` does: with `String` keys,
-    /// `registry.get("agent-7")`.
-    pub fn get<Q>(&self, key: &Q) -> ReverseChannel<K>
-    where
-        Q: ToOwned<Owned = K> + ?Sized,
-    {
-        ReverseChannel::new(self.clone(), Some(key.to_owned()))
-    }
-
     /// A snapshot of every live tunnel, draining ones included (last).
     pub fn tunnels(&self) -> Vec<ReverseTunnel<K>> {
         let state = self.lock();
@@ -438,11 +422,10 @@ where
             state.draining.extend(tunnels.iter().cloned());
             tunnels
         };
-        #[cfg(feature = "cluster")]
-        if let Some(link) = self.inner.cluster.get() {
+        if let Some(watch) = self.inner.watch.get() {
             let keys: std::collections::HashSet<&K> = tunnels.iter().map(|t| t.key()).collect();
             for key in keys {
-                link.update(key, false);
+                watch.key_changed(key, false);
             }
         }
         for tunnel in &tunnels {
@@ -529,21 +512,62 @@ where
     }
 
     /// The tunnels opening now.
-    pub(crate) fn openings(&self) -> &crate::reverse::opening::Openings<K> {
+    pub(crate) fn openings(&self) -> &Openings<K> {
         &self.inner.openings
     }
 
-    /// Whether this registry shares its key space with a cluster (then a
-    /// key with no local tunnel may still be served by another replica).
-    #[cfg(feature = "cluster")]
-    pub fn in_cluster(&self) -> bool {
-        self.inner.cluster.get().is_some()
+    /// Whether a tunnel of `key` (or any tunnel, for `None`) was accepted
+    /// and is still opening (waiting for its `Settings`): its agent may
+    /// count itself connected already, and a call through
+    /// [`get`](Self::get) or [`channel`](Self::channel) waits for it.
+    pub fn is_opening(&self, key: Option<&K>) -> bool {
+        self.inner.openings.is_opening(key)
     }
 
-    /// The cluster this registry belongs to, if any.
-    #[cfg(feature = "cluster")]
-    pub(crate) fn cluster_link(&self) -> Option<&crate::reverse::cluster::ClusterLink<K>> {
-        self.inner.cluster.get()
+    /// Tunnels opening now: in all, and of `key`.
+    fn opening_counts(&self, key: &K) -> (usize, usize) {
+        self.inner.openings.counts(key)
+    }
+
+    /// What is told of keys joining and leaving the pools, if anything.
+    // Only a cluster uses it (feature `cluster`).
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) fn watch(&self) -> Option<&Arc<dyn KeyWatch<K>>> {
+        self.inner.watch.get()
+    }
+
+    /// Tells `watch` of keys joining and leaving the pools from now on;
+    /// `false` when something is told already.
+    // Only a cluster uses it (feature `cluster`).
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) fn set_watch(&self, watch: Arc<dyn KeyWatch<K>>) -> bool {
+        self.inner.watch.set(watch).is_ok()
+    }
+
+    /// A handle that does not keep the registry alive.
+    // Only a cluster uses it (feature `cluster`).
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) fn downgrade(&self) -> WeakRegistry<K> {
+        WeakRegistry(Arc::downgrade(&self.inner))
+    }
+
+    /// Each key in the pools with its calls in flight.
+    // Only a cluster uses it (feature `cluster`).
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) fn loads(&self) -> Vec<(K, u64)> {
+        let state = self.lock();
+        state
+            .by_key
+            .iter()
+            .map(|(key, pool)| {
+                let load = pool
+                    .tunnels
+                    .iter()
+                    .map(|t| t.inner.channel.active_calls() as u64)
+                    .sum();
+                (key.clone(), load)
+            })
+            .collect()
     }
 
     /// Picks a tunnel of a pool: the least loaded, ties round-robin.
@@ -610,10 +634,9 @@ where
             state.all.tunnels.push(tunnel.clone());
             let pool = state.by_key.entry(key).or_default();
             pool.tunnels.push(tunnel.clone());
-            #[cfg(feature = "cluster")]
             if pool.tunnels.len() == 1 {
-                if let Some(link) = self.inner.cluster.get() {
-                    link.update(tunnel.key(), true);
+                if let Some(watch) = self.inner.watch.get() {
+                    watch.key_changed(tunnel.key(), true);
                 }
             }
         }
@@ -641,9 +664,8 @@ where
                 pool.remove(id);
                 if pool.tunnels.is_empty() {
                     state.by_key.remove(key);
-                    #[cfg(feature = "cluster")]
-                    if let Some(link) = self.inner.cluster.get() {
-                        link.update(key, false);
+                    if let Some(watch) = self.inner.watch.get() {
+                        watch.key_changed(key, false);
                     }
                 }
             }
@@ -653,59 +675,37 @@ where
     }
 }
 
-#[cfg(feature = "cluster")]
-impl<K> Inner<K> {
-    /// This replica's directory entries: each key with its calls in flight.
-    pub(crate) fn entries(&self, replica: &str) -> Vec<crate::reverse::cluster::Entry> {
-        let Some(link) = self.cluster.get() else {
-            return Vec::new();
-        };
-        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state
-            .by_key
-            .iter()
-            .map(|(key, pool)| {
-                let load = pool
-                    .tunnels
-                    .iter()
-                    .map(|t| t.inner.channel.active_calls() as u64)
-                    .sum();
-                crate::reverse::cluster::Entry::new((link.name)(key), replica, load)
-            })
-            .collect()
+/// A registry handle that does not keep it alive.
+// Only a cluster uses it (feature `cluster`).
+#[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+pub(crate) struct WeakRegistry<K>(std::sync::Weak<Inner<K>>);
+
+// Only a cluster uses it (feature `cluster`).
+#[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+impl<K> WeakRegistry<K> {
+    /// The registry, unless it is gone.
+    pub(crate) fn upgrade(&self) -> Option<ReverseTunnelRegistry<K>> {
+        self.0
+            .upgrade()
+            .map(|inner| ReverseTunnelRegistry { inner })
     }
 }
 
-#[cfg(feature = "cluster")]
-impl ReverseTunnelRegistry<String> {
-    /// Shares this registry's keys with the other replicas of `cluster`:
-    /// publishes them in its directory, and relays a call for a key that
-    /// no local tunnel serves to a replica that holds it (see
-    /// [`cluster`](crate::cluster)). Needs a Tokio runtime; the
-    /// registry's publishing stops when it is dropped.
-    ///
-    /// # Panics
-    ///
-    /// If the registry is in a cluster already.
-    #[track_caller]
-    pub fn cluster(self, cluster: crate::cluster::Cluster) -> Self {
-        let weak = Arc::downgrade(&self.inner);
-        let link = crate::reverse::cluster::link(cluster, String::as_str, str::to_owned, weak);
-        if self.inner.cluster.set(link).is_err() {
-            panic!("the registry is in a cluster already");
-        }
-        self
+impl<K> Clone for WeakRegistry<K> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
     }
+}
 
-    /// Waits until `key` is served somewhere: by a tunnel of this
-    /// registry, or (in a cluster) by another replica; returns the channel
-    /// of the key ([`get`](Self::get)). [`wait_for`](Self::wait_for) sees
-    /// this replica's tunnels only, since it returns one. Bound it with a
-    /// timeout of your own.
-    pub async fn wait_for_key(&self, key: &str) -> ReverseChannel<String> {
-        crate::reverse::cluster::wait_for_key(self, key).await;
-        self.get(key)
-    }
+/// What is told of the keys of a registry's pools: the layer above that
+/// shares them (a cluster, which publishes them).
+pub(crate) trait KeyWatch<K>: Send + Sync + 'static {
+    /// `key`'s first tunnel joined the pools (`present`), or its last left.
+    fn key_changed(&self, key: &K, present: bool);
+
+    /// For the layer that set it, to find itself again.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    fn as_any(&self) -> &dyn std::any::Any;
 }
 
 impl<K> fmt::Debug for ReverseTunnelRegistry<K> {

@@ -31,13 +31,25 @@ pub fn code(text: &str) -> String {
 /// The first segments of every `crate::` path in `code`, with `use
 /// crate::{a::b, c}` groups expanded.
 pub fn crate_paths(code: &str) -> Vec<String> {
+    paths_after(code, "crate::", true)
+}
+
+/// The first segments of every path that goes on after `prefix` in `code`
+/// (`reverse::` in `crate::reverse::registry::X` and in `use crate::{reverse::{a,
+/// b}}`; `super::` of a module's child), with groups expanded.
+pub fn sub_paths(code: &str, prefix: &str) -> Vec<String> {
+    paths_after(code, prefix, false)
+}
+
+fn paths_after(code: &str, prefix: &str, root: bool) -> Vec<String> {
     let mut out = Vec::new();
     let mut rest = code;
-    while let Some(at) = rest.find("crate::") {
-        let after = &rest[at + "crate::".len()..];
+    while let Some(at) = rest.find(prefix) {
+        let after = &rest[at + prefix.len()..];
         let before = rest[..at].chars().last();
         rest = after;
-        if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':' || c == '$') {
+        let joined = |c: char| c.is_alphanumeric() || c == '_' || c == '$' || (root && c == ':');
+        if before.is_some_and(joined) {
             continue; // `$crate::`, `other_crate::`, `super::crate::`
         }
         if let Some(group) = after.strip_prefix('{') {

@@ -48,7 +48,7 @@ use std::{
     fmt,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, Mutex, Weak,
+        Arc, Mutex,
     },
     time::{Duration, Instant},
 };
@@ -65,7 +65,14 @@ pub(crate) use relay::{balance, check_relay_tunnel, forward, receive, wait_for_k
 pub use relayed::RelayedCalls;
 pub use seal::DEFAULT_RELAY_WINDOW;
 
-use crate::{error::BoxError, reverse::registry::Inner, DEFAULT_MAX_MESSAGE_SIZE};
+use crate::{
+    error::BoxError,
+    reverse::{
+        registry::{KeyWatch, WeakRegistry},
+        ReverseTunnelRegistry,
+    },
+    DEFAULT_MAX_MESSAGE_SIZE,
+};
 use peer::{Peer, RelayConfig};
 use seal::Sealer;
 
@@ -552,11 +559,48 @@ pub(crate) struct ClusterLink<K> {
     pub(crate) relayed: std::sync::OnceLock<RelayedCalls>,
 }
 
-impl<K> ClusterLink<K> {
+impl<K: Send + Sync + 'static> KeyWatch<K> for ClusterLink<K> {
     /// Publishes (`present`) or withdraws a key soon, in the order of the
     /// registry's changes.
-    pub(crate) fn update(&self, key: &K, present: bool) {
+    fn key_changed(&self, key: &K, present: bool) {
         let _ = self.updates.send(((self.name)(key).to_owned(), present));
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+impl<K: Clone + Eq + std::hash::Hash + Send + Sync + 'static> ReverseTunnelRegistry<K> {
+    /// Whether this registry shares its key space with a cluster (then a
+    /// key with no local tunnel may still be served by another replica).
+    pub fn in_cluster(&self) -> bool {
+        self.cluster_link().is_some()
+    }
+
+    /// The cluster this registry belongs to, if any.
+    pub(crate) fn cluster_link(&self) -> Option<&ClusterLink<K>> {
+        self.watch()?.as_any().downcast_ref::<ClusterLink<K>>()
+    }
+}
+
+impl ReverseTunnelRegistry<String> {
+    /// Shares this registry's keys with the other replicas of `cluster`:
+    /// publishes them in its directory, and relays a call for a key that
+    /// no local tunnel serves to a replica that holds it (see
+    /// [`cluster`](crate::cluster)). Needs a Tokio runtime; the
+    /// registry's publishing stops when it is dropped.
+    ///
+    /// # Panics
+    ///
+    /// If the registry is in a cluster already.
+    #[track_caller]
+    pub fn cluster(self, cluster: Cluster) -> Self {
+        let link = link(cluster, String::as_str, str::to_owned, self.downgrade());
+        if !self.set_watch(Arc::new(link)) {
+            panic!("the registry is in a cluster already");
+        }
+        self
     }
 }
 
@@ -564,11 +608,11 @@ impl<K> ClusterLink<K> {
 /// when a key's first tunnel opens or its last closes, and all of them
 /// every third of the TTL, until the registry is dropped. Also feeds keys
 /// other replicas publish to waiting calls. Needs a Tokio runtime.
-pub(crate) fn link<K>(
+fn link<K>(
     cluster: Cluster,
     name: fn(&K) -> &str,
     from: fn(&str) -> K,
-    registry: Weak<Inner<K>>,
+    registry: WeakRegistry<K>,
 ) -> ClusterLink<K>
 where
     K: Clone + Eq + std::hash::Hash + Send + Sync + 'static,
@@ -606,7 +650,11 @@ where
                 },
                 _ = tick.tick() => {
                     let Some(registry) = registry.upgrade() else { return };
-                    let mut entries = registry.entries(&inner.advertise);
+                    let mut entries: Vec<Entry> = registry
+                        .loads()
+                        .iter()
+                        .map(|(key, load)| Entry::new(name(key), inner.advertise.clone(), *load))
+                        .collect();
                     drop(registry);
                     inner.prune_peers();
                     // Listed as a member with its keys, even with none.

@@ -12,7 +12,7 @@ use tower_service::Service;
 use tracing::{debug, warn};
 
 use super::lent::Lent;
-use crate::reverse::channel::{served, ServedBy};
+use crate::reverse::served::{served, ServedBy};
 use crate::{
     client::{ResponseBody, ResponseFuture},
     error::Error,

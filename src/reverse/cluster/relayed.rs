@@ -50,9 +50,9 @@ impl ReverseTunnelRegistry<String> {
         let Some(link) = self.cluster_link() else {
             return self;
         };
-        let weak = std::sync::Arc::downgrade(&self.inner);
+        let weak = self.downgrade();
         let served = tower::service_fn(move |req: http::Request<tonic::body::Body>| {
-            let registry = weak.upgrade().map(|inner| ReverseTunnelRegistry { inner });
+            let registry = weak.upgrade();
             async move {
                 Ok::<_, Infallible>(match registry {
                     Some(registry) => super::receive(registry, req).await,
