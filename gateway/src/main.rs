@@ -9,34 +9,24 @@
 //! Exit codes: 0 after a clean shutdown, 1 when serving failed, 2 for a
 //! usage or configuration error.
 
-mod accept;
-mod access_log;
+// A folder per concern; the crate root re-exports their modules, so a
+// path names what it uses (`crate::metrics::Labels`), and
+// tests/layering.rs checks the folders' arrows.
 mod admin;
-mod admission;
 mod agent;
-mod agent_admin;
-mod auth;
-mod call_stats;
 mod compression;
-mod config;
+mod credentials;
 mod failure;
 mod hub;
 mod keepalive;
-mod key_policy;
 mod limit;
-mod log_budget;
-mod metrics;
-mod quota;
-mod refusals;
-mod relayed_in;
-mod reload;
-mod revoke;
-mod route;
-mod session;
-mod settings;
 mod signal;
-mod token;
-mod trace;
+mod telemetry;
+
+pub(crate) use admin::session;
+pub(crate) use credentials::{auth, config, settings, token};
+pub(crate) use hub::{accept, admission, key_policy, quota, relayed_in, reload, revoke, route};
+pub(crate) use telemetry::{access_log, call_stats, log_budget, metrics, refusals, trace};
 
 use std::process::ExitCode;
 

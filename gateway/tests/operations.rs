@@ -102,8 +102,11 @@ async fn sigterm_drains_calls_in_flight_within_the_bound() {
         let (finishing, mut finishing_responses) = bidi_in_flight(&mut plant).await;
         let (lingering, mut lingering_responses) = bidi_in_flight(&mut plant).await;
 
-        hub.signal_term();
+        // Timed from before the signal: the hub's drain clock starts after
+        // this instant (timing after `kill` returned lost the race by
+        // 0.3 ms once, in CI).
         let signalled = std::time::Instant::now();
+        hub.signal_term();
         // The call in flight goes on: one more round trip, then its end.
         finishing
             .send(EchoRequest {
@@ -142,7 +145,7 @@ async fn sigterm_drains_calls_in_flight_within_the_bound() {
             "{cut:?}"
         );
         // Cut by the bound: not before --drain 3 (the hub's clock starts
-        // after our signal), and well before the default of 10 s, which a
+        // after `signalled`), and well before the default of 10 s, which a
         // hub ignoring --drain would use. (The upper figure only catches
         // that failure; it is no timing target.)
         assert!(

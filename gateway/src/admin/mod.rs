@@ -12,6 +12,7 @@ mod members;
 pub(crate) mod pb;
 pub(crate) mod ping;
 mod service;
+pub(crate) mod session;
 
 pub(crate) use members::MemberAdmin;
 pub(crate) use service::AdminApi;

@@ -3,13 +3,15 @@
 //! it to the upstream gRPC server, whatever its service and method: a
 //! transparent proxy, so the upstream may be written in any language.
 
+pub(crate) mod admin;
+
+use admin::AgentMetrics;
 use clap::Args;
 use grpctunnel::ReverseTunnelServer;
 use tonic::transport::Endpoint;
 
 use crate::{
     admin::ping::{AgentPing, AGENT_ADMIN_PREFIX},
-    agent_admin::AgentMetrics,
     compression::inflate_response,
     limit::{CallLimit, Held},
     metrics::CallRecord,

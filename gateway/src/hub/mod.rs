@@ -2,6 +2,15 @@
 //! (and forward tunnels) to callers on the same port, routing each call to
 //! an agent by key.
 
+pub(crate) mod accept;
+pub(crate) mod admission;
+pub(crate) mod key_policy;
+pub(crate) mod quota;
+pub(crate) mod relayed_in;
+pub(crate) mod reload;
+pub(crate) mod revoke;
+pub(crate) mod route;
+
 use std::{
     net::SocketAddr,
     path::PathBuf,
