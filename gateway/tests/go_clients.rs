@@ -421,3 +421,64 @@ async fn grpc_go_interop_cases_relayed_between_hubs() {
     .await;
     store.kill().await;
 }
+
+/// The README's first minute, as a new user types it: `grpctunnel token`
+/// twice into hub.toml, a hub, an agent, then grpcurl (unchanged, from the
+/// Go module proxy) listing the private server's services through the
+/// hub with the caller's token; without the token, grpcurl is refused.
+#[cfg_attr(
+    missing_go,
+    ignore = "needs `go` on PATH (grpcurl, built from the Go module proxy)"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_first_minute_with_grpcurl() {
+    let go = go_programs();
+    bounded_suite(async {
+        let dir = temp_dir();
+        let (_upstream, upstream) = listening_child(&go.bin("upstream")).await;
+        let FirstMinute {
+            addr,
+            caller_file: caller_token,
+            hub: _hub,
+            agent: _agent,
+            ..
+        } = first_minute(&dir, upstream).await;
+        let token = std::fs::read_to_string(&caller_token).expect("the caller's token");
+        let bearer = format!("authorization: Bearer {}", token.trim());
+        let hub_addr = addr.to_string();
+        let grpcurl = go.bin("grpcurl");
+        let (ok, listed) = run(
+            &grpcurl,
+            &[
+                "-plaintext",
+                "-H",
+                "grpctunnel-key: plant-7",
+                "-H",
+                &bearer,
+                &hub_addr,
+                "list",
+            ],
+        )
+        .await;
+        assert!(ok, "grpcurl list:\n{listed}");
+        assert!(
+            listed.lines().any(|l| l == "grpc.testing.TestService"),
+            "{listed}"
+        );
+        let (ok, refused) = run(
+            &grpcurl,
+            &[
+                "-plaintext",
+                "-H",
+                "grpctunnel-key: plant-7",
+                &hub_addr,
+                "list",
+            ],
+        )
+        .await;
+        assert!(!ok, "no caller token, no listing:\n{refused}");
+        assert!(refused.contains("Unauthenticated"), "{refused}");
+        let _ = std::fs::remove_dir_all(dir);
+    })
+    .await
+}

@@ -305,26 +305,20 @@ async fn tokens_from_the_binary_start_a_hub_an_agent_and_a_caller() {
     bounded(async {
         let dir = temp_dir();
         let upstream = upstream().await;
-        let token = |args: &[&str]| {
-            let out = std::process::Command::new(BIN)
-                .arg("token")
-                .args(args)
-                .output()
-                .expect("grpctunnel token");
-            let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-            (out.status.code(), text(&out.stdout), text(&out.stderr))
-        };
-        let agent_file = dir.join("plant-7.token").display().to_string();
-        let caller_file = dir.join("me.token").display().to_string();
-        let (code, agent_lines, _) = token(&["--key", "plant-7", "--out", &agent_file]);
-        assert_eq!(code, Some(0));
-        let (code, caller_lines, _) = token(&["--caller", "me", "--out", &caller_file]);
-        assert_eq!(code, Some(0));
+        let FirstMinute {
+            addr,
+            agent_lines,
+            caller_lines,
+            agent_file,
+            caller_file,
+            hub: _hub,
+            agent: _agent,
+        } = first_minute(&dir, upstream).await;
         assert!(agent_lines.contains("[[agent]]"), "{agent_lines}");
         assert!(caller_lines.contains("keys = [\"*\"]"), "{caller_lines}");
-        let (code, _, err) = token(&["--key", "plant-7", "--out", &agent_file]);
+        let (code, _, err) = token_command(&["--key", "plant-7", "--out", &agent_file]);
         assert_eq!(code, Some(2), "an existing token file is kept: {err}");
-        let (code, _, err) = token(&[]);
+        let (code, _, err) = token_command(&[]);
         assert_eq!(code, Some(2), "an agent's token needs a key: {err}");
         #[cfg(unix)]
         {
@@ -339,24 +333,6 @@ async fn tokens_from_the_binary_start_a_hub_an_agent_and_a_caller() {
         let caller_token = std::fs::read_to_string(&caller_file).expect("token");
         assert_eq!(agent_token.trim().len(), 64);
         assert_ne!(agent_token, caller_token);
-
-        let config = dir.join("hub.toml");
-        std::fs::write(&config, agent_lines + &caller_lines).expect("config");
-        let config = config.display().to_string();
-        let mut hub = Process::spawn(&["hub", "--listen", "127.0.0.1:0", "--config", &config]);
-        let addr = hub.listening().await;
-        let mut agent = Process::spawn(&[
-            "agent",
-            "--hub",
-            &format!("http://{addr}"),
-            "--key",
-            "plant-7",
-            "--token-file",
-            &agent_file,
-            "--upstream",
-            &format!("http://{upstream}"),
-        ]);
-        agent.log_line("tunnel open").await;
         let caller_token: &'static str = Box::leak(caller_token.trim().to_owned().into_boxed_str());
         let mut me = caller_with_token(addr, "plant-7", caller_token).await;
         let reply = me.unary(hello("first minute")).await.expect("call");

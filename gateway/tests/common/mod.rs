@@ -522,3 +522,65 @@ pub async fn raw_unary(
     let codec = tonic_prost::ProstCodec::<EchoRequest, EchoResponse>::default();
     grpc.unary(req, path, codec).await
 }
+
+/// The README's first minute, done: `grpctunnel token` for an agent of
+/// `plant-7` and for a caller, both appended to `dir/hub.toml`, a hub on
+/// loopback with it, and the agent of `upstream` with its token file, its
+/// tunnel open.
+pub struct FirstMinute {
+    pub hub: Process,
+    pub addr: SocketAddr,
+    pub agent: Process,
+    /// What each `grpctunnel token` printed (config lines).
+    pub agent_lines: String,
+    pub caller_lines: String,
+    /// The token files `--out` wrote.
+    pub agent_file: String,
+    pub caller_file: String,
+}
+
+/// Runs `grpctunnel token ARGS`: its exit code, stdout and stderr.
+pub fn token_command(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(BIN)
+        .arg("token")
+        .args(args)
+        .output()
+        .expect("grpctunnel token");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
+pub async fn first_minute(dir: &std::path::Path, upstream: SocketAddr) -> FirstMinute {
+    let agent_file = dir.join("plant-7.token").display().to_string();
+    let caller_file = dir.join("me.token").display().to_string();
+    let (code, agent_lines, err) = token_command(&["--key", "plant-7", "--out", &agent_file]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, caller_lines, err) = token_command(&["--caller", "me", "--out", &caller_file]);
+    assert_eq!(code, Some(0), "{err}");
+    let config = dir.join("hub.toml");
+    std::fs::write(&config, agent_lines.clone() + &caller_lines).expect("config");
+    let config = config.display().to_string();
+    let mut hub = Process::spawn(&["hub", "--listen", "127.0.0.1:0", "--config", &config]);
+    let addr = hub.listening().await;
+    let mut agent = Process::spawn(&[
+        "agent",
+        "--hub",
+        &format!("http://{addr}"),
+        "--key",
+        "plant-7",
+        "--token-file",
+        &agent_file,
+        "--upstream",
+        &format!("http://{upstream}"),
+    ]);
+    agent.log_line("tunnel open").await;
+    FirstMinute {
+        hub,
+        addr,
+        agent,
+        agent_lines,
+        caller_lines,
+        agent_file,
+        caller_file,
+    }
+}
