@@ -16,6 +16,7 @@ mod admin;
 mod agent;
 mod compression;
 mod credentials;
+mod ending;
 mod failure;
 mod hub;
 mod keepalive;

@@ -6,7 +6,7 @@
 //! 3  hub/, agent/            the two roles, and what each is made of
 //! 2  admin/                  the admin API, its CLI, dashboard, sessions
 //! 1  credentials/            config, credentials and what each may do
-//! 0  telemetry/, failure, signal, keepalive, compression, limit
+//! 0  telemetry/, failure, signal, keepalive, compression, limit, ending
 //!                            leaves: metrics, logs, traces, errors, limits
 //! ```
 //!
@@ -29,7 +29,7 @@ use grpctunnel_testing::imports::{code, crate_paths, root_names, rust_files};
 /// gateway's `src/`.
 fn layer(concern: &str) -> Option<u8> {
     Some(match concern {
-        "telemetry" | "failure" | "signal" | "keepalive" | "compression" | "limit" => 0,
+        "telemetry" | "failure" | "signal" | "keepalive" | "compression" | "limit" | "ending" => 0,
         "credentials" => 1,
         "admin" => 2,
         "hub" | "agent" => 3,

@@ -10,17 +10,13 @@
 //! an agent goes away (its calls in flight fail with `UNAVAILABLE`).
 
 use std::{
-    future::Future,
-    pin::Pin,
     sync::{Arc, Mutex},
-    task::{Context, Poll},
     time::SystemTime,
 };
 
-use bytes::Bytes;
-use http_body::Frame;
-use pin_project_lite::pin_project;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::CancellationToken;
+
+use crate::ending::{EndWith, Ending};
 
 /// Trailer telling an agent whether it may dial this hub again after a
 /// disconnect (`true` or `false`).
@@ -92,17 +88,12 @@ impl Session {
 
     /// `body`, the response of the tunnel's opening RPC, ended by
     /// [`disconnect`](Self::disconnect).
-    pub(crate) fn watch<B>(&self, body: B) -> Disconnectable<B> {
-        Disconnectable {
-            inner: body,
-            ended: Box::pin(self.0.ended.clone().cancelled_owned()),
-            done: false,
-            session: self.clone(),
-        }
+    pub(crate) fn watch<B>(&self, body: B) -> Ending<B, Session> {
+        Ending::new(body, self.0.ended.clone(), self.clone())
     }
 
     /// The trailers that end a disconnected tunnel's opening RPC.
-    fn trailers(&self) -> http::HeaderMap {
+    fn disconnect_trailers(&self) -> http::HeaderMap {
         let (reason, reconnect) = self
             .0
             .why
@@ -128,42 +119,9 @@ impl Session {
     }
 }
 
-pin_project! {
-    /// An agent tunnel's response body, ended by its session's
-    /// disconnect.
-    pub(crate) struct Disconnectable<B> {
-        #[pin]
-        inner: B,
-        ended: Pin<Box<WaitForCancellationFutureOwned>>,
-        done: bool,
-        session: Session,
-    }
-}
-
-impl<B> http_body::Body for Disconnectable<B>
-where
-    B: http_body::Body<Data = Bytes>,
-{
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let this = self.project();
-        if *this.done {
-            return Poll::Ready(None);
-        }
-        if this.ended.as_mut().poll(cx).is_ready() {
-            *this.done = true;
-            return Poll::Ready(Some(Ok(Frame::trailers(this.session.trailers()))));
-        }
-        this.inner.poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.done || self.inner.is_end_stream()
+impl EndWith for Session {
+    fn trailers(&self) -> http::HeaderMap {
+        self.disconnect_trailers()
     }
 }
 
@@ -176,7 +134,7 @@ mod tests {
         let session = Session::new();
         assert!(session.disconnect(&"é".repeat(400), false));
         assert!(!session.disconnect("again", true));
-        let trailers = session.trailers();
+        let trailers = session.disconnect_trailers();
         assert_eq!(trailers["grpc-status"], "14");
         assert_eq!(trailers[RECONNECT_HEADER], "false");
         let status = tonic::Status::from_header_map(&trailers).expect("a status");

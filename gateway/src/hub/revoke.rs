@@ -6,21 +6,18 @@
 
 use std::{
     collections::HashMap,
-    future::Future,
-    pin::Pin,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex,
     },
-    task::{Context, Poll},
 };
 
-use bytes::Bytes;
-use http_body::Frame;
-use pin_project_lite::pin_project;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::sync::CancellationToken;
 
-use crate::auth::CredentialId;
+use crate::{
+    auth::CredentialId,
+    ending::{EndWith, Ending},
+};
 
 /// What a revoked caller's forward tunnel ends with.
 const REVOKED: &str = "the credential this forward tunnel opened with was revoked";
@@ -83,54 +80,20 @@ impl OpenForward {
     /// `UNAUTHENTICATED` once the credential is revoked.
     pub(crate) fn watch<B>(self: &Arc<Self>, credential: CredentialId, body: B) -> Revocable<B> {
         let (entry, token) = self.open(credential);
-        Revocable {
-            inner: body,
-            revoked: Box::pin(token.cancelled_owned()),
-            ended: false,
-            _entry: entry,
-        }
+        Ending::new(body, token, entry)
     }
 }
 
-pin_project! {
-    /// A forward tunnel's response body, ended when its credential is
-    /// revoked.
-    pub(crate) struct Revocable<B> {
-        #[pin]
-        inner: B,
-        revoked: Pin<Box<WaitForCancellationFutureOwned>>,
-        ended: bool,
-        _entry: Entry,
-    }
-}
+/// A forward tunnel's response body, ended when its credential is revoked
+/// (its entry removed when the body goes).
+pub(crate) type Revocable<B> = Ending<B, Entry>;
 
-impl<B> http_body::Body for Revocable<B>
-where
-    B: http_body::Body<Data = Bytes>,
-{
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let this = self.project();
-        if *this.ended {
-            return Poll::Ready(None);
-        }
-        if this.revoked.as_mut().poll(cx).is_ready() {
-            *this.ended = true;
-            tracing::warn!("forward tunnel closed: its caller's credential was revoked");
-            let mut trailers = http::HeaderMap::new();
-            trailers.insert("grpc-status", http::HeaderValue::from_static("16"));
-            trailers.insert("grpc-message", http::HeaderValue::from_static(REVOKED));
-            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
-        }
-        this.inner.poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.ended || self.inner.is_end_stream()
+impl EndWith for Entry {
+    fn trailers(&self) -> http::HeaderMap {
+        tracing::warn!("forward tunnel closed: its caller's credential was revoked");
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("16"));
+        trailers.insert("grpc-message", http::HeaderValue::from_static(REVOKED));
+        trailers
     }
 }
