@@ -12,17 +12,6 @@ use std::{
 use common::*;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-/// Runs `grpctunnel ARGS`: its exit code, stdout and stderr.
-async fn cli(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = tokio::process::Command::new(BIN)
-        .args(args)
-        .output()
-        .await
-        .expect("grpctunnel runs");
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    (out.status.code(), text(&out.stdout), text(&out.stderr))
-}
-
 /// `grpctunnel agents --json` on `admin`: the agents (of every hub of its
 /// cluster), as JSON values.
 async fn agents(admin: SocketAddr) -> Vec<serde_json::Value> {

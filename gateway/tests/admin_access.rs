@@ -70,17 +70,6 @@ async fn https_get(
     (status.to_owned(), headers.to_lowercase(), body.to_owned())
 }
 
-/// Runs `grpctunnel ARGS`: its exit code, stdout and stderr.
-async fn cli(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = tokio::process::Command::new(BIN)
-        .args(args)
-        .output()
-        .await
-        .expect("grpctunnel runs");
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    (out.status.code(), text(&out.stdout), text(&out.stderr))
-}
-
 /// The hub's config: an agent, a caller, and admins (a token, and the
 /// caller's client certificate bound as an admin's).
 fn config(dir: &Path, certs: &Certs, admins: bool) -> String {

@@ -147,7 +147,7 @@ pub(crate) async fn serve_tls(
                 .1
                 .peer_certificates()
                 .and_then(|certs| certs.first())
-                .map(|leaf| sha256_hex(leaf.as_ref()));
+                .map(|leaf| crate::auth::sha256_hex(leaf.as_ref()));
             serve_connection(tls, peer, cert, app).await;
         });
     }
@@ -175,14 +175,6 @@ where
     if let Err(e) = served {
         tracing::debug!(%peer, error = %e, "admin connection ended");
     }
-}
-
-fn sha256_hex(der: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(der)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 #[cfg(test)]

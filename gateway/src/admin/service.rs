@@ -191,12 +191,10 @@ impl AdminApi {
     /// The snapshot a watch starts with (and resyncs with), by key.
     fn snapshot(&self, prefix: &str) -> Vec<pb::AgentEvent> {
         let now = unix_ms(SystemTime::now());
-        let mut tunnels = self.registry.tunnels();
-        tunnels.retain(|t| t.key().starts_with(prefix));
-        tunnels.sort_by(|a, b| (a.key(), a.id()).cmp(&(b.key(), b.id())));
-        let mut events: Vec<_> = tunnels
-            .iter()
-            .map(|t| event(Kind::Snapshot, Some(row(t, &self.hub)), now, String::new()))
+        let mut events: Vec<_> = self
+            .local_agents(prefix)
+            .into_iter()
+            .map(|a| event(Kind::Snapshot, Some(a), now, String::new()))
             .collect();
         events.push(event(Kind::SnapshotEnd, None, now, String::new()));
         events
@@ -267,13 +265,7 @@ impl pb::admin_server::Admin for AdminApi {
         request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
         let req = request.into_inner();
-        let mut rows: Vec<_> = self
-            .registry
-            .tunnels()
-            .iter()
-            .filter(|t| t.key().starts_with(&req.key_prefix))
-            .map(|t| row(t, &self.hub))
-            .collect();
+        let mut rows = self.local_agents(&req.key_prefix);
         let mut unreachable_hubs = Vec::new();
         if req.cluster {
             let (theirs, unreachable) = self.members_agents(&req.key_prefix).await?;

@@ -92,6 +92,16 @@ impl Grant {
     }
 }
 
+/// The SHA-256 (lowercase hex) of a certificate's DER, as `cert_sha256`
+/// in hub.toml names it.
+pub(crate) fn sha256_hex(der: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(der)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// The SHA-256 of a token.
 fn digest(token: &str) -> [u8; 32] {
     use sha2::Digest;
@@ -217,17 +227,7 @@ impl Credentials {
 
     /// The grant of the client certificate the connection presented (mTLS).
     fn cert_grant(&self, extensions: &http::Extensions) -> Option<CallerKeys> {
-        use sha2::Digest;
-        let info =
-            extensions.get::<tonic::transport::server::TlsConnectInfo<
-                tonic::transport::server::TcpConnectInfo,
-            >>()?;
-        let certs = info.peer_certs()?;
-        let leaf = certs.first()?;
-        let sha: String = sha2::Sha256::digest(leaf.as_ref())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let sha = Self::peer_cert_sha256(extensions)?;
         let grant = self.by_cert.get(&sha)?.clone();
         Some(CallerKeys(grant, CredentialId::Cert(sha)))
     }
@@ -246,18 +246,11 @@ impl Credentials {
     /// The SHA-256 (lowercase hex) of the leaf client certificate in
     /// `extensions` (tonic's TLS connect info), if any.
     pub(crate) fn peer_cert_sha256(extensions: &http::Extensions) -> Option<String> {
-        use sha2::Digest;
         let info =
             extensions.get::<tonic::transport::server::TlsConnectInfo<
                 tonic::transport::server::TcpConnectInfo,
             >>()?;
-        let leaf = info.peer_certs()?.first()?.clone();
-        Some(
-            sha2::Sha256::digest(leaf.as_ref())
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect(),
-        )
+        Some(sha256_hex(info.peer_certs()?.first()?.as_ref()))
     }
 
     /// Whether `id` still has a grant in these credentials.

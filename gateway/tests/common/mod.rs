@@ -584,3 +584,14 @@ pub async fn first_minute(dir: &std::path::Path, upstream: SocketAddr) -> FirstM
         caller_file,
     }
 }
+
+/// Runs `grpctunnel ARGS` (the CLI): its exit code, stdout and stderr.
+pub async fn cli(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = tokio::process::Command::new(BIN)
+        .args(args)
+        .output()
+        .await
+        .expect("grpctunnel runs");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
+}
