@@ -13,17 +13,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures_util::StreamExt;
 use grpctunnel_testing::pb::EchoRequest;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::calls::{client, one_unary, small, status};
+use crate::calls::{self, client, client_stream_mb_per_s, one_unary, small, status};
 pub use crate::calls::{warm_up, Chan};
 use crate::{cli::Params, stats};
 
-/// Messages of `client_stream`.
-pub const CLIENT_STREAM_MESSAGE: usize = 64 * 1024;
 /// Messages of the push in `mixed`.
 pub const PUSH_MESSAGE: usize = 1024 * 1024;
 
@@ -236,80 +233,17 @@ async fn server_stream<T: Chan>(ch: &T, size: u32, p: &Params) -> Result<Metrics
     Ok(m)
 }
 
-/// One client stream of 64 KiB messages for `d`; returns the bytes the
-/// server counted and the time to its response.
-async fn one_client_stream<T: Chan>(ch: &T, d: Duration) -> Result<(u64, Duration), String> {
-    let mut c = client(ch);
-    let req = EchoRequest {
-        payload: grpctunnel_testing::payload(CLIENT_STREAM_MESSAGE),
-        ..Default::default()
-    };
-    let start = Instant::now();
-    let end = start + d;
-    let input = futures_util::stream::repeat(req)
-        .take_while(move |_| std::future::ready(Instant::now() < end));
-    let resp = c
-        .client_stream(input)
-        .await
-        .map_err(status("client_stream"))?;
-    Ok((resp.get_ref().total_bytes, start.elapsed()))
-}
-
 async fn client_stream<T: Chan>(ch: &T, p: &Params) -> Result<Metrics, String> {
-    if !p.warmup.is_zero() {
-        one_client_stream(ch, p.warmup).await?;
-    }
-    let (bytes, took) = one_client_stream(ch, p.duration).await?;
     let mut m = Metrics::default();
-    m.put("mb_per_s", bytes as f64 / took.as_secs_f64() / 1e6);
+    m.put(
+        "mb_per_s",
+        client_stream_mb_per_s(ch, p.warmup, p.duration).await?,
+    );
     Ok(m)
 }
 
 async fn bidi_pingpong<T: Chan>(ch: &T, p: &Params) -> Result<Metrics, String> {
-    let mut c = client(ch);
-    let req = small();
-    let (tx, rx) = mpsc::channel(1);
-    let send = |tx: &mpsc::Sender<EchoRequest>| {
-        let tx = tx.clone();
-        let req = req.clone();
-        async move { tx.send(req).await.map_err(|_| "bidi: request stream gone") }
-    };
-    send(&tx).await?;
-    let mut inbound = c
-        .bidi(ReceiverStream::new(rx))
-        .await
-        .map_err(status("bidi"))?
-        .into_inner();
-    let mut recv = async || {
-        inbound
-            .message()
-            .await
-            .map_err(status("bidi"))?
-            .ok_or_else(|| "bidi ended early".to_owned())
-            .map(drop)
-    };
-    recv().await?;
-    let from = Instant::now() + p.warmup;
-    let until = from + p.duration;
-    let mut lat = Vec::new();
-    loop {
-        let t = Instant::now();
-        if t >= until {
-            break;
-        }
-        send(&tx).await?;
-        recv().await?;
-        if t >= from {
-            lat.push(t.elapsed().as_nanos() as u64);
-        }
-    }
-    drop(tx);
-    while inbound
-        .message()
-        .await
-        .map_err(status("bidi end"))?
-        .is_some()
-    {}
+    let mut lat = calls::bidi_pingpong(ch, p.warmup, p.duration).await?;
     let mut m = Metrics::default();
     m.put(
         "round_trips_per_s",

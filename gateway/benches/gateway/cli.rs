@@ -7,9 +7,11 @@ use std::{path::PathBuf, time::Duration};
 pub const USAGE: &str = "\
 usage: cargo bench -p grpctunnel-gateway --bench gateway -- [options]
 
-Setups: direct tonic; hub -> agent (the gateway); two plain proxies
-(tonic server + Channel, each its own process: the same hops without the
-tunnel, for reference); with --cluster, the relayed ones.
+Setups: direct tonic; hub -> agent (the gateway); frps -> frpc (frp
+v0.65.0, what users install instead; built with `go` from the Go module
+proxy, left out with a note when that fails); two plain proxies (tonic
+server + Channel, each its own process: the same hops without the tunnel,
+for reference); with --cluster, the relayed ones.
 
   --reps N           repetitions of everything (default 3)
   --calls N          sequential unary calls for latency (default 20000; each
@@ -17,15 +19,16 @@ tunnel, for reference); with --cluster, the relayed ones.
   --callers N        concurrent unary callers (default 64)
   --duration SECS    measured time of each throughput workload (default 2)
   --warmup SECS      unmeasured lead-in of each throughput workload (default 0.25)
-  --agents N         idle agents for the hub memory figure (default 10000;
-                     0 skips it)
+  --agents N         idle agents for the hub memory figure, and as many
+                     idle frp clients for frps's (default 10000; 0 skips it)
   --cluster          also the `relayed` setups (caller -> hub A -> hub B ->
                      agent, two hubs sharing a redis-server started for it;
                      hub A relays in one tunnel to hub B, or, in
                      `relayed-grpc`, as plain gRPC) and the directory figures with --keys keys; needs
                      redis-server and redis-cli on PATH
   --setups LIST      only these setups, comma-separated (direct, gateway,
-                     proxies, relayed, relayed-grpc); ratios need direct
+                     frp, proxies, relayed, relayed-grpc); ratios need
+                     direct (and frp)
   --keys N           keys in the store for the directory figures (default 100000)
   --json PATH        also write the results as JSON (or env GATEWAY_BENCH_JSON)
   --quick            smoke run: --reps 1 --calls 2000 --duration 0.3

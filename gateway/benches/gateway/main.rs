@@ -11,6 +11,10 @@
 //!   `grpctunnel-key: bench`; an agent process holds the reverse tunnel for
 //!   that key and forwards every call to the upstream. Hub and agent are
 //!   the real binary (`CARGO_BIN_EXE_grpctunnel`) with default settings;
+//! - `frp`: what a user installs instead (`frp.rs`): `frps` and `frpc`
+//!   (fatedier/frp v0.65.0, built from the Go module proxy), a `tcp` proxy
+//!   from frps to the upstream, frp's defaults; the caller's `Channel`
+//!   dials frps's proxy port;
 //! - `proxies`, for reference: two plain transparent HTTP/2 proxies
 //!   (`proxies.rs`), each its own process, in front of the upstream: the
 //!   processes and hops of hub and agent without the tunnel;
@@ -18,20 +22,27 @@
 //!   store, the caller calling the one without the agent.
 //!
 //! Workloads (see `workloads.rs`; the same as `benches/tunnel`'s
-//! `unary_seq`, `unary_conc` and `stream_1m`), run by this process:
-//! sequential 100 B unary calls (p50, p99); 64 concurrent callers of 100 B
-//! unary calls on one channel (calls/s over 2 s after 0.25 s); one server
-//! stream of 1 MiB messages read as fast as possible (MB/s).
+//! `unary_seq`, `unary_conc`, `stream_1m`, `client_stream` and
+//! `bidi_pingpong`), run by this process: sequential 100 B unary calls
+//! (p50, p99); 64 concurrent callers of 100 B unary calls on one channel
+//! (calls/s over 2 s after 0.25 s); one server stream of 1 MiB messages
+//! read as fast as possible (MB/s); one client stream of 64 KiB messages
+//! (MB/s); one bidi stream of 100 B ping-pongs (round trips/s).
+//!
+//! CPU per call (see `cpu.rs`): user + system time of the processes in the
+//! middle (hub and agent, frps and frpc, the proxies) over each unary
+//! workload, divided by its calls.
 //!
 //! Memory (see `agents.rs`): a fresh hub's `VmRSS` before and after 10,000
 //! idle agents (each its own TCP connection and reverse tunnel, run in
 //! this process with the crate's `ReverseTunnelServer`) have connected,
-//! divided by 10,000.
+//! divided by 10,000; and frps's before and after as many idle frp
+//! clients (`frp.rs`).
 //!
 //! Repetitions (3) are the outer loop, so that a noisy moment hurts both
 //! setups alike; the table shows the median of the repetitions, their
 //! min..max and the ratio of the medians to direct tonic, then the
-//! targets, met or not. Progress goes to stderr, the table to stdout.
+//! targets, met or not; a last column sets each setup against frp. Progress goes to stderr, the table to stdout.
 //! `--help` lists the options; `--quick` is a smoke run.
 
 #[path = "../../../benches/tunnel/calls.rs"]
@@ -51,7 +62,9 @@ mod stats;
 
 mod agents;
 mod cli;
+mod cpu;
 mod directory;
+mod frp;
 mod proxies;
 mod report;
 mod setups;
@@ -90,47 +103,66 @@ fn main() -> ExitCode {
 /// The figures of one setup in one repetition, and its failures.
 type Outcome = (Vec<(&'static str, f64)>, Vec<String>);
 
-/// Warm-up, then the three workloads on `ch`; a failed workload is
-/// reported and the next one still runs.
-async fn run_workloads<T: Chan>(ch: &T, opts: &Options) -> Outcome {
+/// Warm-up, then the workloads on `ch`; a failed workload is reported and
+/// the next one still runs. `middle` are the processes between caller and
+/// upstream, whose CPU per unary call is measured.
+async fn run_workloads<T: Chan>(ch: &T, opts: &Options, middle: &[u32]) -> Outcome {
     let mut samples = Vec::new();
     let mut errors = Vec::new();
     if let Err(e) = workloads::warm_up(ch).await {
         errors.push(format!("warm-up: {e}"));
         return (samples, errors);
     }
+    let cpu = cpu::Snapshot::take(middle);
     match workloads::unary_seq(ch, opts.calls).await {
         Ok(l) => {
             samples.push((report::UNARY_P50, l.p50_us));
             samples.push((report::UNARY_P99, l.p99_us));
+            if let Some(us) = cpu.us_per_call(l.calls) {
+                samples.push((report::CPU_SEQ, us));
+            }
         }
         Err(e) => errors.push(format!("unary_seq: {e}")),
     }
+    let cpu = cpu::Snapshot::take(middle);
     match workloads::unary_conc(ch, opts.callers, opts.warmup, opts.duration).await {
-        Ok(rate) => samples.push((report::UNARY_CONC, rate)),
+        Ok((rate, calls)) => {
+            samples.push((report::UNARY_CONC, rate));
+            if let Some(us) = cpu.us_per_call(calls) {
+                samples.push((report::CPU_CONC, us));
+            }
+        }
         Err(e) => errors.push(format!("unary_conc: {e}")),
     }
     match workloads::stream_1m(ch, opts.warmup, opts.duration).await {
         Ok(mb) => samples.push((report::STREAM_1M, mb)),
         Err(e) => errors.push(format!("stream_1m: {e}")),
     }
+    match workloads::client_stream_mb_per_s(ch, opts.warmup, opts.duration).await {
+        Ok(mb) => samples.push((report::CLIENT_STREAM, mb)),
+        Err(e) => errors.push(format!("client_stream: {e}")),
+    }
+    match workloads::bidi_pingpong(ch, opts.warmup, opts.duration).await {
+        Ok(lat) => samples.push((report::BIDI, lat.len() as f64 / opts.duration.as_secs_f64())),
+        Err(e) => errors.push(format!("bidi_pingpong: {e}")),
+    }
     (samples, errors)
 }
 
-/// The calling side of one setup: connects to `addr` (the upstream, or
-/// the hub) and runs the workloads.
-async fn calls(gateway: bool, addr: String, opts: Options) -> Outcome {
+/// The calling side of one setup: connects to `addr` (the upstream, the
+/// hub, frps's proxy port, the first proxy) and runs the workloads.
+async fn calls(gateway: bool, addr: String, opts: Options, middle: Vec<u32>) -> Outcome {
     let channel = match setups::connect(&addr).await {
         Ok(c) => c,
         Err(e) => return (Vec::new(), vec![e]),
     };
     if !gateway {
-        return run_workloads(&channel, &opts).await;
+        return run_workloads(&channel, &opts, &middle).await;
     }
     if let Err(e) = setups::wait_for_agent(&channel).await {
         return (Vec::new(), vec![e]);
     }
-    run_workloads(&setups::gateway_channel(channel), &opts).await
+    run_workloads(&setups::gateway_channel(channel), &opts, &middle).await
 }
 
 /// One repetition of one setup; the gateway's hub and agent are started
@@ -144,12 +176,21 @@ fn run_setup(
 ) -> Outcome {
     // Spawned, so that the workloads run on the runtime's workers as an
     // application's tasks do, not on this thread.
-    let run = |gateway, addr| match rt.block_on(rt.spawn(calls(gateway, addr, opts.clone()))) {
-        Ok(out) => out,
-        Err(e) => (Vec::new(), vec![format!("client task: {e}")]),
+    let run = |gateway, addr, middle: &[&proc::Child]| {
+        let middle = middle.iter().map(|c| c.pid()).collect();
+        match rt.block_on(rt.spawn(calls(gateway, addr, opts.clone(), middle))) {
+            Ok(out) => out,
+            Err(e) => (Vec::new(), vec![format!("client task: {e}")]),
+        }
     };
     if setup == "direct" {
-        return run(false, upstream.to_owned());
+        return run(false, upstream.to_owned(), &[]);
+    }
+    if setup == "frp" {
+        return match frp::start(scratch, upstream) {
+            Ok(f) => run(false, f.addr.clone(), &[&f.frps, &f.frpc]),
+            Err(e) => (Vec::new(), vec![e]),
+        };
     }
     if setup == "proxies" {
         // Caller -> proxy 1 -> proxy 2 -> upstream.
@@ -159,7 +200,7 @@ fn run_setup(
             Ok(all) => all,
             Err(e) => return (Vec::new(), vec![e]),
         };
-        let out = run(false, addr1);
+        let out = run(false, addr1, &[&p1, &p2]);
         drop((p1, p2));
         return out;
     }
@@ -177,7 +218,7 @@ fn run_setup(
             Ok(all) => all,
             Err(e) => return (Vec::new(), vec![e]),
         };
-        let out = run(true, a.addr.clone());
+        let out = run(true, a.addr.clone(), &[&a.child, &b.child, &agent]);
         drop((agent, a, b, store));
         return out;
     }
@@ -189,7 +230,7 @@ fn run_setup(
         Ok(agent) => agent,
         Err(e) => return (Vec::new(), vec![e]),
     };
-    let out = run(true, hub.addr.clone());
+    let out = run(true, hub.addr.clone(), &[&hub.child, &agent]);
     drop(agent);
     drop(hub);
     out
@@ -210,16 +251,35 @@ fn orchestrate(opts: Options) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // Before any child starts: they inherit the raised file limit.
+    let chosen = |key: &str| match &opts.setups {
+        Some(list) => list.iter().any(|s| s == key),
+        None => !key.starts_with("relayed") || opts.cluster,
+    };
+    // frp is built first (the Go module proxy, once); without it the run
+    // goes on without its column, and says why.
+    let with_frp = chosen("frp")
+        && match frp::programs() {
+            Ok(_) => true,
+            Err(e) => {
+                let note = format!("frp left out: {e}");
+                eprintln!("gateway bench: {note}");
+                results.notes.push(note);
+                false
+            }
+        };
+    // Before any child starts: they inherit the raised file limit. frps
+    // holds two descriptors per idle client (its connection, its proxy's
+    // listener).
     let agents = if opts.agents == 0 {
         0
     } else {
-        let (usable, note) = agents::usable_agents(opts.agents);
+        let per = if with_frp { 2 } else { 1 };
+        let (usable, note) = agents::usable_agents(opts.agents * per);
         if let Some(note) = note {
             eprintln!("gateway bench: {note}");
             results.notes.push(note);
         }
-        usable
+        usable / per
     };
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -249,11 +309,7 @@ fn orchestrate(opts: Options) -> ExitCode {
     // Repetitions outermost, so that a noisy moment hits both setups alike.
     for rep in 1..=opts.reps {
         for (key, label) in report::SETUPS {
-            let chosen = match &opts.setups {
-                Some(list) => list.iter().any(|s| s == key),
-                None => !key.starts_with("relayed") || opts.cluster,
-            };
-            if !chosen {
+            if !chosen(key) || (key == "frp" && !with_frp) {
                 continue;
             }
             let t = Instant::now();
@@ -294,6 +350,10 @@ fn orchestrate(opts: Options) -> ExitCode {
         }
     }
     drop(rt);
+    let upstream_port = upstream_addr
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .unwrap_or(0);
     upstream.stop(STOP_LIMIT);
 
     // Memory last, in fresh hubs, once the call workloads are done.
@@ -318,6 +378,31 @@ fn orchestrate(opts: Options) -> ExitCode {
                 Err(e) => {
                     eprintln!("  hub memory, rep {rep}: error: {e}");
                     results.errors.push(format!("rep {rep}: memory: {e}"));
+                }
+            }
+            if !with_frp {
+                continue;
+            }
+            // The upstream is gone: idle clients never connect to it.
+            match frp::measure(&scratch, agents, upstream_port) {
+                Ok(m) => {
+                    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+                    let line = format!(
+                        "frps memory, rep {rep}: {} idle frp clients connected in {:.1} s; \
+                         frps VmRSS {:.1} MiB -> {:.1} MiB: {:.2} KiB per idle client",
+                        m.clients,
+                        m.connect.as_secs_f64(),
+                        mib(m.before),
+                        mib(m.after),
+                        m.kib_per_client()
+                    );
+                    eprintln!("  {line}");
+                    results.notes.push(line);
+                    results.add("frp", report::HUB_MEMORY, m.kib_per_client());
+                }
+                Err(e) => {
+                    eprintln!("  frps memory, rep {rep}: error: {e}");
+                    results.errors.push(format!("rep {rep}: frps memory: {e}"));
                 }
             }
         }
@@ -354,6 +439,9 @@ fn orchestrate(opts: Options) -> ExitCode {
         settings.join(" ")
     };
     println!("  hub and agent: {} ({settings})", setups::BIN);
+    if with_frp {
+        println!("  frp {} (frps, frpc; defaults, a tcp proxy)", frp::VERSION);
+    }
     println!();
     print!(
         "{}",

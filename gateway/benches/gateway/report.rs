@@ -1,5 +1,5 @@
-//! The table (median and min..max of the repetitions, ratio to direct
-//! tonic of the same run), the targets, and the JSON file.
+//! The table (median and min..max of the repetitions, ratios to direct
+//! tonic and to frp of the same run), the targets, and the JSON file.
 
 use std::{collections::BTreeMap, fmt::Write as _};
 
@@ -9,9 +9,10 @@ use crate::{
 };
 
 /// The setups, in table order: (key, label).
-pub const SETUPS: [(&str, &str); 5] = [
+pub const SETUPS: [(&str, &str); 6] = [
     ("direct", "direct tonic"),
     ("gateway", "hub -> agent"),
+    ("frp", "frps -> frpc"),
     ("proxies", "two plain proxies"),
     ("relayed", "hub A -> hub B -> agent"),
     ("relayed-grpc", "same, relays as plain gRPC"),
@@ -28,13 +29,17 @@ pub const UNARY_P50: &str = "unary_p50_us";
 pub const UNARY_P99: &str = "unary_p99_us";
 pub const UNARY_CONC: &str = "unary_conc_calls_per_s";
 pub const STREAM_1M: &str = "stream_1m_mb_per_s";
+pub const CLIENT_STREAM: &str = "client_stream_64k_mb_per_s";
+pub const BIDI: &str = "bidi_pingpong_round_trips_per_s";
+pub const CPU_SEQ: &str = "unary_seq_cpu_us_per_call";
+pub const CPU_CONC: &str = "unary_conc_cpu_us_per_call";
 pub const HUB_MEMORY: &str = "hub_kib_per_idle_agent";
 pub const DIR_BYTES: &str = "directory_bytes_per_key";
 pub const DIR_PUBLISH: &str = "directory_publish_us_per_key";
 pub const DIR_LOOKUP_P50: &str = "directory_lookup_p50_us";
 pub const DIR_LOOKUP_P99: &str = "directory_lookup_p99_us";
 
-pub const FIGURES: [Figure; 9] = [
+pub const FIGURES: [Figure; 13] = [
     Figure {
         key: UNARY_P50,
         label: "unary 100 B, sequential: p50",
@@ -56,8 +61,28 @@ pub const FIGURES: [Figure; 9] = [
         unit: "MB/s",
     },
     Figure {
+        key: CLIENT_STREAM,
+        label: "client stream, 64 KiB messages",
+        unit: "MB/s",
+    },
+    Figure {
+        key: BIDI,
+        label: "bidi ping-pong, 100 B",
+        unit: "round trips/s",
+    },
+    Figure {
+        key: CPU_SEQ,
+        label: "CPU in the middle, sequential unary",
+        unit: "us/call",
+    },
+    Figure {
+        key: CPU_CONC,
+        label: "CPU in the middle, N callers unary",
+        unit: "us/call",
+    },
+    Figure {
         key: HUB_MEMORY,
-        label: "hub RSS per idle agent (A agents)",
+        label: "RSS per idle agent / frp client (A)",
         unit: "KiB/agent",
     },
     Figure {
@@ -109,6 +134,11 @@ impl Results {
         self.ratio_of("gateway", "direct", figure)
     }
 
+    /// The gateway's median over frp's.
+    fn vs_frp(&self, figure: &str) -> Option<f64> {
+        self.ratio_of("gateway", "frp", figure)
+    }
+
     fn ratio_of(&self, a: &str, b: &str, figure: &str) -> Option<f64> {
         let (a, b) = (self.median(a, figure)?, self.median(b, figure)?);
         (b != 0.0).then(|| a / b)
@@ -117,13 +147,14 @@ impl Results {
 
 /// The table: one row per figure and setup.
 pub fn table(r: &Results, callers: usize, agents: usize, keys: usize) -> String {
-    let mut rows: Vec<[String; 6]> = vec![[
+    let mut rows: Vec<[String; 7]> = vec![[
         "workload".into(),
         "unit".into(),
         "setup".into(),
         "median".into(),
         "min..max".into(),
         "vs direct".into(),
+        "vs frp".into(),
     ]];
     for f in &FIGURES {
         let mut first = true;
@@ -131,10 +162,11 @@ pub fn table(r: &Results, callers: usize, agents: usize, keys: usize) -> String 
             let Some(sum) = r.summary(key, f.key) else {
                 continue;
             };
-            let ratio = r
-                .median("direct", f.key)
-                .filter(|d| *d != 0.0)
-                .map_or("-".into(), |d| format!("{:.2}x", sum.median / d));
+            let ratio_to = |base: &str| {
+                r.median(base, f.key)
+                    .filter(|d| *d != 0.0)
+                    .map_or("-".into(), |d| format!("{:.2}x", sum.median / d))
+            };
             rows.push([
                 if first {
                     f.label
@@ -148,18 +180,19 @@ pub fn table(r: &Results, callers: usize, agents: usize, keys: usize) -> String 
                 label.into(),
                 num(sum.median),
                 format!("{}..{}", num(sum.min), num(sum.max)),
-                ratio,
+                ratio_to("direct"),
+                ratio_to("frp"),
             ]);
             first = false;
         }
     }
-    let mut widths = [0usize; 6];
+    let mut widths = [0usize; 7];
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
     }
-    let total = widths.iter().sum::<usize>() + 3 * 5;
+    let total = widths.iter().sum::<usize>() + 3 * 6;
     let mut out = String::new();
     for (i, row) in rows.iter().enumerate() {
         if i > 1 && !row[0].is_empty() {
@@ -175,7 +208,7 @@ pub fn table(r: &Results, callers: usize, agents: usize, keys: usize) -> String 
                 line.push_str(cell);
                 line.push_str(&" ".repeat(pad));
             }
-            if c < 5 {
+            if c < 6 {
                 line.push_str(" | ");
             }
         }
@@ -187,7 +220,16 @@ pub fn table(r: &Results, callers: usize, agents: usize, keys: usize) -> String 
     out
 }
 
+/// The targets: the gateway against direct tonic (the earlier ones),
+/// against frp in the same run (issue 21: match or beat it everywhere),
+/// and relayed against same-hub.
 pub fn targets(r: &Results) -> Vec<Target> {
+    let frp = |name: &str, figure: &str, op: &'static str| Target {
+        name: format!("{name}: gateway / frp"),
+        value: r.vs_frp(figure),
+        op,
+        threshold: 1.0,
+    };
     vec![
         Target {
             name: "unary p50: gateway / direct".into(),
@@ -213,11 +255,20 @@ pub fn targets(r: &Results) -> Vec<Target> {
             op: "<=",
             threshold: 64.0,
         },
+        frp("unary p50", UNARY_P50, "<="),
+        frp("unary p99", UNARY_P99, "<="),
+        frp("unary throughput", UNARY_CONC, ">="),
+        frp("1 MiB server stream", STREAM_1M, ">="),
+        frp("64 KiB client stream", CLIENT_STREAM, ">="),
+        frp("bidi ping-pong", BIDI, ">="),
+        frp("CPU per sequential unary call", CPU_SEQ, "<="),
+        frp("CPU per concurrent unary call", CPU_CONC, "<="),
+        frp("memory per idle agent / client", HUB_MEMORY, "<="),
         Target {
             name: "unary p50: relayed / same hub (--cluster)".into(),
             value: r.ratio_of("relayed", "gateway", UNARY_P50),
             op: "<=",
-            threshold: 1.5,
+            threshold: 1.3,
         },
         Target {
             name: "unary throughput: relayed / same hub (--cluster)".into(),
@@ -244,13 +295,15 @@ pub fn json(r: &Results, targets: &[Target], header: &[(&str, String)]) -> Strin
             else {
                 continue;
             };
-            let vs = r
-                .median("direct", f.key)
-                .filter(|d| *d != 0.0)
-                .map(|d| sum.median / d);
+            let vs = |base: &str| {
+                r.median(base, f.key)
+                    .filter(|d| *d != 0.0)
+                    .map(|d| sum.median / d)
+            };
             rows.push(format!(
                 "    {{\"setup\": {}, \"metric\": {}, \"unit\": {}, \"values\": [{}], \
-                 \"median\": {}, \"min\": {}, \"max\": {}, \"vs_direct\": {}}}",
+                 \"median\": {}, \"min\": {}, \"max\": {}, \"vs_direct\": {}, \
+                 \"vs_frp\": {}}}",
                 json_str(setup),
                 json_str(f.key),
                 json_str(f.unit),
@@ -262,7 +315,8 @@ pub fn json(r: &Results, targets: &[Target], header: &[(&str, String)]) -> Strin
                 json_num(sum.median),
                 json_num(sum.min),
                 json_num(sum.max),
-                json_opt(vs),
+                json_opt(vs("direct")),
+                json_opt(vs("frp")),
             ));
         }
     }

@@ -234,7 +234,7 @@ pub fn agent_endpoint(hub: &str) -> Result<Endpoint, String> {
 }
 
 /// A free loopback port (for a hub that must advertise its address).
-fn free_port() -> Result<u16, String> {
+pub fn free_port() -> Result<u16, String> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

@@ -1,7 +1,7 @@
-//! The three call workloads, run by this process over either setup's
-//! channel. They follow `benches/tunnel/workloads.rs` (`unary_seq`,
-//! `unary_conc`, `stream_1m`) so that the figures compare with that
-//! bench's.
+//! The call workloads, run by this process over every setup's channel.
+//! They follow `benches/tunnel/workloads.rs` (`unary_seq`, `unary_conc`,
+//! `stream_1m`, `client_stream`, `bidi_pingpong`, the last two shared
+//! through `calls.rs`) so that the figures compare with that bench's.
 //!
 //! Payload bytes are message payloads (`EchoRequest.payload` /
 //! `EchoResponse.payload`), not protobuf or HTTP/2 framing; MB is 10^6
@@ -11,18 +11,20 @@ use std::time::{Duration, Instant};
 
 use grpctunnel_testing::pb::EchoRequest;
 
+pub use crate::calls::{bidi_pingpong, client_stream_mb_per_s, warm_up, Chan};
 use crate::calls::{client, one_unary, small, status};
-pub use crate::calls::{warm_up, Chan};
 use crate::stats;
 
 /// Messages of the server stream.
 pub const STREAM_MESSAGE: u32 = 1024 * 1024;
 
-/// Latency of sequential unary calls, microseconds.
+/// Latency of sequential unary calls, microseconds, and how many calls
+/// were made in all (the unmeasured lead-in too).
 #[derive(Debug, Clone, Copy)]
 pub struct Latency {
     pub p50_us: f64,
     pub p99_us: f64,
+    pub calls: u64,
 }
 
 /// `calls` sequential unary calls of 100 B after `calls / 10` (100..2000)
@@ -30,7 +32,8 @@ pub struct Latency {
 pub async fn unary_seq<T: Chan>(ch: &T, calls: usize) -> Result<Latency, String> {
     let mut c = client(ch);
     let req = small();
-    for _ in 0..(calls / 10).clamp(100, 2000) {
+    let lead_in = (calls / 10).clamp(100, 2000);
+    for _ in 0..lead_in {
         one_unary(&mut c, &req).await?;
     }
     let mut lat = Vec::with_capacity(calls);
@@ -43,18 +46,20 @@ pub async fn unary_seq<T: Chan>(ch: &T, calls: usize) -> Result<Latency, String>
     Ok(Latency {
         p50_us: stats::percentile(&lat, 0.50) as f64 / 1e3,
         p99_us: stats::percentile(&lat, 0.99) as f64 / 1e3,
+        calls: (lead_in + calls) as u64,
     })
 }
 
 /// `callers` concurrent loops of 100 B unary calls on one channel: calls
 /// completed per second within the measured window (`duration` after
-/// `warmup`). A call counts when it started and ended inside the window.
+/// `warmup`; a call counts when it started and ended inside the window),
+/// and every call completed, warm-up included.
 pub async fn unary_conc<T: Chan>(
     ch: &T,
     callers: usize,
     warmup: Duration,
     duration: Duration,
-) -> Result<f64, String> {
+) -> Result<(f64, u64), String> {
     let start = Instant::now() + Duration::from_millis(5);
     let from = start + warmup;
     let until = from + duration;
@@ -63,7 +68,7 @@ pub async fn unary_conc<T: Chan>(
         let mut c = client(ch);
         tasks.push(tokio::spawn(async move {
             let req = small();
-            let mut done_in_window = 0u64;
+            let (mut done_in_window, mut done) = (0u64, 0u64);
             tokio::time::sleep_until(start.into()).await;
             loop {
                 let t = Instant::now();
@@ -71,18 +76,21 @@ pub async fn unary_conc<T: Chan>(
                     break;
                 }
                 one_unary(&mut c, &req).await?;
+                done += 1;
                 if t >= from && Instant::now() <= until {
                     done_in_window += 1;
                 }
             }
-            Ok::<_, String>(done_in_window)
+            Ok::<_, String>((done_in_window, done))
         }));
     }
-    let mut total = 0;
+    let (mut in_window, mut total) = (0, 0);
     for t in tasks {
-        total += t.await.map_err(|e| format!("caller task: {e}"))??;
+        let (w, d) = t.await.map_err(|e| format!("caller task: {e}"))??;
+        in_window += w;
+        total += d;
     }
-    Ok(total as f64 / duration.as_secs_f64())
+    Ok((in_window as f64 / duration.as_secs_f64(), total))
 }
 
 /// Reads one server stream of 1 MiB messages for `warmup`, then measures
