@@ -31,6 +31,12 @@ pub(crate) use telemetry::{access_log, call_stats, log_budget, metrics, refusals
 
 use std::process::ExitCode;
 
+/// jemalloc rather than the system allocator: every call allocates its
+/// headers, frames and futures in hub and agent, and glibc's malloc was a
+/// tenth of their CPU under load.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 pub(crate) use failure::Failure;
@@ -44,10 +50,13 @@ struct Cli {
     /// Log format on stderr (RUST_LOG sets the level; default info).
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "GRPCTUNNEL_LOG_FORMAT", global = true)]
     log_format: LogFormat,
-    /// Threads that run the hub's or agent's work (default: one per CPU).
-    /// `1` runs everything on one thread: on a small machine shared with
-    /// the upstream or the callers, fewer cross-thread wake-ups make calls
-    /// faster (see benches/README.md).
+    /// Threads that run the hub's or agent's work. Default: the hub one
+    /// per CPU but the first (at least one), which it leaves to the
+    /// kernel's network stack and to what shares the machine; the agent
+    /// one per connection to a hub (`--tunnels` per `--hub`), at most one
+    /// per CPU, since one task drives each connection. `1` runs everything
+    /// on one thread: no cross-thread wake-ups, the least CPU per call
+    /// (see benches/README.md).
     #[arg(long, global = true, env = "GRPCTUNNEL_WORKER_THREADS")]
     worker_threads: Option<usize>,
     #[command(subcommand)]
@@ -101,6 +110,13 @@ fn main() -> ExitCode {
         eprintln!("grpctunnel: --worker-threads must be at least 1");
         return ExitCode::from(2);
     }
+    let threads = cli.worker_threads.unwrap_or_else(|| {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        match &cli.command {
+            Command::Agent(args) => args.connections().clamp(1, cpus),
+            _ => cpus.saturating_sub(1).max(1),
+        }
+    });
     // Made here, run (polled) on the runtime below.
     let serve: std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Failure>>>> =
         match cli.command {
@@ -114,15 +130,14 @@ fn main() -> ExitCode {
             Command::Stats(args) => Box::pin(admin::cli::stats(args)),
             Command::Ping(args) => Box::pin(admin::cli::ping(args)),
         };
-    let runtime = match cli.worker_threads {
-        Some(1) => tokio::runtime::Builder::new_current_thread()
+    let runtime = match threads {
+        1 => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build(),
-        Some(n) => tokio::runtime::Builder::new_multi_thread()
+        n => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(n)
             .enable_all()
             .build(),
-        None => tokio::runtime::Runtime::new(),
     };
     let runtime = match runtime {
         Ok(rt) => rt,

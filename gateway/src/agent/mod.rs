@@ -110,6 +110,14 @@ pub(crate) struct AgentArgs {
     admin: Option<std::net::SocketAddr>,
 }
 
+impl AgentArgs {
+    /// The HTTP/2 connections this agent keeps to its hubs: each is driven
+    /// by one task, so more threads than this find little to do.
+    pub(crate) fn connections(&self) -> usize {
+        self.tunnels.saturating_mul(self.hub.len())
+    }
+}
+
 /// Whether a call to `path` (`/pkg.Service/Method`) is allowed. With an
 /// allow-list, only a canonical path can be ([`canonical`]): the list
 /// matches names, and an upstream that reads `/a.Svc/../b.Secret/Get` as
