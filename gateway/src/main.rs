@@ -27,7 +27,9 @@ mod telemetry;
 pub(crate) use admin::session;
 pub(crate) use credentials::{auth, config, settings, token};
 pub(crate) use hub::{accept, admission, key_policy, quota, relayed_in, reload, revoke, route};
-pub(crate) use telemetry::{access_log, call_stats, log_budget, metrics, refusals, trace};
+pub(crate) use telemetry::{
+    access_log, call_series, call_stats, log_budget, metrics, refusals, trace,
+};
 
 use std::process::ExitCode;
 

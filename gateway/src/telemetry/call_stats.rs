@@ -140,11 +140,19 @@ impl CallStats {
                 }
             }
         }
-        let slots = series
-            .entry(call.key.to_owned())
-            .or_default()
-            .entry(call.method.to_owned())
-            .or_default();
+        if !known {
+            series
+                .entry(call.key.to_owned())
+                .or_default()
+                .insert(call.method.to_owned(), Series::default());
+        }
+        // Known series (every call but a series' first) allocate nothing.
+        let Some(slots) = series
+            .get_mut(call.key)
+            .and_then(|m| m.get_mut(call.method))
+        else {
+            return;
+        };
         let slot = &mut slots.slots[(epoch % SLOTS as u64) as usize];
         if slot.epoch != epoch {
             *slot = Slot {

@@ -59,6 +59,7 @@ use pin_project_lite::pin_project;
 
 use crate::{
     access_log::{AccessLog, Line},
+    call_series::{KeySeries, MethodSeries, CODES},
     call_stats::{Call, CallStats, Summary, LATENCY_BUCKETS},
     Failure,
 };
@@ -79,6 +80,8 @@ struct LabelSets {
     methods: Mutex<HashSet<String>>,
     /// The calls of the last minute, by the same labels.
     stats: CallStats,
+    /// The metrics' handles, by `key` label (emptied on a reload).
+    series: std::sync::RwLock<HashMap<String, Arc<KeySeries>>>,
 }
 
 impl Labels {
@@ -88,6 +91,7 @@ impl Labels {
             keys: std::sync::RwLock::new(Arc::new(keys.into_iter().collect())),
             methods: Mutex::default(),
             stats: CallStats::default(),
+            series: Default::default(),
         }))
     }
 
@@ -101,14 +105,48 @@ impl Labels {
     pub(crate) fn set_keys(&self, keys: impl IntoIterator<Item = String>) {
         *self.0.keys.write().unwrap_or_else(|p| p.into_inner()) =
             Arc::new(keys.into_iter().collect());
+        // Keys no longer configured fall to `other` from now on.
+        self.0
+            .series
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 
-    fn key(&self, key: &str) -> String {
-        let keys = self.0.keys.read().unwrap_or_else(|p| p.into_inner());
-        if keys.contains(key) {
-            key.to_owned()
-        } else {
-            "other".to_owned()
+    /// The series of `key`'s label: the key when configured, else `other`.
+    fn series(&self, key: &str) -> Arc<KeySeries> {
+        let label = {
+            let keys = self.0.keys.read().unwrap_or_else(|p| p.into_inner());
+            if keys.contains(key) {
+                key
+            } else {
+                "other"
+            }
+        };
+        if let Some(series) = self
+            .0
+            .series
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(label)
+        {
+            return series.clone();
+        }
+        self.0
+            .series
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(label.to_owned())
+            .or_insert_with(|| Arc::new(KeySeries::new(label)))
+            .clone()
+    }
+
+    /// The method series of a call to `path` that ended with `code`: the
+    /// path's own once a call to it succeeded, else `other`.
+    fn method_series(&self, key: &KeySeries, path: &str, code: &str) -> Arc<MethodSeries> {
+        match key.known(path) {
+            Some(series) => series,
+            None => key.method(self.method(path, code)),
         }
     }
 
@@ -133,39 +171,39 @@ impl Labels {
 /// The `grpc_code` label: the name of status code `code` (`0` to `16`),
 /// `Canceled` for `cancelled` (the caller went away), else `Unknown`.
 fn code_label(code: &str) -> &'static str {
-    const NAMES: [&str; 17] = [
-        "OK",
-        "Canceled",
-        "Unknown",
-        "InvalidArgument",
-        "DeadlineExceeded",
-        "NotFound",
-        "AlreadyExists",
-        "PermissionDenied",
-        "ResourceExhausted",
-        "FailedPrecondition",
-        "Aborted",
-        "OutOfRange",
-        "Unimplemented",
-        "Internal",
-        "Unavailable",
-        "DataLoss",
-        "Unauthenticated",
-    ];
+    CODE_NAMES[code_index(code)]
+}
+
+/// The status code `code` stands for: itself (`0` to `16`), `1` (cancelled)
+/// for `cancelled`, else `2` (unknown).
+fn code_index(code: &str) -> usize {
     match code.parse::<usize>() {
-        Ok(n) if n < NAMES.len() => NAMES[n],
-        _ if code == "cancelled" => "Canceled",
-        _ => "Unknown",
+        Ok(n) if n < CODES => n,
+        _ if code == "cancelled" => 1,
+        _ => 2,
     }
 }
 
-/// The `grpc_service` and `grpc_method` labels of a `method` label.
-fn service_and_method(label: &str) -> (String, String) {
-    match label.strip_prefix('/').and_then(|p| p.split_once('/')) {
-        Some((service, method)) => (service.to_owned(), method.to_owned()),
-        None => ("other".to_owned(), "other".to_owned()),
-    }
-}
+/// gRPC's names of its status codes, as go-grpc-prometheus labels them.
+const CODE_NAMES: [&str; CODES] = [
+    "OK",
+    "Canceled",
+    "Unknown",
+    "InvalidArgument",
+    "DeadlineExceeded",
+    "NotFound",
+    "AlreadyExists",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "FailedPrecondition",
+    "Aborted",
+    "OutOfRange",
+    "Unimplemented",
+    "Internal",
+    "Unavailable",
+    "DataLoss",
+    "Unauthenticated",
+];
 
 /// Installs the Prometheus recorder for this process.
 pub(crate) fn install() -> Result<PrometheusHandle, Failure> {
@@ -327,7 +365,8 @@ fn method_label(path: &str) -> String {
 #[derive(Debug)]
 pub(crate) struct CallRecord {
     labels: Labels,
-    key: String,
+    /// The series of the call's `key` label.
+    series: Arc<KeySeries>,
     path: String,
     start: Instant,
     permit: Option<crate::limit::CallPermit>,
@@ -354,7 +393,7 @@ impl CallRecord {
     ) -> Self {
         Self {
             labels: labels.clone(),
-            key: labels.key(key),
+            series: labels.series(key),
             path: path.to_owned(),
             start: Instant::now(),
             permit,
@@ -431,32 +470,16 @@ impl CallRecord {
         if !self.metered {
             return;
         }
-        let key = self.key.clone();
-        let label = self.labels.method(&self.path, code);
+        let method = self.labels.method_series(&self.series, &self.path, code);
         self.labels.0.stats.record(Call {
-            key: &key,
-            method: &label,
+            key: &self.series.key,
+            method: &method.label,
             code: code_label(code),
             seconds,
             bytes_received: self.received.load(Ordering::Relaxed),
             bytes_sent: self.sent,
         });
-        let (service, method) = service_and_method(&label);
-        metrics::counter!(
-            "grpc_server_handled_total",
-            "grpc_service" => service.clone(),
-            "grpc_method" => method.clone(),
-            "grpc_code" => code_label(code),
-            "key" => key.clone()
-        )
-        .increment(1);
-        metrics::histogram!(
-            "grpc_server_handling_seconds",
-            "grpc_service" => service,
-            "grpc_method" => method,
-            "key" => key
-        )
-        .record(seconds);
+        method.record(code_index(code), code_label(code), seconds);
     }
 }
 
@@ -494,7 +517,7 @@ impl Metered {
     pub(crate) fn request(inner: Body, record: &CallRecord) -> Self {
         Self {
             inner,
-            bytes: metrics::counter!("grpctunnel_received_bytes_total", "key" => record.key.clone()),
+            bytes: record.series.received.clone(),
             record: None,
             received: Some(record.received.clone()),
         }
@@ -504,7 +527,7 @@ impl Metered {
     pub(crate) fn response(inner: Body, record: CallRecord) -> Self {
         Self {
             inner,
-            bytes: metrics::counter!("grpctunnel_sent_bytes_total", "key" => record.key.clone()),
+            bytes: record.series.sent.clone(),
             record: Some(record),
             received: None,
         }
@@ -556,7 +579,8 @@ impl http_body::Body for Metered {
 
 #[cfg(test)]
 mod tests {
-    use super::{code_label, method_label, service_and_method};
+    use super::{code_label, method_label};
+    use crate::call_series::service_and_method;
 
     #[test]
     fn codes_are_named_as_grpc_names_them() {

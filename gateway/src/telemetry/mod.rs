@@ -3,6 +3,7 @@
 //! logs. Leaves: nothing here uses the hub, the agent or the admin API.
 
 pub(crate) mod access_log;
+pub(crate) mod call_series;
 pub(crate) mod call_stats;
 pub(crate) mod log_budget;
 pub(crate) mod metrics;
