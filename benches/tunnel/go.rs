@@ -6,6 +6,8 @@ use std::{
     process::Command,
 };
 
+use crate::go_build::go_build;
+
 /// Builds the peer into the target directory; `Err` says why not (no `go`
 /// on PATH, or the build failed).
 pub fn build() -> Result<PathBuf, String> {
@@ -16,19 +18,10 @@ pub fn build() -> Result<PathBuf, String> {
     if !version.status.success() {
         return Err("`go version` failed".into());
     }
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("grpctunnel-bench-peer");
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("grpctunnel-bench-go");
     let interop = Path::new(env!("CARGO_MANIFEST_DIR")).join("interop");
-    let status = Command::new("go")
-        .args(["build", "-o"])
-        .arg(&out)
-        .arg("./cmd/peer")
-        .current_dir(&interop)
-        .status()
-        .map_err(|e| format!("cannot run `go build` ({e})"))?;
-    if !status.success() {
-        return Err(format!("`go build ./cmd/peer` failed: {status}"));
-    }
-    Ok(out)
+    go_build(&interop, &out, &["./cmd/peer"])?;
+    Ok(out.join("peer"))
 }
 
 /// `go version`, for the report.

@@ -13,6 +13,8 @@ mod cli;
 mod config;
 mod format;
 mod go;
+#[path = "../../build_support/go_build.rs"]
+mod go_build;
 mod memory;
 mod proc;
 mod report;

@@ -18,6 +18,7 @@ use std::{
 };
 
 use crate::{
+    go_build::go_build,
     memory,
     proc::Child,
     setups::{free_port, Scratch, LIMIT},
@@ -37,24 +38,15 @@ pub fn programs() -> Result<PathBuf, String> {
 fn build() -> Result<PathBuf, String> {
     let module = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/frp");
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("frp");
-    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
-    let status = std::process::Command::new("go")
-        .args(["build", "-o"])
-        .arg(format!("{}/", out.display()))
-        .args([
+    go_build(
+        &module,
+        &out,
+        &[
             "github.com/fatedier/frp/cmd/frps",
             "github.com/fatedier/frp/cmd/frpc",
             "./cmd/idleclients",
-        ])
-        .current_dir(&module)
-        .status()
-        .map_err(|e| format!("cannot run `go` ({e}); is Go on PATH?"))?;
-    if !status.success() {
-        return Err(format!(
-            "`go build` in {} failed: {status}",
-            module.display()
-        ));
-    }
+        ],
+    )?;
     Ok(out)
 }
 

@@ -51,6 +51,8 @@ mod calls;
 mod config;
 #[path = "../../../benches/tunnel/format.rs"]
 mod format;
+#[path = "../../../build_support/go_build.rs"]
+mod go_build;
 #[path = "../../../benches/tunnel/memory.rs"]
 mod memory;
 // Shared with the tunnel bench, which uses more of it.

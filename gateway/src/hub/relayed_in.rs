@@ -17,7 +17,7 @@ use grpctunnel::cluster::{RelayedCalls, RELAY_FROM_HEADER, RELAY_KEY_HEADER};
 use tower::Service;
 
 use crate::{
-    access_log::{AccessLog, Line},
+    access_log::{header_text, AccessLog, Line},
     metrics::{code_of, CallRecord, Labels, Metered},
     trace::{call_attributes, Tracing},
 };
@@ -64,15 +64,8 @@ impl Service<http::Request<tonic::body::Body>> for RelayedIn {
     }
 
     fn call(&mut self, mut req: http::Request<tonic::body::Body>) -> Self::Future {
-        let text = |name: &str| {
-            req.headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_owned()
-        };
-        let key = text(RELAY_KEY_HEADER);
-        let from = text(RELAY_FROM_HEADER);
+        let key = header_text(req.headers(), RELAY_KEY_HEADER);
+        let from = header_text(req.headers(), RELAY_FROM_HEADER);
         let path = req.uri().path().to_owned();
         let mut record = CallRecord::unmetered(&self.labels, &key, &path);
         if let Some(tracing) = &self.tracing {
@@ -86,12 +79,8 @@ impl Service<http::Request<tonic::body::Body>> for RelayedIn {
         if let Some(log) = &self.log {
             let line = Line {
                 key,
-                method: path,
                 relayed_from: from,
-                peer: crate::refusals::peer(req.extensions())
-                    .map(|a| a.to_string())
-                    .unwrap_or_default(),
-                ..Line::default()
+                ..Line::arriving(&req)
             };
             record.log_to(log, line);
         }

@@ -22,7 +22,7 @@ use axum::body::Body;
 use grpctunnel::ReverseTunnelRegistry;
 
 use crate::{
-    access_log::{AccessLog, Line},
+    access_log::{header_text, AccessLog, Line},
     admin::ping::AGENT_ADMIN_PREFIX,
     auth::{Live, CALLER_HEADER, RELAY_AUTH_HEADER, RELAY_KEY_HEADER},
     compression::{accepts_gzip, deflate_response, inflate_request},
@@ -266,21 +266,10 @@ impl Service<http::Request<Body>> for RouteByKey {
         };
         let mut record = CallRecord::start(&self.labels, &key, req.uri().path(), permit);
         if let Some(log) = &self.access_log {
-            let text = |name: &str| {
-                req.headers()
-                    .get(name)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default()
-                    .to_owned()
-            };
             let line = Line {
-                caller: text(CALLER_HEADER),
+                caller: header_text(req.headers(), CALLER_HEADER),
                 key: key.clone(),
-                method: req.uri().path().to_owned(),
-                peer: crate::refusals::peer(req.extensions())
-                    .map(|a| a.to_string())
-                    .unwrap_or_default(),
-                ..Line::default()
+                ..Line::arriving(&req)
             };
             record.log_to(log, line);
         }

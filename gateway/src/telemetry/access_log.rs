@@ -50,6 +50,29 @@ pub(crate) struct Line {
     pub(crate) tunnel_id: Option<u64>,
 }
 
+impl Line {
+    /// A line for `req` as it arrived: its method (the path) and the peer
+    /// it came from; the rest is filled in by the caller and at the end.
+    pub(crate) fn arriving<B>(req: &http::Request<B>) -> Self {
+        Self {
+            method: req.uri().path().to_owned(),
+            peer: crate::refusals::peer(req.extensions())
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            ..Self::default()
+        }
+    }
+}
+
+/// Header `name` of `headers` as text; empty when absent or not text.
+pub(crate) fn header_text(headers: &http::HeaderMap, name: &str) -> String {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// Where lines go.
 #[derive(Debug, Clone)]
 pub(crate) struct AccessLog {

@@ -13,6 +13,10 @@ use std::{
     sync::OnceLock,
 };
 
+#[path = "../../../build_support/go_build.rs"]
+mod go_build;
+use go_build::go_build;
+
 /// The built programs.
 pub struct GoPrograms {
     dir: PathBuf,
@@ -47,25 +51,16 @@ fn build() -> Result<PathBuf, String> {
         .file_stem()
         .map_or_else(|| "e2e".into(), |s| s.to_string_lossy().into_owned());
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("go-{name}"));
-    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
-    let status = std::process::Command::new("go")
-        .args(["build", "-o"])
-        .arg(format!("{}/", out.display()))
-        .args([
+    go_build(
+        &module,
+        &out,
+        &[
             "google.golang.org/grpc/interop/client",
             "google.golang.org/grpc/interop/server",
             "github.com/fullstorydev/grpcurl/cmd/grpcurl",
             "./cmd/upstream",
             "./cmd/gzipcall",
-        ])
-        .current_dir(&module)
-        .status()
-        .map_err(|e| format!("cannot run `go` ({e}); is Go on PATH?"))?;
-    if !status.success() {
-        return Err(format!(
-            "`go build` in {} failed: {status}",
-            module.display()
-        ));
-    }
+        ],
+    )?;
     Ok(out)
 }
