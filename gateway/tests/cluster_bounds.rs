@@ -75,6 +75,21 @@ async fn a_new_tunnel_wakes_only_the_calls_waiting_for_its_key() {
         let cluster = Fixture::new(&store, &keys, 1).await;
         let hub = cluster.addrs()[0];
         let channel = hub_channel(hub).await;
+        // The hub's announcement feed subscribed first: on subscribing it
+        // tells every waiting call to look again (announcements made
+        // before it were not heard), which would count here.
+        grpctunnel_testing::eventually(
+            "the hub's announcement feed",
+            Duration::from_secs(20),
+            || async {
+                let out = store
+                    .cli(&["PUBSUB", "NUMSUB", "grpctunnel:published"])
+                    .await;
+                let subscribers = out.lines().nth(1)?.trim().parse::<u64>().ok()?;
+                (subscribers >= 1).then_some(())
+            },
+        )
+        .await;
         let mut waiting = tokio::task::JoinSet::new();
         for _ in 0..WAITERS {
             let mut c = grpctunnel_testing::pb::echo_service_client::EchoServiceClient::new(
