@@ -196,7 +196,9 @@ pub(crate) fn headers_to_metadata(
             }
         }
         if !values.is_empty() {
-            md.md.entry(name.to_owned()).or_default().val.extend(values);
+            // Each key comes once from `keys()`: the vector moves in whole.
+            md.md
+                .insert(name.to_owned(), pb::metadata::Values { val: values });
         }
     }
     Ok(md)
@@ -290,7 +292,11 @@ pub(crate) fn metadata_to_headers(
             }
         };
         let is_bin = is_bin_key(key);
-        for value in &values.val {
+        // The name moves into the map with the last value: a clone of a
+        // name that is not a standard header costs an allocation.
+        let mut name = Some(name);
+        let last = values.val.len().saturating_sub(1);
+        for (i, value) in values.val.iter().enumerate() {
             let value = if !is_bin {
                 // `from_bytes`, not `from_str`: obs-text (bytes from 0x80)
                 // is a valid HTTP/2 header value, and UTF-8 beyond ASCII is
@@ -315,9 +321,14 @@ pub(crate) fn metadata_to_headers(
                     // keeps a peer far below that, and past half of it
                     // entries are dropped (room stays for the headers we add)
                     // rather than panicking.
-                    if headers.len() >= MAX_ENTRIES
-                        || headers.try_append(name.clone(), value).is_err()
-                    {
+                    let this = if i == last { name.take() } else { name.clone() };
+                    let appended = match this {
+                        Some(name) if headers.len() < MAX_ENTRIES => {
+                            headers.try_append(name, value).is_ok()
+                        }
+                        _ => false,
+                    };
+                    if !appended {
                         dropped.push(key.clone());
                     }
                 }

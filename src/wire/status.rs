@@ -6,7 +6,7 @@
 //! `UNKNOWN`, undecodable details are dropped with a `debug!` event.
 
 use base64::Engine as _;
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use prost::Message as _;
 
 use super::metadata::{BASE64, GRPC_MESSAGE, GRPC_STATUS, GRPC_STATUS_DETAILS};
@@ -76,13 +76,18 @@ fn decode_details(value: &[u8]) -> Option<Vec<prost_types::Any>> {
 /// details, `grpc-status-details-bin` holding the whole serialized status.
 /// Existing values of those keys are replaced.
 pub(crate) fn status_to_trailers(status: &tonic_types::Status, trailers: &mut HeaderMap) {
-    trailers.insert(GRPC_STATUS, HeaderValue::from(status.code));
+    // Static names and values: a `&str` key that is not a standard header,
+    // or a number turned into text, each cost an allocation per call.
+    trailers.insert(
+        HeaderName::from_static(GRPC_STATUS),
+        code_value(status.code),
+    );
     if status.message.is_empty() {
         trailers.remove(GRPC_MESSAGE);
     } else {
         match HeaderValue::from_str(&percent_encode(&status.message)) {
             Ok(value) => {
-                trailers.insert(GRPC_MESSAGE, value);
+                trailers.insert(HeaderName::from_static(GRPC_MESSAGE), value);
             }
             // Unreachable: percent_encode only yields visible ASCII.
             Err(_) => tracing::debug!("grpc-message could not be encoded"),
@@ -93,12 +98,27 @@ pub(crate) fn status_to_trailers(status: &tonic_types::Status, trailers: &mut He
     } else {
         match HeaderValue::from_str(&BASE64.encode(status.encode_to_vec())) {
             Ok(value) => {
-                trailers.insert(GRPC_STATUS_DETAILS, value);
+                trailers.insert(HeaderName::from_static(GRPC_STATUS_DETAILS), value);
             }
             // Unreachable: base64 only yields visible ASCII.
             Err(_) => tracing::debug!("grpc-status-details-bin could not be encoded"),
         }
     }
+}
+
+/// The `grpc-status` value of `code`: the 17 codes gRPC defines without
+/// an allocation, any other number as its text.
+fn code_value(code: i32) -> HeaderValue {
+    const CODES: [&str; 17] = [
+        "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+    ];
+    usize::try_from(code)
+        .ok()
+        .and_then(|i| CODES.get(i))
+        .map_or_else(
+            || HeaderValue::from(code),
+            |text| HeaderValue::from_static(text),
+        )
 }
 
 /// Converts a [`tonic::Status`] into the `google.rpc.Status` sent in
@@ -326,6 +346,24 @@ mod tests {
             .and_then(|e| e.downcast_ref::<h2::Error>())
             .and_then(h2::Error::reason);
         assert_eq!(reason, Some(h2::Reason::CANCEL));
+    }
+
+    /// Every code, gRPC's own and any other number a peer sends, is
+    /// written as its decimal text.
+    #[test]
+    fn status_codes_written_as_text() {
+        for code in [-7, 0, 1, 9, 10, 16, 17, 99, i32::MAX, i32::MIN] {
+            let mut trailers = HeaderMap::new();
+            let status = tonic_types::Status {
+                code,
+                ..Default::default()
+            };
+            status_to_trailers(&status, &mut trailers);
+            assert_eq!(
+                trailers.get(GRPC_STATUS).expect("set"),
+                code.to_string().as_str()
+            );
+        }
     }
 
     #[test]
