@@ -108,6 +108,21 @@ pub fn upstream_role() -> ExitCode {
     })
 }
 
+/// Writes a secret as an operator keeps one, readable by its owner only
+/// (the hub warns of any other mode).
+fn write_secret(path: &std::path::Path, contents: &str) -> Result<(), String> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut file| file.write_all(contents.as_bytes()))
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
 /// A directory for the hub's config and token files, removed when dropped.
 pub struct Scratch(pub PathBuf);
 
@@ -117,8 +132,7 @@ impl Scratch {
             std::env::temp_dir().join(format!("grpctunnel-gateway-bench-{}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let token = dir.join("agent.token");
-        std::fs::write(&token, format!("{TOKEN}\n"))
-            .map_err(|e| format!("{}: {e}", token.display()))?;
+        write_secret(&token, &format!("{TOKEN}\n"))?;
         let config = dir.join("hub.toml");
         std::fs::write(
             &config,
@@ -282,8 +296,7 @@ pub fn start_store(scratch: &Scratch) -> Result<Store, String> {
 /// on a port of its own, relaying calls as `relay` says (`tunnel`, `grpc`).
 pub fn start_cluster_hub(scratch: &Scratch, store: &Store, relay: &str) -> Result<Hub, String> {
     let secret = scratch.0.join("cluster.secret");
-    std::fs::write(&secret, "gateway-bench-cluster-secret-of-32-bytes-or-more")
-        .map_err(|e| format!("{}: {e}", secret.display()))?;
+    write_secret(&secret, "gateway-bench-cluster-secret-of-32-bytes-or-more")?;
     let listen = format!("127.0.0.1:{}", free_port()?);
     let mut args = strings(&["hub", "--listen", &listen, "--config"]);
     args.push(scratch.config());
