@@ -5,6 +5,11 @@
 //! completed, is the CPU one call costs in the middle. It is steadier than
 //! throughput on a shared machine: a noisy neighbour slows calls down but
 //! hardly changes what each costs.
+//!
+//! [`Machine`] reads the whole machine's CPU time from `/proc/stat` around
+//! the same workload: everything busy per call (caller, upstream, the
+//! middle, the kernel) and the share of time the CPUs sat idle, which
+//! shows whether a setup is short of CPU or waits between its processes.
 
 /// Clock ticks per second of `/proc/<pid>/stat` (`USER_HZ`: 100 on every
 /// Linux architecture the bench runs on).
@@ -51,5 +56,43 @@ impl Snapshot {
             .filter_map(|&(pid, before)| seconds(pid).map(|now| now - before))
             .sum();
         Some(spent * 1e6 / calls as f64)
+    }
+}
+
+/// The machine's CPU time so far, from `/proc/stat`, in seconds summed
+/// over CPUs: busy (user, nice, system, irq, softirq) and idle (idle,
+/// iowait). Time stolen by a hypervisor counts as neither.
+#[derive(Debug, Clone, Copy)]
+pub struct Machine {
+    busy: f64,
+    idle: f64,
+}
+
+impl Machine {
+    /// Reads `/proc/stat` now; `None` when unreadable (not Linux).
+    pub fn take() -> Option<Self> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+        let t: Vec<f64> = line
+            .split_whitespace()
+            .skip(1)
+            .map(|f| f.parse().ok())
+            .collect::<Option<_>>()?;
+        let at = |i: usize| t.get(i).copied().unwrap_or(0.0);
+        Some(Self {
+            busy: (at(0) + at(1) + at(2) + at(5) + at(6)) / TICKS_PER_S,
+            idle: (at(3) + at(4)) / TICKS_PER_S,
+        })
+    }
+
+    /// Since `self`, over `calls` calls: busy microseconds per call and the
+    /// percentage of CPU time idle; `None` without calls or time.
+    pub fn since(&self, calls: u64) -> Option<(f64, f64)> {
+        let now = Self::take()?;
+        let (busy, idle) = (now.busy - self.busy, now.idle - self.idle);
+        if calls == 0 || busy + idle <= 0.0 {
+            return None;
+        }
+        Some((busy * 1e6 / calls as f64, 100.0 * idle / (busy + idle)))
     }
 }

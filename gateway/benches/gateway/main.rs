@@ -127,11 +127,16 @@ async fn run_workloads<T: Chan>(ch: &T, opts: &Options, middle: &[u32]) -> Outco
         Err(e) => errors.push(format!("unary_seq: {e}")),
     }
     let cpu = cpu::Snapshot::take(middle);
+    let machine = cpu::Machine::take();
     match workloads::unary_conc(ch, opts.callers, opts.warmup, opts.duration).await {
         Ok((rate, calls)) => {
             samples.push((report::UNARY_CONC, rate));
             if let Some(us) = cpu.us_per_call(calls) {
                 samples.push((report::CPU_CONC, us));
+            }
+            if let Some((us, idle)) = machine.and_then(|m| m.since(calls)) {
+                samples.push((report::MACHINE_CONC, us));
+                samples.push((report::IDLE_CONC, idle));
             }
         }
         Err(e) => errors.push(format!("unary_conc: {e}")),

@@ -33,13 +33,15 @@ pub const CLIENT_STREAM: &str = "client_stream_64k_mb_per_s";
 pub const BIDI: &str = "bidi_pingpong_round_trips_per_s";
 pub const CPU_SEQ: &str = "unary_seq_cpu_us_per_call";
 pub const CPU_CONC: &str = "unary_conc_cpu_us_per_call";
+pub const MACHINE_CONC: &str = "unary_conc_machine_cpu_us_per_call";
+pub const IDLE_CONC: &str = "unary_conc_idle_percent";
 pub const HUB_MEMORY: &str = "hub_kib_per_idle_agent";
 pub const DIR_BYTES: &str = "directory_bytes_per_key";
 pub const DIR_PUBLISH: &str = "directory_publish_us_per_key";
 pub const DIR_LOOKUP_P50: &str = "directory_lookup_p50_us";
 pub const DIR_LOOKUP_P99: &str = "directory_lookup_p99_us";
 
-pub const FIGURES: [Figure; 13] = [
+pub const FIGURES: [Figure; 15] = [
     Figure {
         key: UNARY_P50,
         label: "unary 100 B, sequential: p50",
@@ -79,6 +81,16 @@ pub const FIGURES: [Figure; 13] = [
         key: CPU_CONC,
         label: "CPU in the middle, N callers unary",
         unit: "us/call",
+    },
+    Figure {
+        key: MACHINE_CONC,
+        label: "CPU of the machine, N callers unary",
+        unit: "us/call",
+    },
+    Figure {
+        key: IDLE_CONC,
+        label: "CPUs idle, N callers unary",
+        unit: "%",
     },
     Figure {
         key: HUB_MEMORY,
