@@ -108,6 +108,25 @@ fn count(codes: &mut Vec<(&'static str, u64)>, code: &'static str, n: u64) {
 }
 
 impl Series {
+    /// Counts `call` in the slot of `epoch`.
+    fn add(&mut self, epoch: u64, call: &Call<'_>) {
+        let slot = &mut self.slots[(epoch % SLOTS as u64) as usize];
+        if slot.epoch != epoch {
+            *slot = Slot {
+                epoch,
+                ..Slot::default()
+            };
+        }
+        count(&mut slot.codes, call.code, 1);
+        let bucket = LATENCY_BUCKETS
+            .iter()
+            .position(|b| call.seconds <= *b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        slot.buckets[bucket] += 1;
+        slot.bytes_received += call.bytes_received;
+        slot.bytes_sent += call.bytes_sent;
+    }
+
     /// Whether every slot is older than the window at `epoch`.
     fn stale(&self, epoch: u64) -> bool {
         self.slots
@@ -125,49 +144,31 @@ impl CallStats {
     pub(crate) fn record(&self, call: Call<'_>) {
         let epoch = self.epoch();
         let mut series = self.series.lock().unwrap_or_else(|p| p.into_inner());
-        let known = series
-            .get(call.key)
-            .is_some_and(|m| m.contains_key(call.method));
-        if !known {
-            let total: usize = series.values().map(HashMap::len).sum();
-            if total >= MAX_SERIES {
-                for methods in series.values_mut() {
-                    methods.retain(|_, s| !s.stale(epoch));
-                }
-                series.retain(|_, m| !m.is_empty());
-                if series.values().map(HashMap::len).sum::<usize>() >= MAX_SERIES {
-                    return;
-                }
-            }
-        }
-        if !known {
-            series
-                .entry(call.key.to_owned())
-                .or_default()
-                .insert(call.method.to_owned(), Series::default());
-        }
-        // Known series (every call but a series' first) allocate nothing.
-        let Some(slots) = series
+        // Known series (every call but a series' first): one lookup, no
+        // allocation.
+        if let Some(known) = series
             .get_mut(call.key)
             .and_then(|m| m.get_mut(call.method))
-        else {
+        {
+            known.add(epoch, &call);
             return;
-        };
-        let slot = &mut slots.slots[(epoch % SLOTS as u64) as usize];
-        if slot.epoch != epoch {
-            *slot = Slot {
-                epoch,
-                ..Slot::default()
-            };
         }
-        count(&mut slot.codes, call.code, 1);
-        let bucket = LATENCY_BUCKETS
-            .iter()
-            .position(|b| call.seconds <= *b)
-            .unwrap_or(LATENCY_BUCKETS.len());
-        slot.buckets[bucket] += 1;
-        slot.bytes_received += call.bytes_received;
-        slot.bytes_sent += call.bytes_sent;
+        let total: usize = series.values().map(HashMap::len).sum();
+        if total >= MAX_SERIES {
+            for methods in series.values_mut() {
+                methods.retain(|_, s| !s.stale(epoch));
+            }
+            series.retain(|_, m| !m.is_empty());
+            if series.values().map(HashMap::len).sum::<usize>() >= MAX_SERIES {
+                return;
+            }
+        }
+        series
+            .entry(call.key.to_owned())
+            .or_default()
+            .entry(call.method.to_owned())
+            .or_default()
+            .add(epoch, &call);
     }
 
     /// The figures of the last minute for keys starting with `prefix`,
