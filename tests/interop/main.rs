@@ -12,6 +12,8 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+#[path = "../../build_support/go_build.rs"]
+mod go_build;
 mod peer;
 
 use common::*;

@@ -8,6 +8,7 @@ use std::{
     time::Duration,
 };
 
+use crate::go_build::go_build;
 use tokio::{
     io::{AsyncBufReadExt, BufReader, Lines},
     process::{Child, ChildStdin, ChildStdout, Command},
@@ -58,18 +59,9 @@ fn interop_dir() -> PathBuf {
 }
 
 fn build() -> Result<PathBuf, String> {
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("grpctunnel-interop-peer");
-    let status = std::process::Command::new("go")
-        .args(["build", "-o"])
-        .arg(&out)
-        .arg("./cmd/peer")
-        .current_dir(interop_dir())
-        .status()
-        .map_err(|e| format!("cannot run `go` ({e}); is Go on PATH?"))?;
-    if !status.success() {
-        return Err(format!("`go build ./cmd/peer` failed: {status}"));
-    }
-    Ok(out)
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("grpctunnel-interop-go");
+    go_build(&interop_dir(), &out, &["./cmd/peer"])?;
+    Ok(out.join("peer"))
 }
 
 /// A running peer role; killed when dropped.
