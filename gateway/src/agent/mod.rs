@@ -4,6 +4,8 @@
 //! transparent proxy, so the upstream may be written in any language.
 
 pub(crate) mod admin;
+mod h2_streams;
+mod upstream;
 
 use admin::AgentMetrics;
 use clap::Args;
@@ -189,6 +191,15 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Failure> {
         )));
     }
     .connect_lazy();
+    // A plaintext upstream gets its calls over `h2` directly; the Channel
+    // serves an `https://` one, and the pings' health checks either way.
+    let pinged = upstream.clone();
+    let upstream = match args.upstream.parse::<http::Uri>() {
+        Ok(uri) if uri.scheme_str() != Some("https") => upstream::DirectUpstream::new(&uri)
+            .map(upstream::Upstream::Direct)
+            .unwrap_or(upstream::Upstream::Channel(upstream)),
+        _ => upstream::Upstream::Channel(upstream),
+    };
     let mut hubs = Vec::new();
     for hub in &args.hub {
         hubs.push((
@@ -227,7 +238,7 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Failure> {
     let unmetered = crate::metrics::Labels::new([args.key.clone()]);
     let key = args.key.clone();
     // The hub's pings (`grpctunnel ping`) are answered here, not upstream.
-    let pings = AgentPing::new(upstream.clone()).server();
+    let pings = AgentPing::new(pinged).server();
     let proxy = tower::service_fn(move |mut req: http::Request<tonic::body::Body>| {
         let upstream = upstream.clone();
         let pings = pings.clone();
@@ -275,15 +286,14 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Failure> {
                 Ok(permit) => permit,
                 Err(status) => return Ok(status.into_http()),
             };
-            let resp = tower::ServiceExt::oneshot(upstream, req).await?;
-            let resp = inflate_response(resp, max_message_size);
-            Ok::<_, tonic::transport::Error>(
+            let resp = inflate_response(upstream.call(req).await, max_message_size);
+            Ok::<_, std::convert::Infallible>(
                 resp.map(|body| tonic::body::Body::new(Held::new(body, permit))),
             )
         };
         async move {
             let resp = served.await?;
-            Ok::<_, tonic::transport::Error>(match record {
+            Ok::<_, std::convert::Infallible>(match record {
                 Some(record) => AgentMetrics::finish(resp, record),
                 None => resp,
             })

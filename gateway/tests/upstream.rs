@@ -1,0 +1,83 @@
+//! The agent's connection to its upstream: while the upstream is down (or
+//! answers with something that is not HTTP/2) calls fail `UNAVAILABLE`,
+//! saying what failed but never the upstream's address; the first call
+//! after it is back goes through, with no wait and no retry by the caller. Hub and agent are real processes; the
+//! upstream is restarted on the same port.
+
+mod common;
+
+use common::*;
+
+use grpctunnel_testing::Echo;
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::Code;
+
+/// The echo service on `listener` until `stop` fires (then it sends GOAWAY
+/// on every connection and ends when they are closed).
+fn serve(listener: TcpListener) -> (oneshot::Sender<()>, JoinHandle<()>) {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(Echo::new().server())
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("upstream serves");
+    });
+    (stop, server)
+}
+
+#[tokio::test]
+async fn calls_fail_unavailable_while_the_upstream_is_down_and_pass_once_it_is_back() {
+    bounded(async {
+        let dir = temp_dir();
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let upstream = listener.local_addr().expect("addr");
+        let (stop, server) = serve(listener);
+        let (_hub, addr) = hub(&dir, AGENT_TOKEN, &["plant-7"]).await;
+        let _agent = agent(&dir, addr, "plant-7", AGENT_TOKEN, upstream);
+        let mut plant = caller(addr, "plant-7", true).await;
+        let reply = plant.unary(hello("before")).await.expect("upstream up");
+        assert_eq!(reply.into_inner().payload.as_ref(), b"before");
+
+        // Stopped: GOAWAY on the agent's connection, then it is closed.
+        stop.send(()).expect("upstream running");
+        server.await.expect("upstream stopped");
+        let err = plant.unary(hello("down")).await.expect_err("no upstream");
+        assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+        assert!(err.message().contains("upstream"), "{err:?}");
+        assert!(!err.message().contains(&upstream.to_string()), "{err:?}");
+
+        // Something on the port that is not an HTTP/2 server: it accepts
+        // and hangs up.
+        let impostor = TcpListener::bind(upstream).await.expect("rebind");
+        let hanging_up = tokio::spawn(async move {
+            loop {
+                match impostor.accept().await {
+                    Ok((socket, _)) => drop(socket),
+                    Err(_) => return,
+                }
+            }
+        });
+        let err = plant.unary(hello("impostor")).await.expect_err("no HTTP/2");
+        assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+        // What failed, not where: the upstream's address stays with the
+        // agent.
+        assert!(err.message().contains("upstream"), "{err:?}");
+        assert!(!err.message().contains(&upstream.to_string()), "{err:?}");
+        hanging_up.abort();
+        let _ = hanging_up.await;
+
+        // Back on the same port: the very next call is served.
+        let (_stop, _server) = serve(TcpListener::bind(upstream).await.expect("rebind"));
+        for i in 0..3 {
+            let text = format!("after {i}");
+            let reply = plant.unary(hello(&text)).await.expect("upstream back");
+            assert_eq!(reply.into_inner().payload.as_ref(), text.as_bytes());
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    })
+    .await
+}
