@@ -64,10 +64,14 @@ impl Upstream {
                 Ok(resp) => resp,
                 Err(status) => status.into_http(),
             },
-            Upstream::Channel(channel) => match tower::ServiceExt::oneshot(channel, req).await {
-                Ok(resp) => resp,
-                Err(e) => tonic::Status::from_error(Box::new(e)).into_http(),
-            },
+            // Boxed, so that the direct path's futures do not carry the
+            // Channel's (each call's future is moved several times).
+            Upstream::Channel(channel) => {
+                match Box::pin(tower::ServiceExt::oneshot(channel, req)).await {
+                    Ok(resp) => resp,
+                    Err(e) => tonic::Status::from_error(Box::new(e)).into_http(),
+                }
+            }
         }
     }
 }
@@ -151,7 +155,13 @@ impl DirectUpstream {
     async fn ready(&self) -> Result<h2::client::SendRequest<Bytes>, tonic::Status> {
         let mut again = true;
         loop {
-            let connection = self.connection().await?;
+            let connection = match self.0.current() {
+                Some(connection) => connection,
+                // Boxed: the dial's state (an h2 handshake) would
+                // otherwise make every call's future twice as large, and
+                // each move of it a larger copy.
+                None => Box::pin(self.connection()).await?,
+            };
             match connection.sender.ready().await {
                 Ok(sender) => return Ok(sender),
                 Err(e) => {
@@ -164,12 +174,10 @@ impl DirectUpstream {
         }
     }
 
-    /// The current connection, or a new one. Calls that find none while a
-    /// dial is under way wait for it, and take its error if it fails.
+    /// A new connection, or the one another call dialled meanwhile. Calls
+    /// that find none while a dial is under way wait for it, and take its
+    /// error if it fails.
     async fn connection(&self) -> Result<Connection, tonic::Status> {
-        if let Some(connection) = self.0.current() {
-            return Ok(connection);
-        }
         let seen = self.0.dials.load(Ordering::Acquire);
         let mut last_error = self.0.dialling.lock().await;
         if let Some(connection) = self.0.current() {
