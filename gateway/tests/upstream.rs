@@ -8,7 +8,9 @@ mod common;
 
 use common::*;
 
-use grpctunnel_testing::Echo;
+use grpctunnel_testing::{pb::EchoRequest, Echo};
+use std::time::Duration;
+
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::Code;
@@ -77,6 +79,48 @@ async fn calls_fail_unavailable_while_the_upstream_is_down_and_pass_once_it_is_b
             let reply = plant.unary(hello(&text)).await.expect("upstream back");
             assert_eq!(reply.into_inner().payload.as_ref(), text.as_bytes());
         }
+        let _ = std::fs::remove_dir_all(dir);
+    })
+    .await
+}
+
+/// A caller that gives up on a server stream (the upstream's handler
+/// producing a million messages) gets the upstream's handler cancelled:
+/// the agent resets its stream to the upstream rather than leaving it
+/// open. Three rounds, then an ordinary call on the same connection.
+#[tokio::test]
+async fn a_caller_giving_up_mid_stream_cancels_the_upstreams_handler() {
+    bounded(async {
+        let dir = temp_dir();
+        let echo = Echo::new();
+        let upstream = upstream_with(echo.clone()).await;
+        let (_hub, addr) = hub(&dir, AGENT_TOKEN, &["plant-7"]).await;
+        let _agent = agent(&dir, addr, "plant-7", AGENT_TOKEN, upstream);
+        let mut plant = caller(addr, "plant-7", true).await;
+        for round in 0..3 {
+            let tag = format!("given-up-{round}");
+            let mut call = tonic::Request::new(EchoRequest {
+                repeat: 1_000_000,
+                response_size: 1024,
+                tag: tag.clone(),
+                ..Default::default()
+            });
+            call.set_timeout(Duration::from_secs(30));
+            let mut responses = plant.server_stream(call).await.expect("call").into_inner();
+            responses
+                .message()
+                .await
+                .expect("first")
+                .expect("a message");
+            drop(responses);
+            let state = echo.wait_handler(&tag, Duration::from_secs(20)).await;
+            assert!(
+                state.started && state.cancelled && !state.finished,
+                "round {round}: handler {state:?}, want started and cancelled"
+            );
+        }
+        let reply = plant.unary(hello("still")).await.expect("unary");
+        assert_eq!(reply.into_inner().payload.as_ref(), b"still");
         let _ = std::fs::remove_dir_all(dir);
     })
     .await
