@@ -18,9 +18,10 @@ use http_body::{Body, Frame};
 
 /// The request body of one call, fed into its `h2` send stream.
 ///
-/// Polled once where the call is made (a unary request usually ends
-/// there, with no task spawned); a body that is not done yet is driven by a
-/// task of its own ([`RequestPump::spawn_if_pending`]).
+/// Driven by the call's own task until the response's head arrives (a
+/// unary request has ended by then: the upstream answers once it has the
+/// whole request); a body still open after that, a stream's, is driven by
+/// a task of its own ([`RequestPump::spawn`]).
 pub(crate) struct RequestPump {
     body: Pin<Box<tonic::body::Body>>,
     send: h2::SendStream<Bytes>,
@@ -37,20 +38,16 @@ impl RequestPump {
         }
     }
 
-    /// Sends what the body has ready; if it is not done, a task sends the
-    /// rest. Must run inside the runtime.
-    pub(crate) fn spawn_if_pending(mut self) {
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        if self.poll_pump(&mut cx).is_pending() {
-            // The first poll of the task registers its real waker.
-            tokio::spawn(std::future::poll_fn(move |cx| self.poll_pump(cx)));
-        }
+    /// Sends the rest of the body from a task of its own. Must run inside
+    /// the runtime.
+    pub(crate) fn spawn(mut self) {
+        tokio::spawn(std::future::poll_fn(move |cx| self.poll_pump(cx)));
     }
 
     /// Sends until the body is done (`Ready`) or must wait: for the
     /// body's next frame or for window. Ready also when the upstream reset
     /// the stream, or the body failed (the stream is reset then).
-    fn poll_pump(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+    pub(crate) fn poll_pump(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         loop {
             if let Some(data) = self.waiting.as_mut() {
                 // Ask for the whole chunk; `h2` assigns what the windows
@@ -287,7 +284,7 @@ mod tests {
             left: TOTAL,
             taken: taken.clone(),
         };
-        RequestPump::new(tonic::body::Body::new(body), send).spawn_if_pending();
+        RequestPump::new(tonic::body::Body::new(body), send).spawn();
 
         let bound = Duration::from_secs(20);
         let mut got = 0;

@@ -139,10 +139,22 @@ impl DirectUpstream {
         let (response, send) = sender
             .send_request(http::Request::from_parts(parts, ()), end)
             .map_err(status_of)?;
-        if !end {
-            RequestPump::new(body, send).spawn_if_pending();
+        // The request is sent from this task while it waits for the
+        // response's head: no task of its own for a unary call.
+        let mut pump = (!end).then(|| RequestPump::new(body, send));
+        let mut response = response;
+        let head = std::future::poll_fn(|cx| {
+            if pump.as_mut().is_some_and(|p| p.poll_pump(cx).is_ready()) {
+                pump = None;
+            }
+            std::future::Future::poll(std::pin::Pin::new(&mut response), cx)
+        })
+        .await
+        .map_err(status_of)?;
+        if let Some(pump) = pump {
+            pump.spawn();
         }
-        let (parts, recv) = response.await.map_err(status_of)?.into_parts();
+        let (parts, recv) = head.into_parts();
         Ok(http::Response::from_parts(
             parts,
             tonic::body::Body::new(ResponseBody::new(recv)),
