@@ -189,17 +189,12 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Failure> {
             "refusing to send callers' calls and metadata to {} in the clear: use https:// (with --upstream-ca-file), or say --plaintext-upstream",
             args.upstream
         )));
-    }
-    .connect_lazy();
-    // A plaintext upstream gets its calls over `h2` directly; the Channel
-    // serves an `https://` one, and the pings' health checks either way.
-    let pinged = upstream.clone();
-    let upstream = match args.upstream.parse::<http::Uri>() {
-        Ok(uri) if uri.scheme_str() != Some("https") => upstream::DirectUpstream::new(&uri)
-            .map(upstream::Upstream::Direct)
-            .unwrap_or(upstream::Upstream::Channel(upstream)),
-        _ => upstream::Upstream::Channel(upstream),
     };
+    let uri = upstream.uri().clone();
+    let upstream = upstream.connect_lazy();
+    // The pings' health checks go through the Channel either way.
+    let pinged = upstream.clone();
+    let upstream = upstream::Upstream::new(&uri, upstream);
     let mut hubs = Vec::new();
     for hub in &args.hub {
         hubs.push((
@@ -270,7 +265,7 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Failure> {
                 let resp = tower::ServiceExt::oneshot(pings, req)
                     .await
                     .unwrap_or_else(|never| match never {});
-                return Ok(resp);
+                return resp;
             }
             if !allowed(&allow, req.uri().path()) {
                 let path = req.uri().path().to_owned();
@@ -280,19 +275,17 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Failure> {
                     "is not a canonical gRPC path (/pkg.Service/Method), which an agent with --allow refuses"
                 };
                 tracing::warn!(%path, "call refused: {why}");
-                return Ok(tonic::Status::permission_denied(format!("{path:?} {why}")).into_http());
+                return tonic::Status::permission_denied(format!("{path:?} {why}")).into_http();
             }
             let permit = match permit {
                 Ok(permit) => permit,
-                Err(status) => return Ok(status.into_http()),
+                Err(status) => return status.into_http(),
             };
             let resp = inflate_response(upstream.call(req).await, max_message_size);
-            Ok::<_, std::convert::Infallible>(
-                resp.map(|body| tonic::body::Body::new(Held::new(body, permit))),
-            )
+            resp.map(|body| tonic::body::Body::new(Held::new(body, permit)))
         };
         async move {
-            let resp = served.await?;
+            let resp = served.await;
             Ok::<_, std::convert::Infallible>(match record {
                 Some(record) => AgentMetrics::finish(resp, record),
                 None => resp,

@@ -53,6 +53,15 @@ pub(crate) enum Upstream {
 }
 
 impl Upstream {
+    /// The upstream at `uri`: direct for `http://`, through `channel` (made
+    /// for `uri`, with its TLS set-up) for `https://`.
+    pub(crate) fn new(uri: &http::Uri, channel: tonic::transport::Channel) -> Self {
+        match uri.scheme_str() {
+            Some("https") => Upstream::Channel(channel),
+            _ => DirectUpstream::new(uri).map_or(Upstream::Channel(channel), Upstream::Direct),
+        }
+    }
+
     /// Sends `req` upstream; its response, or the status of why there is
     /// none (`UNAVAILABLE` when the upstream cannot be reached).
     pub(crate) async fn call(
@@ -106,7 +115,7 @@ struct Connection {
 impl DirectUpstream {
     /// The upstream at `uri` (`http://host[:port]`, port 80 if none); no
     /// connection until the first call.
-    pub(crate) fn new(uri: &http::Uri) -> Option<Self> {
+    fn new(uri: &http::Uri) -> Option<Self> {
         let authority = uri.authority()?.clone();
         let address = format!(
             "{}:{}",
@@ -136,13 +145,12 @@ impl DirectUpstream {
         parts.version = http::Version::HTTP_2;
         let mut sender = self.ready().await?;
         let end = body.is_end_stream();
-        let (response, send) = sender
+        let (mut response, send) = sender
             .send_request(http::Request::from_parts(parts, ()), end)
             .map_err(status_of)?;
         // The request is sent from this task while it waits for the
         // response's head: no task of its own for a unary call.
         let mut pump = (!end).then(|| RequestPump::new(body, send));
-        let mut response = response;
         let head = std::future::poll_fn(|cx| {
             if pump.as_mut().is_some_and(|p| p.poll_pump(cx).is_ready()) {
                 pump = None;
