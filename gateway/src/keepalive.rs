@@ -50,3 +50,51 @@ pub(crate) fn server(server: Server, secs: u64) -> Server {
         .http2_keepalive_interval(Some(every))
         .http2_keepalive_timeout(Some(every))
 }
+
+/// Default of the agent's `--upstream-keepalive`: gRPC servers take pings
+/// more often than every 5 minutes, with no data sent between them, as
+/// abuse and close the connection (grpc-go's and grpc-java's default
+/// enforcement), so pings toward a server we do not configure are no
+/// more frequent than that.
+pub(crate) const UPSTREAM_DEFAULT_SECS: u64 = 300;
+
+/// Longest wait for the answer to a ping toward the upstream: gRPC's own
+/// default keepalive timeout.
+const UPSTREAM_MAX_WAIT: Duration = Duration::from_secs(20);
+
+/// The agent's pings toward its upstream: sent every `every` while calls
+/// are open on the connection (never while it is idle, which gRPC servers
+/// also refuse); a ping unanswered within `wait` closes the connection and
+/// fails its calls `UNAVAILABLE` rather than leaving them to their
+/// deadlines (or forever, for calls without one).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct UpstreamPings {
+    pub(crate) every: Duration,
+    pub(crate) wait: Duration,
+}
+
+impl UpstreamPings {
+    /// Pings every `secs` seconds, waiting as long again for the answer
+    /// (at most 20 s); 0: none.
+    pub(crate) fn every_secs(secs: u64) -> Option<Self> {
+        (secs > 0).then(|| {
+            let every = Duration::from_secs(secs);
+            Self {
+                every,
+                wait: every.min(UPSTREAM_MAX_WAIT),
+            }
+        })
+    }
+
+    /// The same pings on a tonic `Channel`'s connection (an `https://`
+    /// upstream): hyper's keepalive, which pings only while streams are
+    /// open unless told otherwise.
+    pub(crate) fn on(pings: Option<Self>, endpoint: Endpoint) -> Endpoint {
+        match pings {
+            Some(pings) => endpoint
+                .http2_keep_alive_interval(pings.every)
+                .keep_alive_timeout(pings.wait),
+            None => endpoint,
+        }
+    }
+}

@@ -11,8 +11,12 @@ use common::*;
 use grpctunnel_testing::{pb::EchoRequest, Echo};
 use std::time::Duration;
 
-use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio::{
+    net::TcpListener,
+    sync::{mpsc, oneshot},
+    task::JoinHandle,
+};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::Code;
 
 /// The echo service on `listener` until `stop` fires (then it sends GOAWAY
@@ -121,6 +125,70 @@ async fn a_caller_giving_up_mid_stream_cancels_the_upstreams_handler() {
         }
         let reply = plant.unary(hello("still")).await.expect("unary");
         assert_eq!(reply.into_inner().payload.as_ref(), b"still");
+        let _ = std::fs::remove_dir_all(dir);
+    })
+    .await
+}
+
+/// An upstream that goes silent with its connection still open (its host
+/// powered off, its network cut: a relay here that stops forwarding either
+/// way) fails the call open on it `UNAVAILABLE` once the agent's keepalive
+/// ping goes unanswered, rather than leaving it hanging, and without the
+/// upstream's address; the next call dials again and is served. Without
+/// the pings (or with open calls not counted) the stream would wait out
+/// the test's bound.
+#[tokio::test]
+async fn a_call_on_an_upstream_gone_silent_fails_unavailable_once_a_ping_goes_unanswered() {
+    bounded(async {
+        let dir = temp_dir();
+        let upstream = upstream().await;
+        let relay = freeze::FreezingRelay::start(upstream).await;
+        let (_hub, addr) = hub(&dir, AGENT_TOKEN, &["plant-7"]).await;
+        let _agent = agent_with(
+            &dir,
+            addr,
+            "plant-7",
+            AGENT_TOKEN,
+            relay.addr,
+            &["--upstream-keepalive", "1"],
+        );
+        let mut plant = caller(addr, "plant-7", true).await;
+        let (requests, rx) = mpsc::channel(4);
+        requests
+            .send(EchoRequest {
+                payload: b"first".to_vec().into(),
+                ..Default::default()
+            })
+            .await
+            .expect("queued");
+        let mut responses = plant
+            .bidi(ReceiverStream::new(rx))
+            .await
+            .expect("bidi")
+            .into_inner();
+        let first = responses
+            .message()
+            .await
+            .expect("first")
+            .expect("a message");
+        assert_eq!(first.payload.as_ref(), b"first");
+
+        // Open and idle on a connection that no longer carries a byte.
+        relay.freeze();
+        let err = responses
+            .message()
+            .await
+            .expect_err("the upstream went silent");
+        assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+        assert!(err.message().contains("upstream"), "{err:?}");
+        for hidden in [upstream.to_string(), relay.addr.to_string()] {
+            assert!(!err.message().contains(&hidden), "{err:?}");
+        }
+        drop(requests);
+
+        // New connections through the relay flow: the next call dials one.
+        let reply = plant.unary(hello("after")).await.expect("dialled again");
+        assert_eq!(reply.into_inner().payload.as_ref(), b"after");
         let _ = std::fs::remove_dir_all(dir);
     })
     .await

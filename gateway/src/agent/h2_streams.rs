@@ -10,6 +10,10 @@
 
 use std::{
     pin::Pin,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
     task::{Context, Poll},
 };
 
@@ -118,14 +122,35 @@ impl RequestPump {
 pub(crate) struct ResponseBody {
     recv: h2::RecvStream,
     data_done: bool,
+    /// Counts the call as open on its connection until the body is dropped.
+    _in_use: StreamInUse,
 }
 
 impl ResponseBody {
-    pub(crate) fn new(recv: h2::RecvStream) -> Self {
+    pub(crate) fn new(recv: h2::RecvStream, in_use: StreamInUse) -> Self {
         Self {
             recv,
             data_done: false,
+            _in_use: in_use,
         }
+    }
+}
+
+/// One call counted among those open on a connection, from its request's
+/// HEADERS until it is dropped: with its response body, or with the call
+/// when it ends before one.
+pub(crate) struct StreamInUse(Arc<AtomicUsize>);
+
+impl StreamInUse {
+    pub(crate) fn new(open: &Arc<AtomicUsize>) -> Self {
+        open.fetch_add(1, Ordering::Relaxed);
+        Self(open.clone())
+    }
+}
+
+impl Drop for StreamInUse {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

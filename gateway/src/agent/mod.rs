@@ -72,6 +72,21 @@ pub(crate) struct AgentArgs {
     /// their metadata then cross that network in the clear.
     #[arg(long, env = "GRPCTUNNEL_PLAINTEXT_UPSTREAM")]
     plaintext_upstream: bool,
+    /// Seconds between HTTP/2 pings to the upstream while calls are open
+    /// on its connection (none while it is idle). A ping unanswered within
+    /// as long again (at most 20 s) closes the connection: its calls fail
+    /// `UNAVAILABLE` instead of waiting out their deadlines on an upstream
+    /// that vanished without a word, and the next call dials again. The
+    /// default, 300, is as often as gRPC servers accept pings by default
+    /// (more often, with no data between, they close the connection). 0: no
+    /// pings.
+    #[arg(
+        long,
+        default_value_t = crate::keepalive::UPSTREAM_DEFAULT_SECS,
+        value_name = "SECONDS",
+        env = "GRPCTUNNEL_UPSTREAM_KEEPALIVE"
+    )]
+    upstream_keepalive: u64,
     /// Ask the upstream for gzip-compressed responses (for an upstream across
     /// a slow link). The agent inflates them before they enter the tunnel,
     /// which carries no compressed message; the hub compresses again toward
@@ -190,11 +205,13 @@ pub(crate) async fn run(args: AgentArgs) -> Result<(), Failure> {
             args.upstream
         )));
     };
+    let pings = crate::keepalive::UpstreamPings::every_secs(args.upstream_keepalive);
+    let upstream = crate::keepalive::UpstreamPings::on(pings, upstream);
     let uri = upstream.uri().clone();
     let upstream = upstream.connect_lazy();
     // The pings' health checks go through the Channel either way.
     let pinged = upstream.clone();
-    let upstream = upstream::Upstream::new(&uri, upstream);
+    let upstream = upstream::Upstream::new(&uri, upstream, pings);
     let mut hubs = Vec::new();
     for hub in &args.hub {
         hubs.push((

@@ -15,12 +15,18 @@
 //!
 //! An `https://` upstream keeps tonic's `Channel` and its rustls set-up.
 //!
+//! Both ping the upstream while calls are open (`--upstream-keepalive`,
+//! [`UpstreamPings`]): an upstream host that vanished without closing its
+//! connection (powered off, its network cut) fails the calls on it
+//! `UNAVAILABLE` within one interval and one wait, instead of leaving them
+//! to their deadlines, and the next call dials again.
+//!
 //! A call that cannot reach the upstream fails `UNAVAILABLE`, saying what
 //! failed but not where: the upstream's address belongs to the agent's
 //! network, and only the agent's log names it.
 
 use std::sync::{
-    atomic::{AtomicU64, Ordering},
+    atomic::{AtomicU64, AtomicUsize, Ordering},
     Arc, Mutex,
 };
 use std::time::Duration;
@@ -28,7 +34,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::Body as _;
 
-use super::h2_streams::{status_of, RequestPump, ResponseBody};
+use super::h2_streams::{status_of, RequestPump, ResponseBody, StreamInUse};
+use crate::keepalive::UpstreamPings;
 
 /// How long a dial of the upstream (TCP connect and HTTP/2 handshake) may
 /// take before the calls waiting for it fail `UNAVAILABLE`.
@@ -55,10 +62,18 @@ pub(crate) enum Upstream {
 impl Upstream {
     /// The upstream at `uri`: direct for `http://`, through `channel` (made
     /// for `uri`, with its TLS set-up) for `https://`.
-    pub(crate) fn new(uri: &http::Uri, channel: tonic::transport::Channel) -> Self {
+    /// `pings` keep the direct connection checked (the Channel's are set
+    /// on its `Endpoint`).
+    pub(crate) fn new(
+        uri: &http::Uri,
+        channel: tonic::transport::Channel,
+        pings: Option<UpstreamPings>,
+    ) -> Self {
         match uri.scheme_str() {
             Some("https") => Upstream::Channel(channel),
-            _ => DirectUpstream::new(uri).map_or(Upstream::Channel(channel), Upstream::Direct),
+            _ => {
+                DirectUpstream::new(uri, pings).map_or(Upstream::Channel(channel), Upstream::Direct)
+            }
         }
     }
 
@@ -102,6 +117,8 @@ struct Shared {
     dials: AtomicU64,
     /// Held while dialling; the last dial's error.
     dialling: tokio::sync::Mutex<Option<String>>,
+    /// Pings while calls are open on a connection.
+    pings: Option<UpstreamPings>,
 }
 
 #[derive(Clone)]
@@ -110,12 +127,15 @@ struct Connection {
     /// still the current one.
     id: u64,
     sender: h2::client::SendRequest<Bytes>,
+    /// Calls open on it (their requests sent, their responses not ended):
+    /// pings are sent only while there are some.
+    open: Arc<AtomicUsize>,
 }
 
 impl DirectUpstream {
     /// The upstream at `uri` (`http://host[:port]`, port 80 if none); no
     /// connection until the first call.
-    fn new(uri: &http::Uri) -> Option<Self> {
+    fn new(uri: &http::Uri, pings: Option<UpstreamPings>) -> Option<Self> {
         let authority = uri.authority()?.clone();
         let address = format!(
             "{}:{}",
@@ -128,6 +148,7 @@ impl DirectUpstream {
             current: Mutex::new(None),
             dials: AtomicU64::new(0),
             dialling: tokio::sync::Mutex::new(None),
+            pings,
         })))
     }
 
@@ -143,7 +164,11 @@ impl DirectUpstream {
         parts.uri = http::Uri::from_parts(uri)
             .map_err(|e| tonic::Status::internal(format!("no upstream URI for the call: {e}")))?;
         parts.version = http::Version::HTTP_2;
-        let mut sender = self.ready().await?;
+        let Connection {
+            mut sender, open, ..
+        } = self.ready().await?;
+        // Counted until the response ends (or the call is dropped).
+        let in_use = StreamInUse::new(&open);
         let end = body.is_end_stream();
         let (mut response, send) = sender
             .send_request(http::Request::from_parts(parts, ()), end)
@@ -165,14 +190,14 @@ impl DirectUpstream {
         let (parts, recv) = head.into_parts();
         Ok(http::Response::from_parts(
             parts,
-            tonic::body::Body::new(ResponseBody::new(recv)),
+            tonic::body::Body::new(ResponseBody::new(recv, in_use)),
         ))
     }
 
-    /// A sender ready for one more stream. A connection found closed (the
-    /// upstream restarted) is replaced once: no byte of the call went out
-    /// on it, so the call goes on the new one.
-    async fn ready(&self) -> Result<h2::client::SendRequest<Bytes>, tonic::Status> {
+    /// A connection whose sender is ready for one more stream. A
+    /// connection found closed (the upstream restarted) is replaced once:
+    /// no byte of the call went out on it, so the call goes on the new one.
+    async fn ready(&self) -> Result<Connection, tonic::Status> {
         let mut again = true;
         loop {
             let connection = match self.0.current() {
@@ -183,7 +208,12 @@ impl DirectUpstream {
                 None => Box::pin(self.connection()).await?,
             };
             match connection.sender.ready().await {
-                Ok(sender) => return Ok(sender),
+                Ok(sender) => {
+                    return Ok(Connection {
+                        sender,
+                        ..connection
+                    })
+                }
                 Err(e) => {
                     self.0.forget(connection.id);
                     if !std::mem::take(&mut again) {
@@ -231,8 +261,8 @@ impl DirectUpstream {
         }
     }
 
-    /// Connects and shakes hands; a task drives the connection and forgets
-    /// it when it ends.
+    /// Connects and shakes hands; a task drives the connection (and its
+    /// pings) and forgets it when it ends.
     async fn dial(&self, id: u64) -> Result<Connection, String> {
         let address = &self.0.address;
         let handshake = async {
@@ -251,19 +281,53 @@ impl DirectUpstream {
                 .await
                 .map_err(|e| format!("HTTP/2 handshake with the upstream: {e}"))
         };
-        let (sender, connection) = tokio::time::timeout(DIAL_TIMEOUT, handshake)
+        let (sender, mut connection) = tokio::time::timeout(DIAL_TIMEOUT, handshake)
             .await
             .map_err(|_| format!("no connection to the upstream within {DIAL_TIMEOUT:?}"))??;
-        let shared = Arc::downgrade(&self.0);
+        let open = Arc::new(AtomicUsize::new(0));
+        let pinged = self.0.pings.zip(connection.ping_pong());
+        let (shared, calls) = (Arc::downgrade(&self.0), open.clone());
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "connection to the upstream ended");
+            match pinged {
+                Some((pings, pong)) => tokio::select! {
+                    ended = &mut connection => if let Err(e) = ended {
+                        tracing::debug!(error = %e, "connection to the upstream ended");
+                    },
+                    silent = keep_alive(pong, pings, &calls) => if let Some(shared) = shared.upgrade() {
+                        tracing::warn!(upstream = %shared.address, reason = %silent, "closing the connection to the upstream");
+                    },
+                },
+                None => {
+                    if let Err(e) = (&mut connection).await {
+                        tracing::debug!(error = %e, "connection to the upstream ended");
+                    }
+                }
             }
+            // Its calls' streams end (with an error, if still open) as it
+            // is dropped.
+            drop(connection);
             if let Some(shared) = shared.upgrade() {
                 shared.forget(id);
             }
         });
-        Ok(Connection { id, sender })
+        Ok(Connection { id, sender, open })
+    }
+}
+
+/// Pings the upstream every `pings.every` while calls are `open` on the
+/// connection; returns, with the reason, once it must be closed: a ping
+/// went unanswered within `pings.wait`, or could not be sent.
+async fn keep_alive(mut pong: h2::PingPong, pings: UpstreamPings, open: &AtomicUsize) -> String {
+    loop {
+        tokio::time::sleep(pings.every).await;
+        if open.load(Ordering::Relaxed) == 0 {
+            continue;
+        }
+        match tokio::time::timeout(pings.wait, pong.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return format!("a keepalive ping failed: {e}"),
+            Err(_) => return format!("no answer to a keepalive ping within {:?}", pings.wait),
+        }
     }
 }
 
