@@ -31,6 +31,8 @@ pub(crate) struct RequestPump {
     send: h2::SendStream<Bytes>,
     /// Data taken from the body and not yet sent: waits for window.
     waiting: Option<Bytes>,
+    /// Whether any data went to `h2` yet: the first chunk does not wait.
+    started: bool,
 }
 
 impl RequestPump {
@@ -39,6 +41,7 @@ impl RequestPump {
             body: Box::pin(body),
             send,
             waiting: None,
+            started: false,
         }
     }
 
@@ -53,6 +56,22 @@ impl RequestPump {
     /// the stream, or the body failed (the stream is reset then).
     pub(crate) fn poll_pump(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         loop {
+            if !self.started {
+                if let Some(data) = self.waiting.take() {
+                    // The first chunk goes to `h2` at once, before the
+                    // stream is open and has been assigned any window: it
+                    // then leaves in the same write as the HEADERS (a unary
+                    // request in one write, one wake-up of the upstream,
+                    // not two). It is held in memory either way, here or
+                    // in `h2`, and counts against the window when sent.
+                    self.started = true;
+                    let end = self.body.is_end_stream();
+                    if self.send.send_data(data, end).is_err() || end {
+                        return Poll::Ready(());
+                    }
+                    continue;
+                }
+            }
             if let Some(data) = self.waiting.as_mut() {
                 // Ask for the whole chunk; `h2` assigns what the windows
                 // allow, and never more than it will send at once.
@@ -342,6 +361,130 @@ mod tests {
         // The last chunk carried END_STREAM (no empty frame after it).
         assert_eq!(end, usize::MAX - 1, "the stream ended with END_STREAM");
         assert_eq!(taken.load(Ordering::SeqCst), TOTAL);
+    }
+
+    /// A connection's socket, counting the writes made on it.
+    struct CountingIo {
+        io: tokio::net::TcpStream,
+        writes: Arc<AtomicUsize>,
+    }
+
+    impl CountingIo {
+        fn count(&self, written: Poll<std::io::Result<usize>>) -> Poll<std::io::Result<usize>> {
+            if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
+                self.writes.fetch_add(1, Ordering::SeqCst);
+            }
+            written
+        }
+    }
+
+    impl tokio::io::AsyncRead for CountingIo {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.io).poll_read(cx, buf)
+        }
+    }
+
+    impl tokio::io::AsyncWrite for CountingIo {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            let written = Pin::new(&mut self.io).poll_write(cx, buf);
+            self.count(written)
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            bufs: &[std::io::IoSlice<'_>],
+        ) -> Poll<std::io::Result<usize>> {
+            let written = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+            self.count(written)
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            self.io.is_write_vectored()
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.io).poll_flush(cx)
+        }
+
+        fn poll_shutdown(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.io).poll_shutdown(cx)
+        }
+    }
+
+    /// A unary request (HEADERS, then one DATA frame that ends the
+    /// stream) leaves in one write: its data does not wait for the window
+    /// `h2` assigns only once the stream is open, which took a second
+    /// write and woke the upstream twice per call. Three rounds on one
+    /// connection to a real `h2` server over loopback.
+    #[tokio::test]
+    async fn a_unary_request_leaves_in_one_write() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (received_tx, mut received) = mpsc::unbounded_channel::<usize>();
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            let mut conn = h2::server::handshake(tcp).await.expect("handshake");
+            while let Some(Ok((req, mut respond))) = conn.accept().await {
+                let received_tx = received_tx.clone();
+                tokio::spawn(async move {
+                    let mut body = req.into_body();
+                    let mut got = 0;
+                    while let Some(Ok(data)) = body.data().await {
+                        got += data.len();
+                        let _ = body.flow_control().release_capacity(data.len());
+                    }
+                    let _ = received_tx.send(got);
+                    let _ = respond.send_response(http::Response::new(()), true);
+                });
+            }
+        });
+        let writes = Arc::new(AtomicUsize::new(0));
+        let io = CountingIo {
+            io: tokio::net::TcpStream::connect(addr).await.expect("connect"),
+            writes: writes.clone(),
+        };
+        let (sender, conn) = h2::client::handshake(io).await.expect("handshake");
+        tokio::spawn(conn);
+        for round in 0..4 {
+            let mut sender = sender.clone().ready().await.expect("ready");
+            let request = http::Request::post("http://upstream/echo.Echo/Unary")
+                .body(())
+                .expect("request");
+            // Round 0 settles the connection's SETTINGS exchange.
+            let before = writes.load(Ordering::SeqCst);
+            let (response, send) = sender.send_request(request, false).expect("sent");
+            let body = Counted {
+                left: 100,
+                taken: Arc::default(),
+            };
+            let mut pump = RequestPump::new(tonic::body::Body::new(body), send);
+            std::future::poll_fn(|cx| pump.poll_pump(cx)).await;
+            let got = tokio::time::timeout(Duration::from_secs(10), received.recv())
+                .await
+                .expect("the request arrives")
+                .expect("server running");
+            assert_eq!(got, 100);
+            let response = response.await.expect("response");
+            assert_eq!(response.status(), http::StatusCode::OK);
+            if round > 0 {
+                let made = writes.load(Ordering::SeqCst) - before;
+                assert_eq!(made, 1, "round {round}: the request took {made} writes");
+            }
+        }
     }
 
     #[test]
