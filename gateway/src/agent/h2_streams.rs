@@ -3,10 +3,12 @@
 //! ([`RequestPump`]), and the response body read from the stream
 //! ([`ResponseBody`]), releasing window as the tunnel takes each chunk.
 //!
-//! Both keep the memory a call can hold bounded by the HTTP/2 windows: the
-//! pump never hands `h2` more than the capacity it was assigned (`h2`
-//! would otherwise buffer without bound for a slow upstream), and the
-//! response's window is given back only after the data left this process.
+//! Both keep the memory a call can hold bounded by the HTTP/2 windows: past
+//! its first chunk (handed over with the HEADERS, so that a unary request
+//! leaves in one write), the pump never hands `h2` more than the capacity
+//! it was assigned (`h2` would otherwise buffer without bound for a slow
+//! upstream), and the response's window is given back only after the data
+//! left this process.
 
 use std::{
     pin::Pin,
