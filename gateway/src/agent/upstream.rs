@@ -288,20 +288,20 @@ impl DirectUpstream {
         let pinged = self.0.pings.zip(connection.ping_pong());
         let (shared, calls) = (Arc::downgrade(&self.0), open.clone());
         tokio::spawn(async move {
-            match pinged {
-                Some((pings, pong)) => tokio::select! {
-                    ended = &mut connection => if let Err(e) = ended {
-                        tracing::debug!(error = %e, "connection to the upstream ended");
-                    },
-                    silent = keep_alive(pong, pings, &calls) => if let Some(shared) = shared.upgrade() {
-                        tracing::warn!(upstream = %shared.address, reason = %silent, "closing the connection to the upstream");
-                    },
-                },
-                None => {
-                    if let Err(e) = (&mut connection).await {
-                        tracing::debug!(error = %e, "connection to the upstream ended");
-                    }
+            // Without pings, the connection's own end is the only one.
+            let silent = async move {
+                match pinged {
+                    Some((pings, pong)) => keep_alive(pong, pings, &calls).await,
+                    None => std::future::pending().await,
                 }
+            };
+            tokio::select! {
+                ended = &mut connection => if let Err(e) = ended {
+                    tracing::debug!(error = %e, "connection to the upstream ended");
+                },
+                silent = silent => if let Some(shared) = shared.upgrade() {
+                    tracing::warn!(upstream = %shared.address, reason = %silent, "closing the connection to the upstream");
+                },
             }
             // Its calls' streams end (with an error, if still open) as it
             // is dropped.
