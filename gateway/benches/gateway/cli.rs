@@ -11,7 +11,9 @@ Setups: direct tonic; hub -> agent (the gateway); frps -> frpc (frp
 v0.65.0, what users install instead; built with `go` from the Go module
 proxy, left out with a note when that fails); two plain proxies (tonic
 server + Channel, each its own process: the same hops without the tunnel,
-for reference); with --cluster, the relayed ones.
+for reference); two bare h2 relays (the `h2` crate alone, one thread and
+jemalloc as hub and agent: the floor of a middle that terminates HTTP/2;
+built with cargo on first use); with --cluster, the relayed ones.
 
   --reps N           repetitions of everything (default 3)
   --calls N          sequential unary calls for latency (default 20000; each
@@ -27,7 +29,7 @@ for reference); with --cluster, the relayed ones.
                      `relayed-grpc`, as plain gRPC) and the directory figures with --keys keys; needs
                      redis-server and redis-cli on PATH
   --setups LIST      only these setups, comma-separated (direct, gateway,
-                     frp, proxies, relayed, relayed-grpc); ratios need
+                     frp, proxies, h2-floor, relayed, relayed-grpc); ratios need
                      direct (and frp)
   --keys N           keys in the store for the directory figures (default 100000)
   --json PATH        also write the results as JSON (or env GATEWAY_BENCH_JSON)

@@ -18,6 +18,9 @@
 //! - `proxies`, for reference: two plain transparent HTTP/2 proxies
 //!   (`proxies.rs`), each its own process, in front of the upstream: the
 //!   processes and hops of hub and agent without the tunnel;
+//! - `h2-floor`, for reference: two bare relays on the `h2` crate alone
+//!   (`h2_floor.rs`, one runtime thread and jemalloc as hub and agent): the
+//!   least a middle that terminates HTTP/2 with `h2` costs;
 //! - with `--cluster`, `relayed` and `relayed-grpc`: two hubs sharing a
 //!   store, the caller calling the one without the agent.
 //!
@@ -30,7 +33,7 @@
 //! (MB/s); one bidi stream of 100 B ping-pongs (round trips/s).
 //!
 //! CPU per call (see `cpu.rs`): user + system time of the processes in the
-//! middle (hub and agent, frps and frpc, the proxies) over each unary
+//! middle (hub and agent, frps and frpc, the proxies, the relays) over each unary
 //! workload, divided by its calls.
 //!
 //! Memory (see `agents.rs`): a fresh hub's `VmRSS` before and after 10,000
@@ -67,6 +70,7 @@ mod cli;
 mod cpu;
 mod directory;
 mod frp;
+mod h2_floor;
 mod proxies;
 mod report;
 mod setups;
@@ -209,6 +213,16 @@ fn run_setup(
         };
         let out = run(false, addr1, &[&p1, &p2]);
         drop((p1, p2));
+        return out;
+    }
+    if setup == "h2-floor" {
+        // Caller -> relay 1 -> relay 2 -> upstream, `h2` alone.
+        let (r1, r2, addr1) = match h2_floor::start(upstream) {
+            Ok(all) => all,
+            Err(e) => return (Vec::new(), vec![e]),
+        };
+        let out = run(false, addr1, &[&r1, &r2]);
+        drop((r1, r2));
         return out;
     }
     if setup.starts_with("relayed") {

@@ -9,11 +9,12 @@ use crate::{
 };
 
 /// The setups, in table order: (key, label).
-pub const SETUPS: [(&str, &str); 6] = [
+pub const SETUPS: [(&str, &str); 7] = [
     ("direct", "direct tonic"),
     ("gateway", "hub -> agent"),
     ("frp", "frps -> frpc"),
     ("proxies", "two plain proxies"),
+    ("h2-floor", "two bare h2 relays"),
     ("relayed", "hub A -> hub B -> agent"),
     ("relayed-grpc", "same, relays as plain gRPC"),
 ];
