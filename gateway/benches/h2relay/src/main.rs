@@ -14,6 +14,11 @@ use std::io::Write;
 
 use bytes::Bytes;
 
+/// Windows the relay gives each side (a stream's, a connection's): large
+/// enough that flow control never holds a bench workload back.
+const STREAM_WINDOW: u32 = 1 << 20;
+const CONNECTION_WINDOW: u32 = 1 << 22;
+
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -54,8 +59,8 @@ async fn connection(tcp: tokio::net::TcpStream, target: String) {
     };
     let _ = up.set_nodelay(true);
     let Ok((sender, conn)) = h2::client::Builder::new()
-        .initial_window_size(1 << 20)
-        .initial_connection_window_size(1 << 22)
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
         .handshake::<_, Bytes>(up)
         .await
     else {
@@ -63,8 +68,8 @@ async fn connection(tcp: tokio::net::TcpStream, target: String) {
     };
     tokio::spawn(conn);
     let Ok(mut server) = h2::server::Builder::new()
-        .initial_window_size(1 << 20)
-        .initial_connection_window_size(1 << 22)
+        .initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
         .handshake::<_, Bytes>(tcp)
         .await
     else {
