@@ -124,4 +124,17 @@ impl Store {
             .expect("redis-cli");
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
+
+    /// How many times the store ran `command` (`hgetall`, `script|load`),
+    /// by its own count (`INFO commandstats`), including the commands its
+    /// scripts ran; 0 before the first.
+    pub async fn calls_of(&self, command: &str) -> u64 {
+        let stats = self.cli(&["INFO", "commandstats"]).await;
+        let prefix = format!("cmdstat_{command}:calls=");
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|rest| rest.split(',').next()?.parse().ok())
+            .unwrap_or(0)
+    }
 }

@@ -10,18 +10,22 @@
 //! expired) is announced on the channel `<prefix>published`.
 
 mod options;
+mod scripts;
 mod store;
 
 use std::{pin::Pin, sync::Arc, time::Duration};
 
 use futures_core::Stream;
 use futures_util::StreamExt;
-use redis::{AsyncCommands, Script};
+use redis::AsyncCommands;
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
 
 pub use self::options::RedisOptions;
-use self::store::{Source, Store};
+use self::{
+    scripts::StoredScript,
+    store::{Source, Store},
+};
 use crate::{
     error::BoxError,
     reverse::cluster::{Directory, DirectoryFuture, Entry},
@@ -84,8 +88,8 @@ pub struct RedisDirectory {
 struct Shared {
     store: Arc<Store>,
     prefix: String,
-    publish: Script,
-    lookup: Script,
+    publish: StoredScript,
+    lookup: StoredScript,
     published: broadcast::Sender<String>,
 }
 
@@ -129,8 +133,8 @@ impl RedisDirectory {
         let inner = Arc::new(Shared {
             store,
             prefix: prefix.to_owned(),
-            publish: Script::new(PUBLISH),
-            lookup: Script::new(LOOKUP),
+            publish: StoredScript::new(PUBLISH),
+            lookup: StoredScript::new(LOOKUP),
             published,
         });
         Ok(Self { inner })
@@ -152,24 +156,18 @@ impl Directory for RedisDirectory {
             let Some(first) = entries.first() else {
                 return Ok(());
             };
-            let mut invocation = self.inner.publish.prepare_invoke();
-            invocation
-                .arg(&first.replica)
+            let keys: Vec<String> = entries.iter().map(|e| self.hash(&e.key)).collect();
+            let mut call = self.inner.publish.call(&keys);
+            call.arg(&first.replica)
                 .arg(ttl.as_millis() as u64)
                 .arg(format!("{}published", self.inner.prefix));
             for entry in &entries {
-                invocation
-                    .key(self.hash(&entry.key))
-                    .arg(format!("{}:{}", entry.load, entry.seal));
+                call.arg(format!("{}:{}", entry.load, entry.seal));
             }
             for entry in &entries {
-                invocation.arg(&entry.key);
+                call.arg(&entry.key);
             }
-            let mut conn = self.inner.store.conn().await?;
-            let _: i64 = self
-                .inner
-                .store
-                .checked(invocation.invoke_async(&mut conn).await)?;
+            let _: i64 = self.inner.publish.run(&self.inner.store, &call).await?;
             Ok(())
         })
     }
@@ -187,14 +185,8 @@ impl Directory for RedisDirectory {
 
     fn lookup<'a>(&'a self, key: &'a str) -> DirectoryFuture<'a, Vec<Entry>> {
         Box::pin(async move {
-            let mut conn = self.inner.store.conn().await?;
-            let flat: Vec<String> = self.inner.store.checked(
-                self.inner
-                    .lookup
-                    .key(self.hash(key))
-                    .invoke_async(&mut conn)
-                    .await,
-            )?;
+            let call = self.inner.lookup.call(&[self.hash(key)]);
+            let flat: Vec<String> = self.inner.lookup.run(&self.inner.store, &call).await?;
             Ok(flat
                 .chunks(2)
                 .filter_map(|pair| match pair {
