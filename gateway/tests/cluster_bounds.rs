@@ -1,7 +1,8 @@
 //! What callers can make a cluster's store do: calls for keys nobody holds
-//! and calls waiting for keys cost store lookups, so both are bounded. Real
-//! hubs, agents and `redis-server`; lookups counted by the store itself
-//! (`INFO commandstats`).
+//! and calls waiting for keys cost store lookups, and a store without the
+//! directory's scripts costs loads, so all three are bounded. Real hubs,
+//! agents and `redis-server`; commands counted by the store itself (`INFO
+//! commandstats`).
 
 mod common;
 
@@ -85,19 +86,7 @@ async fn a_new_tunnel_wakes_only_the_calls_waiting_for_its_key() {
             },
         )
         .await;
-        let mut waiting = tokio::task::JoinSet::new();
-        for _ in 0..WAITERS {
-            let mut c = grpctunnel_testing::pb::echo_service_client::EchoServiceClient::new(
-                channel.clone(),
-            );
-            let mut req = hello("waiting");
-            req.metadata_mut()
-                .insert("grpctunnel-key", "late".parse().expect("ascii"));
-            req.metadata_mut()
-                .insert("grpctunnel-wait", "true".parse().expect("ascii"));
-            req.set_timeout(Duration::from_secs(60));
-            waiting.spawn(async move { c.unary(req).await });
-        }
+        let mut waiting = wait_for(&channel, "late", WAITERS);
         // Every waiter has looked once (and waits): the store's count
         // settles.
         let settled = grpctunnel_testing::eventually(
@@ -124,6 +113,80 @@ async fn a_new_tunnel_wakes_only_the_calls_waiting_for_its_key() {
         println!("scripts loaded {loads} times");
         assert!(loads <= 2, "{loads} script loads");
         waiting.abort_all();
+    })
+    .await
+    .expect("test timed out");
+    store.kill().await;
+}
+
+/// `n` calls waiting for `key` through `channel`, all at once.
+fn wait_for(
+    channel: &tonic::transport::Channel,
+    key: &str,
+    n: usize,
+) -> tokio::task::JoinSet<
+    Result<tonic::Response<grpctunnel_testing::pb::EchoResponse>, tonic::Status>,
+> {
+    let mut waiting = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let mut c =
+            grpctunnel_testing::pb::echo_service_client::EchoServiceClient::new(channel.clone());
+        let mut req = hello("waiting");
+        req.metadata_mut()
+            .insert("grpctunnel-key", key.parse().expect("ascii"));
+        req.metadata_mut()
+            .insert("grpctunnel-wait", "true".parse().expect("ascii"));
+        req.set_timeout(Duration::from_secs(60));
+        waiting.spawn(async move { c.unary(req).await });
+    }
+    waiting
+}
+
+/// A store whose user for the hub may not load scripts (an operator's ACL
+/// mistake), 200 calls waiting at once: every lookup is refused `NOSCRIPT`
+/// and the load refused too, yet the hub asks to load each script about
+/// once per burst of calls, not once per call (one load after another, each
+/// up to the store's timeout when it does not answer).
+#[cfg_attr(
+    missing_redis_server,
+    ignore = "needs `redis-server` on PATH (apt-get install redis-server)"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_refuses_to_load_scripts_is_asked_once_per_burst() {
+    const WAITERS: usize = 200;
+    let store = Store::start().await;
+    tokio::time::timeout(Duration::from_secs(120), async {
+        let acl = [
+            "ACL",
+            "SETUSER",
+            "hub",
+            "on",
+            ">hub-pw",
+            "~*",
+            "&*",
+            "+@all",
+            "-script|load",
+        ];
+        assert_eq!(store.cli(&acl).await, "OK");
+        let url = format!("redis://hub:hub-pw@127.0.0.1:{}", store.port);
+        let cluster = Fixture::on(&url, &["plant-0"], 1).await;
+        let channel = hub_channel(cluster.addrs()[0]).await;
+        let waiting = wait_for(&channel, "late", WAITERS);
+        // Every lookup asks twice: `EVALSHA`, then a load or `EVALSHA`
+        // again once another call has tried to load.
+        grpctunnel_testing::eventually(
+            "every waiter's lookup",
+            Duration::from_secs(30),
+            || async {
+                let asked = store.asks_of("evalsha").await + store.asks_of("script|load").await;
+                (asked >= 2 * WAITERS as u64).then_some(())
+            },
+        )
+        .await;
+        let loads = store.asks_of("script|load").await;
+        println!("{WAITERS} calls waiting: {loads} script loads asked");
+        assert!(loads < 20, "{loads} script loads asked");
+        assert_eq!(waiting.len(), WAITERS, "the waiters still wait");
     })
     .await
     .expect("test timed out");

@@ -129,12 +129,29 @@ impl Store {
     /// by its own count (`INFO commandstats`), including the commands its
     /// scripts ran; 0 before the first.
     pub async fn calls_of(&self, command: &str) -> u64 {
+        self.stat_of(command, "calls").await
+    }
+
+    /// How many times clients asked for `command`: run, or refused (ACL,
+    /// `rejected_calls`).
+    pub async fn asks_of(&self, command: &str) -> u64 {
+        self.stat_of(command, "calls").await + self.stat_of(command, "rejected_calls").await
+    }
+
+    /// The figure `name` of the store's `INFO commandstats` line for
+    /// `command`.
+    async fn stat_of(&self, command: &str, name: &str) -> u64 {
         let stats = self.cli(&["INFO", "commandstats"]).await;
-        let prefix = format!("cmdstat_{command}:calls=");
+        let line = format!("cmdstat_{command}:");
         stats
             .lines()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .and_then(|rest| rest.split(',').next()?.parse().ok())
+            .find_map(|l| l.strip_prefix(&line))
+            .and_then(|fields| {
+                fields
+                    .split(',')
+                    .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
+            })
+            .and_then(|n| n.parse().ok())
             .unwrap_or(0)
     }
 }

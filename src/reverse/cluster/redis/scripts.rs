@@ -19,9 +19,11 @@ use crate::error::BoxError;
 /// One script, and how many times this replica has loaded it.
 pub(super) struct StoredScript {
     script: Script,
-    /// Loads so far: a call refused before the latest load needs none of
-    /// its own.
-    loads: AtomicU64,
+    /// Loads tried so far: a call refused before the latest one tries none
+    /// of its own (had it failed, the store is failing: the calls waiting
+    /// for the lock fail on their own rather than each waiting for a load
+    /// to time out in turn).
+    tries: AtomicU64,
     /// Held while loading: one load at a time.
     loading: tokio::sync::Mutex<()>,
 }
@@ -30,7 +32,7 @@ impl StoredScript {
     pub(super) fn new(code: &str) -> Self {
         Self {
             script: Script::new(code),
-            loads: AtomicU64::new(0),
+            tries: AtomicU64::new(0),
             loading: tokio::sync::Mutex::new(()),
         }
     }
@@ -51,7 +53,7 @@ impl StoredScript {
         call: &Cmd,
     ) -> Result<T, BoxError> {
         let mut conn = store.conn().await?;
-        let seen = self.loads.load(Ordering::Acquire);
+        let seen = self.tries.load(Ordering::Acquire);
         match call.query_async(&mut conn).await {
             Err(err)
                 if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
@@ -63,7 +65,7 @@ impl StoredScript {
         }
     }
 
-    /// Loads the script, unless another call did since `seen`.
+    /// Loads the script, unless another call tried since `seen`.
     async fn load(
         &self,
         store: &Store,
@@ -71,11 +73,12 @@ impl StoredScript {
         seen: u64,
     ) -> Result<(), BoxError> {
         let _one = self.loading.lock().await;
-        if self.loads.load(Ordering::Acquire) != seen {
+        if self.tries.load(Ordering::Acquire) != seen {
             return Ok(());
         }
-        let _hash: String = store.checked(self.script.load_async(conn).await)?;
-        self.loads.fetch_add(1, Ordering::Release);
+        let loaded = self.script.load_async(conn).await;
+        self.tries.fetch_add(1, Ordering::Release);
+        let _hash: String = store.checked(loaded)?;
         Ok(())
     }
 }
