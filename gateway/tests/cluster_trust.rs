@@ -1,8 +1,7 @@
 //! A cluster trusts only its members: whoever can write the store, or
 //! capture what hubs send each other, can neither learn the cluster secret
 //! nor send calls anywhere. Real hubs, agents and `redis-server`; a
-//! recording server stands in for a forged replica or a wire tap. And hubs
-//! need of the store only the ACL that SECURITY.md gives.
+//! recording server stands in for a forged replica or a wire tap.
 
 mod common;
 
@@ -402,92 +401,4 @@ async fn the_store_over_tls_with_a_password_file() {
     .expect("test timed out");
     store.kill().await;
     let _ = std::fs::remove_dir_all(dir);
-}
-
-/// The store's ACL for hubs, as SECURITY.md gives it: the directory's keys
-/// and channel, and the commands hubs send or their scripts run.
-const HUB_ACL: &[&str] = &[
-    "resetkeys",
-    "~grpctunnel:*",
-    "resetchannels",
-    "&grpctunnel:published",
-    "-@all",
-    "+evalsha",
-    "+script|load",
-    "+hdel",
-    "+subscribe",
-    "+ping",
-    "+time",
-    "+hget",
-    "+hset",
-    "+hgetall",
-    "+pttl",
-    "+pexpire",
-    "+publish",
-];
-
-/// Hubs whose store user may do only what [`HUB_ACL`] allows: a fresh
-/// store (the scripts loaded by the hubs), keys shared, relayed calls of
-/// every kind, an agent leaving and its key withdrawn; the store refused
-/// them nothing (`ACL LOG` stays empty).
-#[cfg_attr(
-    missing_redis_server,
-    ignore = "needs `redis-server` on PATH (apt-get install redis-server)"
-)]
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hubs_need_no_more_of_the_store_than_security_md_lists() {
-    let store = Store::start().await;
-    tokio::time::timeout(Duration::from_secs(120), async {
-        let mut acl = vec!["ACL", "SETUSER", "hubs", "on", ">hubs-store-pw"];
-        acl.extend_from_slice(HUB_ACL);
-        assert_eq!(store.cli(&acl).await, "OK");
-        // The user in the URL, its password from a file.
-        let dir = temp_dir();
-        let password = dir.join("store.password");
-        std::fs::write(&password, "hubs-store-pw").expect("password file");
-        let password = password.display().to_string();
-        let url = format!("redis://hubs@127.0.0.1:{}", store.port);
-        let files = cluster_files(&dir, &["plant-0".to_owned(), "plant-1".to_owned()]);
-        let up = upstream().await;
-        let mut hubs = Vec::new();
-        for relay in ["tunnel", "grpc"] {
-            let port = free_port();
-            let advertise = format!("http://127.0.0.1:{port}");
-            let extra = [
-                "--cluster-password-file",
-                &password,
-                "--cluster-relay",
-                relay,
-            ];
-            hubs.push(cluster_hub_with(&files, &url, port, &advertise, &extra).await);
-        }
-        let (a, b) = (hubs[0].1, hubs[1].1);
-        let agent = cluster_agent(&dir, &[a], "plant-0", up).await;
-        let _other = cluster_agent(&dir, &[b], "plant-1", up).await;
-        four_kinds(b, "plant-0").await.expect("relayed from b");
-        four_kinds(a, "plant-1").await.expect("relayed from a");
-        drop(agent);
-        eventually("plant-0 withdrawn", Duration::from_secs(20), || async {
-            let entries = store.cli(&["HGETALL", "grpctunnel:key:plant-0"]).await;
-            entries.is_empty().then_some(())
-        })
-        .await;
-        let refused = store.cli(&["ACL", "LOG"]).await;
-        assert!(refused.is_empty(), "the store refused hubs: {refused}");
-        // Every connection but this check's own is a hub's, as `hubs`.
-        let clients = store.cli(&["CLIENT", "LIST"]).await;
-        let hubs_own: Vec<&str> = clients
-            .lines()
-            .filter(|l| !l.contains("cmd=client|list"))
-            .collect();
-        assert!(hubs_own.len() >= 4, "{clients}");
-        for line in hubs_own {
-            assert!(line.contains(" user=hubs "), "{line}");
-        }
-        drop(hubs);
-        let _ = std::fs::remove_dir_all(dir);
-    })
-    .await
-    .expect("test timed out");
-    store.kill().await;
 }

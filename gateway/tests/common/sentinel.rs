@@ -134,6 +134,11 @@ impl Replicated {
         format!("redis+sentinel://{}/{MASTER}", hosts.join(","))
     }
 
+    /// The primary (until killed) and the replica.
+    pub fn stores(&self) -> impl Iterator<Item = &Store> {
+        self.primary.iter().chain(std::iter::once(&self.replica))
+    }
+
     /// Kills the primary (SIGKILL) and waits until the Sentinels have
     /// promoted the replica; returns it, the new primary.
     pub async fn kill_primary(&mut self) -> &Store {
