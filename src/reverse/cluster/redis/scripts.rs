@@ -16,7 +16,7 @@ use redis::{aio::ConnectionManager, Cmd, FromRedisValue, Script, ToRedisArgs};
 use super::store::Store;
 use crate::error::BoxError;
 
-/// One script, and how many times this replica has loaded it.
+/// One script, and how many times this replica has tried to load it.
 pub(super) struct StoredScript {
     script: Script,
     /// Loads tried so far: a call refused before the latest one tries none
