@@ -55,11 +55,40 @@ pub fn temp_dir() -> PathBuf {
 
 /// A free loopback port, for a process that takes a port rather than an
 /// address to bind, or must advertise its address before it starts.
+///
+/// Taken below the kernel's ephemeral ports (`ip_local_port_range`, from
+/// 32768 by default), never from them: a port-0 pick is free only for the
+/// moment of the check, and any outgoing connection of a test running
+/// beside may take it as its source port before the process binds it (a
+/// hub then exits, "Address already in use"). Below that range only
+/// another explicit bind can, and within this test binary the ports given
+/// out are all different.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    if low < FIRST + 1_000 {
+        // No room below the range: a port-0 pick, as before.
+        return std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+    }
+    let span = low - FIRST;
+    // Binaries run one after another; each starts elsewhere in the span.
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..span {
+        let port = FIRST + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        let port = u16::try_from(port).expect("below the ephemeral range");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {FIRST}..{low}");
 }
 
 /// A loopback address nothing listens on: an agent's upstream that is gone
@@ -140,7 +169,23 @@ impl Process {
                 return addr.parse().expect("an address");
             }
         }
-        panic!("the hub ended without listening");
+        panic!(
+            "the hub ended without listening:\n{}",
+            self.last_words().await
+        );
+    }
+
+    /// What a process that ended wrote on stderr (waited for up to 5 s,
+    /// as it exits).
+    async fn last_words(&mut self) -> String {
+        let mut words = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Some(line) = self.logs.recv().await {
+                words.push(line);
+            }
+        })
+        .await;
+        words.join("\n")
     }
 
     /// The `ADMIN <addr>` line of a process that serves only an admin
@@ -155,7 +200,10 @@ impl Process {
                 return addr;
             }
         }
-        panic!("the process ended without an admin port");
+        panic!(
+            "the process ended without an admin port:\n{}",
+            self.last_words().await
+        );
     }
 
     /// Waits for a log line containing `text`; returns it.

@@ -21,11 +21,7 @@ pub struct Store {
 impl Store {
     /// Starts one on a free port.
     pub async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        Self::start_on(port).await
+        Self::start_on(super::free_port()).await
     }
 
     /// Starts one on `port` (a restart reuses its port).
